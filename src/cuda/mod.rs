@@ -1,0 +1,11 @@
+//! CUDA through cudarc, loaded at run time (nothing CUDA is needed to build).
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`driver`] | loading `libcuda` without panicking, driver version, device attributes |
+//! | [`nvrtc`] | compiling `kernels/*.cu` to PTX at run time (works without a GPU) |
+//! | [`smoke`] | the managed-memory round trip the doctor runs on each GPU |
+
+pub mod driver;
+pub mod nvrtc;
+pub mod smoke;

@@ -1,0 +1,51 @@
+//! The library's error type: every failure says what was wrong, what was
+//! expected and, where there is one, what to do about it.
+
+use std::path::PathBuf;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors returned by uminfer's library API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The CUDA driver library (`libcuda.so`) could not be loaded.
+    #[error("no CUDA driver: libcuda.so could not be loaded ({detail}); install the NVIDIA driver or use a CPU mode")]
+    NoDriver { detail: String },
+
+    /// A CUDA driver call failed.
+    #[error("CUDA driver call {call} failed: {source}")]
+    Driver {
+        call: &'static str,
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+
+    /// NVRTC could not be loaded or a kernel did not compile.
+    #[error("NVRTC compile of kernel `{kernel}` failed: {detail}")]
+    Nvrtc { kernel: String, detail: String },
+
+    /// libtorch raised an error (through tch).
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+
+    /// The C++ shim caught a C++ exception in `call`.
+    #[error("libtorch ({call}): {message}")]
+    Shim { call: &'static str, message: String },
+
+    /// A self-check computed a wrong result.
+    #[error("{what} failed its check: {detail}")]
+    Check { what: &'static str, detail: String },
+
+    /// A kernel name that is not in `kernels/`.
+    #[error("no kernel named `{0}` in kernels/ (known: {1})")]
+    UnknownKernel(String, String),
+
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

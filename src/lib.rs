@@ -1,0 +1,32 @@
+//! # uminfer — zero-copy, low-latency libtorch inference
+//!
+//! Inputs and outputs live in memory that both the caller and libtorch see
+//! (host memory, CUDA managed memory, pinned-mapped memory, shared memory),
+//! so no request copies tensor data. At startup the runtime asks the
+//! [`doctor`] what this machine can run.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`doctor`] | startup diagnostics: facts, checks, usable modes |
+//! | [`mode`] | the execution modes and their ids |
+//! | [`cuda`] | the CUDA driver and NVRTC through cudarc, loaded at run time |
+//! | [`kernels`] | the CUDA kernels of `kernels/*.cu`, embedded |
+//! | [`shim`] | what tch lacks, from the C++ shim: streams, CUDA graphs, libtorch facts |
+//! | [`loaded_libs`] | which shared libraries the process loaded, from where |
+//! | [`build_info`] | versions and commit fixed at build time |
+//! | [`error`] | the library's error type |
+//!
+//! Layering follows cudarc: raw FFI (`shim::ffi`, `cudarc::*::sys`) → thin
+//! fallible wrappers → safe owning types. `unsafe` stays at that edge.
+
+pub mod build_info;
+pub mod cuda;
+pub mod doctor;
+pub mod error;
+pub mod kernels;
+pub mod loaded_libs;
+pub mod mode;
+pub mod shim;
+
+pub use error::{Error, Result};
+pub use mode::Mode;

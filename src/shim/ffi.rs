@@ -1,0 +1,48 @@
+//! Raw declarations of `uminfer_shim.h` (the `sys` layer). Use the safe
+//! wrappers in the parent module instead.
+
+use std::ffi::{c_char, c_void};
+
+/// Mirrors `UminferTorchInfo` in `uminfer_shim.h`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UminferTorchInfo {
+    pub torch_version: [c_char; 32],
+    pub has_cudart: i32,
+    pub has_cuda: i32,
+    pub device_count: i32,
+    pub cudart_version: i64,
+    pub cudnn_version: i64,
+    pub cudnn_runtime_version: i64,
+    pub cxx11_abi: i32,
+}
+
+/// Opaque `UminferStreamSwap`.
+#[repr(C)]
+pub struct UminferStreamSwap {
+    _private: [u8; 0],
+}
+
+/// Opaque `UminferGraph`.
+#[repr(C)]
+pub struct UminferGraph {
+    _private: [u8; 0],
+}
+
+extern "C" {
+    pub fn uminfer_free_error(err: *mut c_char);
+    pub fn uminfer_torch_info(out: *mut UminferTorchInfo) -> *mut c_char;
+    pub fn uminfer_stream_set_current(
+        stream: *mut c_void,
+        device: i32,
+        out: *mut *mut UminferStreamSwap,
+    ) -> *mut c_char;
+    pub fn uminfer_stream_restore(swap: *mut UminferStreamSwap) -> *mut c_char;
+    pub fn uminfer_graph_pool_handle(first: *mut u64, second: *mut u64) -> *mut c_char;
+    pub fn uminfer_graph_new(out: *mut *mut UminferGraph) -> *mut c_char;
+    pub fn uminfer_graph_capture_begin(g: *mut UminferGraph, first: u64, second: u64) -> *mut c_char;
+    pub fn uminfer_graph_capture_end(g: *mut UminferGraph) -> *mut c_char;
+    pub fn uminfer_graph_replay(g: *mut UminferGraph) -> *mut c_char;
+    pub fn uminfer_graph_pool(g: *mut UminferGraph, first: *mut u64, second: *mut u64) -> *mut c_char;
+    pub fn uminfer_graph_delete(g: *mut UminferGraph) -> *mut c_char;
+}
