@@ -13,9 +13,10 @@ Deterministic: fixed seeds, single-threaded export. Run by ci/setup with the ven
 on GPU hosts without the repo's venv, run with any python3 that has torch 2.11.
 """
 import argparse
+import array
 import os
+import struct
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -92,6 +93,18 @@ class ResNet18(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
+def save_npy(path: str, t: torch.Tensor) -> None:
+    """Writes a float32 tensor as .npy (format 1.0) without needing numpy (GPU hosts may lack it)."""
+    t = t.detach().to(torch.float32).contiguous().cpu()
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }" % "".join(f"{d}, " for d in t.shape).rstrip(" ")
+    header += "\n"
+    pad = (64 - (10 + len(header)) % 64) % 64
+    header = header[:-1] + " " * pad + "\n"
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode("latin1"))
+        f.write(array.array("f", t.flatten().tolist()).tobytes())
+
+
 def export(name: str, model: nn.Module, out: str, seed: int) -> None:
     torch.manual_seed(seed)
     model.eval()
@@ -102,8 +115,8 @@ def export(name: str, model: nn.Module, out: str, seed: int) -> None:
     x = torch.rand(INPUT_SHAPE, generator=gen, dtype=torch.float32)
     with torch.no_grad():
         y = scripted(x)
-    np.save(os.path.join(out, f"{name}.input.npy"), x.numpy())
-    np.save(os.path.join(out, f"{name}.expected.npy"), y.numpy())
+    save_npy(os.path.join(out, f"{name}.input.npy"), x)
+    save_npy(os.path.join(out, f"{name}.expected.npy"), y)
     print(f"wrote {path} ({os.path.getsize(path)} bytes), output shape {tuple(y.shape)}")
 
 
