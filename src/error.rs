@@ -41,6 +41,34 @@ pub enum Error {
     #[error("no kernel named `{0}` in kernels/ (known: {1})")]
     UnknownKernel(String, String),
 
+    /// A device ordinal beyond what the driver exposes.
+    #[error("no CUDA device {ordinal}: the driver exposes {count} device(s) (check CUDA_VISIBLE_DEVICES)")]
+    NoSuchDevice { ordinal: usize, count: i32 },
+
+    /// A region of zero elements, or one whose byte size overflows.
+    #[error("invalid region size: {0}")]
+    RegionSize(String),
+
+    /// A managed allocation that would oversubscribe the device.
+    #[error("refusing to allocate {requested} bytes of managed memory on GPU {device}: only {free} bytes are free and {headroom} must stay free (headroom); use a smaller region or lower ManagedOptions::headroom_bytes")]
+    Oversubscription { device: usize, requested: usize, free: usize, headroom: usize },
+
+    /// A region kind this device cannot provide.
+    #[error("GPU {device} does not support {what}")]
+    Unsupported { device: usize, what: &'static str },
+
+    /// A tensor view whose shape or dtype does not fit its region.
+    #[error("tensor view does not fit: {0}")]
+    Shape(String),
+
+    /// Memory that must stay locked could not be mapped.
+    #[error("{call} failed: {source}")]
+    Os {
+        call: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

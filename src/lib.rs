@@ -12,6 +12,7 @@
 //! | [`cuda`] | the CUDA driver and NVRTC through cudarc, loaded at run time |
 //! | [`kernels`] | the CUDA kernels of `kernels/*.cu`, embedded |
 //! | [`shim`] | what tch lacks, from the C++ shim: streams, CUDA graphs, libtorch facts |
+//! | [`memory`] | zero-copy regions (host, managed, pinned-mapped), views, pool |
 //! | [`loaded_libs`] | which shared libraries the process loaded, from where |
 //! | [`build_info`] | versions and commit fixed at build time |
 //! | [`error`] | the library's error type |
@@ -25,6 +26,7 @@ pub mod doctor;
 pub mod error;
 pub mod kernels;
 pub mod loaded_libs;
+pub mod memory;
 pub mod mode;
 pub mod shim;
 
