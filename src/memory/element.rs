@@ -8,30 +8,36 @@ use tch::Kind;
 /// # Safety
 /// Implementors must be `Copy`, have no padding and no invalid bit patterns,
 /// and `KIND` must be the libtorch dtype with the same size and layout.
-pub unsafe trait Element: tch::kind::Element + Copy + Send + Sync + 'static {
+///
+/// We keep our own dtype mapping rather than tch's `kind::Element`: tch 0.24
+/// maps `half::bf16` to `Kind::Half`, which would make libtorch read bf16
+/// bits as IEEE f16 (a test pins this down).
+pub unsafe trait Element: Copy + Send + Sync + 'static {
+    /// The libtorch dtype of this element type.
+    const KIND: Kind;
     /// Short dtype name used in messages (`f32`, `bf16`, ...).
     const NAME: &'static str;
 }
 
 macro_rules! element {
-    ($($t:ty => $name:literal),* $(,)?) => {$(
+    ($($t:ty => $kind:ident, $name:literal);* $(;)?) => {$(
         // SAFETY: a primitive numeric type without padding or invalid bit
-        // patterns; tch's own Element impl gives the matching Kind.
+        // patterns, paired with the libtorch dtype of the same layout.
         unsafe impl Element for $t {
+            const KIND: Kind = Kind::$kind;
             const NAME: &'static str = $name;
         }
     )*};
 }
 
-element!(f32 => "f32", f64 => "f64", half::f16 => "f16", half::bf16 => "bf16", u8 => "u8", i8 => "i8", i16 => "i16", i32 => "i32", i64 => "i64");
-
-/// Size in bytes of one element of `kind`, for the kinds regions support.
-pub fn kind_size(kind: Kind) -> Option<usize> {
-    Some(match kind {
-        Kind::Uint8 | Kind::Int8 => 1,
-        Kind::Int16 | Kind::Half | Kind::BFloat16 => 2,
-        Kind::Int | Kind::Float => 4,
-        Kind::Int64 | Kind::Double => 8,
-        _ => return None,
-    })
+element! {
+    f32 => Float, "f32";
+    f64 => Double, "f64";
+    half::f16 => Half, "f16";
+    half::bf16 => BFloat16, "bf16";
+    u8 => Uint8, "u8";
+    i8 => Int8, "i8";
+    i16 => Int16, "i16";
+    i32 => Int, "i32";
+    i64 => Int64, "i64";
 }

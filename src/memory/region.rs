@@ -1,7 +1,7 @@
 //! [`Region<T>`]: a typed, zero-copy buffer seen by the host as a slice and by
 //! libtorch as a tensor, but never both at once (the borrow checker enforces it).
 
-use super::element::{kind_size, Element};
+use super::element::Element;
 use super::raw::RawRegion;
 use super::view::{HostView, HostViewMut, TensorView};
 use super::RegionKind;
@@ -154,10 +154,9 @@ impl<T: Element> Region<T> {
     pub fn tensor_as(&mut self, shape: &[i64], kind: tch::Kind) -> Result<TensorView<'_>> {
         if kind != T::KIND {
             return Err(Error::Shape(format!(
-                "dtype {kind:?} requested but the region holds {} ({:?}); use a Region<{}> or convert the data",
+                "dtype {kind:?} requested but the region holds {} ({:?}); use a region of the model's dtype or convert the data",
                 T::NAME,
-                T::KIND,
-                kind_name(kind)
+                T::KIND
             )));
         }
         let numel = checked_numel(shape)?;
@@ -181,13 +180,6 @@ impl<T: Element> Region<T> {
         let t = unsafe { tch::Tensor::f_from_blob(ptr, shape, &strides, kind, device) }?;
         self.raw.mark_device_dirty();
         Ok(TensorView::new(t))
-    }
-}
-
-fn kind_name(kind: tch::Kind) -> String {
-    match kind_size(kind) {
-        Some(_) => format!("{kind:?}").to_lowercase(),
-        None => format!("{kind:?} (unsupported by regions)"),
     }
 }
 

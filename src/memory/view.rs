@@ -44,6 +44,36 @@ impl<T> DerefMut for HostViewMut<'_, T> {
 /// A `tch::Tensor` over a region's memory (no copy), which cannot outlive
 /// the region: it holds the region's mutable borrow.
 ///
+/// These compile-fail tests run with `cargo test` (doctests): a view that
+/// outlives its region, and a host slice taken while a view exists, are
+/// rejected by the borrow checker.
+///
+/// ```compile_fail,E0597
+/// use uminfer::memory::Region;
+/// let view;
+/// {
+///     let mut region = Region::<f32>::host(4).unwrap();
+///     view = region.tensor(&[4]).unwrap(); // `region` does not live long enough
+/// }
+/// drop(view);
+/// ```
+///
+/// ```compile_fail,E0502
+/// use uminfer::memory::Region;
+/// let mut region = Region::<f32>::host(4).unwrap();
+/// let view = region.tensor(&[4]).unwrap();
+/// let host = region.host_view().unwrap(); // cannot borrow while the tensor view lives
+/// drop((view, host));
+/// ```
+///
+/// ```compile_fail,E0505
+/// use uminfer::memory::Region;
+/// let mut region = Region::<f32>::host(4).unwrap();
+/// let view = region.tensor(&[4]).unwrap();
+/// drop(region); // cannot free the memory while the tensor views it
+/// drop(view);
+/// ```
+///
 /// Tensors *derived* from it by libtorch ops that alias storage (`view`,
 /// `shallow_clone`, ...) are plain `tch::Tensor`s without that lifetime: do not
 /// keep them past this view. Ops that compute new values (a model's forward)
