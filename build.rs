@@ -164,25 +164,61 @@ fn compile_shim(manifest: &Path, out: &Path, torch_dir: &Path, cu13: &Path) -> R
 }
 
 /// Every `kernels/*.cu` becomes an entry of `KERNELS` (a `KernelSource`),
-/// so that adding a kernel file is enough for NVRTC tests and the doctor to see it.
+/// so that adding a kernel file is enough for NVRTC tests and the doctor to
+/// see it. When `nvcc` is available (`$NVCC`, `$CUDA_HOME/bin/nvcc` or on
+/// `PATH`) each kernel is also compiled to PTX here and embedded; otherwise
+/// the runtime compiles it with NVRTC at first use.
 fn embed_kernels(manifest: &Path, out: &Path) -> Result<()> {
     let dir = manifest.join("kernels");
     println!("cargo:rerun-if-changed={}", dir.display());
+    println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
     let mut kernels: Vec<PathBuf> = fs::read_dir(&dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "cu"))
         .collect();
     kernels.sort();
+    let nvcc = find_nvcc();
     let mut code = String::from("/// Every kernel in `kernels/`, sorted by file name.\npub const KERNELS: &[KernelSource] = &[\n");
     for k in &kernels {
         println!("cargo:rerun-if-changed={}", k.display());
         let stem = k.file_stem().and_then(|s| s.to_str()).context("kernel file name is not UTF-8")?;
+        let ptx = match &nvcc {
+            Some(nvcc) => {
+                let ptx_path = out.join(format!("{stem}.ptx"));
+                let status = std::process::Command::new(nvcc)
+                    .args(["--ptx", "-arch=compute_75", "-o"])
+                    .arg(&ptx_path)
+                    .arg(k)
+                    .status()
+                    .with_context(|| format!("running {}", nvcc.display()))?;
+                if !status.success() {
+                    bail!("nvcc failed on {}", k.display());
+                }
+                format!("Some(include_str!({:?}))", ptx_path.display().to_string())
+            }
+            None => "None".to_string(),
+        };
         code.push_str(&format!(
-            "    KernelSource {{ name: {stem:?}, source: include_str!({:?}) }},\n",
+            "    KernelSource {{ name: {stem:?}, source: include_str!({:?}), prebuilt_ptx: {ptx} }},\n",
             k.display().to_string()
         ));
     }
     code.push_str("];\n");
     fs::write(out.join("kernel_sources.rs"), code)?;
     Ok(())
+}
+
+fn find_nvcc() -> Option<PathBuf> {
+    if let Ok(p) = env::var("NVCC") {
+        return Some(PathBuf::from(p));
+    }
+    if let Ok(home) = env::var("CUDA_HOME") {
+        let p = Path::new(&home).join("bin/nvcc");
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    env::var_os("PATH")
+        .and_then(|paths| env::split_paths(&paths).map(|d| d.join("nvcc")).find(|p| p.is_file()))
 }

@@ -10,6 +10,8 @@ pub struct KernelSource {
     pub name: &'static str,
     /// CUDA C++ source text.
     pub source: &'static str,
+    /// PTX compiled by `nvcc` at build time, when nvcc was available.
+    pub prebuilt_ptx: Option<&'static str>,
 }
 
 include!(concat!(env!("OUT_DIR"), "/kernel_sources.rs"));

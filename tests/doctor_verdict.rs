@@ -48,6 +48,7 @@ fn healthy_gpu_host() -> Facts {
         nvrtc: NvrtcFacts {
             loaded: Ok(uminfer::cuda::nvrtc::NvrtcInfo { version: (13, 0), library: None, builtins: None }),
             kernels: vec![("smoke".into(), Ok(900))],
+            prebuilt_by_nvcc: false,
         },
         shm: ShmFacts { present: true, write_error: None, free_bytes: Some(1 << 30) },
         env: EnvFacts { vars: vec![], os: "Ubuntu 24.04".into(), glibc: "2.39".into() },

@@ -17,7 +17,11 @@ fn every_kernel_compiles_to_ptx() {
 
 #[test]
 fn a_broken_kernel_is_a_typed_error_with_the_compiler_log() {
-    let bad = uminfer::kernels::KernelSource { name: "broken", source: "extern \"C\" __global__ void f() { undefined_thing(); }" };
+    let bad = uminfer::kernels::KernelSource {
+        name: "broken",
+        source: "extern \"C\" __global__ void f() { undefined_thing(); }",
+        prebuilt_ptx: None,
+    };
     let err = nvrtc::compile(&bad).unwrap_err().to_string();
     assert!(err.contains("broken") && err.contains("undefined_thing"), "{err}");
 }
@@ -26,4 +30,15 @@ fn a_broken_kernel_is_a_typed_error_with_the_compiler_log() {
 fn unknown_kernel_names_the_known_ones() {
     let err = uminfer::kernels::by_name("nope").unwrap_err().to_string();
     assert!(err.contains("smoke"), "{err}");
+}
+
+#[test]
+fn ptx_is_cached_per_process() {
+    let k = uminfer::kernels::by_name("smoke").unwrap();
+    let (a, origin) = nvrtc::ptx(k).unwrap();
+    let (b, _) = nvrtc::ptx(k).unwrap();
+    if origin == nvrtc::PtxOrigin::Nvrtc {
+        assert!(std::sync::Arc::ptr_eq(&a, &b), "second request recompiled");
+    }
+    assert_eq!(a.to_src(), b.to_src());
 }

@@ -76,6 +76,33 @@ pub fn compile(kernel: &KernelSource) -> Result<Ptx> {
         .map_err(|e| Error::Nvrtc { kernel: kernel.name.to_string(), detail: compile_error_text(&e) })
 }
 
+/// How a kernel's PTX was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum PtxOrigin {
+    /// Compiled by nvcc when the crate was built.
+    Nvcc,
+    /// Compiled by NVRTC at run time (then cached for the process).
+    Nvrtc,
+}
+
+/// The PTX of `kernel`: nvcc's from build time if present, else NVRTC's,
+/// compiled once per process and cached.
+pub fn ptx(kernel: &'static KernelSource) -> Result<(std::sync::Arc<Ptx>, PtxOrigin)> {
+    use parking_lot::Mutex;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    static CACHE: Mutex<Option<HashMap<&'static str, Arc<Ptx>>>> = Mutex::new(None);
+    if let Some(src) = kernel.prebuilt_ptx {
+        return Ok((Arc::new(Ptx::from_src(src)), PtxOrigin::Nvcc));
+    }
+    if let Some(p) = CACHE.lock().get_or_insert_with(HashMap::new).get(kernel.name) {
+        return Ok((p.clone(), PtxOrigin::Nvrtc));
+    }
+    let compiled = Arc::new(compile(kernel)?);
+    CACHE.lock().get_or_insert_with(HashMap::new).insert(kernel.name, compiled.clone());
+    Ok((compiled, PtxOrigin::Nvrtc))
+}
+
 /// Compiles every kernel in `kernels/`, returning each name with its outcome.
 pub fn compile_all() -> Vec<(&'static str, Result<Ptx>)> {
     KERNELS.iter().map(|k| (k.name, compile(k))).collect()

@@ -14,8 +14,8 @@ pub fn managed_round_trip(ordinal: usize) -> Result<()> {
     driver::ensure_driver()?;
     let drv = |call| move |source| Error::Driver { call, source };
     let ctx = CudaContext::new(ordinal).map_err(drv("cuDevicePrimaryCtxRetain"))?;
-    let ptx = nvrtc::compile(kernels::by_name("smoke")?)?;
-    let module = ctx.load_module(ptx).map_err(drv("cuModuleLoadData"))?;
+    let (ptx, _) = nvrtc::ptx(kernels::by_name("smoke")?)?;
+    let module = ctx.load_module((*ptx).clone()).map_err(drv("cuModuleLoadData"))?;
     let f = module.load_function("uminfer_smoke_add").map_err(drv("cuModuleGetFunction"))?;
     let stream = ctx.default_stream();
     // SAFETY: f32 is valid for any bit pattern, and every element is written

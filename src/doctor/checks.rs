@@ -207,7 +207,14 @@ fn kernels(f: &Facts, c: &mut Vec<Check>) {
     }
     for (name, r) in &f.nvrtc.kernels {
         c.push(match r {
-            Ok(bytes) => Check::pass(format!("kernels.{name}"), s, format!("kernels/{name}.cu compiles through NVRTC ({bytes} bytes of PTX)")),
+            Ok(bytes) => Check::pass(
+                format!("kernels.{name}"),
+                s,
+                format!(
+                    "kernels/{name}.cu compiles through NVRTC ({bytes} bytes of PTX); runtime uses {}",
+                    if f.nvrtc.prebuilt_by_nvcc { "the PTX nvcc built with the crate" } else { "NVRTC at first use (no nvcc at build time)" }
+                ),
+            ),
             Err(e) if f.nvrtc.loaded.is_err() => Check::skip(format!("kernels.{name}"), s, format!("not compiled: {e}")),
             Err(e) => Check::fail(format!("kernels.{name}"), s, format!("kernels/{name}.cu does not compile: {e}"), "fix the kernel source"),
         });

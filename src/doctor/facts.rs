@@ -73,8 +73,11 @@ pub struct DeviceFacts {
 pub struct NvrtcFacts {
     /// NVRTC version and paths, or why it could not be loaded.
     pub loaded: Result<crate::cuda::nvrtc::NvrtcInfo, String>,
-    /// Each kernel in `kernels/`: PTX size, or the compile error.
+    /// Each kernel in `kernels/`: PTX size from an NVRTC compile, or the error.
     pub kernels: Vec<(String, Result<usize, String>)>,
+    /// nvcc compiled the kernels at build time (the runtime uses that PTX);
+    /// otherwise the runtime compiles them with NVRTC at first use.
+    pub prebuilt_by_nvcc: bool,
 }
 
 /// `/dev/shm`, where the shared-memory transport lives.

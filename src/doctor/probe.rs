@@ -164,7 +164,7 @@ fn probe_nvrtc() -> NvrtcFacts {
     } else {
         kernels::KERNELS.iter().map(|k| (k.name.to_string(), Err("NVRTC not loaded".to_string()))).collect()
     };
-    NvrtcFacts { loaded, kernels }
+    NvrtcFacts { loaded, kernels, prebuilt_by_nvcc: kernels::KERNELS.iter().all(|k| k.prebuilt_ptx.is_some()) }
 }
 
 fn probe_shm() -> ShmFacts {
