@@ -11,6 +11,7 @@
 //! | [`mode`] | the execution modes and their ids |
 //! | [`cuda`] | the CUDA driver and NVRTC through cudarc, loaded at run time |
 //! | [`kernels`] | the CUDA kernels of `kernels/*.cu`, embedded |
+//! | [`ops`] | preprocess (u8 HWC → normalised f32 NCHW) and postprocess (softmax, top-k) kernels with CPU references |
 //! | [`shim`] | what tch lacks, from the C++ shim: streams, CUDA graphs, libtorch facts |
 //! | [`memory`] | zero-copy regions (host, managed, pinned-mapped), views, pool |
 //! | [`loaded_libs`] | which shared libraries the process loaded, from where |
@@ -28,6 +29,7 @@ pub mod kernels;
 pub mod loaded_libs;
 pub mod memory;
 pub mod mode;
+pub mod ops;
 pub mod shim;
 
 pub use error::{Error, Result};

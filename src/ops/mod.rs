@@ -1,0 +1,3 @@
+//! Pre- and post-processing kernels (`kernels/preprocess.cu`,
+//! `kernels/postprocess.cu`), their CPU reference implementations, and
+//! launch wrappers. (Being written.)
