@@ -69,6 +69,26 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The model file does not exist.
+    #[error("model file {} not found; export one with models/export.py (or run `bash ci/setup`)", path.display())]
+    ModelNotFound { path: PathBuf },
+
+    /// The model file could not be loaded or run.
+    #[error("model {}: {message}", path.display())]
+    Model { path: PathBuf, message: String },
+
+    /// A mode the doctor found unusable on this machine.
+    #[error("mode {mode} is not usable here: {reason} (see `uminfer doctor`)")]
+    ModeUnusable { mode: crate::Mode, reason: String },
+
+    /// A session's declared shapes or dtypes do not fit the model or the input.
+    #[error("session: {0}")]
+    Session(String),
+
+    /// CUDA graph capture failed (and eager fallback was not allowed).
+    #[error("CUDA graph capture failed: {0}; allow eager fallback with SessionSpec::allow_eager_fallback(true) to run without a graph")]
+    Capture(String),
+
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

@@ -7,6 +7,8 @@
 //!
 //! | module | holds |
 //! |---|---|
+//! | [`runtime`] | [`Runtime`](runtime::Runtime) (startup probe, mode gate) and [`Model`](runtime::Model) |
+//! | [`session`] | [`Session`](session::Session), [`SessionPool`](session::SessionPool): requests over zero-copy regions, CUDA graphs, timing |
 //! | [`doctor`] | startup diagnostics: facts, checks, usable modes |
 //! | [`mode`] | the execution modes and their ids |
 //! | [`cuda`] | the CUDA driver and NVRTC through cudarc, loaded at run time |
@@ -30,7 +32,11 @@ pub mod loaded_libs;
 pub mod memory;
 pub mod mode;
 pub mod ops;
+pub mod runtime;
+pub mod session;
 pub mod shim;
 
 pub use error::{Error, Result};
 pub use mode::Mode;
+pub use runtime::{Model, Runtime};
+pub use session::{Session, SessionPool, SessionSpec};

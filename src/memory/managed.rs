@@ -45,6 +45,33 @@ fn location(region_device: usize, to: Location) -> sys::CUmemLocation {
     }
 }
 
+/// `cuStreamAttachMemAsync` over a whole managed allocation.
+///
+/// # Safety
+/// `dptr` must be the start of a live managed allocation and `stream` a live
+/// stream of the bound context.
+pub(crate) unsafe fn attach_raw(dptr: u64, stream: sys::CUstream, mode: Attach) -> Result<()> {
+    let flags = match mode {
+        Attach::Global => sys::CUmemAttach_flags::CU_MEM_ATTACH_GLOBAL,
+        Attach::Host => sys::CUmemAttach_flags::CU_MEM_ATTACH_HOST,
+        Attach::SingleStream => sys::CUmemAttach_flags::CU_MEM_ATTACH_SINGLE,
+    };
+    // SAFETY: the caller guarantees the allocation and stream (length 0 = whole allocation).
+    unsafe { result::stream::attach_mem_async(stream, dptr, 0, flags) }
+        .map_err(|source| Error::Driver { call: "cuStreamAttachMemAsync", source })
+}
+
+/// `cuMemPrefetchAsync` of `bytes` at `dptr` to `to` (device `ordinal` or the host).
+///
+/// # Safety
+/// `[dptr, dptr + bytes)` must lie in a live managed allocation and `stream`
+/// must be a live stream of the bound context.
+pub(crate) unsafe fn prefetch_raw(dptr: u64, bytes: usize, ordinal: usize, to: Location, stream: sys::CUstream) -> Result<()> {
+    // SAFETY: the caller guarantees range and stream.
+    unsafe { result::mem_prefetch_async(dptr, bytes, location(ordinal, to), stream) }
+        .map_err(|source| Error::Driver { call: "cuMemPrefetchAsync", source })
+}
+
 impl<T: Element> Region<T> {
     fn managed_gpu(&self, what: &'static str) -> Result<&crate::cuda::Gpu> {
         match (self.kind(), self.gpu()) {
@@ -59,16 +86,10 @@ impl<T: Element> Region<T> {
     pub fn attach(&mut self, stream: &CudaStream, mode: Attach) -> Result<()> {
         let gpu = self.managed_gpu("attach")?;
         gpu.bind()?;
-        let flags = match mode {
-            Attach::Global => sys::CUmemAttach_flags::CU_MEM_ATTACH_GLOBAL,
-            Attach::Host => sys::CUmemAttach_flags::CU_MEM_ATTACH_HOST,
-            Attach::SingleStream => sys::CUmemAttach_flags::CU_MEM_ATTACH_SINGLE,
-        };
-        // SAFETY: the pointer/length are exactly this managed allocation's
-        // (length 0 = the whole allocation), the stream belongs to the bound
-        // context, and `&mut self` excludes concurrent host views.
-        unsafe { result::stream::attach_mem_async(stream.cu_stream(), self.device_ptr().unwrap_or(0), 0, flags) }
-            .map_err(|source| Error::Driver { call: "cuStreamAttachMemAsync", source })?;
+        // SAFETY: the pointer is this live managed allocation's start, the
+        // stream belongs to the bound context, and `&mut self` excludes
+        // concurrent host views.
+        unsafe { attach_raw(self.device_ptr().unwrap_or(0), stream.cu_stream(), mode) }?;
         self.raw().mark_device_dirty();
         Ok(())
     }
@@ -78,11 +99,9 @@ impl<T: Element> Region<T> {
     pub fn prefetch(&mut self, to: Location, stream: &CudaStream) -> Result<()> {
         let gpu = self.managed_gpu("prefetch")?;
         gpu.bind()?;
-        let loc = location(gpu.ordinal(), to);
         // SAFETY: the range is exactly this managed allocation's elements; the
         // stream belongs to the bound context; `&mut self` excludes host views.
-        unsafe { result::mem_prefetch_async(self.device_ptr().unwrap_or(0), self.byte_len(), loc, stream.cu_stream()) }
-            .map_err(|source| Error::Driver { call: "cuMemPrefetchAsync", source })?;
+        unsafe { prefetch_raw(self.device_ptr().unwrap_or(0), self.byte_len(), gpu.ordinal(), to, stream.cu_stream()) }?;
         self.raw().mark_device_dirty();
         Ok(())
     }

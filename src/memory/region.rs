@@ -9,6 +9,15 @@ use crate::cuda::Gpu;
 use crate::error::{Error, Result};
 use std::marker::PhantomData;
 
+/// Which address a tensor over a region uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TensorSide {
+    /// The region's natural device: CPU for host regions, its GPU otherwise.
+    Native,
+    /// The host address, as a CPU tensor.
+    Host,
+}
+
 /// Options of a managed allocation.
 #[derive(Debug, Clone, Copy)]
 pub struct ManagedOptions {
@@ -159,6 +168,21 @@ impl<T: Element> Region<T> {
                 T::KIND
             )));
         }
+        // SAFETY: the returned view mutably borrows `self`, so the memory
+        // outlives the tensor and no host slice aliases it meanwhile.
+        let t = unsafe { self.tensor_unbounded(shape, TensorSide::Native) }?;
+        Ok(TensorView::new(t))
+    }
+
+    /// A tensor over the region that carries no borrow: the caller upholds
+    /// what `tensor`'s borrow would. `TensorSide::Host` views the host
+    /// address as a CPU tensor (pinned staging for explicit copies).
+    ///
+    /// # Safety
+    /// 1. The tensor (and any tensor aliasing it) must be dropped before the region.
+    /// 2. No host view may be used while GPU work through the tensor may be
+    ///    pending (the caller synchronises before handing out host slices).
+    pub(crate) unsafe fn tensor_unbounded(&self, shape: &[i64], side: TensorSide) -> Result<tch::Tensor> {
         let numel = checked_numel(shape)?;
         if numel != self.len {
             return Err(Error::Shape(format!(
@@ -167,19 +191,38 @@ impl<T: Element> Region<T> {
             )));
         }
         let strides = contiguous_strides(shape);
-        let (ptr, device) = match (self.raw.device_ptr(), self.raw.gpu()) {
-            (Some(dptr), Some(gpu)) => (dptr as usize as *const u8, tch::Device::Cuda(gpu.ordinal())),
+        let (ptr, device) = match (side, self.raw.device_ptr(), self.raw.gpu()) {
+            (TensorSide::Native, Some(dptr), Some(gpu)) => (dptr as usize as *const u8, tch::Device::Cuda(gpu.ordinal())),
             _ => (self.raw.as_ptr() as *const u8, tch::Device::Cpu),
         };
         // SAFETY: `ptr` addresses `len * size_of::<T>()` bytes valid on
         // `device` (host memory for Cpu; managed or mapped-pinned device
-        // address for Cuda), the shape/strides describe exactly `len`
-        // contiguous elements of `kind` (= T::KIND, checked above), and the
-        // returned view mutably borrows `self`, so the memory outlives the
-        // tensor and no host slice aliases it meanwhile.
-        let t = unsafe { tch::Tensor::f_from_blob(ptr, shape, &strides, kind, device) }?;
+        // address for Cuda) and shape/strides describe exactly `len`
+        // contiguous elements of T::KIND; lifetime and host-access rules are
+        // the caller's (points 1 and 2).
+        let t = unsafe { tch::Tensor::f_from_blob(ptr, shape, &strides, T::KIND, device) }?;
         self.raw.mark_device_dirty();
-        Ok(TensorView::new(t))
+        Ok(t)
+    }
+
+    /// The elements as a slice without waiting for the GPU.
+    ///
+    /// # Safety
+    /// No GPU work that writes this memory may be pending, and none may be
+    /// queued while the slice lives (sessions guarantee this between runs).
+    pub(crate) unsafe fn host_slice_unchecked(&self) -> &[T] {
+        // SAFETY: see `host_view`; GPU idleness is the caller's guarantee.
+        unsafe { std::slice::from_raw_parts(self.raw.as_ptr().cast::<T>(), self.len) }
+    }
+
+    /// Mutable form of [`host_slice_unchecked`](Self::host_slice_unchecked).
+    ///
+    /// # Safety
+    /// As for `host_slice_unchecked`, and no GPU work may read it meanwhile.
+    pub(crate) unsafe fn host_slice_mut_unchecked(&mut self) -> &mut [T] {
+        // SAFETY: see `host_view_mut`; GPU idleness is the caller's guarantee.
+        unsafe { std::slice::from_raw_parts_mut(self.raw.as_ptr().cast::<T>(), self.len) }
+
     }
 }
 

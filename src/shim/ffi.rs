@@ -29,6 +29,12 @@ pub struct UminferGraph {
     _private: [u8; 0],
 }
 
+/// Opaque `UminferModule`.
+#[repr(C)]
+pub struct UminferModule {
+    _private: [u8; 0],
+}
+
 extern "C" {
     pub fn uminfer_free_error(err: *mut c_char);
     pub fn uminfer_torch_info(out: *mut UminferTorchInfo) -> *mut c_char;
@@ -45,4 +51,9 @@ extern "C" {
     pub fn uminfer_graph_replay(g: *mut UminferGraph) -> *mut c_char;
     pub fn uminfer_graph_pool(g: *mut UminferGraph, first: *mut u64, second: *mut u64) -> *mut c_char;
     pub fn uminfer_graph_delete(g: *mut UminferGraph) -> *mut c_char;
+    pub fn uminfer_module_load(path: *const c_char, device: i32, out: *mut *mut UminferModule) -> *mut c_char;
+    pub fn uminfer_module_free(m: *mut UminferModule);
+    pub fn uminfer_module_forward(m: *mut UminferModule, input: *mut c_void, out: *mut *mut c_void) -> *mut c_char;
+    pub fn uminfer_module_forward_into(m: *mut UminferModule, input: *mut c_void, output: *mut c_void) -> *mut c_char;
+    pub fn uminfer_tensor_copy(dst: *mut c_void, src: *mut c_void, non_blocking: i32) -> *mut c_char;
 }

@@ -52,6 +52,28 @@ char* uminfer_graph_replay(UminferGraph* g);
 char* uminfer_graph_pool(UminferGraph* g, uint64_t* first, uint64_t* second);
 char* uminfer_graph_delete(UminferGraph* g);
 
+// ---- TorchScript modules -------------------------------------------------
+// Tensors cross this boundary as `torch::Tensor*` (tch's C_tensor pointers).
+typedef struct UminferModule UminferModule;
+
+// Loads a TorchScript file onto `device` (-1 = CPU, else CUDA ordinal), in
+// eval mode. Errors name the path and say whether it is missing or not TorchScript.
+char* uminfer_module_load(const char* path, int32_t device, UminferModule** out);
+void uminfer_module_free(UminferModule* m);
+
+// Runs forward(input) under InferenceMode and returns the result as a new
+// torch::Tensor* (released by the caller, e.g. through tch). The model must
+// return a single tensor.
+char* uminfer_module_forward(UminferModule* m, void* input, void** out_tensor);
+
+// Runs forward(input) under InferenceMode and copies the result into
+// `output` (non-blocking on libtorch's current stream). Fails, without
+// writing, when the result's shape or dtype differs from `output`'s.
+char* uminfer_module_forward_into(UminferModule* m, void* input, void* output);
+
+// dst.copy_(src, non_blocking) on libtorch's current stream.
+char* uminfer_tensor_copy(void* dst, void* src, int32_t non_blocking);
+
 #ifdef __cplusplus
 }
 #endif

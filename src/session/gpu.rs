@@ -1,0 +1,184 @@
+//! The GPU engines: `gpu-copy`, `gpu-pinned`, `gpu-managed` and
+//! `gpu-managed-graph`. Each lives on its session's own thread (see
+//! `worker`), where its CUDA stream is libtorch's current stream.
+//!
+//! Every request is bracketed by two CUDA events on the session stream
+//! (device time) and ends with a stream synchronisation, so no GPU work is
+//! pending when `run()` returns and the host may read the output region.
+
+use super::engine::Engine;
+use super::timing::RunTiming;
+use crate::cuda::Gpu;
+use crate::error::{Error, Result};
+use crate::memory::managed::{attach_raw, prefetch_raw};
+use crate::memory::{Attach, Location};
+use crate::mode::Mode;
+use crate::shim::{copy_tensor, CudaGraph, CurrentStream, TorchModule};
+use cudarc::driver::{CudaEvent, CudaStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A managed range to prefetch around each request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ManagedRange {
+    pub(crate) ptr: u64,
+    pub(crate) bytes: usize,
+}
+
+/// What a GPU engine is built from (all `Send`, moved to the session thread).
+pub(crate) struct GpuParts {
+    pub(crate) mode: Mode,
+    pub(crate) gpu: Gpu,
+    pub(crate) module: Arc<TorchModule>,
+    /// Tensor the model reads: over the pinned-mapped or managed input region
+    /// (`gpu-copy`: a CPU tensor over the pinned staging region).
+    pub(crate) input: tch::Tensor,
+    /// Tensor the result is copied into (same rules as `input`).
+    pub(crate) output: tch::Tensor,
+    /// Managed input and output ranges (managed modes).
+    pub(crate) managed: Option<(ManagedRange, ManagedRange)>,
+    pub(crate) warmup: usize,
+    pub(crate) allow_eager_fallback: bool,
+}
+
+enum Path {
+    /// Pinned staging ↔ device copies around the forward.
+    Copy { d_in: tch::Tensor, d_out: tch::Tensor },
+    /// Forward straight over device-visible regions.
+    Direct,
+    /// Replay of a captured forward + output copy.
+    Graph(CudaGraph),
+}
+
+/// The engine of the four GPU modes.
+pub(crate) struct GpuEngine {
+    path: Path,
+    parts: GpuParts,
+    // Drop order: graph and tensors (above), then libtorch's previous
+    // stream is restored, then our stream and events are destroyed.
+    _current: CurrentStream,
+    stream: Arc<CudaStream>,
+    start: CudaEvent,
+    end: CudaEvent,
+}
+
+fn drv(call: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
+    move |source| Error::Driver { call, source }
+}
+
+impl GpuEngine {
+    /// Builds the engine on the calling (session) thread: stream, events,
+    /// warm-up, and for graph mode the capture. Returns a note on what was done.
+    pub(crate) fn build(parts: GpuParts) -> Result<(Self, String)> {
+        let gpu = parts.gpu.clone();
+        gpu.bind()?;
+        let stream = gpu.new_stream()?;
+        // SAFETY: the stream was created on `gpu`'s primary context (the one
+        // libtorch uses) and is kept alive by `self.stream`, which is dropped
+        // after `_current` (field order) and synchronised first (Drop).
+        let current = unsafe { CurrentStream::set(stream.cu_stream().cast(), gpu.ordinal() as i32) }?;
+        let ctx = gpu.context();
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT); // timing enabled
+        let start = ctx.new_event(timing).map_err(drv("cuEventCreate"))?;
+        let end = ctx.new_event(timing).map_err(drv("cuEventCreate"))?;
+        if let Some((i, o)) = parts.managed {
+            if !gpu.concurrent_managed_access() {
+                // Without concurrentManagedAccess the host may touch managed memory
+                // only while no kernel *that can access it* runs: tie the regions to
+                // this session's stream so other sessions' kernels do not count.
+                for r in [i, o] {
+                    // SAFETY: `r.ptr` starts a live managed allocation (the
+                    // session's region) and the stream is live on the bound context.
+                    unsafe { attach_raw(r.ptr, stream.cu_stream(), Attach::SingleStream) }?;
+                }
+            }
+        }
+        let path = match parts.mode {
+            Mode::GpuCopy => {
+                let opts = (parts.input.kind(), tch::Device::Cuda(gpu.ordinal()));
+                Path::Copy { d_in: tch::Tensor::f_empty(parts.input.size(), opts)?, d_out: tch::Tensor::f_empty(parts.output.size(), opts)? }
+            }
+            _ => Path::Direct,
+        };
+        tch::Cuda::cudnn_set_benchmark(true);
+        let mut engine = Self { path, parts, _current: current, stream, start, end };
+        // Warm-up: cuDNN autotuning, cuBLAS handles and the TorchScript
+        // profiling executor's optimisation all happen here, not in a request.
+        for _ in 0..engine.parts.warmup {
+            engine.run()?;
+        }
+        let mut note = format!("{} warm-up runs on GPU {}", engine.parts.warmup, gpu.ordinal());
+        if engine.parts.mode == Mode::GpuManagedGraph {
+            match engine.capture() {
+                Ok(graph) => {
+                    engine.path = Path::Graph(graph);
+                    engine.run()?; // the first replay uploads the graph
+                    note.push_str("; forward and output copy captured into a CUDA graph");
+                }
+                Err(e) if engine.parts.allow_eager_fallback => {
+                    tracing::warn!("CUDA graph capture failed, running eagerly as allowed: {e}");
+                    note.push_str(&format!("; CUDA graph capture FAILED ({e}), running eager (fallback allowed)"));
+                }
+                Err(e) => return Err(Error::Capture(e.to_string())),
+            }
+        }
+        Ok((engine, note))
+    }
+
+    /// Captures forward + output copy on the session stream.
+    fn capture(&mut self) -> Result<CudaGraph> {
+        self.stream.synchronize().map_err(drv("cuStreamSynchronize"))?;
+        let mut graph = CudaGraph::new()?;
+        graph.capture_begin(None)?;
+        let captured = self.parts.module.forward_into(&self.parts.input, &mut self.parts.output);
+        // End the capture even when the forward failed (it leaves the stream capturing otherwise).
+        let ended = graph.capture_end();
+        captured?;
+        ended?;
+        Ok(graph)
+    }
+
+    fn prefetch(&self, to: Location) -> Result<()> {
+        let Some((i, o)) = self.parts.managed else { return Ok(()) };
+        if !self.parts.gpu.concurrent_managed_access() {
+            return Ok(()); // prefetching needs concurrentManagedAccess; pages migrate on demand
+        }
+        let (r, dev) = match to {
+            Location::Device => (i, self.parts.gpu.ordinal()),
+            Location::Host => (o, self.parts.gpu.ordinal()),
+        };
+        // SAFETY: `r` is a live managed region of this session; the stream is live.
+        unsafe { prefetch_raw(r.ptr, r.bytes, dev, to, self.stream.cu_stream()) }
+    }
+}
+
+impl Engine for GpuEngine {
+    fn run(&mut self) -> Result<RunTiming> {
+        let t0 = Instant::now();
+        self.start.record(&self.stream).map_err(drv("cuEventRecord"))?;
+        self.prefetch(Location::Device)?;
+        let p = &mut self.parts;
+        match &mut self.path {
+            Path::Copy { d_in, d_out } => {
+                copy_tensor(d_in, &p.input, true)?;
+                p.module.forward_into(d_in, d_out)?;
+                copy_tensor(&mut p.output, d_out, true)?;
+            }
+            Path::Direct => p.module.forward_into(&p.input, &mut p.output)?,
+            Path::Graph(g) => g.replay()?,
+        }
+        self.prefetch(Location::Host)?;
+        self.end.record(&self.stream).map_err(drv("cuEventRecord"))?;
+        self.stream.synchronize().map_err(drv("cuStreamSynchronize"))?;
+        let ms = self.start.elapsed_ms(&self.end).map_err(drv("cuEventElapsedTime"))?;
+        Ok(RunTiming { host: t0.elapsed(), device: Some(Duration::from_secs_f64(ms as f64 / 1000.0)) })
+    }
+}
+
+impl Drop for GpuEngine {
+    fn drop(&mut self) {
+        if let Err(e) = self.stream.synchronize() {
+            crate::memory::record_deferred_error(format!("synchronising a session stream before teardown: {e}"));
+        }
+    }
+}

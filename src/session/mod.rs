@@ -1,0 +1,295 @@
+//! Inference sessions: a model bound to fixed input/output shapes and an
+//! execution mode, over zero-copy regions.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`spec`] | [`SessionSpec`], [`ModeChoice`] |
+//! | `engine` | the per-mode request path; the CPU engine |
+//! | `gpu` | the GPU engines (copy, pinned, managed, managed + CUDA graph) |
+//! | `worker` | the dedicated session thread and the request handoff |
+//! | [`timing`] | [`RunTiming`], [`Timing`] summaries (hdrhistogram) |
+//! | [`pool`] | [`SessionPool`]: K sessions shared across threads |
+//!
+//! Per request: write [`Session::input_mut`], call [`Session::run`], read
+//! [`Session::output`]. Both slices are the regions the model reads and
+//! writes: nothing is copied on the way in, and `run()` allocates nothing on
+//! the Rust side.
+
+mod engine;
+mod gpu;
+pub mod pool;
+pub mod spec;
+pub mod timing;
+mod worker;
+
+pub use pool::{PooledSession, SessionPool};
+pub use spec::{ModeChoice, SessionSpec};
+pub use timing::{RunTiming, Summary, Timing, TimingRecorder};
+
+use crate::cuda::Gpu;
+use crate::error::{Error, Result};
+use crate::memory::region::TensorSide;
+use crate::memory::{Element, ManagedOptions, Region};
+use crate::mode::Mode;
+use crate::runtime::{Model, Runtime};
+use engine::{CpuEngine, Engine};
+use gpu::{GpuEngine, GpuParts, ManagedRange};
+use worker::Worker;
+
+enum Runner {
+    /// Runs on the caller's thread.
+    Inline(Box<dyn Engine + Send>),
+    /// Runs on the session's own thread.
+    Thread(Worker),
+}
+
+/// A model ready to serve requests of one fixed shape in one mode.
+///
+/// # Thread safety
+/// `Send` (a session can move between threads; its GPU work always runs on
+/// its own thread) but used through `&mut self`: one request at a time. Use a
+/// [`SessionPool`] to serve several threads.
+pub struct Session<I: Element = f32, O: Element = f32> {
+    // Field order is drop order: the runner (its thread, tensors, stream and
+    // graph) goes before the regions those tensors view.
+    runner: Runner,
+    input: Region<I>,
+    output: Region<O>,
+    mode: Mode,
+    note: String,
+    timing: TimingRecorder,
+    spec: SessionSpec,
+    /// `data_ptr()` of the tensors the model reads and its result is copied into.
+    tensor_addrs: (usize, usize),
+}
+
+fn numel(shape: &[i64], what: &str) -> Result<usize> {
+    crate::memory::region::checked_numel(shape)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| Error::Session(format!("{what} shape {shape:?} must have positive dimensions")))
+}
+
+impl<I: Element, O: Element> Session<I, O> {
+    /// Builds a session; see [`Runtime::session`].
+    pub(crate) fn build(rt: &Runtime, model: &Model, spec: SessionSpec) -> Result<Self> {
+        match spec.mode {
+            ModeChoice::Fixed(mode) => Self::build_mode(rt, model, spec, mode),
+            ModeChoice::Auto => Self::build_auto(rt, model, spec),
+        }
+    }
+
+    fn build_mode(rt: &Runtime, model: &Model, spec: SessionSpec, mode: Mode) -> Result<Self> {
+        if mode == Mode::ShmIpc {
+            return Err(Error::Session("shm-ipc is a transport, not a session mode: serve a session with `uminfer serve`".into()));
+        }
+        rt.check_mode(mode)?;
+        let n_in = numel(&spec.input_shape, "input")?;
+        let n_out = numel(&spec.output_shape, "output")?;
+        let mut session = if mode == Mode::Cpu {
+            let mut input = Region::<I>::host(n_in)?;
+            let output = Region::<O>::host(n_out)?;
+            random_fill(&mut input)?;
+            let module = model.module(tch::Device::Cpu)?;
+            // SAFETY: the tensors live in the engine, which the session drops
+            // before the regions (field order); host slices are handed out only
+            // between runs, when no work is in flight (CPU work is synchronous).
+            let (ti, to) = unsafe {
+                (input.tensor_unbounded(&spec.input_shape, TensorSide::Native)?, output.tensor_unbounded(&spec.output_shape, TensorSide::Native)?)
+            };
+            let tensor_addrs = (ti.data_ptr() as usize, to.data_ptr() as usize);
+            let mut engine = CpuEngine { module, input: ti, output: to };
+            for _ in 0..spec.warmup {
+                engine.run().map_err(|e| shape_error(model, &spec, e))?;
+            }
+            let note = format!("{} warm-up runs on the CPU", spec.warmup);
+            let threaded = spec.dedicated_thread.unwrap_or(false) || spec.pin_core.is_some();
+            let runner = if threaded {
+                let (w, _) = Worker::spawn(format!("uminfer-cpu-{}", model.path().display()), spec.pin_core, move || Ok((engine, String::new())))?;
+                Runner::Thread(w)
+            } else {
+                Runner::Inline(Box::new(engine))
+            };
+            Self { runner, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs }
+        } else {
+            let gpu = Gpu::open(spec.device)?;
+            let (mut input, output) = match mode {
+                Mode::GpuManaged | Mode::GpuManagedGraph => {
+                    (Region::<I>::managed(&gpu, n_in, ManagedOptions::default())?, Region::<O>::managed(&gpu, n_out, ManagedOptions::default())?)
+                }
+                _ => (Region::<I>::pinned_mapped(&gpu, n_in)?, Region::<O>::pinned_mapped(&gpu, n_out)?),
+            };
+            random_fill(&mut input)?;
+            let side = if mode == Mode::GpuCopy { TensorSide::Host } else { TensorSide::Native };
+            // SAFETY: as for the CPU engine; in addition every GPU request ends
+            // with a stream synchronisation, so no GPU work is pending when the
+            // session hands out host slices.
+            let (ti, to) = unsafe { (input.tensor_unbounded(&spec.input_shape, side)?, output.tensor_unbounded(&spec.output_shape, side)?) };
+            let tensor_addrs = (ti.data_ptr() as usize, to.data_ptr() as usize);
+            let managed = (input.kind() == crate::memory::RegionKind::Managed).then(|| {
+                (
+                    ManagedRange { ptr: input.device_ptr().unwrap_or(0), bytes: input.byte_len() },
+                    ManagedRange { ptr: output.device_ptr().unwrap_or(0), bytes: output.byte_len() },
+                )
+            });
+            let parts = GpuParts {
+                mode,
+                module: model.module(tch::Device::Cuda(spec.device))?,
+                gpu,
+                input: ti,
+                output: to,
+                managed,
+                warmup: spec.warmup,
+                allow_eager_fallback: spec.allow_eager_fallback,
+            };
+            let name = format!("uminfer-{}-{}", mode, spec.device);
+            let (w, note) = Worker::spawn(name, spec.pin_core, move || GpuEngine::build(parts)).map_err(|e| shape_error(model, &spec, e))?;
+            Self { runner: Runner::Thread(w), input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs }
+        };
+        session.timing.reset();
+        Ok(session)
+    }
+
+    fn build_auto(rt: &Runtime, model: &Model, spec: SessionSpec) -> Result<Self> {
+        let mut best: Option<(f64, Self)> = None;
+        let mut tried = Vec::new();
+        for mode in rt.usable_modes() {
+            let built = Self::build_mode(rt, model, spec.clone().mode(mode), mode).and_then(|mut s| {
+                for _ in 0..spec.calibration_runs {
+                    s.run()?;
+                }
+                Ok(s)
+            });
+            match built {
+                Ok(s) => {
+                    let p50 = s.timing().map(|t| t.host.p50_us).unwrap_or(f64::INFINITY);
+                    tried.push(format!("{mode} P50 {p50:.1} µs"));
+                    if best.as_ref().is_none_or(|(b, _)| p50 < *b) {
+                        best = Some((p50, s));
+                    }
+                }
+                Err(e) => tried.push(format!("{mode} failed: {e}")),
+            }
+        }
+        let (p50, mut s) = best.ok_or_else(|| Error::Session(format!("auto: no mode could be built ({})", tried.join("; "))))?;
+        s.note = format!(
+            "auto picked {} (fastest host P50 {p50:.1} µs over {} calibration runs; {}); {}",
+            s.mode,
+            spec.calibration_runs,
+            tried.join(", "),
+            s.note
+        );
+        s.timing.reset();
+        Ok(s)
+    }
+
+    /// The mode this session runs in.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// What was done at build (warm-up, capture, auto's choice and why, fallbacks).
+    pub fn note(&self) -> &str {
+        &self.note
+    }
+
+    /// The spec the session was built from.
+    pub fn spec(&self) -> &SessionSpec {
+        &self.spec
+    }
+
+    /// The input region as a slice: write the request here (no copy follows).
+    pub fn input_mut(&mut self) -> &mut [I] {
+        // SAFETY: between runs no GPU work is pending (every run ends with a
+        // synchronisation; build too), and `&mut self` excludes a concurrent run.
+        unsafe { self.input.host_slice_mut_unchecked() }
+    }
+
+    /// The input region, read-only.
+    pub fn input(&self) -> &[I] {
+        // SAFETY: as for `input_mut`.
+        unsafe { self.input.host_slice_unchecked() }
+    }
+
+    /// The output region: the result of the last `run()`.
+    pub fn output(&self) -> &[O] {
+        // SAFETY: as for `input_mut`.
+        unsafe { self.output.host_slice_unchecked() }
+    }
+
+    /// The output region, writable (e.g. to poison it before a run in tests).
+    pub fn output_mut(&mut self) -> &mut [O] {
+        // SAFETY: as for `input_mut`.
+        unsafe { self.output.host_slice_mut_unchecked() }
+    }
+
+    /// `data_ptr()` of the tensor the model reads and of the tensor its result
+    /// is copied into: the regions' own addresses in the zero-copy modes (the
+    /// device address for pinned-mapped memory; the pinned staging address in
+    /// `gpu-copy`, whose device tensors are separate).
+    pub fn tensor_addresses(&self) -> (usize, usize) {
+        self.tensor_addrs
+    }
+
+    /// The input region.
+    pub fn input_region(&self) -> &Region<I> {
+        &self.input
+    }
+
+    /// The output region.
+    pub fn output_region(&self) -> &Region<O> {
+        &self.output
+    }
+
+    /// Runs one request: reads the input region, writes the output region.
+    pub fn run(&mut self) -> Result<RunTiming> {
+        let t = match &mut self.runner {
+            Runner::Inline(e) => e.run()?,
+            Runner::Thread(w) => w.run()?,
+        };
+        self.timing.record(t);
+        Ok(t)
+    }
+
+    /// Count, P50, P90, P99, mean and standard deviation of host (and device) time.
+    pub fn timing(&self) -> Option<Timing> {
+        self.timing.summary()
+    }
+
+    /// Forgets recorded timings.
+    pub fn reset_timing(&mut self) {
+        self.timing.reset();
+    }
+}
+
+/// Fills a fresh input region with pseudo-random data so that warm-up runs
+/// (and cuDNN autotuning) see realistic values, not zeros.
+fn random_fill<T: Element>(r: &mut Region<T>) -> Result<()> {
+    let mut h = r.host_view_mut()?;
+    let bytes = std::mem::size_of_val(&*h);
+    // SAFETY: any bit pattern is a valid T (Element), and the byte slice
+    // covers exactly the elements' storage.
+    let raw = unsafe { std::slice::from_raw_parts_mut(h.as_mut_ptr().cast::<u8>(), bytes) };
+    let mut x: u32 = 0x9E37_79B9;
+    for b in raw.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        // Small values: the low bits only, so floats stay finite and tame.
+        *b = (x & 0x3f) as u8;
+    }
+    Ok(())
+}
+
+/// Turns a libtorch error at build into a session error that names the model and the spec.
+fn shape_error(model: &Model, spec: &SessionSpec, e: Error) -> Error {
+    match e {
+        Error::Shim { message, .. } => Error::Session(format!(
+            "model {} with input {:?} → output {:?}: {message}",
+            model.path().display(),
+            spec.input_shape,
+            spec.output_shape
+        )),
+        other => other,
+    }
+}

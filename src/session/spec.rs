@@ -1,0 +1,117 @@
+//! [`SessionSpec`]: what a session is built for.
+
+use crate::mode::Mode;
+
+/// Which execution mode to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeChoice {
+    /// Exactly this mode (refused if the doctor found it unusable).
+    Fixed(Mode),
+    /// The fastest usable mode, picked by a short calibration at build time.
+    Auto,
+}
+
+impl std::str::FromStr for ModeChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            Ok(ModeChoice::Auto)
+        } else {
+            s.parse::<Mode>().map(ModeChoice::Fixed).map_err(|e| format!("{e}, or auto"))
+        }
+    }
+}
+
+/// Fixed input and output shapes plus how to run. Dtypes come from the
+/// session's type parameters.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    pub(crate) input_shape: Vec<i64>,
+    pub(crate) output_shape: Vec<i64>,
+    pub(crate) mode: ModeChoice,
+    pub(crate) device: usize,
+    pub(crate) warmup: usize,
+    pub(crate) calibration_runs: usize,
+    pub(crate) allow_eager_fallback: bool,
+    pub(crate) pin_core: Option<usize>,
+    pub(crate) dedicated_thread: Option<bool>,
+}
+
+/// Warm-up runs before timing or capture (libtorch's own CUDA-graph recipe uses 3).
+pub const MIN_WARMUP: usize = 3;
+
+impl SessionSpec {
+    /// A spec for `input_shape` → `output_shape`, mode `cpu`, device 0, 3 warm-up runs.
+    pub fn new(input_shape: &[i64], output_shape: &[i64]) -> Self {
+        Self {
+            input_shape: input_shape.to_vec(),
+            output_shape: output_shape.to_vec(),
+            mode: ModeChoice::Fixed(Mode::Cpu),
+            device: 0,
+            warmup: MIN_WARMUP,
+            calibration_runs: 30,
+            allow_eager_fallback: false,
+            pin_core: None,
+            dedicated_thread: None,
+        }
+    }
+
+    /// Execution mode (default `cpu`).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = ModeChoice::Fixed(mode);
+        self
+    }
+
+    /// Mode choice, `auto` included.
+    pub fn mode_choice(mut self, choice: ModeChoice) -> Self {
+        self.mode = choice;
+        self
+    }
+
+    /// CUDA device ordinal for GPU modes (default 0).
+    pub fn device(mut self, ordinal: usize) -> Self {
+        self.device = ordinal;
+        self
+    }
+
+    /// Warm-up runs at build (at least 3; cuDNN autotuning and library
+    /// handles are created there, before any capture).
+    pub fn warmup(mut self, runs: usize) -> Self {
+        self.warmup = runs.max(MIN_WARMUP);
+        self
+    }
+
+    /// Timed runs per candidate when the mode is `auto` (default 30).
+    pub fn calibration_runs(mut self, runs: usize) -> Self {
+        self.calibration_runs = runs.max(1);
+        self
+    }
+
+    /// In graph mode, run eagerly (and say so) if capture fails, instead of failing.
+    pub fn allow_eager_fallback(mut self, allow: bool) -> Self {
+        self.allow_eager_fallback = allow;
+        self
+    }
+
+    /// Pin the session's thread to this CPU core (implies a dedicated thread).
+    pub fn pin_core(mut self, core: usize) -> Self {
+        self.pin_core = Some(core);
+        self
+    }
+
+    /// Run requests on a dedicated OS thread (default: yes for GPU modes, no for `cpu`).
+    pub fn dedicated_thread(mut self, yes: bool) -> Self {
+        self.dedicated_thread = Some(yes);
+        self
+    }
+
+    /// Declared input shape.
+    pub fn input_shape(&self) -> &[i64] {
+        &self.input_shape
+    }
+
+    /// Declared output shape.
+    pub fn output_shape(&self) -> &[i64] {
+        &self.output_shape
+    }
+}

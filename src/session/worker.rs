@@ -1,0 +1,191 @@
+//! [`Worker`]: a dedicated OS thread that owns a session's engine (and with
+//! it the CUDA stream, libtorch's current-stream setting and the CUDA graph,
+//! all per-thread state), optionally pinned to a core. A request is handed
+//! over without allocation: a short spin, then a condition variable.
+
+use super::engine::Engine;
+use super::timing::RunTiming;
+use crate::error::{Error, Result};
+use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long each side busy-waits before sleeping: long enough to cover a
+/// small model's request, short enough not to burn a core when idle.
+const SPIN: Duration = Duration::from_micros(50);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cmd {
+    Idle,
+    Run,
+    Stop,
+}
+
+struct Slot {
+    cmd: Cmd,
+    result: Option<Result<RunTiming>>,
+}
+
+struct Shared {
+    slot: Mutex<Slot>,
+    to_worker: Condvar,
+    to_caller: Condvar,
+    /// Set with `cmd = Run`, for the worker's spin phase.
+    pending: AtomicBool,
+    /// Set with `result`, for the caller's spin phase.
+    done: AtomicBool,
+}
+
+/// Handle to a session thread.
+pub(crate) struct Worker {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn spin_until(flag: &AtomicBool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < SPIN {
+        if flag.load(Ordering::Acquire) {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    false
+}
+
+/// Pins the calling thread to `core`.
+pub(crate) fn pin_to_core(core: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes within `set`; `core` is checked against the set size.
+    if core >= libc::CPU_SETSIZE as usize {
+        return Err(Error::Session(format!("core {core} is beyond CPU_SETSIZE")));
+    }
+    unsafe { libc::CPU_SET(core, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 = this thread.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(Error::Os { call: "sched_setaffinity", source: std::io::Error::last_os_error() });
+    }
+    Ok(())
+}
+
+impl Worker {
+    /// Starts a thread, pins it if asked, builds the engine there with
+    /// `init` (which also returns a note for the caller), and waits for that.
+    pub(crate) fn spawn<E, F>(name: String, core: Option<usize>, init: F) -> Result<(Self, String)>
+    where
+        E: Engine + 'static,
+        F: FnOnce() -> Result<(E, String)> + Send + 'static,
+    {
+        let shared = Arc::new(Shared {
+            slot: Mutex::new(Slot { cmd: Cmd::Idle, result: None }),
+            to_worker: Condvar::new(),
+            to_caller: Condvar::new(),
+            pending: AtomicBool::new(false),
+            done: AtomicBool::new(false),
+        });
+        let (tx, rx) = std::sync::mpsc::channel::<Result<String>>();
+        let sh = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let built = core.map_or(Ok(()), pin_to_core).and_then(|_| init());
+                let mut engine = match built {
+                    Ok((engine, note)) => {
+                        let _ = tx.send(Ok(note));
+                        engine
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                serve(&sh, &mut engine);
+            })
+            .map_err(|e| Error::Os { call: "spawning the session thread", source: e })?;
+        let mut worker = Self { shared, thread: Some(thread) };
+        match rx.recv() {
+            Ok(Ok(note)) => Ok((worker, note)),
+            Ok(Err(e)) => {
+                worker.join();
+                Err(e)
+            }
+            Err(_) => {
+                worker.join();
+                Err(Error::Session("the session thread died while building its engine".into()))
+            }
+        }
+    }
+
+    /// Runs one request on the session thread and waits for it.
+    pub(crate) fn run(&self) -> Result<RunTiming> {
+        let sh = &*self.shared;
+        {
+            let mut slot = sh.slot.lock();
+            slot.cmd = Cmd::Run;
+            slot.result = None;
+            sh.done.store(false, Ordering::Release);
+            sh.pending.store(true, Ordering::Release);
+        }
+        sh.to_worker.notify_one();
+        spin_until(&sh.done);
+        let mut slot = sh.slot.lock();
+        loop {
+            if let Some(r) = slot.result.take() {
+                return r;
+            }
+            if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+                return Err(Error::Session("the session thread has stopped".into()));
+            }
+            sh.to_caller.wait_for(&mut slot, Duration::from_millis(100));
+        }
+    }
+
+    fn join(&mut self) {
+        {
+            let mut slot = self.shared.slot.lock();
+            slot.cmd = Cmd::Stop;
+            self.shared.pending.store(true, Ordering::Release);
+        }
+        self.shared.to_worker.notify_one();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("a session thread panicked");
+            }
+        }
+    }
+}
+
+fn serve<E: Engine>(sh: &Shared, engine: &mut E) {
+    loop {
+        spin_until(&sh.pending);
+        let cmd = {
+            let mut slot = sh.slot.lock();
+            while slot.cmd == Cmd::Idle {
+                sh.to_worker.wait(&mut slot);
+            }
+            let cmd = slot.cmd;
+            slot.cmd = Cmd::Idle;
+            sh.pending.store(false, Ordering::Release);
+            cmd
+        };
+        if cmd == Cmd::Stop {
+            return;
+        }
+        let r = engine.run();
+        {
+            let mut slot = sh.slot.lock();
+            slot.result = Some(r);
+            sh.done.store(true, Ordering::Release);
+        }
+        sh.to_caller.notify_one();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.join();
+    }
+}

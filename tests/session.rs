@@ -1,0 +1,242 @@
+//! Sessions: one test body per mode (CPU everywhere; GPU modes skip with a
+//! reason without a GPU and fail under UMINFER_REQUIRE_GPU=1), errors, pool.
+
+mod common;
+
+use tch::{Device, Tensor};
+use uminfer::doctor::{self, probe::ProbeOptions};
+use uminfer::{Error, Mode, Model, Runtime, Session, SessionPool, SessionSpec};
+
+const INPUT: [i64; 4] = [1, 3, 128, 128];
+
+fn runtime() -> Runtime {
+    Runtime::from_report(doctor::diagnose(ProbeOptions { smoke_tests: false }))
+}
+
+/// Deterministic pseudo-random input in [-1, 1).
+fn random_input(seed: u64, n: usize) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Eager reference on `device`, over a copied tensor.
+fn reference(model: &Model, input: &[f32], device: Device) -> Vec<f32> {
+    let t = Tensor::from_slice(input).view(INPUT).to_device(device);
+    let out = model.module(device).unwrap().forward(&t).unwrap();
+    Vec::<f32>::try_from(out.to_device(Device::Cpu).flatten(0, -1)).unwrap()
+}
+
+fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
+    let scale = want.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
+    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
+}
+
+/// The shared body: fresh random inputs, poisoned outputs, result equal to
+/// eager mode on the same device (relative error ≤ 1e-5).
+fn matches_eager(mode: Mode, model_name: &str, classes: i64, requests: u64) {
+    let rt = runtime();
+    let model = rt.model(common::model_path(model_name)).unwrap();
+    let device = if mode == Mode::Cpu { Device::Cpu } else { Device::Cuda(0) };
+    let spec = SessionSpec::new(&INPUT, &[1, classes]).mode(mode);
+    let mut s: Session = rt.session(&model, spec).unwrap();
+    assert_eq!(s.mode(), mode);
+    eprintln!("{mode}: {}", s.note());
+    let (tin, _) = s.tensor_addresses();
+    let region_addr = s.input_region().device_ptr().map(|p| p as usize).unwrap_or(s.input_region().as_ptr() as usize);
+    if mode != Mode::GpuCopy {
+        assert_eq!(tin, region_addr, "{mode}: the model does not read the input region in place");
+    }
+    for seed in 0..requests {
+        let x = random_input(seed, s.input().len());
+        s.input_mut().copy_from_slice(&x);
+        s.output_mut().fill(f32::NAN);
+        let t = s.run().unwrap();
+        assert_eq!(t.device.is_some(), mode.needs_gpu());
+        let want = reference(&model, &x, device);
+        assert!(s.output().iter().all(|v| v.is_finite()), "{mode}: unwritten (NaN) output elements");
+        let err = max_rel_err(s.output(), &want);
+        assert!(err <= 1e-5, "{mode} {model_name} request {seed}: relative error {err}");
+    }
+    let timing = s.timing().unwrap();
+    assert_eq!(timing.host.count, requests);
+    assert!(timing.host.p50_us <= timing.host.p99_us);
+    assert_eq!(timing.device.is_some(), mode.needs_gpu());
+}
+
+macro_rules! per_mode {
+    ($($name:ident: $mode:expr, $gpu:expr;)*) => {$(
+        mod $name {
+            use super::*;
+            #[test]
+            fn tiny_matches_eager() {
+                if $gpu { require_gpu!(); }
+                matches_eager($mode, "tiny.pt", 10, 20);
+            }
+            #[test]
+            fn resnet18_matches_eager() {
+                if $gpu { require_gpu!(); }
+                matches_eager($mode, "resnet18.pt", 1000, 3);
+            }
+        }
+    )*};
+}
+
+per_mode! {
+    cpu: Mode::Cpu, false;
+    gpu_copy: Mode::GpuCopy, true;
+    gpu_pinned: Mode::GpuPinned, true;
+    gpu_managed: Mode::GpuManaged, true;
+    gpu_managed_graph: Mode::GpuManagedGraph, true;
+}
+
+#[test]
+fn cpu_session_equals_pytorch_reference_output() {
+    let rt = runtime();
+    let model = rt.model(common::model_path("tiny.pt")).unwrap();
+    let mut s: Session = rt.session(&model, SessionSpec::new(&INPUT, &[1, 10])).unwrap();
+    let input = Tensor::read_npy(common::model_path("tiny.input.npy")).unwrap();
+    let expected = Vec::<f32>::try_from(Tensor::read_npy(common::model_path("tiny.expected.npy")).unwrap().flatten(0, -1)).unwrap();
+    s.input_mut().copy_from_slice(&Vec::<f32>::try_from(input.flatten(0, -1)).unwrap());
+    s.run().unwrap();
+    assert!(max_rel_err(s.output(), &expected) <= 1e-5, "{:?} vs {:?}", s.output(), expected);
+}
+
+#[test]
+fn graph_replay_sees_input_changed_in_place_many_times() {
+    require_gpu!();
+    let rt = runtime();
+    let model = rt.model(common::model_path("tiny.pt")).unwrap();
+    let mut s: Session = rt.session(&model, SessionSpec::new(&INPUT, &[1, 10]).mode(Mode::GpuManagedGraph)).unwrap();
+    assert!(s.note().contains("captured"), "{}", s.note());
+    for seed in 0..10_000u64 {
+        let x = random_input(seed, s.input().len());
+        s.input_mut().copy_from_slice(&x);
+        s.output_mut().fill(f32::NAN);
+        s.run().unwrap();
+        let want = reference(&model, &x, Device::Cuda(0));
+        let err = max_rel_err(s.output(), &want);
+        assert!(err <= 1e-5, "replay {seed}: relative error {err}");
+    }
+    assert_eq!(s.timing().unwrap().host.count, 10_000);
+}
+
+#[test]
+fn auto_picks_a_usable_mode_and_says_why() {
+    let rt = runtime();
+    let model = rt.model(common::model_path("tiny.pt")).unwrap();
+    let spec = SessionSpec::new(&INPUT, &[1, 10]).mode_choice(uminfer::session::ModeChoice::Auto).calibration_runs(5);
+    let s: Session = rt.session(&model, spec).unwrap();
+    assert!(rt.check_mode(s.mode()).is_ok());
+    assert!(s.note().starts_with(&format!("auto picked {}", s.mode())), "{}", s.note());
+    if common::gpu_unavailable().is_some() {
+        assert_eq!(s.mode(), Mode::Cpu);
+    }
+    assert!(s.timing().is_none(), "calibration timings must not leak into the session's record");
+}
+
+#[test]
+fn cpu_session_on_a_pinned_dedicated_thread() {
+    let rt = runtime();
+    let model = rt.model(common::model_path("tiny.pt")).unwrap();
+    let mut s: Session = rt.session(&model, SessionSpec::new(&INPUT, &[1, 10]).pin_core(0)).unwrap();
+    let x = random_input(7, s.input().len());
+    s.input_mut().copy_from_slice(&x);
+    s.run().unwrap();
+    assert!(max_rel_err(s.output(), &reference(&model, &x, Device::Cpu)) <= 1e-5);
+}
+
+#[test]
+fn pool_serves_many_threads_without_mixing_results() {
+    let rt = runtime();
+    let model = rt.model(common::model_path("tiny.pt")).unwrap();
+    let pool: SessionPool = SessionPool::new(&rt, &model, SessionSpec::new(&INPUT, &[1, 10]), 3).unwrap();
+    let n = 3 * 128 * 128;
+    let inputs: Vec<Vec<f32>> = (0..8).map(|k| random_input(100 + k, n)).collect();
+    let refs: Vec<Vec<f32>> = inputs.iter().map(|x| reference(&model, x, Device::Cpu)).collect();
+    let served = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|sc| {
+        for t in 0..6 {
+            let (pool, inputs, refs, served) = (&pool, &inputs, &refs, &served);
+            sc.spawn(move || {
+                let mut out = vec![0f32; 10];
+                for i in 0..15 {
+                    let k = (t * 7 + i) % inputs.len();
+                    out.fill(f32::NAN);
+                    pool.infer(&inputs[k], &mut out).unwrap();
+                    assert!(max_rel_err(&out, &refs[k]) <= 1e-5, "thread {t} request {i} got another request's result");
+                    served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    assert_eq!(served.into_inner(), 90);
+    assert_eq!(pool.size(), 3);
+    let mut out = vec![0f32; 9];
+    assert!(matches!(pool.infer(&inputs[0], &mut out), Err(Error::Session(_))));
+}
+
+#[test]
+fn gpu_pool_under_concurrency() {
+    require_gpu!();
+    let rt = runtime();
+    let model = rt.model(common::model_path("tiny.pt")).unwrap();
+    let pool: SessionPool = SessionPool::new(&rt, &model, SessionSpec::new(&INPUT, &[1, 10]).mode(Mode::GpuManagedGraph), 3).unwrap();
+    let n = 3 * 128 * 128;
+    let inputs: Vec<Vec<f32>> = (0..8).map(|k| random_input(200 + k, n)).collect();
+    let refs: Vec<Vec<f32>> = inputs.iter().map(|x| reference(&model, x, Device::Cuda(0))).collect();
+    std::thread::scope(|sc| {
+        for t in 0..6 {
+            let (pool, inputs, refs) = (&pool, &inputs, &refs);
+            sc.spawn(move || {
+                let mut out = vec![0f32; 10];
+                for i in 0..200 {
+                    let k = (t * 7 + i) % inputs.len();
+                    out.fill(f32::NAN);
+                    pool.infer(&inputs[k], &mut out).unwrap();
+                    assert!(max_rel_err(&out, &refs[k]) <= 1e-5, "thread {t} request {i}");
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn errors_are_typed_and_say_what_to_do() {
+    let rt = runtime();
+    assert!(matches!(rt.model("models/does-not-exist.pt"), Err(Error::ModelNotFound { .. })));
+    let junk = std::env::temp_dir().join(format!("uminfer-junk-{}.pt", std::process::id()));
+    std::fs::write(&junk, b"this is not a TorchScript archive").unwrap();
+    let err = rt.model(&junk).err().unwrap();
+    assert!(matches!(err, Error::Model { .. }) && err.to_string().contains("TorchScript"), "{err}");
+
+    let model = rt.model(common::model_path("tiny.pt")).unwrap();
+    let wrong_out = rt.session::<f32, f32>(&model, SessionSpec::new(&INPUT, &[1, 1000])).err().unwrap();
+    assert!(wrong_out.to_string().contains("[1, 10]") && wrong_out.to_string().contains("[1, 1000]"), "{wrong_out}");
+    let wrong_in = rt.session::<f32, f32>(&model, SessionSpec::new(&[1, 3, 128], &[1, 10])).err().unwrap();
+    assert!(matches!(wrong_in, Error::Session(_)), "{wrong_in}");
+    let wrong_dtype = rt.session::<f32, i64>(&model, SessionSpec::new(&INPUT, &[1, 10])).err().unwrap();
+    assert!(wrong_dtype.to_string().contains("dtype"), "{wrong_dtype}");
+    let empty = rt.session::<f32, f32>(&model, SessionSpec::new(&[1, 0, 128, 128], &[1, 10])).err().unwrap();
+    assert!(empty.to_string().contains("positive"), "{empty}");
+    let shm = rt.session::<f32, f32>(&model, SessionSpec::new(&INPUT, &[1, 10]).mode(Mode::ShmIpc)).err().unwrap();
+    assert!(shm.to_string().contains("transport"), "{shm}");
+    if common::gpu_unavailable().is_some() {
+        let gpu = rt.session::<f32, f32>(&model, SessionSpec::new(&INPUT, &[1, 10]).mode(Mode::GpuManagedGraph)).err().unwrap();
+        assert!(matches!(gpu, Error::ModeUnusable { mode: Mode::GpuManagedGraph, .. }), "{gpu}");
+        assert!(gpu.to_string().contains("no CUDA driver"), "{gpu}");
+    }
+}
+
+#[test]
+fn wrong_input_dtype_fails_at_build_with_libtorchs_reason() {
+    let rt = runtime();
+    let model = rt.model(common::model_path("tiny.pt")).unwrap();
+    let err = rt.session::<i32, f32>(&model, SessionSpec::new(&INPUT, &[1, 10])).err().unwrap();
+    assert!(matches!(err, Error::Session(_)), "{err}");
+    assert!(err.to_string().contains("tiny.pt"), "{err}");
+}
