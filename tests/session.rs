@@ -150,31 +150,37 @@ fn cpu_session_on_a_pinned_dedicated_thread() {
     assert!(max_rel_err(s.output(), &reference(&model, &x, Device::Cpu)) <= 1e-5);
 }
 
-#[test]
-fn pool_serves_many_threads_without_mixing_results() {
+/// 6 threads share a pool of 3 sessions; every response is checked against
+/// the reference for its own input. Returns the pool for further checks.
+fn pool_under_threads(mode: Mode, device: Device, per_thread: usize) -> (SessionPool, Vec<Vec<f32>>) {
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
-    let pool: SessionPool = SessionPool::new(&rt, &model, SessionSpec::new(&INPUT, &[1, 10]), 3).unwrap();
-    let n = 3 * 128 * 128;
-    let inputs: Vec<Vec<f32>> = (0..8).map(|k| random_input(100 + k, n)).collect();
-    let refs: Vec<Vec<f32>> = inputs.iter().map(|x| reference(&model, x, Device::Cpu)).collect();
+    let pool: SessionPool = SessionPool::new(&rt, &model, SessionSpec::new(&INPUT, &[1, 10]).mode(mode), 3).unwrap();
+    let inputs: Vec<Vec<f32>> = (0..8).map(|k| random_input(100 + k, 3 * 128 * 128)).collect();
+    let refs: Vec<Vec<f32>> = inputs.iter().map(|x| reference(&model, x, device)).collect();
     let served = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|sc| {
         for t in 0..6 {
             let (pool, inputs, refs, served) = (&pool, &inputs, &refs, &served);
             sc.spawn(move || {
                 let mut out = vec![0f32; 10];
-                for i in 0..15 {
+                for i in 0..per_thread {
                     let k = (t * 7 + i) % inputs.len();
                     out.fill(f32::NAN);
                     pool.infer(&inputs[k], &mut out).unwrap();
-                    assert!(max_rel_err(&out, &refs[k]) <= 1e-5, "thread {t} request {i} got another request's result");
+                    assert!(max_rel_err(&out, &refs[k]) <= 1e-5, "{mode}: thread {t} request {i} got another request's result");
                     served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             });
         }
     });
-    assert_eq!(served.into_inner(), 90);
+    assert_eq!(served.into_inner(), 6 * per_thread, "lost requests");
+    (pool, inputs)
+}
+
+#[test]
+fn pool_serves_many_threads_without_mixing_results() {
+    let (pool, inputs) = pool_under_threads(Mode::Cpu, Device::Cpu, 15);
     assert_eq!(pool.size(), 3);
     let mut out = vec![0f32; 9];
     assert!(matches!(pool.infer(&inputs[0], &mut out), Err(Error::Session(_))));
@@ -183,26 +189,7 @@ fn pool_serves_many_threads_without_mixing_results() {
 #[test]
 fn gpu_pool_under_concurrency() {
     require_gpu!();
-    let rt = runtime();
-    let model = rt.model(common::model_path("tiny.pt")).unwrap();
-    let pool: SessionPool = SessionPool::new(&rt, &model, SessionSpec::new(&INPUT, &[1, 10]).mode(Mode::GpuManagedGraph), 3).unwrap();
-    let n = 3 * 128 * 128;
-    let inputs: Vec<Vec<f32>> = (0..8).map(|k| random_input(200 + k, n)).collect();
-    let refs: Vec<Vec<f32>> = inputs.iter().map(|x| reference(&model, x, Device::Cuda(0))).collect();
-    std::thread::scope(|sc| {
-        for t in 0..6 {
-            let (pool, inputs, refs) = (&pool, &inputs, &refs);
-            sc.spawn(move || {
-                let mut out = vec![0f32; 10];
-                for i in 0..200 {
-                    let k = (t * 7 + i) % inputs.len();
-                    out.fill(f32::NAN);
-                    pool.infer(&inputs[k], &mut out).unwrap();
-                    assert!(max_rel_err(&out, &refs[k]) <= 1e-5, "thread {t} request {i}");
-                }
-            });
-        }
-    });
+    pool_under_threads(Mode::GpuManagedGraph, Device::Cuda(0), 200);
 }
 
 #[test]
