@@ -57,6 +57,10 @@ pub enum Error {
     #[error("GPU {device} does not support {what}")]
     Unsupported { device: usize, what: &'static str },
 
+    /// An argument out of its valid range (kernel parameters, sizes, k > classes, ...).
+    #[error("invalid argument: {0}")]
+    Argument(String),
+
     /// A tensor view whose shape or dtype does not fit its region.
     #[error("tensor view does not fit: {0}")]
     Shape(String),
