@@ -227,3 +227,48 @@ fn wrong_input_dtype_fails_at_build_with_libtorchs_reason() {
     assert!(matches!(err, Error::Session(_)), "{err}");
     assert!(err.to_string().contains("tiny.pt"), "{err}");
 }
+
+/// A raw u8 HWC image through a session with preprocessing equals the CPU
+/// reference preprocess followed by an eager forward.
+fn preprocessed_matches_reference(mode: Mode, device: Device) {
+    use uminfer::ops::{reference, PreprocessParams};
+    let rt = runtime();
+    let model = rt.model(common::model_path("tiny.pt")).unwrap();
+    let params = PreprocessParams::new(128, 128, 3, &[0.485, 0.456, 0.406], &[0.229, 0.224, 0.225]).unwrap();
+    let spec = SessionSpec::new(&INPUT, &[1, 10]).mode(mode).preprocess(params);
+    let mut s: Session = rt.session(&model, spec).unwrap();
+    for seed in 0..5u64 {
+        let image: Vec<u8> = random_input(seed, params.len()).iter().map(|x| ((x + 1.0) * 127.5) as u8).collect();
+        s.raw_input_mut().unwrap().copy_from_slice(&image);
+        s.output_mut().fill(f32::NAN);
+        s.run().unwrap();
+        let mut normalised = vec![0f32; params.len()];
+        reference::preprocess(&params, &image, &mut normalised).unwrap();
+        let err = max_rel_err(s.output(), &reference(&model, &normalised, device));
+        assert!(err <= 1e-5, "{mode} image {seed}: relative error {err}");
+        assert!(max_rel_err(s.input(), &normalised) <= 1e-6, "{mode}: the input region does not hold the normalised image");
+    }
+}
+
+#[test]
+fn cpu_session_preprocesses_raw_images() {
+    preprocessed_matches_reference(Mode::Cpu, Device::Cpu);
+}
+
+#[test]
+fn graph_session_captures_preprocessing() {
+    require_gpu!();
+    preprocessed_matches_reference(Mode::GpuManagedGraph, Device::Cuda(0));
+}
+
+#[test]
+fn preprocessing_needs_a_matching_f32_input() {
+    use uminfer::ops::PreprocessParams;
+    let rt = runtime();
+    let model = rt.model(common::model_path("tiny.pt")).unwrap();
+    let params = PreprocessParams::new(64, 64, 3, &[0.5; 3], &[0.5; 3]).unwrap();
+    let err = rt.session::<f32, f32>(&model, SessionSpec::new(&INPUT, &[1, 10]).preprocess(params)).err().unwrap();
+    assert!(err.to_string().contains("[1, 3, 64, 64]"), "{err}");
+    let mut plain: Session = rt.session(&model, SessionSpec::new(&INPUT, &[1, 10])).unwrap();
+    assert!(matches!(plain.raw_input_mut(), Err(Error::Session(_))));
+}

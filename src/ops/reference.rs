@@ -14,7 +14,12 @@ use crate::error::{Error, Result};
 /// `src` must hold exactly `h·w·c` bytes and `dst` exactly `h·w·c` floats;
 /// `mean` and `std` one value per channel (see [`PreprocessParams::new`]).
 pub fn preprocess_u8_hwc(src: &[u8], h: usize, w: usize, c: usize, mean: &[f32], std: &[f32], dst: &mut [f32]) -> Result<()> {
-    let params = PreprocessParams::new(h, w, c, mean, std)?;
+    preprocess(&PreprocessParams::new(h, w, c, mean, std)?, src, dst)
+}
+
+/// [`preprocess_u8_hwc`] with already validated parameters (what a session holds).
+pub fn preprocess(params: &PreprocessParams, src: &[u8], dst: &mut [f32]) -> Result<()> {
+    let c = params.channels();
     check_len("preprocess source (u8, H×W×C)", src.len(), params.len())?;
     check_len("preprocess destination (f32, 1×C×H×W)", dst.len(), params.len())?;
     let pixels = params.pixels();

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::memory::managed::{attach_raw, prefetch_raw};
 use crate::memory::{Attach, Location};
 use crate::mode::Mode;
+use crate::ops::{Preprocess, PreprocessParams};
 use crate::shim::{copy_tensor, CudaGraph, CurrentStream, TorchModule};
 use cudarc::driver::{CudaEvent, CudaStream};
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub(crate) struct GpuParts {
     pub(crate) managed: Option<(ManagedRange, ManagedRange)>,
     pub(crate) warmup: usize,
     pub(crate) allow_eager_fallback: bool,
+    /// Raw u8 region (device address) → input region (device address).
+    pub(crate) preprocess: Option<(PreprocessParams, u64, u64)>,
 }
 
 enum Path {
@@ -54,6 +57,7 @@ enum Path {
 pub(crate) struct GpuEngine {
     path: Path,
     parts: GpuParts,
+    preprocess: Option<Preprocess>,
     // Drop order: graph and tensors (above), then libtorch's previous
     // stream is restored, then our stream and events are destroyed.
     _current: CurrentStream,
@@ -101,7 +105,8 @@ impl GpuEngine {
             _ => Path::Direct,
         };
         tch::Cuda::cudnn_set_benchmark(true);
-        let mut engine = Self { path, parts, _current: current, stream, start, end };
+        let preprocess = parts.preprocess.as_ref().map(|_| Preprocess::new(&gpu)).transpose()?;
+        let mut engine = Self { path, parts, preprocess, _current: current, stream, start, end };
         // Warm-up: cuDNN autotuning, cuBLAS handles and the TorchScript
         // profiling executor's optimisation all happen here, not in a request.
         for _ in 0..engine.parts.warmup {
@@ -130,12 +135,24 @@ impl GpuEngine {
         self.stream.synchronize().map_err(drv("cuStreamSynchronize"))?;
         let mut graph = CudaGraph::new()?;
         graph.capture_begin(None)?;
-        let captured = self.parts.module.forward_into(&self.parts.input, &mut self.parts.output);
+        let captured = self.launch_preprocess().and_then(|_| self.parts.module.forward_into(&self.parts.input, &mut self.parts.output));
         // End the capture even when the forward failed (it leaves the stream capturing otherwise).
         let ended = graph.capture_end();
         captured?;
         ended?;
         Ok(graph)
+    }
+
+    /// Queues the preprocess kernel (raw u8 region → input region), if configured.
+    fn launch_preprocess(&self) -> Result<()> {
+        let (Some(k), Some((params, src, dst))) = (&self.preprocess, &self.parts.preprocess) else { return Ok(()) };
+        // SAFETY: `src` and `dst` are the device addresses of the session's raw
+        // u8 region and f32 input region (distinct, sized `params.len()`
+        // elements each, checked at build), alive while the engine lives;
+        // the host does not touch them until the stream is synchronised at
+        // the end of the request; managed regions are attached to this
+        // stream on devices without concurrentManagedAccess.
+        unsafe { k.launch(&self.stream, params, *src, *dst) }
     }
 
     fn prefetch(&self, to: Location) -> Result<()> {
@@ -157,6 +174,9 @@ impl Engine for GpuEngine {
         let t0 = Instant::now();
         self.start.record(&self.stream).map_err(drv("cuEventRecord"))?;
         self.prefetch(Location::Device)?;
+        if !matches!(self.path, Path::Graph(_)) {
+            self.launch_preprocess()?; // in graph mode it is part of the replay
+        }
         let p = &mut self.parts;
         match &mut self.path {
             Path::Copy { d_in, d_out } => {

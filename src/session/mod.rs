@@ -32,7 +32,7 @@ use crate::memory::region::TensorSide;
 use crate::memory::{Element, ManagedOptions, Region};
 use crate::mode::Mode;
 use crate::runtime::{Model, Runtime};
-use engine::{CpuEngine, Engine};
+use engine::{CpuEngine, Engine, HostPreprocess};
 use gpu::{GpuEngine, GpuParts, ManagedRange};
 use worker::Worker;
 
@@ -53,6 +53,8 @@ pub struct Session<I: Element = f32, O: Element = f32> {
     // Field order is drop order: the runner (its thread, tensors, stream and
     // graph) goes before the regions those tensors view.
     runner: Runner,
+    /// Raw u8 images when the spec asks for preprocessing.
+    raw: Option<Region<u8>>,
     input: Region<I>,
     output: Region<O>,
     mode: Mode,
@@ -86,10 +88,32 @@ impl<I: Element, O: Element> Session<I, O> {
         rt.check_mode(mode)?;
         let n_in = numel(&spec.input_shape, "input")?;
         let n_out = numel(&spec.output_shape, "output")?;
+        if let Some(p) = &spec.preprocess {
+            if I::KIND != tch::Kind::Float || spec.input_shape != p.output_shape() {
+                return Err(Error::Session(format!(
+                    "preprocessing writes f32 {:?}; the session's input is {} {:?}",
+                    p.output_shape(),
+                    I::NAME,
+                    spec.input_shape
+                )));
+            }
+            if mode == Mode::GpuCopy {
+                return Err(Error::Session("preprocessing is not offered in gpu-copy; use gpu-pinned, gpu-managed or gpu-managed-graph".into()));
+            }
+        }
         let mut session = if mode == Mode::Cpu {
             let mut input = Region::<I>::host(n_in)?;
             let output = Region::<O>::host(n_out)?;
             random_fill(&mut input)?;
+            let mut raw = spec.preprocess.as_ref().map(|p| Region::<u8>::host(p.len())).transpose()?;
+            if let Some(r) = raw.as_mut() {
+                random_fill(r)?;
+            }
+            let preprocess = spec.preprocess.as_ref().zip(raw.as_ref()).map(|(p, r)| HostPreprocess {
+                params: *p,
+                src: r.as_ptr() as usize,
+                dst: input.as_ptr() as usize,
+            });
             let module = model.module(tch::Device::Cpu)?;
             // SAFETY: the tensors live in the engine, which the session drops
             // before the regions (field order); host slices are handed out only
@@ -98,7 +122,7 @@ impl<I: Element, O: Element> Session<I, O> {
                 (input.tensor_unbounded(&spec.input_shape, TensorSide::Native)?, output.tensor_unbounded(&spec.output_shape, TensorSide::Native)?)
             };
             let tensor_addrs = (ti.data_ptr() as usize, to.data_ptr() as usize);
-            let mut engine = CpuEngine { module, input: ti, output: to };
+            let mut engine = CpuEngine { module, input: ti, output: to, preprocess };
             for _ in 0..spec.warmup {
                 engine.run().map_err(|e| shape_error(model, &spec, e))?;
             }
@@ -110,7 +134,7 @@ impl<I: Element, O: Element> Session<I, O> {
             } else {
                 Runner::Inline(Box::new(engine))
             };
-            Self { runner, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs }
+            Self { runner, raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs }
         } else {
             let gpu = Gpu::open(spec.device)?;
             let (mut input, output) = match mode {
@@ -120,15 +144,26 @@ impl<I: Element, O: Element> Session<I, O> {
                 _ => (Region::<I>::pinned_mapped(&gpu, n_in)?, Region::<O>::pinned_mapped(&gpu, n_out)?),
             };
             random_fill(&mut input)?;
+            let mut raw = match (&spec.preprocess, input.kind()) {
+                (None, _) => None,
+                (Some(p), crate::memory::RegionKind::Managed) => Some(Region::<u8>::managed(&gpu, p.len(), ManagedOptions::default())?),
+                (Some(p), _) => Some(Region::<u8>::pinned_mapped(&gpu, p.len())?),
+            };
+            if let Some(r) = raw.as_mut() {
+                random_fill(r)?;
+            }
+            let preprocess = spec.preprocess.zip(raw.as_ref()).map(|(p, r)| (p, r.device_ptr().unwrap_or(0), input.device_ptr().unwrap_or(0)));
             let side = if mode == Mode::GpuCopy { TensorSide::Host } else { TensorSide::Native };
             // SAFETY: as for the CPU engine; in addition every GPU request ends
             // with a stream synchronisation, so no GPU work is pending when the
             // session hands out host slices.
             let (ti, to) = unsafe { (input.tensor_unbounded(&spec.input_shape, side)?, output.tensor_unbounded(&spec.output_shape, side)?) };
             let tensor_addrs = (ti.data_ptr() as usize, to.data_ptr() as usize);
+            // With preprocessing the host writes the raw region: that is what to prefetch.
+            let host_written = raw.as_ref().map_or((input.device_ptr(), input.byte_len()), |r| (r.device_ptr(), r.byte_len()));
             let managed = (input.kind() == crate::memory::RegionKind::Managed).then(|| {
                 (
-                    ManagedRange { ptr: input.device_ptr().unwrap_or(0), bytes: input.byte_len() },
+                    ManagedRange { ptr: host_written.0.unwrap_or(0), bytes: host_written.1 },
                     ManagedRange { ptr: output.device_ptr().unwrap_or(0), bytes: output.byte_len() },
                 )
             });
@@ -141,10 +176,11 @@ impl<I: Element, O: Element> Session<I, O> {
                 managed,
                 warmup: spec.warmup,
                 allow_eager_fallback: spec.allow_eager_fallback,
+                preprocess,
             };
             let name = format!("uminfer-{}-{}", mode, spec.device);
             let (w, note) = Worker::spawn(name, spec.pin_core, move || GpuEngine::build(parts)).map_err(|e| shape_error(model, &spec, e))?;
-            Self { runner: Runner::Thread(w), input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs }
+            Self { runner: Runner::Thread(w), raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs }
         };
         session.timing.reset();
         Ok(session)
@@ -203,6 +239,16 @@ impl<I: Element, O: Element> Session<I, O> {
         // SAFETY: between runs no GPU work is pending (every run ends with a
         // synchronisation; build too), and `&mut self` excludes a concurrent run.
         unsafe { self.input.host_slice_mut_unchecked() }
+    }
+
+    /// The raw u8 HWC image region, when the spec asked for preprocessing:
+    /// write the image here; `run()` normalises it into the input region.
+    pub fn raw_input_mut(&mut self) -> Result<&mut [u8]> {
+        match self.raw.as_mut() {
+            // SAFETY: as for `input_mut`.
+            Some(r) => Ok(unsafe { r.host_slice_mut_unchecked() }),
+            None => Err(Error::Session("this session has no preprocessing: build it with SessionSpec::preprocess".into())),
+        }
     }
 
     /// The input region, read-only.

@@ -35,6 +35,7 @@ pub struct SessionSpec {
     pub(crate) allow_eager_fallback: bool,
     pub(crate) pin_core: Option<usize>,
     pub(crate) dedicated_thread: Option<bool>,
+    pub(crate) preprocess: Option<crate::ops::PreprocessParams>,
 }
 
 /// Warm-up runs before timing or capture (libtorch's own CUDA-graph recipe uses 3).
@@ -53,6 +54,7 @@ impl SessionSpec {
             allow_eager_fallback: false,
             pin_core: None,
             dedicated_thread: None,
+            preprocess: None,
         }
     }
 
@@ -102,6 +104,16 @@ impl SessionSpec {
     /// Run requests on a dedicated OS thread (default: yes for GPU modes, no for `cpu`).
     pub fn dedicated_thread(mut self, yes: bool) -> Self {
         self.dedicated_thread = Some(yes);
+        self
+    }
+
+    /// Take raw u8 HWC images ([`Session::raw_input_mut`](super::Session::raw_input_mut))
+    /// and normalise them into the f32 input region inside each request: the
+    /// preprocess kernel on GPU (captured into the graph in graph mode), the
+    /// CPU reference in `cpu` mode. The input shape must be `params.output_shape()`.
+    /// Not offered in `gpu-copy`.
+    pub fn preprocess(mut self, params: crate::ops::PreprocessParams) -> Self {
+        self.preprocess = Some(params);
         self
     }
 
