@@ -40,6 +40,13 @@ class Tiny(nn.Module):
         return self.fc(x)
 
 
+class Identity(nn.Module):
+    """Returns its input (a copy): measures a transport alone, and makes echo checks exact."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -123,7 +130,7 @@ def export(name: str, model: nn.Module, out: str, seed: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
-    ap.add_argument("--only", choices=["tiny", "resnet18"], help="export one model only")
+    ap.add_argument("--only", choices=["tiny", "resnet18", "identity"], help="export one model only")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1)
@@ -131,6 +138,8 @@ def main() -> None:
     if args.only in (None, "tiny"):
         torch.manual_seed(1)
         export("tiny", Tiny(), args.out, seed=1)
+    if args.only in (None, "identity"):
+        export("identity", Identity(), args.out, seed=7)
     if args.only in (None, "resnet18"):
         torch.manual_seed(18)
         export("resnet18", ResNet18(), args.out, seed=18)

@@ -93,6 +93,22 @@ pub enum Error {
     #[error("CUDA graph capture failed: {0}; allow eager fallback with SessionSpec::allow_eager_fallback(true) to run without a graph")]
     Capture(String),
 
+    /// The shared-memory transport failed.
+    #[error("shared-memory IPC: {0}")]
+    Ipc(String),
+
+    /// The server is not running, died, or stopped answering.
+    #[error("server gone: {0}")]
+    ServerGone(String),
+
+    /// No response within the client's timeout.
+    #[error("no response within {0:?}")]
+    Timeout(std::time::Duration),
+
+    /// The server answered with an error status.
+    #[error("the server refused the request ({status}): {message}")]
+    Remote { status: &'static str, message: String },
+
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

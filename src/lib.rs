@@ -7,6 +7,7 @@
 //!
 //! | module | holds |
 //! |---|---|
+//! | [`ipc`] | shared-memory transport on iceoryx2: `uminfer serve`, [`ipc::Client`] |
 //! | [`runtime`] | [`Runtime`](runtime::Runtime) (startup probe, mode gate) and [`Model`](runtime::Model) |
 //! | [`session`] | [`Session`](session::Session), [`SessionPool`](session::SessionPool): requests over zero-copy regions, CUDA graphs, timing |
 //! | [`doctor`] | startup diagnostics: facts, checks, usable modes |
@@ -27,6 +28,7 @@ pub mod build_info;
 pub mod cuda;
 pub mod doctor;
 pub mod error;
+pub mod ipc;
 pub mod kernels;
 pub mod loaded_libs;
 pub mod memory;

@@ -58,6 +58,72 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a model over shared memory (iceoryx2) as endpoint `uminfer/NAME`.
+    ///
+    /// Stops cleanly on SIGINT/SIGTERM after finishing the requests in flight.
+    Serve {
+        /// Endpoint name.
+        #[arg(long)]
+        name: String,
+        /// TorchScript model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// cpu, gpu-copy, gpu-pinned, gpu-managed, gpu-managed-graph or auto.
+        #[arg(long, default_value = "cpu")]
+        mode: ModeChoice,
+        /// Sessions and worker threads.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Largest request payload in bytes.
+        #[arg(long, default_value_t = 64 << 20)]
+        max_bytes: usize,
+        /// The model's input shape, comma-separated.
+        #[arg(long, default_value = "1,3,128,128", value_delimiter = ',')]
+        input_shape: Vec<i64>,
+    },
+    /// Send one .npy tensor (float32) to a `uminfer serve` endpoint; write the response as .npy.
+    Infer {
+        /// Endpoint name.
+        #[arg(long)]
+        name: String,
+        /// Input tensor (.npy, float32).
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the output tensor (.npy).
+        #[arg(long)]
+        output: PathBuf,
+        /// Seconds to wait for the server and for the response.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+}
+
+fn serve(opts: uminfer::ipc::ServeOptions) -> anyhow::Result<()> {
+    let rt = Runtime::new();
+    let server = uminfer::ipc::Server::new(&rt, opts)?;
+    server.run()?;
+    let st = server.stats();
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        "stopped: {} served, {} bad requests, {} model errors, {} abandoned by their clients",
+        n(&st.served),
+        n(&st.bad_requests),
+        n(&st.model_errors),
+        n(&st.abandoned)
+    );
+    Ok(())
+}
+
+fn infer(name: &str, input: &std::path::Path, output: &std::path::Path, timeout: f64) -> anyhow::Result<()> {
+    let x = tch::Tensor::read_npy(input).with_context(|| format!("reading {}", input.display()))?;
+    if x.kind() != tch::Kind::Float {
+        bail!("{}: dtype {:?}; protocol v1 carries float32", input.display(), x.kind());
+    }
+    let data = Vec::<f32>::try_from(x.flatten(0, -1))?;
+    let mut client = uminfer::ipc::Client::connect(name, std::time::Duration::from_secs_f64(timeout))?;
+    let (shape, y) = client.infer(&x.size(), &data)?;
+    tch::Tensor::from_slice(&y).view(shape.as_slice()).write_npy(output).with_context(|| format!("writing {}", output.display()))?;
+    Ok(())
 }
 
 struct RunArgs {
@@ -108,10 +174,21 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn report_error(r: anyhow::Result<()>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
     let code = match cli.command {
@@ -126,14 +203,17 @@ fn main() {
             report.exit_code()
         }
         Command::Run { model, input, output, mode, device, repeat, warmup, json } => {
-            match run(RunArgs { model, input, output, mode, device, repeat, warmup, json }) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    2
-                }
-            }
+            report_error(run(RunArgs { model, input, output, mode, device, repeat, warmup, json }))
         }
+        Command::Serve { name, model, mode, workers, max_bytes, input_shape } => {
+            let mut opts = uminfer::ipc::ServeOptions::new(&name, model);
+            opts.mode = mode;
+            opts.workers = workers;
+            opts.max_bytes = max_bytes;
+            opts.input_shape = input_shape;
+            report_error(serve(opts))
+        }
+        Command::Infer { name, input, output, timeout } => report_error(infer(&name, &input, &output, timeout)),
     };
     std::process::exit(code);
 }

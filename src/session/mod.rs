@@ -63,6 +63,10 @@ pub struct Session<I: Element = f32, O: Element = f32> {
     spec: SessionSpec,
     /// `data_ptr()` of the tensors the model reads and its result is copied into.
     tensor_addrs: (usize, usize),
+    /// The CPU module, for `run_on` over caller memory in `cpu` mode.
+    cpu_module: Option<std::sync::Arc<crate::shim::TorchModule>>,
+    /// Contiguous strides of the input and output shapes (precomputed: no allocation per request).
+    cpu_strides: (Vec<i64>, Vec<i64>),
 }
 
 fn numel(shape: &[i64], what: &str) -> Result<usize> {
@@ -115,6 +119,7 @@ impl<I: Element, O: Element> Session<I, O> {
                 dst: input.as_ptr() as usize,
             });
             let module = model.module(tch::Device::Cpu)?;
+            let cpu_module = Some(module.clone());
             // SAFETY: the tensors live in the engine, which the session drops
             // before the regions (field order); host slices are handed out only
             // between runs, when no work is in flight (CPU work is synchronous).
@@ -134,7 +139,7 @@ impl<I: Element, O: Element> Session<I, O> {
             } else {
                 Runner::Inline(Box::new(engine))
             };
-            Self { runner, raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs }
+            Self { runner, raw, input, output, mode, note, timing: TimingRecorder::new(), cpu_strides: strides_of(&spec), spec, tensor_addrs, cpu_module }
         } else {
             let gpu = Gpu::open(spec.device)?;
             let (mut input, output) = match mode {
@@ -180,7 +185,7 @@ impl<I: Element, O: Element> Session<I, O> {
             };
             let name = format!("uminfer-{}-{}", mode, spec.device);
             let (w, note) = Worker::spawn(name, spec.pin_core, move || GpuEngine::build(parts)).map_err(|e| shape_error(model, &spec, e))?;
-            Self { runner: Runner::Thread(w), raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs }
+            Self { runner: Runner::Thread(w), raw, input, output, mode, note, timing: TimingRecorder::new(), cpu_strides: strides_of(&spec), spec, tensor_addrs, cpu_module: None }
         };
         session.timing.reset();
         Ok(session)
@@ -297,6 +302,57 @@ impl<I: Element, O: Element> Session<I, O> {
         Ok(t)
     }
 
+    /// Runs one request over caller-owned memory (e.g. a shared-memory
+    /// sample). In `cpu` mode the model reads `input` and its result is
+    /// written into `output` through tensors over them: no copy of the input
+    /// (runs on the calling thread). In GPU modes `input` is copied into the
+    /// session's input region and the output region into `output`. When it
+    /// returns `Ok`, every element of `output` is initialised.
+    pub fn run_on(&mut self, input: &[I], output: &mut [std::mem::MaybeUninit<O>]) -> Result<RunTiming> {
+        if input.len() != self.input.len() || output.len() != self.output.len() {
+            return Err(Error::Session(format!(
+                "run_on: {} input and {} output elements given, the session takes {} and {}",
+                input.len(),
+                output.len(),
+                self.input.len(),
+                self.output.len()
+            )));
+        }
+        let t = match &self.cpu_module {
+            Some(module) if self.raw.is_none() => {
+                let t0 = std::time::Instant::now();
+                let (si, so) = (&self.cpu_strides.0, &self.cpu_strides.1);
+                // SAFETY: `input` holds exactly numel(input_shape) elements of I
+                // (checked above), lives for this call, and is only read; the
+                // tensor is dropped before returning.
+                let ti = unsafe {
+                    tch::Tensor::f_from_blob(input.as_ptr().cast(), &self.spec.input_shape, si, I::KIND, tch::Device::Cpu)
+                }?;
+                // SAFETY: `output` holds exactly numel(output_shape) slots of O,
+                // is exclusively borrowed for this call, and libtorch only writes
+                // it (copy_ of the result); the tensor is dropped before returning.
+                let mut to = unsafe {
+                    tch::Tensor::f_from_blob(output.as_mut_ptr().cast(), &self.spec.output_shape, so, O::KIND, tch::Device::Cpu)
+                }?;
+                module.forward_into(&ti, &mut to)?;
+                RunTiming { host: t0.elapsed(), device: None }
+            }
+            _ => {
+                self.input_mut().copy_from_slice(input);
+                let t = match &mut self.runner {
+                    Runner::Inline(e) => e.run()?,
+                    Runner::Thread(w) => w.run()?,
+                };
+                for (dst, src) in output.iter_mut().zip(self.output()) {
+                    dst.write(*src);
+                }
+                t
+            }
+        };
+        self.timing.record(t);
+        Ok(t)
+    }
+
     /// Count, P50, P90, P99, mean and standard deviation of host (and device) time.
     pub fn timing(&self) -> Option<Timing> {
         self.timing.summary()
@@ -306,6 +362,11 @@ impl<I: Element, O: Element> Session<I, O> {
     pub fn reset_timing(&mut self) {
         self.timing.reset();
     }
+}
+
+fn strides_of(spec: &SessionSpec) -> (Vec<i64>, Vec<i64>) {
+    use crate::memory::region::contiguous_strides;
+    (contiguous_strides(&spec.input_shape), contiguous_strides(&spec.output_shape))
 }
 
 /// Fills a fresh input region with pseudo-random data so that warm-up runs

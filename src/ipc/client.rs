@@ -1,0 +1,146 @@
+//! [`Client`]: sends tensors to a `uminfer serve` endpoint through shared memory.
+//!
+//! The request is written straight into the loaned shared-memory sample (in
+//! place with [`Client::infer_in_place`]); the response is read in place.
+//! Waiting: a short spin, then the response-event listener (named after this
+//! client's id, so the server wakes only this client). A server that died is
+//! noticed by cleaning up dead nodes on the waiting path: [`Error::ServerGone`]
+//! within the timeout, never a hang.
+
+use super::header::{RequestHeader, ResponseHeader, Status};
+use super::service::{self, Ipc, Names, TensorService};
+use crate::error::{Error, Result};
+use iceoryx2::prelude::*;
+use std::time::{Duration, Instant};
+
+/// How long a client busy-waits for its response before sleeping on its listener.
+pub const CLIENT_SPIN: Duration = Duration::from_micros(200);
+
+/// A connection to one endpoint.
+pub struct Client {
+    names: Names,
+    timeout: Duration,
+    next_id: u64,
+    // Field order is drop order: ports before the service and node.
+    port: iceoryx2::port::client::Client<Ipc, [f32], RequestHeader, [f32], ResponseHeader>,
+    notifier: iceoryx2::port::notifier::Notifier<Ipc>,
+    listener: iceoryx2::port::listener::Listener<Ipc>,
+    service: TensorService,
+    node: Node<Ipc>,
+}
+
+/// A response read in place from shared memory.
+pub struct Response<'a> {
+    /// Output shape.
+    pub shape: Vec<i64>,
+    /// Output elements (in the shared-memory sample).
+    pub data: &'a [f32],
+}
+
+impl Client {
+    /// Connects to endpoint `name`, waiting up to `timeout` for a server to
+    /// appear. `timeout` also bounds every request.
+    pub fn connect(name: &str, timeout: Duration) -> Result<Self> {
+        let names = service::names(name)?;
+        let node = service::node(&format!("uminfer-client-{}", std::process::id()))?;
+        let deadline = Instant::now() + timeout;
+        let service = loop {
+            match service::tensor_service(&node, &names, false) {
+                Ok(s) if s.dynamic_config().number_of_servers() > 0 => break s,
+                Ok(_) | Err(Error::ServerGone(_)) if Instant::now() < deadline => {
+                    service::cleanup_dead_nodes(&node);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(_) => return Err(Error::ServerGone(format!("no live server serves {} (waited {timeout:?})", names.service))),
+                Err(e) => return Err(e),
+            }
+        };
+        let port = service
+            .client_builder()
+            .initial_max_slice_len(1)
+            .allocation_strategy(AllocationStrategy::PowerOfTwo)
+            .create()
+            .map_err(|e| Error::Ipc(format!("client port: {e}")))?;
+        let notifier = service::request_events(&node, &names)?
+            .notifier_builder()
+            .create()
+            .map_err(|e| Error::Ipc(format!("request notifier: {e}")))?;
+        let listener_name = PortName::new(&format!("{}", port.id())).map_err(|e| Error::Ipc(format!("listener name: {e:?}")))?;
+        let listener = service::response_events(&node, &names)?
+            .listener_builder()
+            .name(&listener_name)
+            .create()
+            .map_err(|e| Error::Ipc(format!("response listener: {e}")))?;
+        Ok(Self { names, timeout, next_id: 1, port, notifier, listener, service, node })
+    }
+
+    /// Sends `input` (shape `shape`) and returns the output shape and a copy of the output.
+    pub fn infer(&mut self, shape: &[i64], input: &[f32]) -> Result<(Vec<i64>, Vec<f32>)> {
+        self.request(shape, |buf| buf.copy_from_slice(input), |r| (r.shape, r.data.to_vec()))
+    }
+
+    /// The zero-copy form: `fill` writes the request directly into the
+    /// shared-memory sample, `read` reads the response where it lies.
+    pub fn infer_in_place<R>(&mut self, shape: &[i64], fill: impl FnOnce(&mut [f32]), read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
+        self.request(shape, fill, read)
+    }
+
+    fn request<R>(&mut self, shape: &[i64], fill: impl FnOnce(&mut [f32]), read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let header = RequestHeader::new(id, shape).ok_or_else(|| Error::Ipc(format!("shape {shape:?} cannot be sent (rank 1..=8, no negative dimension)")))?;
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d as usize)).ok_or_else(|| Error::Ipc(format!("shape {shape:?} overflows")))?;
+        if self.service.dynamic_config().number_of_servers() == 0 {
+            service::cleanup_dead_nodes(&self.node);
+            return Err(Error::ServerGone(format!("no server serves {}", self.names.service)));
+        }
+        let mut req = self.port.loan_slice(n).map_err(|e| Error::Ipc(format!("loaning {n} floats of shared memory: {e}")))?;
+        *req.user_header_mut() = header;
+        fill(req.payload_mut());
+        let pending = req.send().map_err(|e| Error::Ipc(format!("sending: {e}")))?;
+        self.notifier.notify().map_err(|e| Error::Ipc(format!("notifying the server: {e}")))?;
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let mut last_check = start;
+        loop {
+            if let Some(resp) = pending.receive().map_err(|e| Error::Ipc(format!("receiving: {e}")))? {
+                let h = *resp.user_header();
+                if h.request_id != id {
+                    return Err(Error::Ipc(format!("response to request {} arrived for request {id}", h.request_id)));
+                }
+                return match h.status {
+                    s if s == Status::Ok as u16 => Ok(read(Response { shape: h.shape(), data: resp.payload() })),
+                    s => Err(Error::Remote { status: status_name(s), message: h.error_text() }),
+                };
+            }
+            if !pending.is_connected() {
+                return Err(Error::ServerGone(format!("{} dropped the request without answering", self.names.service)));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout(self.timeout));
+            }
+            if now - start < CLIENT_SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            if now - last_check > Duration::from_millis(200) {
+                last_check = now;
+                service::cleanup_dead_nodes(&self.node);
+                if self.service.dynamic_config().number_of_servers() == 0 {
+                    return Err(Error::ServerGone(format!("the server of {} died", self.names.service)));
+                }
+            }
+            let wait = (deadline - now).min(Duration::from_millis(50));
+            self.listener.timed_wait(|_| {}, wait).map_err(|e| Error::Ipc(format!("waiting for the response: {e:?}")))?;
+        }
+    }
+}
+
+fn status_name(s: u16) -> &'static str {
+    match s {
+        x if x == Status::BadRequest as u16 => "bad request",
+        x if x == Status::ModelError as u16 => "model error",
+        _ => "unknown status",
+    }
+}
