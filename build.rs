@@ -29,6 +29,12 @@ fn run() -> Result<()> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
+    // `.libtorch` is retargeted by ci/setup when the venv changes: the new
+    // target's mtime differs, so the rpath is recomputed.
+    if let Ok(l) = env::var("LIBTORCH") {
+        println!("cargo:rerun-if-changed={l}");
+        println!("cargo:rerun-if-changed={l}/lib/libtorch_cpu.so");
+    }
 
     let lib = libtorch_lib_dir()?;
     let torch_dir = lib.parent().context("libtorch lib dir has no parent")?.to_path_buf();
