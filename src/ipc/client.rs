@@ -76,6 +76,10 @@ impl Client {
 
     /// Sends `input` (shape `shape`) and returns the output shape and a copy of the output.
     pub fn infer(&mut self, shape: &[i64], input: &[f32]) -> Result<(Vec<i64>, Vec<f32>)> {
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(usize::try_from(d).ok()?));
+        if n != Some(input.len()) {
+            return Err(Error::Ipc(format!("shape {shape:?} does not describe the {} input elements given", input.len())));
+        }
         self.request(shape, |buf| buf.copy_from_slice(input), |r| (r.shape, r.data.to_vec()))
     }
 
@@ -85,11 +89,29 @@ impl Client {
         self.request(shape, fill, read)
     }
 
-    fn request<R>(&mut self, shape: &[i64], fill: impl FnOnce(&mut [f32]), read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
+    /// Sends `payload` under a header the caller built (any field, any
+    /// version): for protocol tests and for clients of other versions.
+    /// `request_id` is set by the client.
+    pub fn infer_with_header(&mut self, mut header: RequestHeader, payload: &[f32]) -> Result<(Vec<i64>, Vec<f32>)> {
+        header.request_id = self.take_id();
+        self.send_and_wait(header, payload.len(), |b| b.copy_from_slice(payload), |r| (r.shape, r.data.to_vec()))
+    }
+
+    fn take_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        let header = RequestHeader::new(id, shape).ok_or_else(|| Error::Ipc(format!("shape {shape:?} cannot be sent (rank 1..=8, no negative dimension)")))?;
+        id
+    }
+
+    fn request<R>(&mut self, shape: &[i64], fill: impl FnOnce(&mut [f32]), read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
+        let header = RequestHeader::new(self.take_id(), shape)
+            .ok_or_else(|| Error::Ipc(format!("shape {shape:?} cannot be sent (rank 1..=8, no negative dimension)")))?;
         let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d as usize)).ok_or_else(|| Error::Ipc(format!("shape {shape:?} overflows")))?;
+        self.send_and_wait(header, n, fill, read)
+    }
+
+    fn send_and_wait<R>(&mut self, header: RequestHeader, n: usize, fill: impl FnOnce(&mut [f32]), read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
+        let id = header.request_id;
         if self.service.dynamic_config().number_of_servers() == 0 {
             service::cleanup_dead_nodes(&self.node);
             return Err(Error::ServerGone(format!("no server serves {}", self.names.service)));
@@ -104,16 +126,14 @@ impl Client {
         let mut last_check = start;
         loop {
             if let Some(resp) = pending.receive().map_err(|e| Error::Ipc(format!("receiving: {e}")))? {
-                let h = *resp.user_header();
-                if h.request_id != id {
-                    return Err(Error::Ipc(format!("response to request {} arrived for request {id}", h.request_id)));
-                }
-                return match h.status {
-                    s if s == Status::Ok as u16 => Ok(read(Response { shape: h.shape(), data: resp.payload() })),
-                    s => Err(Error::Remote { status: status_name(s), message: h.error_text() }),
-                };
+                return answer(&resp, id, read);
             }
             if !pending.is_connected() {
+                // The server may have sent the response and dropped the request
+                // between the receive above and this check: look once more.
+                if let Some(resp) = pending.receive().map_err(|e| Error::Ipc(format!("receiving: {e}")))? {
+                    return answer(&resp, id, read);
+                }
                 return Err(Error::ServerGone(format!("{} dropped the request without answering", self.names.service)));
             }
             let now = Instant::now();
@@ -134,6 +154,18 @@ impl Client {
             let wait = (deadline - now).min(Duration::from_millis(50));
             self.listener.timed_wait(|_| {}, wait).map_err(|e| Error::Ipc(format!("waiting for the response: {e:?}")))?;
         }
+    }
+}
+
+/// Reads a response: checks it answers request `id`, maps error statuses.
+fn answer<R>(resp: &iceoryx2::response::Response<Ipc, [f32], ResponseHeader>, id: u64, read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
+    let h = *resp.user_header();
+    if h.request_id != id {
+        return Err(Error::Ipc(format!("response to request {} arrived for request {id}", h.request_id)));
+    }
+    match h.status {
+        s if s == Status::Ok as u16 => Ok(read(Response { shape: h.shape(), data: resp.payload() })),
+        s => Err(Error::Remote { status: status_name(s), message: h.error_text() }),
     }
 }
 

@@ -85,7 +85,8 @@ impl Server {
     /// builds the sessions and opens the ports.
     pub fn new(rt: &Runtime, opts: ServeOptions) -> Result<Self> {
         let names = service::names(&opts.name)?;
-        let node = service::node(&format!("uminfer-server-{}", opts.name))?;
+        // iceoryx2 node names hold at most 128 bytes; endpoint names are ASCII.
+        let node = service::node(&format!("uminfer-server-{}", &opts.name[..opts.name.len().min(100)]))?;
         let cleaned = service::cleanup_dead_nodes(&node);
         if cleaned > 0 {
             tracing::info!("removed the resources of {cleaned} dead node(s) (crashed servers or clients)");
@@ -218,7 +219,9 @@ impl Server {
                     // Consume the events, or the WaitSet reports them again at once.
                     let _ = self.listener.try_wait(|_| {});
                 }
-                if matches!(r, WaitSetRunResult::TerminationRequest | WaitSetRunResult::Interrupt) {
+                // `Interrupt` is any EINTR (SIGSTOP/SIGCONT, a debugger); SIGINT and
+                // SIGTERM come back as `TerminationRequest`.
+                if r == WaitSetRunResult::TerminationRequest {
                     tracing::info!("termination requested: finishing the requests in flight");
                     break;
                 }

@@ -80,7 +80,8 @@ pub fn tensor_service(node: &Node<Ipc>, names: &Names, create: bool) -> Result<T
     } else {
         b.open().map_err(|e| {
             let text = format!("{e}");
-            if text.contains("DoesNotExist") {
+            // IsMarkedForDestruction: a stopped server's service is being removed (a new one may follow).
+            if text.contains("DoesNotExist") || text.contains("IsMarkedForDestruction") {
                 Error::ServerGone(format!("no server serves {} (start one with `uminfer serve --name …`)", names.service))
             } else {
                 Error::Ipc(format!("opening service {}: {text}", names.service))

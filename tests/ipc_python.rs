@@ -1,0 +1,379 @@
+//! The Python client (`clients/python`, run with the project venv) against a
+//! real `uminfer serve` child process: results equal to in-process inference,
+//! no mixed-up responses, remote errors, and a missing or killed server.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use uminfer::doctor::{self, probe::ProbeOptions};
+use uminfer::{Mode, Runtime, Session, SessionSpec};
+
+/// Longest a Python client may run (a loaded 2-core machine starts numpy slowly).
+const PYTHON_DEADLINE: Duration = Duration::from_secs(120);
+/// Seconds the Python scripts wait for the server to come up (and for each response).
+const CLIENT_TIMEOUT_S: &str = "60";
+
+/// An endpoint name unique to this test process and call.
+fn unique(tag: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("py-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The venv's python and the directory to put on `PYTHONPATH`, or `None` when
+/// this run has no Python environment (a GPU bundle, which carries neither).
+fn python_env() -> Option<(PathBuf, PathBuf)> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    let client_dir = root.join("clients/python");
+    if python.exists() && client_dir.join("uminfer_client/__init__.py").exists() {
+        return Some((python, client_dir));
+    }
+    assert!(
+        std::env::var_os("UMINFER_BIN").is_some(),
+        "{} or {} missing: run `bash ci/setup` (it creates the venv with iceoryx2==0.10.0)",
+        python.display(),
+        client_dir.display()
+    );
+    None
+}
+
+/// Returns from the calling test when there is no Python environment (bundle runs only).
+macro_rules! require_python {
+    () => {
+        match python_env() {
+            Some(env) => env,
+            None => {
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr(), "SKIPPED (no project venv / clients/python in this bundle): {}", module_path!());
+                return;
+            }
+        }
+    };
+}
+
+/// `python -c SCRIPT ARGS…` or `python -m uminfer_client ARGS…`, with the client importable.
+fn python(env: &(PathBuf, PathBuf)) -> Command {
+    let mut cmd = Command::new(&env.0);
+    cmd.env("PYTHONPATH", &env.1).env("PYTHONDONTWRITEBYTECODE", "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs `cmd` to completion (see [`finish`]).
+fn run(mut cmd: Command) -> Output {
+    finish(cmd.spawn().expect("starting the venv python"))
+}
+
+/// Waits for `child` and collects what is left of its output; kills it after [`PYTHON_DEADLINE`].
+fn finish(child: Child) -> Output {
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(PYTHON_DEADLINE) {
+        Ok(out) => out.expect("waiting for the python client"),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child's pid; it is not reaped until wait_with_output returns.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the python client did not finish within {PYTHON_DEADLINE:?}");
+        }
+    }
+}
+
+/// Text of an output stream.
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The value of the first `key=value` line of `stdout`.
+fn field<'a>(stdout: &'a str, key: &str) -> Option<&'a str> {
+    stdout.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// A `uminfer serve` child process; SIGTERM and wait on drop, so a failing test leaks nothing.
+struct ServerProcess {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl ServerProcess {
+    fn start(tag: &str, model: &str) -> Self {
+        let name = unique(tag);
+        let log = std::env::temp_dir().join(format!("uminfer-{name}.log"));
+        let child = Command::new(common::uminfer_bin())
+            .args(["serve", "--name", &name, "--model"])
+            .arg(common::model_path(model))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("creating the server log file"))
+            .spawn()
+            .expect("starting `uminfer serve`");
+        Self { name, child, log }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child's pid (not yet reaped while `self` lives).
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 30 s); the exit status.
+    fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.child.try_wait().expect("waiting for the server") {
+                Some(status) => return status,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                None => {
+                    let _ = self.child.kill();
+                    return self.child.wait().expect("waiting for the killed server");
+                }
+            }
+        }
+    }
+
+    /// Panics with everything known when a Python client failed.
+    fn fail(&mut self, what: &str, out: &Output) -> ! {
+        let running = self.is_running();
+        panic!(
+            "{what}: exit {:?}\n--- python stdout ---\n{}\n--- python stderr ---\n{}\n--- server {} (running: {running}) log ---\n{}",
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr),
+            self.name,
+            self.log()
+        );
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.stop();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Shape and float32 elements of a `.npy` file.
+fn npy(path: &Path) -> (Vec<i64>, Vec<f32>) {
+    let t = tch::Tensor::read_npy(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let data = Vec::<f32>::try_from(t.flatten(0, -1)).unwrap_or_else(|e| panic!("{} is not float32: {e}", path.display()));
+    (t.size(), data)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "element counts differ");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// tiny.pt run in this process by a CPU session, the mode the server uses.
+fn in_process_tiny(input: &[f32]) -> Vec<f32> {
+    let rt = Runtime::from_report(doctor::diagnose(ProbeOptions { smoke_tests: false }));
+    let model = rt.model(common::model_path("tiny.pt")).expect("loading tiny.pt in process");
+    let mut s: Session = rt.session(&model, SessionSpec::new(&[1, 3, 128, 128], &[1, 10]).mode(Mode::Cpu)).expect("CPU session for tiny.pt");
+    s.input_mut().copy_from_slice(input);
+    s.run().expect("in-process run of tiny.pt");
+    s.output().to_vec()
+}
+
+#[test]
+fn python_cli_output_equals_pytorch_and_in_process_inference() {
+    let env = require_python!();
+    let mut server = ServerProcess::start("cli", "tiny.pt");
+    let input = common::model_path("tiny.input.npy");
+    let output = std::env::temp_dir().join(format!("uminfer-{}.out.npy", server.name));
+    let mut cmd = python(&env);
+    cmd.args(["-m", "uminfer_client", "--name", &server.name, "--input"]).arg(&input).arg("--output").arg(&output).args(["--timeout", CLIENT_TIMEOUT_S]);
+    let out = run(cmd);
+    if !out.status.success() {
+        server.fail("python -m uminfer_client failed", &out);
+    }
+    let (got_shape, got) = npy(&output);
+    let _ = std::fs::remove_file(&output);
+    let (expected_shape, expected) = npy(&common::model_path("tiny.expected.npy"));
+    assert_eq!(got_shape, expected_shape, "output shape");
+    assert!(max_abs_diff(&got, &expected) <= 1e-5, "python client {got:?}\nPyTorch reference {expected:?}");
+    let local = in_process_tiny(&npy(&input).1);
+    assert!(max_abs_diff(&got, &local) <= 1e-5, "python client {got:?}\nin-process session {local:?}");
+    let status = server.stop();
+    assert!(status.success(), "the server did not stop cleanly on SIGTERM ({status}):\n{}", server.log());
+}
+
+#[test]
+fn python_gets_each_of_50_random_inputs_back_from_the_identity_model() {
+    let env = require_python!();
+    let mut server = ServerProcess::start("identity", "identity.pt");
+    let script = r#"
+import sys
+import numpy as np
+from uminfer_client import Client
+
+name, timeout = sys.argv[1], float(sys.argv[2])
+rng = np.random.default_rng(20240601)
+out = np.empty((1, 3, 128, 128), np.float32)
+with Client(name, timeout=timeout) as client:
+    for i in range(50):
+        x = rng.standard_normal((1, 3, 128, 128), dtype=np.float32)
+        y = client.infer(x) if i % 2 == 0 else client.infer_into(x, out)
+        if y.shape != x.shape or not np.array_equal(y, x):
+            sys.exit(f"request {i}: the response is not its own input (shape {y.shape}, max diff {np.abs(y - x).max()})")
+print("identical=50")
+"#;
+    let mut cmd = python(&env);
+    cmd.args(["-c", script, &server.name, CLIENT_TIMEOUT_S]);
+    let out = run(cmd);
+    if !out.status.success() {
+        server.fail("the identity round trips failed", &out);
+    }
+    assert_eq!(field(&text(&out.stdout), "identical"), Some("50"), "stdout: {}", text(&out.stdout));
+}
+
+#[test]
+fn python_wrong_shape_is_a_bad_request_and_the_server_keeps_serving() {
+    let env = require_python!();
+    let mut server = ServerProcess::start("badshape", "tiny.pt");
+    let script = r#"
+import sys
+import numpy as np
+from uminfer_client import Client, RemoteError
+
+name, timeout, x_path, expected_path = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+with Client(name, timeout=timeout) as client:
+    try:
+        client.infer(np.zeros((1, 3, 64, 64), np.float32))
+    except RemoteError as e:
+        print(f"status={e.status}")
+        print(f"message={e.message}")
+    else:
+        sys.exit("a wrong shape was answered with status 0")
+    y = client.infer(np.load(x_path))
+    print(f"diff={float(np.abs(y - np.load(expected_path)).max())}")
+"#;
+    let mut cmd = python(&env);
+    cmd.args(["-c", script, &server.name, CLIENT_TIMEOUT_S])
+        .arg(common::model_path("tiny.input.npy"))
+        .arg(common::model_path("tiny.expected.npy"));
+    let out = run(cmd);
+    if !out.status.success() {
+        server.fail("the bad-shape script failed", &out);
+    }
+    let stdout = text(&out.stdout);
+    assert_eq!(field(&stdout, "status"), Some("1"), "stdout: {stdout}");
+    let message = field(&stdout, "message").unwrap_or_default();
+    assert!(message.contains("[1, 3, 64, 64]") && message.contains("[1, 3, 128, 128]"), "the message should name both shapes: {message:?}");
+    let diff: f32 = field(&stdout, "diff").and_then(|d| d.parse().ok()).unwrap_or_else(|| panic!("no diff line in {stdout:?}"));
+    assert!(diff <= 1e-5, "the request after the bad one differs from PyTorch by {diff}");
+    assert!(server.is_running(), "the server exited after a bad request:\n{}", server.log());
+}
+
+#[test]
+fn python_without_a_server_raises_server_gone_within_the_timeout() {
+    let env = require_python!();
+    let name = unique("nobody");
+    let script = r#"
+import sys
+import time
+from uminfer_client import Client, ServerGone
+
+start = time.monotonic()
+try:
+    Client(sys.argv[1], timeout=1.0)
+except ServerGone as e:
+    print(f"elapsed={time.monotonic() - start:.3f}")
+    print(f"error={e}")
+else:
+    sys.exit("connected to an endpoint nobody serves")
+"#;
+    let mut cmd = python(&env);
+    cmd.args(["-c", script, &name]);
+    let out = run(cmd);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "exit {:?}\nstdout: {stdout}\nstderr: {}", out.status.code(), text(&out.stderr));
+    let elapsed: f64 = field(&stdout, "elapsed").and_then(|e| e.parse().ok()).unwrap_or_else(|| panic!("no elapsed line in {stdout:?}"));
+    assert!((0.9..=3.0).contains(&elapsed), "ServerGone after {elapsed} s for timeout=1");
+    assert!(field(&stdout, "error").is_some_and(|e| e.contains(&format!("uminfer/{name}"))), "stdout: {stdout}");
+
+    // The command line: exit status 2, one line on stderr (no iceoryx2 log noise), no output file.
+    let output = std::env::temp_dir().join(format!("uminfer-{name}.out.npy"));
+    let mut cmd = python(&env);
+    cmd.args(["-m", "uminfer_client", "--name", &name, "--input"])
+        .arg(common::model_path("tiny.input.npy"))
+        .arg("--output")
+        .arg(&output)
+        .args(["--timeout", "1"]);
+    let out = run(cmd);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stdout: {}\nstderr: {stderr}", text(&out.stdout));
+    assert_eq!(stderr.lines().count(), 1, "expected one error line, got:\n{stderr}");
+    assert!(stderr.contains("no live server serves"), "stderr: {stderr}");
+    assert!(!output.exists(), "{} was written although the request failed", output.display());
+}
+
+#[test]
+fn python_notices_a_killed_server_while_waiting() {
+    let env = require_python!();
+    let mut server = ServerProcess::start("killed", "tiny.pt");
+    let script = r#"
+import sys
+import time
+import numpy as np
+from uminfer_client import Client, ServerGone
+
+name, timeout, x_path = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+x = np.load(x_path)
+with Client(name, timeout=timeout) as client:
+    client.infer(x)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start = time.monotonic()
+    try:
+        client.infer(x)
+    except ServerGone as e:
+        print(f"gone={time.monotonic() - start:.3f}")
+    else:
+        sys.exit("a stopped server answered")
+"#;
+    let mut cmd = python(&env);
+    cmd.args(["-c", script, &server.name, CLIENT_TIMEOUT_S]).arg(common::model_path("tiny.input.npy")).stdin(Stdio::piped());
+    let mut child = cmd.spawn().expect("starting the venv python");
+    let mut stdout = BufReader::new(child.stdout.take().expect("python stdout"));
+    let mut first = String::new();
+    let read = stdout.read_line(&mut first);
+    if first.trim() != "ready" {
+        let _ = child.kill();
+        let out = finish(child);
+        server.fail(&format!("the client did not get ready (read {read:?}: {first:?})"), &out);
+    }
+    // The server cannot answer the next request, and dies while the client waits for it.
+    server.signal(libc::SIGSTOP);
+    child.stdin.take().expect("python stdin").write_all(b"go\n").expect("writing to python");
+    std::thread::sleep(Duration::from_millis(500));
+    server.signal(libc::SIGKILL);
+    let reader = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stdout.read_to_string(&mut rest);
+        rest
+    });
+    let out = finish(child);
+    let rest = reader.join().expect("the stdout reader panicked");
+    if !out.status.success() {
+        server.fail(&format!("the client did not report the dead server (stdout: {rest})"), &out);
+    }
+    let gone: f64 = field(&rest, "gone").and_then(|g| g.parse().ok()).unwrap_or_else(|| panic!("no gone line in {rest:?}"));
+    assert!(gone < 15.0, "ServerGone came {gone} s after sending, the timeout was {CLIENT_TIMEOUT_S} s");
+    assert!(!server.is_running(), "the SIGKILLed server is still running");
+}
