@@ -13,14 +13,19 @@ use crate::error::{Error, Result};
 use iceoryx2::prelude::*;
 use std::time::{Duration, Instant};
 
-/// How long a client busy-waits for its response before sleeping on its listener.
+/// Least time a client polls for its response (yielding the CPU between
+/// polls) before sleeping on its listener.
 pub const CLIENT_SPIN: Duration = Duration::from_micros(200);
+/// Most time a client polls before sleeping.
+pub const MAX_CLIENT_SPIN: Duration = Duration::from_millis(5);
 
 /// A connection to one endpoint.
 pub struct Client {
     names: Names,
     timeout: Duration,
     next_id: u64,
+    /// Current busy-wait budget: adapts to recent response times.
+    spin: Duration,
     // Field order is drop order: ports before the service and node.
     port: iceoryx2::port::client::Client<Ipc, [f32], RequestHeader, [f32], ResponseHeader>,
     notifier: iceoryx2::port::notifier::Notifier<Ipc>,
@@ -71,7 +76,7 @@ impl Client {
             .name(&listener_name)
             .create()
             .map_err(|e| Error::Ipc(format!("response listener: {e}")))?;
-        Ok(Self { names, timeout, next_id: 1, port, notifier, listener, service, node })
+        Ok(Self { names, timeout, next_id: 1, spin: CLIENT_SPIN, port, notifier, listener, service, node })
     }
 
     /// Sends `input` (shape `shape`) and returns the output shape and a copy of the output.
@@ -95,6 +100,15 @@ impl Client {
     pub fn infer_with_header(&mut self, mut header: RequestHeader, payload: &[f32]) -> Result<(Vec<i64>, Vec<f32>)> {
         header.request_id = self.take_id();
         self.send_and_wait(header, payload.len(), |b| b.copy_from_slice(payload), |r| (r.shape, r.data.to_vec()))
+    }
+
+    /// Spins as long as a typical response takes (×1.5, between
+    /// [`CLIENT_SPIN`] and [`MAX_CLIENT_SPIN`]): a response that comes that
+    /// fast is caught without a wake-up; a slow one is waited for asleep.
+    fn learn(&mut self, took: Duration) {
+        let target = (took * 3 / 2).clamp(CLIENT_SPIN, MAX_CLIENT_SPIN);
+        // Move a quarter of the way: one outlier does not swing the budget.
+        self.spin = (self.spin * 3 + target) / 4;
     }
 
     fn take_id(&mut self) -> u64 {
@@ -126,6 +140,7 @@ impl Client {
         let mut last_check = start;
         loop {
             if let Some(resp) = pending.receive().map_err(|e| Error::Ipc(format!("receiving: {e}")))? {
+                self.learn(start.elapsed());
                 return answer(&resp, id, read);
             }
             if !pending.is_connected() {
@@ -140,8 +155,10 @@ impl Client {
             if now >= deadline {
                 return Err(Error::Timeout(self.timeout));
             }
-            if now - start < CLIENT_SPIN {
-                std::hint::spin_loop();
+            if now - start < self.spin {
+                // Yield rather than burn: on small machines the server's model
+                // threads need this core more than we do.
+                std::thread::yield_now();
                 continue;
             }
             if now - last_check > Duration::from_millis(200) {

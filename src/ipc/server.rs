@@ -161,7 +161,14 @@ impl Server {
             .map_err(|e| Error::Ipc(format!("waitset: {e:?}")))?;
         let guard = waitset.attach_notification(&self.listener).map_err(|e| Error::Ipc(format!("waitset attach: {e:?}")))?;
         std::thread::scope(|sc| -> Result<()> {
-            for w in 0..self.opts.workers.max(1) {
+            // One worker: the dispatcher answers requests itself (no thread handoff).
+            let inline = if self.opts.workers <= 1 {
+                let notifier = self.response_events.notifier_builder().create().map_err(|e| Error::Ipc(format!("response notifier: {e}")))?;
+                Some((Worker { pool: &self.pool, input_shape: &self.opts.input_shape, output_shape: &self.output_shape, max_elements, stats: &self.stats }, notifier))
+            } else {
+                None
+            };
+            for w in 0..if inline.is_some() { 0 } else { self.opts.workers } {
                 let rx = rx.clone();
                 let notifier = self
                     .response_events
@@ -183,14 +190,20 @@ impl Server {
             let mut last_cleanup = Instant::now();
             'serve: loop {
                 // Drain, then spin briefly for back-to-back requests.
-                let spin_until = Instant::now() + self.opts.spin;
+                let mut spin_until = Instant::now() + self.opts.spin;
                 loop {
                     match self.port.receive() {
-                        Ok(Some(req)) => {
-                            if tx.send(req).is_err() {
-                                break 'serve;
+                        Ok(Some(req)) => match &inline {
+                            Some((worker, notifier)) => {
+                                worker.handle(req, notifier);
+                                spin_until = Instant::now() + self.opts.spin;
                             }
-                        }
+                            None => {
+                                if tx.send(req).is_err() {
+                                    break 'serve;
+                                }
+                            }
+                        },
                         Ok(None) if Instant::now() < spin_until => std::hint::spin_loop(),
                         Ok(None) => break,
                         Err(e) => return Err(Error::Ipc(format!("receiving a request: {e}"))),

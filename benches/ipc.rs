@@ -1,0 +1,151 @@
+//! Round trip of the 196 KB `1×3×128×128` f32 input through each transport,
+//! the same bytes each way, server in a thread of this process:
+//!
+//! - `shm_iceoryx2/{identity,tiny}`: `uminfer::ipc` server + client (the
+//!   client writes the input straight into the loaned sample, reads the
+//!   response in place);
+//! - `unix_socket/identity`: a Unix-domain stream socket echoing the bytes
+//!   (length-prefixed): the transport baseline;
+//! - `http_json/identity`: JSON over loopback HTTP (tiny_http + ureq):
+//!   the serialising path a service would otherwise use;
+//! - `in_process_cpu_session/tiny`: the `cpu` session alone, the floor for `tiny`.
+//!
+//! `cargo bench --bench ipc`
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use uminfer::doctor::{self, probe::ProbeOptions};
+use uminfer::ipc::{Client, ServeOptions, Server};
+use uminfer::{Runtime, Session, SessionSpec};
+
+const SHAPE: [i64; 4] = [1, 3, 128, 128];
+const N: usize = 3 * 128 * 128;
+
+fn model(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name)
+}
+
+fn input() -> Vec<f32> {
+    (0..N).map(|i| (i % 251) as f32 / 251.0).collect()
+}
+
+fn runtime() -> Runtime {
+    Runtime::from_report(doctor::diagnose(ProbeOptions { smoke_tests: false }))
+}
+
+/// Runs a uminfer server for `model` while `f` runs.
+fn with_server(model_file: &str, f: impl FnOnce(&str)) {
+    let name = format!("bench-{}-{}", model_file.trim_end_matches(".pt"), std::process::id());
+    let server = Server::new(&runtime(), ServeOptions::new(&name, model(model_file))).expect("server");
+    let stop = server.stop_handle();
+    std::thread::scope(|sc| {
+        let h = sc.spawn(|| server.run());
+        f(&name);
+        stop.store(true, Ordering::Release);
+        h.join().expect("server thread").expect("server");
+    });
+}
+
+fn shm(c: &mut Criterion) {
+    let x = input();
+    for m in ["identity.pt", "tiny.pt"] {
+        with_server(m, |name| {
+            let mut client = Client::connect(name, Duration::from_secs(30)).expect("connect");
+            c.bench_function(&format!("shm_iceoryx2/{}", m.trim_end_matches(".pt")), |b| {
+                b.iter(|| {
+                    client.infer_in_place(&SHAPE, |buf| buf.copy_from_slice(&x), |r| black_box(r.data[0])).expect("infer")
+                })
+            });
+        });
+    }
+}
+
+fn unix_socket(c: &mut Criterion) {
+    let path = std::env::temp_dir().join(format!("uminfer-bench-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).expect("bind");
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; N * 4];
+        let mut len = [0u8; 8];
+        while s.read_exact(&mut len).is_ok() {
+            let n = u64::from_le_bytes(len) as usize;
+            buf.resize(n, 0);
+            s.read_exact(&mut buf).expect("read payload");
+            s.write_all(&len).and_then(|_| s.write_all(&buf)).expect("echo");
+        }
+    });
+    let mut s = UnixStream::connect(&path).expect("connect");
+    let bytes: Vec<u8> = input().iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut back = vec![0u8; bytes.len()];
+    c.bench_function("unix_socket/identity", |b| {
+        b.iter(|| {
+            s.write_all(&(bytes.len() as u64).to_le_bytes()).unwrap();
+            s.write_all(&bytes).unwrap();
+            let mut len = [0u8; 8];
+            s.read_exact(&mut len).unwrap();
+            s.read_exact(&mut back).unwrap();
+            black_box(back[0]);
+        })
+    });
+    drop(s);
+    server.join().expect("socket server");
+    let _ = std::fs::remove_file(&path);
+}
+
+fn http_json(c: &mut Criterion) {
+    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("http server"));
+    let addr = server.server_addr().to_ip().expect("ip address");
+    let done = Arc::new(AtomicBool::new(false));
+    let (srv, stop) = (server.clone(), done.clone());
+    let handle = std::thread::spawn(move || {
+        while !stop.load(Ordering::Acquire) {
+            if let Ok(Some(mut req)) = srv.recv_timeout(Duration::from_millis(100)) {
+                let mut body = String::new();
+                req.as_reader().read_to_string(&mut body).expect("body");
+                let v: Vec<f32> = serde_json::from_str(&body).expect("json");
+                let out = serde_json::to_string(&v).expect("json");
+                req.respond(tiny_http::Response::from_string(out)).expect("respond");
+            }
+        }
+    });
+    let url = format!("http://{addr}/infer");
+    let agent = ureq::Agent::new_with_defaults();
+    let x = input();
+    c.bench_function("http_json/identity", |b| {
+        b.iter(|| {
+            let body = serde_json::to_string(&x).unwrap();
+            let text = agent.post(&url).send(body).unwrap().body_mut().read_to_string().unwrap();
+            let v: Vec<f32> = serde_json::from_str(&text).unwrap();
+            black_box(v[0]);
+        })
+    });
+    done.store(true, Ordering::Release);
+    handle.join().expect("http server thread");
+}
+
+fn in_process(c: &mut Criterion) {
+    let rt = runtime();
+    let m = rt.model(model("tiny.pt")).expect("model");
+    let mut s: Session = rt.session(&m, SessionSpec::new(&SHAPE, &[1, 10])).expect("session");
+    let x = input();
+    c.bench_function("in_process_cpu_session/tiny", |b| {
+        b.iter(|| {
+            s.input_mut().copy_from_slice(&x);
+            s.run().expect("run");
+            black_box(s.output()[0]);
+        })
+    });
+}
+
+fn config() -> Criterion {
+    Criterion::default().sample_size(60).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4))
+}
+
+criterion_group! { name = benches; config = config(); targets = shm, unix_socket, http_json, in_process }
+criterion_main!(benches);
