@@ -10,6 +10,7 @@
 //! | [`ipc`] | shared-memory transport on iceoryx2: `uminfer serve`, [`ipc::Client`] |
 //! | [`runtime`] | [`Runtime`](runtime::Runtime) (startup probe, mode gate) and [`Model`](runtime::Model) |
 //! | [`session`] | [`Session`](session::Session), [`SessionPool`](session::SessionPool): requests over zero-copy regions, CUDA graphs, timing |
+//! | [`bench`] | `uminfer bench`: every scheme side by side, statistics, table, JSON, SVG |
 //! | [`doctor`] | startup diagnostics: facts, checks, usable modes |
 //! | [`mode`] | the execution modes and their ids |
 //! | [`cuda`] | the CUDA driver and NVRTC through cudarc, loaded at run time |
@@ -24,6 +25,7 @@
 //! Layering follows cudarc: raw FFI (`shim::ffi`, `cudarc::*::sys`) → thin
 //! fallible wrappers → safe owning types. `unsafe` stays at that edge.
 
+pub mod bench;
 pub mod build_info;
 pub mod cuda;
 pub mod doctor;

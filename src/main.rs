@@ -81,6 +81,42 @@ enum Command {
         #[arg(long, default_value = "1,3,128,128", value_delimiter = ',')]
         input_shape: Vec<i64>,
     },
+    /// Compare every scheme side by side on one model: table on stdout, --json, --plot.
+    ///
+    /// Prints the doctor's verdict first; schemes this machine cannot run are
+    /// listed with the reason.
+    Bench {
+        /// tiny, resnet18, identity (from models/) or a TorchScript path.
+        #[arg(long, default_value = "tiny")]
+        model: String,
+        /// Input shape, comma-separated.
+        #[arg(long, default_value = "1,3,128,128", value_delimiter = ',')]
+        shape: Vec<i64>,
+        /// Timed requests per scheme (default: 1000, or 100 for resnet18).
+        #[arg(long)]
+        requests: Option<usize>,
+        /// Warm-up rounds of every scheme before timing.
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+        /// Minimum warm-up time in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        warmup_secs: f64,
+        /// Schemes to run, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        schemes: Option<Vec<String>>,
+        /// Python with torch 2.11 for the py-* peers (default: .venv, else python3).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Core to pin the measuring thread to.
+        #[arg(long, default_value_t = 0)]
+        core: usize,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Draw the latency distributions into this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
     /// Send one .npy tensor (float32) to a `uminfer serve` endpoint; write the response as .npy.
     Infer {
         /// Endpoint name.
@@ -96,6 +132,60 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
     },
+}
+
+struct BenchArgs {
+    model: String,
+    shape: Vec<i64>,
+    requests: Option<usize>,
+    warmup: usize,
+    warmup_secs: f64,
+    schemes: Option<Vec<String>>,
+    python: Option<PathBuf>,
+    core: usize,
+    json: Option<PathBuf>,
+    plot: Option<PathBuf>,
+}
+
+fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    use uminfer::bench::{self, BenchOptions};
+    let model = match a.model.as_str() {
+        "tiny" | "resnet18" | "identity" => PathBuf::from(format!("models/{}.pt", a.model)),
+        path => PathBuf::from(path),
+    };
+    let rt = Runtime::new();
+    println!("Execution modes on this machine (uminfer doctor):");
+    for m in uminfer::Mode::ALL {
+        if let Some(v) = rt.report().modes.get(&m) {
+            println!("  {:<18} {:<9} {}", m.id(), if v.usable { "usable" } else { "unusable" }, v.reason);
+        }
+    }
+    let requests = a.requests.unwrap_or(if a.model.contains("resnet") { 100 } else { 1000 });
+    let opts = BenchOptions {
+        model: model.clone(),
+        shape: a.shape,
+        requests,
+        warmup: a.warmup,
+        warmup_time: std::time::Duration::from_secs_f64(a.warmup_secs),
+        schemes: a.schemes.unwrap_or_else(|| bench::SCHEMES.iter().map(|s| s.to_string()).collect()),
+        python: a.python,
+        core: Some(a.core),
+        progress: true,
+    };
+    let report = bench::run(&rt, &opts)?;
+    println!("\n{} — {} timed requests per scheme, interleaved; {} ({} cores){}", model.display(), requests, report.machine.cpu, report.machine.cores,
+        if report.machine.gpus.is_empty() { String::new() } else { format!(", {}", report.machine.gpus.join(", ")) });
+    print!("{}", bench::stats::table(&report.results));
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;
+        tracing::info!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.plot {
+        let title = format!("{} latency, {} ({} cores)", model.display(), report.machine.cpu, report.machine.cores);
+        bench::plot::cdf_svg(&report.results, &title, p)?;
+        tracing::info!("wrote {}", p.display());
+    }
+    Ok(())
 }
 
 fn serve(opts: uminfer::ipc::ServeOptions) -> anyhow::Result<()> {
@@ -212,6 +302,9 @@ fn main() {
             opts.max_bytes = max_bytes;
             opts.input_shape = input_shape;
             report_error(serve(opts))
+        }
+        Command::Bench { model, shape, requests, warmup, warmup_secs, schemes, python, core, json, plot } => {
+            report_error(bench(BenchArgs { model, shape, requests, warmup, warmup_secs, schemes, python, core, json, plot }))
         }
         Command::Infer { name, input, output, timeout } => report_error(infer(&name, &input, &output, timeout)),
     };

@@ -23,6 +23,7 @@ pub mod timing;
 mod worker;
 
 pub use pool::{PooledSession, SessionPool};
+pub use worker::pin_to_core as pin_current_thread;
 pub use spec::{ModeChoice, SessionSpec};
 pub use timing::{RunTiming, Summary, Timing, TimingRecorder};
 

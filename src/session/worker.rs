@@ -55,8 +55,8 @@ fn spin_until(flag: &AtomicBool) -> bool {
     false
 }
 
-/// Pins the calling thread to `core`.
-pub(crate) fn pin_to_core(core: usize) -> Result<()> {
+/// Pins the calling thread to CPU `core` (`sched_setaffinity`).
+pub fn pin_to_core(core: usize) -> Result<()> {
     // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: CPU_SET writes within `set`; `core` is checked against the set size.

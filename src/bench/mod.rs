@@ -1,0 +1,256 @@
+//! `uminfer bench`: every scheme side by side on one model, interleaved
+//! round-robin in one run, each checked against the CPU eager result before
+//! it is timed.
+//!
+//! | module | holds |
+//! |---|---|
+//! | `schemes` | the schemes: serialize-copy, cpu-zero-copy, shm-ipc, GPU session modes, tch-naive, Python peers |
+//! | [`stats`] | per-scheme statistics (hdrhistogram), ratios, the table |
+//! | [`plot`] | the latency CDF picture (plotters, SVG) |
+
+pub mod plot;
+mod schemes;
+pub mod stats;
+
+use crate::error::{Error, Result};
+use crate::mode::Mode;
+use crate::runtime::Runtime;
+use schemes::{PyPeer, Scheme, SerializeCopy, SessionScheme, ShmIpc, TchNaive};
+use serde::Serialize;
+use stats::{add_ratios, histogram, SchemeResult, Status};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Every scheme, in table order.
+pub const SCHEMES: [&str; 10] = [
+    "serialize-copy",
+    "cpu-zero-copy",
+    "shm-ipc",
+    "gpu-copy",
+    "gpu-pinned",
+    "gpu-managed",
+    "gpu-managed-graph",
+    "tch-naive",
+    "py-torchscript",
+    "py-cuda-graph",
+];
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Model file.
+    pub model: PathBuf,
+    /// Input shape.
+    pub shape: Vec<i64>,
+    /// Timed requests per scheme.
+    pub requests: usize,
+    /// Warm-up rounds (all schemes) before timing...
+    pub warmup: usize,
+    /// ...lasting at least this long.
+    pub warmup_time: Duration,
+    /// Schemes to run (default: all).
+    pub schemes: Vec<String>,
+    /// Python for the peers (default: the project's .venv, else python3).
+    pub python: Option<PathBuf>,
+    /// Core the measuring thread is pinned to.
+    pub core: Option<usize>,
+    /// Show a progress bar on stderr (only drawn on a terminal).
+    pub progress: bool,
+}
+
+/// Machine description recorded with the results.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub gpus: Vec<String>,
+    pub driver_cuda: Option<String>,
+    pub libtorch: String,
+    pub os: String,
+}
+
+/// The JSON document of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub schema_version: u32,
+    pub command: String,
+    pub model: String,
+    pub shape: Vec<i64>,
+    pub requests: usize,
+    pub warmup: usize,
+    pub machine: Machine,
+    pub results: Vec<SchemeResult>,
+}
+
+fn machine(rt: &Runtime) -> Machine {
+    let f = &rt.report().facts;
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .unwrap_or_else(|| "unknown".into());
+    Machine {
+        cpu,
+        // Online CPUs, not this (pinned) thread's affinity.
+        // SAFETY: sysconf has no preconditions.
+        cores: unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize,
+        gpus: f.devices.iter().map(|d| format!("{} ({:.0} GiB)", d.name, d.total_memory as f64 / (1u64 << 30) as f64)).collect(),
+        driver_cuda: f.driver.version.map(|v| crate::cuda::driver::format_version(v as i64)),
+        libtorch: f.torch.runtime_version.clone().unwrap_or_else(|| f.torch.build_version.clone()),
+        os: f.env.os.clone(),
+    }
+}
+
+/// Fresh pseudo-random input for round `seed`.
+fn random_input(seed: u64, n: usize, out: &mut [f32]) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for v in out.iter_mut().take(n) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *v = (x >> 40) as f32 / (1u64 << 24) as f32;
+    }
+}
+
+fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
+    if got.len() != want.len() {
+        return f32::INFINITY;
+    }
+    let scale = want.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
+    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
+}
+
+/// Builds a scheme, or says why it is unavailable.
+fn build(name: &str, rt: &Runtime, model: &crate::runtime::Model, opts: &BenchOptions, out_shape: &[i64]) -> std::result::Result<Box<dyn Scheme>, String> {
+    let gpu = rt.check_mode(Mode::GpuCopy).is_ok();
+    let as_scheme = |r: Result<Box<dyn Scheme>>| r.map_err(|e| e.to_string());
+    match name {
+        "serialize-copy" => as_scheme(model.module(tch::Device::Cpu).and_then(|m| SerializeCopy::start(m, opts.shape.clone())).map(|s| Box::new(s) as Box<dyn Scheme>)),
+        "cpu-zero-copy" => as_scheme(SessionScheme::build(rt, model, &opts.shape, out_shape, Mode::Cpu).map(|s| Box::new(s) as Box<dyn Scheme>)),
+        "shm-ipc" => {
+            rt.check_mode(Mode::ShmIpc).map_err(|e| e.to_string())?;
+            as_scheme(ShmIpc::start(&opts.model, &opts.shape).map(|s| Box::new(s) as Box<dyn Scheme>))
+        }
+        "gpu-copy" | "gpu-pinned" | "gpu-managed" | "gpu-managed-graph" => {
+            let mode: Mode = name.parse().map_err(|e: String| e)?;
+            rt.check_mode(mode).map_err(|e| e.to_string())?;
+            as_scheme(SessionScheme::build(rt, model, &opts.shape, out_shape, mode).map(|s| Box::new(s) as Box<dyn Scheme>))
+        }
+        "tch-naive" => {
+            let dev = if gpu { tch::Device::Cuda(0) } else { tch::Device::Cpu };
+            as_scheme(TchNaive::load(&opts.model, &opts.shape, dev).map(|s| Box::new(s) as Box<dyn Scheme>))
+        }
+        "py-torchscript" | "py-cuda-graph" => {
+            if name == "py-cuda-graph" && !gpu {
+                return Err(rt.check_mode(Mode::GpuCopy).err().map(|e| format!("needs a GPU: {e}")).unwrap_or_default());
+            }
+            let python = schemes::find_python(opts.python.as_deref())?;
+            let (mode, dev) = if name == "py-cuda-graph" { ("cuda-graph", "cuda:0") } else { ("torchscript", if gpu { "cuda:0" } else { "cpu" }) };
+            as_scheme(PyPeer::start(&python, &opts.model, mode, &opts.shape, dev).map(|s| Box::new(s) as Box<dyn Scheme>))
+        }
+        other => Err(format!("unknown scheme {other}; known: {}", SCHEMES.join(", "))),
+    }
+}
+
+/// Runs the comparison; `log` receives progress lines (stderr in the CLI).
+pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
+    let model = rt.model(&opts.model)?;
+    let n: usize = opts.shape.iter().product::<i64>().try_into().map_err(|_| Error::Session("bad shape".into()))?;
+    let mut check_input = vec![0f32; n];
+    random_input(12345, n, &mut check_input);
+    let reference = model.forward_cpu(&tch::Tensor::from_slice(&check_input).view(opts.shape.as_slice()))?;
+    let out_shape = reference.size();
+    let reference = Vec::<f32>::try_from(reference.flatten(0, -1))?;
+    let model_name = opts.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+
+    // Build and check every scheme.
+    let mut results: Vec<SchemeResult> = Vec::new();
+    let mut live: Vec<(String, Box<dyn Scheme>, hdrhistogram::Histogram<u64>, hdrhistogram::Histogram<u64>)> = Vec::new();
+    for name in &opts.schemes {
+        tracing::info!("preparing {name}");
+        match build(name, rt, &model, opts, &out_shape) {
+            Err(reason) => results.push(SchemeResult::without_samples(name, &model_name, Status::Unavailable, reason)),
+            Ok(mut s) => {
+                // GPU convolutions may use TF32 (libtorch's default): a looser bound there.
+                let tol = if name.starts_with("gpu") || name == "py-cuda-graph" || (name == "tch-naive" || name == "py-torchscript") && rt.check_mode(Mode::GpuCopy).is_ok() { 2e-2 } else { 1e-5 };
+                match s.check(&check_input) {
+                    Ok(out) if max_rel_err(&out, &reference) <= tol => live.push((name.clone(), s, histogram(), histogram())),
+                    Ok(out) => results.push(SchemeResult::without_samples(
+                        name,
+                        &model_name,
+                        Status::Failed,
+                        format!("wrong answer: relative error {} against CPU eager (limit {tol})", max_rel_err(&out, &reference)),
+                    )),
+                    Err(e) => results.push(SchemeResult::without_samples(name, &model_name, Status::Failed, format!("check run failed: {e}"))),
+                }
+            }
+        }
+    }
+
+    // Pin only now: libtorch's intra-op threads were created by the check runs
+    // above and keep every core; threads created after pinning would inherit it.
+    if let Some(core) = opts.core {
+        crate::session::pin_current_thread(core)?;
+    }
+    // Interleaved rounds: every live scheme once per round, the starting scheme rotating.
+    let bar = if opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new((opts.requests + opts.warmup) as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut data = vec![0f32; n];
+    let mut failed: Vec<(String, String)> = Vec::new();
+    let warm_start = Instant::now();
+    let mut round: u64 = 0;
+    let mut timed = 0usize;
+    while timed < opts.requests && !live.is_empty() {
+        let warming = (round as usize) < opts.warmup || warm_start.elapsed() < opts.warmup_time;
+        random_input(round + 1, n, &mut data);
+        let mut dead: Vec<usize> = Vec::new();
+        for j in 0..live.len() {
+            let idx = (j + round as usize) % live.len();
+            let (name, scheme, host, device) = &mut live[idx];
+            match scheme.refresh(round + 1, &data).and_then(|_| scheme.request()) {
+                Ok((h, d)) if !warming => {
+                    host.saturating_record(h.as_nanos().max(1) as u64);
+                    if let Some(d) = d {
+                        device.saturating_record(d.as_nanos().max(1) as u64);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failed.push((name.clone(), format!("failed during the run: {e}")));
+                    dead.push(idx);
+                }
+            }
+        }
+        dead.sort_unstable();
+        for idx in dead.into_iter().rev() {
+            live.remove(idx);
+        }
+        if !warming {
+            timed += 1;
+        }
+        round += 1;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    for (name, s, host, device) in &live {
+        results.push(SchemeResult::measured(name, &model_name, s.threads(), host, device));
+    }
+    for (name, reason) in failed {
+        results.push(SchemeResult::without_samples(&name, &model_name, Status::Failed, reason));
+    }
+    results.sort_by_key(|r| SCHEMES.iter().position(|s| *s == r.scheme).unwrap_or(usize::MAX));
+    add_ratios(&mut results);
+    drop(live); // stops servers and peers
+    Ok(BenchReport {
+        schema_version: 1,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        model: opts.model.display().to_string(),
+        shape: opts.shape.clone(),
+        requests: opts.requests,
+        warmup: opts.warmup,
+        machine: machine(rt),
+        results,
+    })
+}

@@ -1,0 +1,380 @@
+//! The schemes `uminfer bench` compares. Each owns the caller-side memory it
+//! reads its input from, and times one request from "the input is in that
+//! memory" to "the output is readable by the caller".
+
+use crate::error::{Error, Result};
+use crate::ipc::Client;
+use crate::mode::Mode;
+use crate::runtime::{Model, Runtime};
+use crate::session::{Session, SessionSpec};
+use crate::shim::TorchModule;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One request's timing.
+pub(crate) type Sample = (Duration, Option<Duration>);
+
+/// A way of running the model, measured side by side with the others.
+pub(crate) trait Scheme {
+    /// Writes this round's input into the scheme's caller memory (untimed).
+    fn refresh(&mut self, seed: u64, data: &[f32]) -> Result<()>;
+    /// One timed request.
+    fn request(&mut self) -> Result<Sample>;
+    /// Runs `input` once and returns the output (the correctness check).
+    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>>;
+    /// Thread settings the scheme runs with.
+    fn threads(&self) -> String;
+}
+
+fn threads_here() -> String {
+    format!("intra-op {} (OMP_NUM_THREADS={})", tch::get_num_threads(), std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| "unset".into()))
+}
+
+/// `serialize-copy`: JSON over a loopback HTTP request to a real HTTP server
+/// (tiny_http), deserialised, copied into a tensor, forward, serialised back.
+pub(crate) struct SerializeCopy {
+    url: String,
+    agent: ureq::Agent,
+    input: Vec<f32>,
+    output: Vec<f32>,
+    stop: Arc<AtomicBool>,
+    server: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SerializeCopy {
+    pub(crate) fn start(module: Arc<TorchModule>, shape: Vec<i64>) -> Result<Self> {
+        let server = tiny_http::Server::http("127.0.0.1:0").map_err(|e| Error::Session(format!("HTTP server: {e}")))?;
+        let addr = server.server_addr().to_ip().ok_or_else(|| Error::Session("HTTP server has no IP address".into()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let n: usize = shape.iter().product::<i64>() as usize;
+        let handle = std::thread::Builder::new()
+            .name("bench-http".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Acquire) {
+                    let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(100)) else { continue };
+                    let mut body = String::new();
+                    let reply = req
+                        .as_reader()
+                        .read_to_string(&mut body)
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| serde_json::from_str::<Vec<f32>>(&body).map_err(|e| e.to_string()))
+                        .and_then(|v| if v.len() == n { Ok(v) } else { Err(format!("{} values, expected {n}", v.len())) })
+                        .and_then(|v| {
+                            let x = tch::Tensor::from_slice(&v).view(shape.as_slice());
+                            let y = module.forward(&x).map_err(|e| e.to_string())?;
+                            let out = Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| e.to_string())?;
+                            serde_json::to_string(&out).map_err(|e| e.to_string())
+                        });
+                    let resp = match reply {
+                        Ok(json) => tiny_http::Response::from_string(json),
+                        Err(e) => tiny_http::Response::from_string(e).with_status_code(400),
+                    };
+                    let _ = req.respond(resp);
+                }
+            })
+            .map_err(|e| Error::Os { call: "spawning the HTTP server", source: e })?;
+        Ok(Self { url: format!("http://{addr}/infer"), agent: ureq::Agent::new_with_defaults(), input: vec![0.0; n], output: Vec::new(), stop, server: Some(handle) })
+    }
+
+    fn post(&mut self) -> Result<()> {
+        let body = serde_json::to_string(&self.input).map_err(|e| Error::Session(e.to_string()))?;
+        let mut resp = self.agent.post(&self.url).send(body).map_err(|e| Error::Session(format!("HTTP: {e}")))?;
+        let text = resp.body_mut().read_to_string().map_err(|e| Error::Session(format!("HTTP body: {e}")))?;
+        self.output = serde_json::from_str(&text).map_err(|e| Error::Session(format!("JSON: {e}")))?;
+        Ok(())
+    }
+}
+
+impl Scheme for SerializeCopy {
+    fn refresh(&mut self, _: u64, data: &[f32]) -> Result<()> {
+        self.input.copy_from_slice(data);
+        Ok(())
+    }
+    fn request(&mut self) -> Result<Sample> {
+        let t = Instant::now();
+        self.post()?;
+        Ok((t.elapsed(), None))
+    }
+    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
+        self.input.copy_from_slice(input);
+        self.post()?;
+        Ok(self.output.clone())
+    }
+    fn threads(&self) -> String {
+        threads_here()
+    }
+}
+
+impl Drop for SerializeCopy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.server.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// `cpu-zero-copy` and the GPU session modes: a [`Session`]; the caller's
+/// memory is the session's input region.
+pub(crate) struct SessionScheme {
+    pub(crate) session: Session,
+}
+
+impl SessionScheme {
+    pub(crate) fn build(rt: &Runtime, model: &Model, shape: &[i64], out: &[i64], mode: Mode) -> Result<Self> {
+        Ok(Self { session: rt.session(model, SessionSpec::new(shape, out).mode(mode).warmup(5))? })
+    }
+}
+
+impl Scheme for SessionScheme {
+    fn refresh(&mut self, _: u64, data: &[f32]) -> Result<()> {
+        self.session.input_mut().copy_from_slice(data);
+        Ok(())
+    }
+    fn request(&mut self) -> Result<Sample> {
+        let t = Instant::now();
+        let r = self.session.run()?;
+        std::hint::black_box(self.session.output()[0]);
+        Ok((t.elapsed(), r.device))
+    }
+    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
+        self.session.input_mut().copy_from_slice(input);
+        self.session.run()?;
+        Ok(self.session.output().to_vec())
+    }
+    fn threads(&self) -> String {
+        format!("{}; session mode {}", threads_here(), self.session.mode())
+    }
+}
+
+/// `shm-ipc`: a `uminfer serve` child process and the shared-memory client;
+/// the request is written into the loaned sample, the output copied out.
+pub(crate) struct ShmIpc {
+    child: Child,
+    client: Client,
+    shape: Vec<i64>,
+    input: Vec<f32>,
+    output: Vec<f32>,
+}
+
+impl ShmIpc {
+    pub(crate) fn start(model: &Path, shape: &[i64]) -> Result<Self> {
+        let exe = std::env::current_exe().map_err(|e| Error::Os { call: "finding the uminfer binary", source: e })?;
+        let name = format!("bench-{}", std::process::id());
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let child = Command::new(exe)
+            .args(["serve", "--name", &name, "--input-shape", &dims.join(","), "--model"])
+            .arg(model)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| Error::Os { call: "starting uminfer serve", source: e })?;
+        let mut child = child;
+        let client = match Client::connect(&name, Duration::from_secs(60)) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
+        let n = shape.iter().product::<i64>() as usize;
+        Ok(Self { child, client, shape: shape.to_vec(), input: vec![0.0; n], output: Vec::new() })
+    }
+
+    fn round_trip(&mut self) -> Result<()> {
+        let (input, output) = (&self.input, &mut self.output);
+        self.client.infer_in_place(&self.shape, |buf| buf.copy_from_slice(input), |r| {
+            output.clear();
+            output.extend_from_slice(r.data);
+        })
+    }
+}
+
+impl Scheme for ShmIpc {
+    fn refresh(&mut self, _: u64, data: &[f32]) -> Result<()> {
+        self.input.copy_from_slice(data);
+        Ok(())
+    }
+    fn request(&mut self) -> Result<Sample> {
+        let t = Instant::now();
+        self.round_trip()?;
+        Ok((t.elapsed(), None))
+    }
+    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
+        self.input.copy_from_slice(input);
+        self.round_trip()?;
+        Ok(self.output.clone())
+    }
+    fn threads(&self) -> String {
+        format!("server process: {}", threads_here())
+    }
+}
+
+impl Drop for ShmIpc {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// `tch-naive`: what a tch user writes today.
+pub(crate) struct TchNaive {
+    module: tch::CModule,
+    device: tch::Device,
+    shape: Vec<i64>,
+    input: Vec<f32>,
+    output: Vec<f32>,
+}
+
+impl TchNaive {
+    pub(crate) fn load(path: &Path, shape: &[i64], device: tch::Device) -> Result<Self> {
+        let mut module = tch::CModule::load_on_device(path, device)?;
+        module.set_eval();
+        let n = shape.iter().product::<i64>() as usize;
+        Ok(Self { module, device, shape: shape.to_vec(), input: vec![0.0; n], output: Vec::new() })
+    }
+
+    fn forward(&mut self) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let x = tch::Tensor::from_slice(&self.input).view(self.shape.as_slice()).to_device(self.device);
+        let y = self.module.forward_ts(&[x])?.to_device(tch::Device::Cpu);
+        self.output = Vec::<f32>::try_from(y.flatten(0, -1))?;
+        Ok(())
+    }
+}
+
+impl Scheme for TchNaive {
+    fn refresh(&mut self, _: u64, data: &[f32]) -> Result<()> {
+        self.input.copy_from_slice(data);
+        Ok(())
+    }
+    fn request(&mut self) -> Result<Sample> {
+        let t = Instant::now();
+        self.forward()?;
+        Ok((t.elapsed(), None))
+    }
+    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
+        self.input.copy_from_slice(input);
+        self.forward()?;
+        Ok(self.output.clone())
+    }
+    fn threads(&self) -> String {
+        format!("{}; device {:?}", threads_here(), self.device)
+    }
+}
+
+/// `py-torchscript` / `py-cuda-graph`: a Python process with torch, driven
+/// one request at a time (`peer.py`); it times itself and reports.
+pub(crate) struct PyPeer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    ready: String,
+    seed: u64,
+    shape: Vec<i64>,
+    dir: PathBuf,
+}
+
+impl PyPeer {
+    pub(crate) fn start(python: &Path, model: &Path, mode: &str, shape: &[i64], device: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("uminfer-bench-{}-{mode}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
+        let script = dir.join("peer.py");
+        std::fs::write(&script, include_str!("peer.py")).map_err(|e| Error::Io { path: script.clone(), source: e })?;
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let mut child = Command::new(python)
+            .arg(&script)
+            .args(["--mode", mode, "--shape", &dims.join(","), "--device", device, "--model"])
+            .arg(model)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| Error::Os { call: "starting the Python peer", source: e })?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(Error::Session("Python peer without pipes".into()));
+        };
+        let mut peer = Self { child, stdin, stdout: BufReader::new(stdout), ready: String::new(), seed: 0, shape: shape.to_vec(), dir };
+        let line = peer.line()?;
+        peer.ready = line.strip_prefix("ready ").ok_or_else(|| Error::Session(format!("Python peer said {line:?}")))?.to_string();
+        Ok(peer)
+    }
+
+    fn line(&mut self) -> Result<String> {
+        let mut s = String::new();
+        let n = self.stdout.read_line(&mut s).map_err(|e| Error::Session(format!("Python peer: {e}")))?;
+        if n == 0 {
+            return Err(Error::Session("the Python peer exited (see its stderr above)".into()));
+        }
+        Ok(s.trim().to_string())
+    }
+
+    fn send(&mut self, cmd: &str) -> Result<String> {
+        writeln!(self.stdin, "{cmd}").and_then(|_| self.stdin.flush()).map_err(|e| Error::Session(format!("Python peer: {e}")))?;
+        self.line()
+    }
+}
+
+impl Scheme for PyPeer {
+    fn refresh(&mut self, seed: u64, _: &[f32]) -> Result<()> {
+        self.seed = seed; // the peer makes its own fresh input from the seed, untimed
+        Ok(())
+    }
+    fn request(&mut self) -> Result<Sample> {
+        let seed = self.seed;
+        let line = self.send(&format!("run {seed}"))?;
+        let ns: u64 = line.strip_prefix("t ").and_then(|v| v.parse().ok()).ok_or_else(|| Error::Session(format!("Python peer said {line:?}")))?;
+        Ok((Duration::from_nanos(ns), None))
+    }
+    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
+        let (inp, out) = (self.dir.join("check-in.npy"), self.dir.join("check-out.npy"));
+        tch::Tensor::from_slice(input).view(self.shape.as_slice()).write_npy(&inp)?;
+        let reply = self.send(&format!("check {} {}", inp.display(), out.display()))?;
+        if reply != "ok" {
+            return Err(Error::Session(format!("Python peer said {reply:?}")));
+        }
+        Ok(Vec::<f32>::try_from(tch::Tensor::read_npy(&out)?.flatten(0, -1))?)
+    }
+    fn threads(&self) -> String {
+        format!("python: intra-op / device {}", self.ready)
+    }
+}
+
+impl Drop for PyPeer {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A python3 that imports torch: `--python`, else the project's `.venv`, else `python3` on PATH.
+pub(crate) fn find_python(explicit: Option<&Path>) -> std::result::Result<PathBuf, String> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = explicit {
+        candidates.push(p.to_path_buf());
+    } else {
+        candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+        candidates.push(PathBuf::from("python3"));
+    }
+    for c in &candidates {
+        let ok = Command::new(c)
+            .args(["-c", "import torch, numpy; assert torch.__version__.startswith('2.11')"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(c.clone());
+        }
+    }
+    Err(format!("no Python with torch 2.11 and numpy among {candidates:?} (pass --python PATH)"))
+}

@@ -1,0 +1,139 @@
+//! Results of `uminfer bench`: per-scheme statistics, the table and the JSON.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Outcome of one scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Failed,
+    Unavailable,
+}
+
+/// One row of the results.
+#[derive(Debug, Clone, Serialize)]
+pub struct SchemeResult {
+    pub scheme: String,
+    pub model: String,
+    pub status: Status,
+    pub reason: String,
+    pub threads: String,
+    pub samples: u64,
+    pub p50_us: Option<f64>,
+    pub p90_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub mean_us: Option<f64>,
+    pub std_us: Option<f64>,
+    pub min_us: Option<f64>,
+    pub max_us: Option<f64>,
+    /// Device time P50 from CUDA events (GPU schemes).
+    pub device_p50_us: Option<f64>,
+    /// This scheme's P50 over `cpu-zero-copy`'s.
+    pub p50_vs_cpu_zero_copy: Option<f64>,
+    /// This scheme's P50 over `serialize-copy`'s.
+    pub p50_vs_serialize_copy: Option<f64>,
+    /// Latency distribution for the plot: (µs, cumulative fraction).
+    #[serde(skip)]
+    pub cdf: Vec<(f64, f64)>,
+}
+
+/// A histogram of nanoseconds, 1 ns .. 100 s, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("constant, valid histogram bounds")
+}
+
+impl SchemeResult {
+    /// A scheme that did not run, with why.
+    pub fn without_samples(scheme: &str, model: &str, status: Status, reason: String) -> Self {
+        Self {
+            scheme: scheme.into(),
+            model: model.into(),
+            status,
+            reason,
+            threads: String::new(),
+            samples: 0,
+            p50_us: None,
+            p90_us: None,
+            p99_us: None,
+            mean_us: None,
+            std_us: None,
+            min_us: None,
+            max_us: None,
+            device_p50_us: None,
+            p50_vs_cpu_zero_copy: None,
+            p50_vs_serialize_copy: None,
+            cdf: Vec::new(),
+        }
+    }
+
+    /// A scheme that ran: statistics of its host (and device) histograms.
+    pub fn measured(scheme: &str, model: &str, threads: String, host: &Histogram<u64>, device: &Histogram<u64>) -> Self {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        let mut r = Self::without_samples(scheme, model, Status::Ok, String::new());
+        r.threads = threads;
+        r.samples = host.len();
+        if !host.is_empty() {
+            r.p50_us = Some(us(host.value_at_quantile(0.5)));
+            r.p90_us = Some(us(host.value_at_quantile(0.9)));
+            r.p99_us = Some(us(host.value_at_quantile(0.99)));
+            r.mean_us = Some(host.mean() / 1000.0);
+            r.std_us = Some(host.stdev() / 1000.0);
+            r.min_us = Some(us(host.min()));
+            r.max_us = Some(us(host.max()));
+            r.cdf = (0..=200).map(|i| i as f64 / 200.0).map(|q| (us(host.value_at_quantile(q)).max(0.001), q)).collect();
+        }
+        if !device.is_empty() {
+            r.device_p50_us = Some(us(device.value_at_quantile(0.5)));
+        }
+        r
+    }
+}
+
+/// Fills the P50 ratios against `cpu-zero-copy` and `serialize-copy`.
+pub fn add_ratios(results: &mut [SchemeResult]) {
+    let p50 = |name: &str, rs: &[SchemeResult]| rs.iter().find(|r| r.scheme == name).and_then(|r| r.p50_us);
+    let (cpu, ser) = (p50("cpu-zero-copy", results), p50("serialize-copy", results));
+    for r in results.iter_mut() {
+        r.p50_vs_cpu_zero_copy = r.p50_us.zip(cpu).map(|(a, b)| a / b);
+        r.p50_vs_serialize_copy = r.p50_us.zip(ser).map(|(a, b)| a / b);
+    }
+}
+
+/// The table printed on stdout.
+pub fn table(results: &[SchemeResult]) -> String {
+    let f = |v: Option<f64>| v.map(|x| if x >= 1000.0 { format!("{x:.0}") } else { format!("{x:.1}") }).unwrap_or_else(|| "-".into());
+    let r2 = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "{:<18} {:<11} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}\n",
+        "scheme", "status", "samples", "min µs", "p50 µs", "p90 µs", "p99 µs", "max µs", "mean µs", "std µs", "dev p50", "×cpu-zc", "×serial"
+    );
+    for r in results {
+        let status = match r.status {
+            Status::Ok => "ok",
+            Status::Failed => "FAILED",
+            Status::Unavailable => "unavailable",
+        };
+        out.push_str(&format!(
+            "{:<18} {:<11} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}\n",
+            r.scheme,
+            status,
+            r.samples,
+            f(r.min_us),
+            f(r.p50_us),
+            f(r.p90_us),
+            f(r.p99_us),
+            f(r.max_us),
+            f(r.mean_us),
+            f(r.std_us),
+            f(r.device_p50_us),
+            r2(r.p50_vs_cpu_zero_copy),
+            r2(r.p50_vs_serialize_copy)
+        ));
+    }
+    for r in results.iter().filter(|r| r.status != Status::Ok) {
+        out.push_str(&format!("  {}: {}\n", r.scheme, r.reason));
+    }
+    out
+}

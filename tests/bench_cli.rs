@@ -1,0 +1,77 @@
+//! `uminfer bench` end to end (few requests): JSON schema, statuses, picture.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn bench_runs_schemes_interleaved_and_writes_json_and_svg() {
+    let dir = std::env::temp_dir().join(format!("uminfer-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, svg) = (dir.join("bench.json"), dir.join("bench.svg"));
+    let out = Command::new(common::uminfer_bin())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["bench", "--model"])
+        .arg(common::model_path("tiny.pt"))
+        .args(["--requests", "30", "--warmup", "3", "--warmup-secs", "0", "--schemes", "serialize-copy,cpu-zero-copy,shm-ipc,tch-naive,py-torchscript,gpu-managed-graph", "--json"])
+        .arg(&json)
+        .arg("--plot")
+        .arg(&svg)
+        .output()
+        .expect("running uminfer bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    // The doctor's verdict comes first, then the table.
+    let doctor_at = stdout.find("Execution modes").expect("doctor summary");
+    let table_at = stdout.find("scheme ").expect("table header");
+    assert!(doctor_at < table_at, "{stdout}");
+
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["schema_version"], 1);
+    assert!(v["machine"]["cpu"].is_string() && v["machine"]["cores"].as_u64().unwrap() >= 1);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6);
+    for r in results {
+        for key in ["scheme", "model", "status", "reason", "samples", "p50_us", "p90_us", "p99_us", "mean_us", "std_us", "min_us", "max_us", "device_p50_us"] {
+            assert!(r.get(key).is_some(), "result lacks {key}: {r}");
+        }
+        let scheme = r["scheme"].as_str().unwrap();
+        match scheme {
+            "gpu-managed-graph" if common::gpu_unavailable().is_some() => {
+                assert_eq!(r["status"], "unavailable");
+                assert!(r["reason"].as_str().unwrap().contains("not usable"), "{r}");
+            }
+            _ => {
+                assert_eq!(r["status"], "ok", "{r}");
+                assert_eq!(r["samples"], 30, "{r}");
+                let (p50, p99, min) = (r["p50_us"].as_f64().unwrap(), r["p99_us"].as_f64().unwrap(), r["min_us"].as_f64().unwrap());
+                assert!(min > 0.0 && min <= p50 && p50 <= p99, "{r}");
+            }
+        }
+    }
+    let cpu = results.iter().find(|r| r["scheme"] == "cpu-zero-copy").unwrap();
+    assert!((cpu["p50_vs_cpu_zero_copy"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+    let ser = results.iter().find(|r| r["scheme"] == "serialize-copy").unwrap();
+    assert!((ser["p50_vs_serialize_copy"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    assert!(picture.starts_with("<svg") || picture.contains("<svg"), "not an SVG");
+    for s in ["cpu-zero-copy", "serialize-copy", "shm-ipc"] {
+        assert!(picture.contains(s), "{s} missing from the plot legend");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unknown_scheme_is_listed_as_unavailable_with_the_known_ones() {
+    let out = Command::new(common::uminfer_bin())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["bench", "--model"])
+        .arg(common::model_path("tiny.pt"))
+        .args(["--requests", "5", "--warmup", "1", "--warmup-secs", "0", "--schemes", "cpu-zero-copy,teleport"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("teleport: unknown scheme teleport; known: serialize-copy"), "{stdout}");
+}
