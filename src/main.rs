@@ -107,9 +107,9 @@ enum Command {
         /// Python with torch 2.11 for the py-* peers (default: .venv, else python3).
         #[arg(long)]
         python: Option<PathBuf>,
-        /// Core to pin the measuring thread to.
-        #[arg(long, default_value_t = 0)]
-        core: usize,
+        /// Core to pin the measuring thread to (-1: do not pin).
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        core: i64,
         /// Write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -142,7 +142,7 @@ struct BenchArgs {
     warmup_secs: f64,
     schemes: Option<Vec<String>>,
     python: Option<PathBuf>,
-    core: usize,
+    core: i64,
     json: Option<PathBuf>,
     plot: Option<PathBuf>,
 }
@@ -169,7 +169,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         warmup_time: std::time::Duration::from_secs_f64(a.warmup_secs),
         schemes: a.schemes.unwrap_or_else(|| bench::SCHEMES.iter().map(|s| s.to_string()).collect()),
         python: a.python,
-        core: Some(a.core),
+        core: usize::try_from(a.core).ok(),
         progress: true,
     };
     let report = bench::run(&rt, &opts)?;
