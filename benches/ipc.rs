@@ -2,7 +2,7 @@
 //! the same bytes each way, server in a thread of this process:
 //!
 //! - `shm_iceoryx2/{identity,tiny}`: `uminfer::ipc` server + client (the
-//!   client writes the input straight into the loaned sample, reads the
+//!   client copies the input into the loaned sample in one pass, reads the
 //!   response in place);
 //! - `unix_socket/identity`: a Unix-domain stream socket echoing the bytes
 //!   (length-prefixed): the transport baseline;
@@ -58,7 +58,7 @@ fn shm(c: &mut Criterion) {
             let mut client = Client::connect(name, Duration::from_secs(30)).expect("connect");
             c.bench_function(&format!("shm_iceoryx2/{}", m.trim_end_matches(".pt")), |b| {
                 b.iter(|| {
-                    client.infer_in_place(&SHAPE, |buf| buf.copy_from_slice(&x), |r| black_box(r.data[0])).expect("infer")
+                    client.infer_with(&SHAPE, &x, |r| black_box(r.data[0])).expect("infer")
                 })
             });
         });

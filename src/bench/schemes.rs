@@ -30,6 +30,35 @@ pub(crate) trait Scheme {
     fn threads(&self) -> String;
 }
 
+/// A scheme whose caller memory is a plain buffer it copies from: one
+/// request is `once()`, from that buffer to its output buffer.
+trait BufferScheme {
+    fn input_buf(&mut self) -> &mut [f32];
+    fn once(&mut self) -> Result<()>;
+    fn output_buf(&self) -> &[f32];
+    fn thread_settings(&self) -> String;
+}
+
+impl<T: BufferScheme> Scheme for T {
+    fn refresh(&mut self, _: u64, data: &[f32]) -> Result<()> {
+        self.input_buf().copy_from_slice(data);
+        Ok(())
+    }
+    fn request(&mut self) -> Result<Sample> {
+        let t = Instant::now();
+        self.once()?;
+        Ok((t.elapsed(), None))
+    }
+    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
+        self.input_buf().copy_from_slice(input);
+        self.once()?;
+        Ok(self.output_buf().to_vec())
+    }
+    fn threads(&self) -> String {
+        self.thread_settings()
+    }
+}
+
 fn threads_here() -> String {
     format!("intra-op {} (OMP_NUM_THREADS={})", tch::get_num_threads(), std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| "unset".into()))
 }
@@ -90,22 +119,17 @@ impl SerializeCopy {
     }
 }
 
-impl Scheme for SerializeCopy {
-    fn refresh(&mut self, _: u64, data: &[f32]) -> Result<()> {
-        self.input.copy_from_slice(data);
-        Ok(())
+impl BufferScheme for SerializeCopy {
+    fn input_buf(&mut self) -> &mut [f32] {
+        &mut self.input
     }
-    fn request(&mut self) -> Result<Sample> {
-        let t = Instant::now();
-        self.post()?;
-        Ok((t.elapsed(), None))
+    fn once(&mut self) -> Result<()> {
+        self.post()
     }
-    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
-        self.input.copy_from_slice(input);
-        self.post()?;
-        Ok(self.output.clone())
+    fn output_buf(&self) -> &[f32] {
+        &self.output
     }
-    fn threads(&self) -> String {
+    fn thread_settings(&self) -> String {
         threads_here()
     }
 }
@@ -190,29 +214,24 @@ impl ShmIpc {
 
     fn round_trip(&mut self) -> Result<()> {
         let (input, output) = (&self.input, &mut self.output);
-        self.client.infer_in_place(&self.shape, |buf| buf.copy_from_slice(input), |r| {
+        self.client.infer_with(&self.shape, input, |r| {
             output.clear();
             output.extend_from_slice(r.data);
         })
     }
 }
 
-impl Scheme for ShmIpc {
-    fn refresh(&mut self, _: u64, data: &[f32]) -> Result<()> {
-        self.input.copy_from_slice(data);
-        Ok(())
+impl BufferScheme for ShmIpc {
+    fn input_buf(&mut self) -> &mut [f32] {
+        &mut self.input
     }
-    fn request(&mut self) -> Result<Sample> {
-        let t = Instant::now();
-        self.round_trip()?;
-        Ok((t.elapsed(), None))
+    fn once(&mut self) -> Result<()> {
+        self.round_trip()
     }
-    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
-        self.input.copy_from_slice(input);
-        self.round_trip()?;
-        Ok(self.output.clone())
+    fn output_buf(&self) -> &[f32] {
+        &self.output
     }
-    fn threads(&self) -> String {
+    fn thread_settings(&self) -> String {
         format!("server process: {}", threads_here())
     }
 }
@@ -251,22 +270,17 @@ impl TchNaive {
     }
 }
 
-impl Scheme for TchNaive {
-    fn refresh(&mut self, _: u64, data: &[f32]) -> Result<()> {
-        self.input.copy_from_slice(data);
-        Ok(())
+impl BufferScheme for TchNaive {
+    fn input_buf(&mut self) -> &mut [f32] {
+        &mut self.input
     }
-    fn request(&mut self) -> Result<Sample> {
-        let t = Instant::now();
-        self.forward()?;
-        Ok((t.elapsed(), None))
+    fn once(&mut self) -> Result<()> {
+        self.forward()
     }
-    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
-        self.input.copy_from_slice(input);
-        self.forward()?;
-        Ok(self.output.clone())
+    fn output_buf(&self) -> &[f32] {
+        &self.output
     }
-    fn threads(&self) -> String {
+    fn thread_settings(&self) -> String {
         format!("{}; device {:?}", threads_here(), self.device)
     }
 }

@@ -81,17 +81,21 @@ impl Client {
 
     /// Sends `input` (shape `shape`) and returns the output shape and a copy of the output.
     pub fn infer(&mut self, shape: &[i64], input: &[f32]) -> Result<(Vec<i64>, Vec<f32>)> {
-        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(usize::try_from(d).ok()?));
-        if n != Some(input.len()) {
-            return Err(Error::Ipc(format!("shape {shape:?} does not describe the {} input elements given", input.len())));
-        }
-        self.request(shape, |buf| buf.copy_from_slice(input), |r| (r.shape, r.data.to_vec()))
+        check_len(shape, input.len())?;
+        self.request(shape, Fill::<fn(&mut [f32])>::From(input), |r| (r.shape, r.data.to_vec()))
+    }
+
+    /// Like [`infer`](Self::infer) but reads the response in place with `read`
+    /// (the input is copied into the shared-memory sample in one pass).
+    pub fn infer_with<R>(&mut self, shape: &[i64], input: &[f32], read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
+        check_len(shape, input.len())?;
+        self.request(shape, Fill::<fn(&mut [f32])>::From(input), read)
     }
 
     /// The zero-copy form: `fill` writes the request directly into the
     /// shared-memory sample, `read` reads the response where it lies.
     pub fn infer_in_place<R>(&mut self, shape: &[i64], fill: impl FnOnce(&mut [f32]), read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
-        self.request(shape, fill, read)
+        self.request(shape, Fill::InPlace(fill), read)
     }
 
     /// Sends `payload` under a header the caller built (any field, any
@@ -99,7 +103,7 @@ impl Client {
     /// `request_id` is set by the client.
     pub fn infer_with_header(&mut self, mut header: RequestHeader, payload: &[f32]) -> Result<(Vec<i64>, Vec<f32>)> {
         header.request_id = self.take_id();
-        self.send_and_wait(header, payload.len(), |b| b.copy_from_slice(payload), |r| (r.shape, r.data.to_vec()))
+        self.send_and_wait(header, payload.len(), Fill::<fn(&mut [f32])>::From(payload), |r| (r.shape, r.data.to_vec()))
     }
 
     /// Spins as long as a typical response takes (×1.5, between
@@ -117,22 +121,34 @@ impl Client {
         id
     }
 
-    fn request<R>(&mut self, shape: &[i64], fill: impl FnOnce(&mut [f32]), read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
+    fn request<R>(&mut self, shape: &[i64], fill: Fill<'_, impl FnOnce(&mut [f32])>, read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
         let header = RequestHeader::new(self.take_id(), shape)
             .ok_or_else(|| Error::Ipc(format!("shape {shape:?} cannot be sent (rank 1..=8, no negative dimension)")))?;
         let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d as usize)).ok_or_else(|| Error::Ipc(format!("shape {shape:?} overflows")))?;
         self.send_and_wait(header, n, fill, read)
     }
 
-    fn send_and_wait<R>(&mut self, header: RequestHeader, n: usize, fill: impl FnOnce(&mut [f32]), read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
+    fn send_and_wait<R>(&mut self, header: RequestHeader, n: usize, fill: Fill<'_, impl FnOnce(&mut [f32])>, read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
         let id = header.request_id;
         if self.service.dynamic_config().number_of_servers() == 0 {
             service::cleanup_dead_nodes(&self.node);
             return Err(Error::ServerGone(format!("no server serves {}", self.names.service)));
         }
-        let mut req = self.port.loan_slice(n).map_err(|e| Error::Ipc(format!("loaning {n} floats of shared memory: {e}")))?;
-        *req.user_header_mut() = header;
-        fill(req.payload_mut());
+        let loan_err = |e: &dyn std::fmt::Display| Error::Ipc(format!("loaning {n} floats of shared memory: {e}"));
+        let req = match fill {
+            // One pass over the sample: copied in, never zeroed first.
+            Fill::From(input) => {
+                let mut req = self.port.loan_slice_uninit(n).map_err(|e| loan_err(&e))?;
+                *req.user_header_mut() = header;
+                req.write_from_slice(input)
+            }
+            Fill::InPlace(f) => {
+                let mut req = self.port.loan_slice(n).map_err(|e| loan_err(&e))?;
+                *req.user_header_mut() = header;
+                f(req.payload_mut());
+                req
+            }
+        };
         let pending = req.send().map_err(|e| Error::Ipc(format!("sending: {e}")))?;
         self.notifier.notify().map_err(|e| Error::Ipc(format!("notifying the server: {e}")))?;
         let start = Instant::now();
@@ -172,6 +188,22 @@ impl Client {
             self.listener.timed_wait(|_| {}, wait).map_err(|e| Error::Ipc(format!("waiting for the response: {e:?}")))?;
         }
     }
+}
+
+/// How the request sample gets its elements.
+enum Fill<'a, F: FnOnce(&mut [f32])> {
+    /// Copied from a slice of the right length.
+    From(&'a [f32]),
+    /// Written by the caller into the (zeroed) sample.
+    InPlace(F),
+}
+
+fn check_len(shape: &[i64], len: usize) -> Result<()> {
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(usize::try_from(d).ok()?));
+    if n != Some(len) {
+        return Err(Error::Ipc(format!("shape {shape:?} does not describe the {len} input elements given")));
+    }
+    Ok(())
 }
 
 /// Reads a response: checks it answers request `id`, maps error statuses.
