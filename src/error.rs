@@ -117,3 +117,11 @@ pub enum Error {
         source: std::io::Error,
     },
 }
+
+impl Error {
+    /// Maps a failed CUDA driver call named `call` into [`Error::Driver`]
+    /// (for `map_err`).
+    pub(crate) fn driver(call: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
+        move |source| Error::Driver { call, source }
+    }
+}

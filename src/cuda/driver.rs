@@ -8,9 +8,6 @@ use crate::error::{Error, Result};
 use cudarc::driver::{result, sys};
 use std::sync::OnceLock;
 
-fn drv(call: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
-    move |source| Error::Driver { call, source }
-}
 
 /// Loads `libcuda.so` and runs `cuInit(0)` once per process; the outcome is cached.
 pub fn ensure_driver() -> Result<()> {
@@ -32,37 +29,37 @@ pub fn driver_version() -> Result<i32> {
     ensure_driver()?;
     let mut v = 0;
     // SAFETY: the driver is loaded (ensure_driver); `v` is a valid out pointer.
-    unsafe { sys::cuDriverGetVersion(&mut v) }.result().map_err(drv("cuDriverGetVersion"))?;
+    unsafe { sys::cuDriverGetVersion(&mut v) }.result().map_err(Error::driver("cuDriverGetVersion"))?;
     Ok(v)
 }
 
 /// Number of CUDA devices the driver exposes (after `CUDA_VISIBLE_DEVICES`).
 pub fn device_count() -> Result<i32> {
     ensure_driver()?;
-    result::device::get_count().map_err(drv("cuDeviceGetCount"))
+    result::device::get_count().map_err(Error::driver("cuDeviceGetCount"))
 }
 
 /// A device handle for `ordinal`.
 pub fn device(ordinal: i32) -> Result<sys::CUdevice> {
     ensure_driver()?;
-    result::device::get(ordinal).map_err(drv("cuDeviceGet"))
+    result::device::get(ordinal).map_err(Error::driver("cuDeviceGet"))
 }
 
 /// One integer attribute of a device (`cuDeviceGetAttribute`).
 pub fn attribute(dev: sys::CUdevice, attr: sys::CUdevice_attribute) -> Result<i32> {
     // SAFETY: `dev` came from `device()` (driver loaded and initialised); the
     // attribute enum value is one of the driver's own.
-    unsafe { result::device::get_attribute(dev, attr) }.map_err(drv("cuDeviceGetAttribute"))
+    unsafe { result::device::get_attribute(dev, attr) }.map_err(Error::driver("cuDeviceGetAttribute"))
 }
 
 /// Device name (`cuDeviceGetName`).
 pub fn name(dev: sys::CUdevice) -> Result<String> {
-    result::device::get_name(dev).map_err(drv("cuDeviceGetName"))
+    result::device::get_name(dev).map_err(Error::driver("cuDeviceGetName"))
 }
 
 /// Device UUID formatted as `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, as nvidia-smi prints it.
 pub fn uuid(dev: sys::CUdevice) -> Result<String> {
-    let u = result::device::get_uuid(dev).map_err(drv("cuDeviceGetUuid"))?;
+    let u = result::device::get_uuid(dev).map_err(Error::driver("cuDeviceGetUuid"))?;
     let b: Vec<u8> = u.bytes.iter().map(|&c| c as u8).collect();
     let hex = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
     Ok(format!("GPU-{}-{}-{}-{}-{}", hex(0..4), hex(4..6), hex(6..8), hex(8..10), hex(10..16)))
@@ -71,15 +68,15 @@ pub fn uuid(dev: sys::CUdevice) -> Result<String> {
 /// Total memory of a device in bytes (`cuDeviceTotalMem`).
 pub fn total_memory(dev: sys::CUdevice) -> Result<usize> {
     // SAFETY: `dev` is a valid device handle from `device()`.
-    unsafe { result::device::total_mem(dev) }.map_err(drv("cuDeviceTotalMem"))
+    unsafe { result::device::total_mem(dev) }.map_err(Error::driver("cuDeviceTotalMem"))
 }
 
 /// Free and total memory of device `ordinal` in bytes, read in its primary context.
 pub fn memory_info(ordinal: usize) -> Result<(usize, usize)> {
     ensure_driver()?;
-    let ctx = cudarc::driver::CudaContext::new(ordinal).map_err(drv("cuDevicePrimaryCtxRetain"))?;
-    ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-    result::mem_get_info().map_err(drv("cuMemGetInfo"))
+    let ctx = cudarc::driver::CudaContext::new(ordinal).map_err(Error::driver("cuDevicePrimaryCtxRetain"))?;
+    ctx.bind_to_thread().map_err(Error::driver("cuCtxSetCurrent"))?;
+    result::mem_get_info().map_err(Error::driver("cuMemGetInfo"))
 }
 
 /// Formats a driver/runtime version number such as `13000` as `13.0`.

@@ -33,8 +33,8 @@ impl Gpu {
         if ordinal as i64 >= count as i64 {
             return Err(Error::NoSuchDevice { ordinal, count });
         }
-        let ctx = CudaContext::new(ordinal).map_err(|source| Error::Driver { call: "cuDevicePrimaryCtxRetain", source })?;
-        let attr = |a| ctx.attribute(a).map_err(|source| Error::Driver { call: "cuDeviceGetAttribute", source });
+        let ctx = CudaContext::new(ordinal).map_err(Error::driver("cuDevicePrimaryCtxRetain"))?;
+        let attr = |a| ctx.attribute(a).map_err(Error::driver("cuDeviceGetAttribute"));
         Ok(Self {
             concurrent_managed_access: attr(A::CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS)? != 0,
             managed_memory: attr(A::CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY)? != 0,
@@ -55,7 +55,7 @@ impl Gpu {
 
     /// A new non-blocking stream on this device.
     pub fn new_stream(&self) -> Result<Arc<CudaStream>> {
-        self.ctx.new_stream().map_err(|source| Error::Driver { call: "cuStreamCreate", source })
+        self.ctx.new_stream().map_err(Error::driver("cuStreamCreate"))
     }
 
     /// `concurrentManagedAccess`: whether the host may touch managed memory while kernels run.
@@ -75,17 +75,17 @@ impl Gpu {
 
     /// Makes this context current on the calling thread.
     pub fn bind(&self) -> Result<()> {
-        self.ctx.bind_to_thread().map_err(|source| Error::Driver { call: "cuCtxSetCurrent", source })
+        self.ctx.bind_to_thread().map_err(Error::driver("cuCtxSetCurrent"))
     }
 
     /// Waits for all work on the device's context (`cuCtxSynchronize`).
     pub fn synchronize(&self) -> Result<()> {
-        self.ctx.synchronize().map_err(|source| Error::Driver { call: "cuCtxSynchronize", source })
+        self.ctx.synchronize().map_err(Error::driver("cuCtxSynchronize"))
     }
 
     /// Free and total device memory in bytes (`cuMemGetInfo`).
     pub fn memory_info(&self) -> Result<(usize, usize)> {
         self.bind()?;
-        cudarc::driver::result::mem_get_info().map_err(|source| Error::Driver { call: "cuMemGetInfo", source })
+        cudarc::driver::result::mem_get_info().map_err(Error::driver("cuMemGetInfo"))
     }
 }

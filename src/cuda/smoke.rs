@@ -12,17 +12,16 @@ const N: usize = 4096;
 /// Runs the round trip on device `ordinal`.
 pub fn managed_round_trip(ordinal: usize) -> Result<()> {
     driver::ensure_driver()?;
-    let drv = |call| move |source| Error::Driver { call, source };
-    let ctx = CudaContext::new(ordinal).map_err(drv("cuDevicePrimaryCtxRetain"))?;
+    let ctx = CudaContext::new(ordinal).map_err(Error::driver("cuDevicePrimaryCtxRetain"))?;
     let (ptx, _) = nvrtc::ptx(kernels::by_name("smoke")?)?;
-    let module = ctx.load_module((*ptx).clone()).map_err(drv("cuModuleLoadData"))?;
-    let f = module.load_function("uminfer_smoke_add").map_err(drv("cuModuleGetFunction"))?;
+    let module = ctx.load_module((*ptx).clone()).map_err(Error::driver("cuModuleLoadData"))?;
+    let f = module.load_function("uminfer_smoke_add").map_err(Error::driver("cuModuleGetFunction"))?;
     let stream = ctx.default_stream();
     // SAFETY: f32 is valid for any bit pattern, and every element is written
     // by the host below before anything reads it.
-    let mut buf = unsafe { ctx.alloc_unified::<f32>(N, true) }.map_err(drv("cuMemAllocManaged"))?;
+    let mut buf = unsafe { ctx.alloc_unified::<f32>(N, true) }.map_err(Error::driver("cuMemAllocManaged"))?;
     {
-        let host = buf.as_mut_slice().map_err(drv("host access to managed memory"))?;
+        let host = buf.as_mut_slice().map_err(Error::driver("host access to managed memory"))?;
         for (i, x) in host.iter_mut().enumerate() {
             *x = i as f32;
         }
@@ -33,9 +32,9 @@ pub fn managed_round_trip(ordinal: usize) -> Result<()> {
     // SAFETY: the kernel signature is (float*, float, int) and it touches
     // indices < n only; `buf` holds N = n floats and outlives the launch
     // (synchronised below before any host access).
-    unsafe { launch.launch(LaunchConfig::for_num_elems(N as u32)) }.map_err(drv("cuLaunchKernel"))?;
-    stream.synchronize().map_err(drv("cuStreamSynchronize"))?;
-    let host = buf.as_slice().map_err(drv("host access to managed memory"))?;
+    unsafe { launch.launch(LaunchConfig::for_num_elems(N as u32)) }.map_err(Error::driver("cuLaunchKernel"))?;
+    stream.synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
+    let host = buf.as_slice().map_err(Error::driver("host access to managed memory"))?;
     match host.iter().enumerate().find(|(i, &x)| x != *i as f32 + 1.5) {
         None => Ok(()),
         Some((i, &x)) => Err(Error::Check {

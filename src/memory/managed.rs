@@ -58,7 +58,7 @@ pub(crate) unsafe fn attach_raw(dptr: u64, stream: sys::CUstream, mode: Attach) 
     };
     // SAFETY: the caller guarantees the allocation and stream (length 0 = whole allocation).
     unsafe { result::stream::attach_mem_async(stream, dptr, 0, flags) }
-        .map_err(|source| Error::Driver { call: "cuStreamAttachMemAsync", source })
+        .map_err(Error::driver("cuStreamAttachMemAsync"))
 }
 
 /// `cuMemPrefetchAsync` of `bytes` at `dptr` to `to` (device `ordinal` or the host).
@@ -69,7 +69,7 @@ pub(crate) unsafe fn attach_raw(dptr: u64, stream: sys::CUstream, mode: Attach) 
 pub(crate) unsafe fn prefetch_raw(dptr: u64, bytes: usize, ordinal: usize, to: Location, stream: sys::CUstream) -> Result<()> {
     // SAFETY: the caller guarantees range and stream.
     unsafe { result::mem_prefetch_async(dptr, bytes, location(ordinal, to), stream) }
-        .map_err(|source| Error::Driver { call: "cuMemPrefetchAsync", source })
+        .map_err(Error::driver("cuMemPrefetchAsync"))
 }
 
 impl<T: Element> Region<T> {
@@ -119,6 +119,6 @@ impl<T: Element> Region<T> {
         };
         // SAFETY: the range is exactly this managed allocation's elements.
         unsafe { result::mem_advise(self.device_ptr().unwrap_or(0), self.byte_len(), a, loc) }
-            .map_err(|source| Error::Driver { call: "cuMemAdvise", source })
+            .map_err(Error::driver("cuMemAdvise"))
     }
 }

@@ -40,9 +40,6 @@ unsafe impl Send for RawRegion {}
 // dirty flag is updated; element access is mediated by `Region<T>` borrows.
 unsafe impl Sync for RawRegion {}
 
-fn drv(call: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
-    move |source| Error::Driver { call, source }
-}
 
 fn check_align(ptr: NonNull<u8>) -> Result<()> {
     if (ptr.as_ptr() as usize) % REGION_ALIGN != 0 {
@@ -101,7 +98,7 @@ impl RawRegion {
         let flag = if attach_host { sys::CUmemAttach_flags::CU_MEM_ATTACH_HOST } else { sys::CUmemAttach_flags::CU_MEM_ATTACH_GLOBAL };
         // SAFETY: the context is bound and `bytes` > 0; the memory is zeroed
         // below before any typed access.
-        let dptr = unsafe { result::malloc_managed(bytes, flag) }.map_err(drv("cuMemAllocManaged"))?;
+        let dptr = unsafe { result::malloc_managed(bytes, flag) }.map_err(Error::driver("cuMemAllocManaged"))?;
         let region = Self {
             // SAFETY: cuMemAllocManaged succeeded, so the address is non-null.
             ptr: unsafe { NonNull::new_unchecked(dptr as usize as *mut u8) },
@@ -110,7 +107,7 @@ impl RawRegion {
             device_dirty: AtomicBool::new(true),
         };
         // SAFETY: `dptr` is a managed allocation of exactly `bytes` bytes.
-        unsafe { result::memset_d8_sync(dptr, 0, bytes) }.map_err(drv("cuMemsetD8"))?;
+        unsafe { result::memset_d8_sync(dptr, 0, bytes) }.map_err(Error::driver("cuMemsetD8"))?;
         check_align(region.ptr)?;
         Ok(region)
     }
@@ -126,7 +123,7 @@ impl RawRegion {
         gpu.bind()?;
         let flags = sys::CU_MEMHOSTALLOC_DEVICEMAP | sys::CU_MEMHOSTALLOC_PORTABLE;
         // SAFETY: the context is bound and `bytes` > 0; zeroed below.
-        let host = unsafe { result::malloc_host(bytes, flags) }.map_err(drv("cuMemHostAlloc"))?;
+        let host = unsafe { result::malloc_host(bytes, flags) }.map_err(Error::driver("cuMemHostAlloc"))?;
         let mut device_ptr = 0u64;
         // SAFETY: `host` was returned by cuMemHostAlloc with DEVICEMAP; flags must be 0.
         let got = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device_ptr, host, 0) }.result();
@@ -137,7 +134,7 @@ impl RawRegion {
             backing: Backing::PinnedMapped { gpu: gpu.clone(), device_ptr },
             device_dirty: AtomicBool::new(false),
         };
-        got.map_err(drv("cuMemHostGetDevicePointer"))?;
+        got.map_err(Error::driver("cuMemHostGetDevicePointer"))?;
         // SAFETY: `host` points to `bytes` writable bytes owned by `region`.
         unsafe { std::ptr::write_bytes(region.ptr.as_ptr(), 0, bytes) };
         check_align(region.ptr)?;
@@ -226,11 +223,11 @@ impl Drop for RawRegion {
             Backing::Managed { gpu } => gpu.bind().and_then(|_| gpu.synchronize()).and_then(|_| {
                 // SAFETY: `p` came from cuMemAllocManaged and the device is idle
                 // (synchronised above), so no pending work uses it; freed once.
-                unsafe { result::memory_free(p as u64) }.map_err(drv("cuMemFree"))
+                unsafe { result::memory_free(p as u64) }.map_err(Error::driver("cuMemFree"))
             }),
             Backing::PinnedMapped { gpu, .. } => gpu.bind().and_then(|_| gpu.synchronize()).and_then(|_| {
                 // SAFETY: `p` came from cuMemHostAlloc and the device is idle; freed once.
-                unsafe { result::free_host(p.cast()) }.map_err(drv("cuMemFreeHost"))
+                unsafe { result::free_host(p.cast()) }.map_err(Error::driver("cuMemFreeHost"))
             }),
         };
         if let Err(e) = outcome {

@@ -22,9 +22,6 @@ use std::sync::Arc;
 /// Threads per block of both kernels (a multiple of 32, as `postprocess.cu` requires).
 const THREADS: u32 = 256;
 
-fn drv(call: &'static str) -> impl FnOnce(DriverError) -> Error {
-    move |source| Error::Driver { call, source }
-}
 
 /// One kernel function loaded in a GPU's context, and that context.
 #[derive(Debug, Clone)]
@@ -41,8 +38,8 @@ impl Loaded {
         let ctx = gpu.context().clone();
         // See https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__MODULE.html
         // (cuModuleLoadData, cuModuleGetFunction).
-        let module = ctx.load_module((*ptx).clone()).map_err(drv("cuModuleLoadData"))?;
-        let func = module.load_function(entry).map_err(drv("cuModuleGetFunction"))?;
+        let module = ctx.load_module((*ptx).clone()).map_err(Error::driver("cuModuleLoadData"))?;
+        let func = module.load_function(entry).map_err(Error::driver("cuModuleGetFunction"))?;
         Ok(Self { ctx, func })
     }
 
@@ -133,7 +130,7 @@ impl Preprocess {
         // copies them). The kernel touches src[0 .. pixels·channels) and
         // dst[0 .. pixels·channels) only; that these are valid, unaliased and
         // alive until the kernel ends is the caller's contract (# Safety 1–3).
-        unsafe { args.launch(cfg) }.map_err(drv("cuLaunchKernel (uminfer_preprocess_u8_hwc_f32_nchw)"))?;
+        unsafe { args.launch(cfg) }.map_err(Error::driver("cuLaunchKernel (uminfer_preprocess_u8_hwc_f32_nchw)"))?;
         Ok(())
     }
 }
@@ -208,7 +205,7 @@ impl Postprocess {
         // and probs [r·classes, (r+1)·classes), top values and indices
         // [r·k, (r+1)·k), r < rows; that these are valid, unaliased and alive
         // until the kernel ends is the caller's contract (# Safety 1–3).
-        unsafe { args.launch(cfg) }.map_err(drv("cuLaunchKernel (uminfer_softmax_topk)"))?;
+        unsafe { args.launch(cfg) }.map_err(Error::driver("cuLaunchKernel (uminfer_softmax_topk)"))?;
         Ok(())
     }
 }
