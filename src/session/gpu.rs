@@ -66,9 +66,6 @@ pub(crate) struct GpuEngine {
     end: CudaEvent,
 }
 
-fn drv(call: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
-    move |source| Error::Driver { call, source }
-}
 
 impl GpuEngine {
     /// Builds the engine on the calling (session) thread: stream, events,
@@ -83,8 +80,8 @@ impl GpuEngine {
         let current = unsafe { CurrentStream::set(stream.cu_stream().cast(), gpu.ordinal() as i32) }?;
         let ctx = gpu.context();
         let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT); // timing enabled
-        let start = ctx.new_event(timing).map_err(drv("cuEventCreate"))?;
-        let end = ctx.new_event(timing).map_err(drv("cuEventCreate"))?;
+        let start = ctx.new_event(timing).map_err(Error::driver("cuEventCreate"))?;
+        let end = ctx.new_event(timing).map_err(Error::driver("cuEventCreate"))?;
         if let Some((i, o)) = parts.managed {
             if !gpu.concurrent_managed_access() {
                 // Without concurrentManagedAccess the host may touch managed memory
@@ -132,7 +129,7 @@ impl GpuEngine {
 
     /// Captures forward + output copy on the session stream.
     fn capture(&mut self) -> Result<CudaGraph> {
-        self.stream.synchronize().map_err(drv("cuStreamSynchronize"))?;
+        self.stream.synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
         let mut graph = CudaGraph::new()?;
         graph.capture_begin(None)?;
         let captured = self.launch_preprocess().and_then(|_| self.parts.module.forward_into(&self.parts.input, &mut self.parts.output));
@@ -160,19 +157,20 @@ impl GpuEngine {
         if !self.parts.gpu.concurrent_managed_access() {
             return Ok(()); // prefetching needs concurrentManagedAccess; pages migrate on demand
         }
-        let (r, dev) = match to {
-            Location::Device => (i, self.parts.gpu.ordinal()),
-            Location::Host => (o, self.parts.gpu.ordinal()),
+        // Input towards the device before the work, output towards the host after it.
+        let r = match to {
+            Location::Device => i,
+            Location::Host => o,
         };
         // SAFETY: `r` is a live managed region of this session; the stream is live.
-        unsafe { prefetch_raw(r.ptr, r.bytes, dev, to, self.stream.cu_stream()) }
+        unsafe { prefetch_raw(r.ptr, r.bytes, self.parts.gpu.ordinal(), to, self.stream.cu_stream()) }
     }
 }
 
 impl Engine for GpuEngine {
     fn run(&mut self) -> Result<RunTiming> {
         let t0 = Instant::now();
-        self.start.record(&self.stream).map_err(drv("cuEventRecord"))?;
+        self.start.record(&self.stream).map_err(Error::driver("cuEventRecord"))?;
         self.prefetch(Location::Device)?;
         if !matches!(self.path, Path::Graph(_)) {
             self.launch_preprocess()?; // in graph mode it is part of the replay
@@ -188,9 +186,9 @@ impl Engine for GpuEngine {
             Path::Graph(g) => g.replay()?,
         }
         self.prefetch(Location::Host)?;
-        self.end.record(&self.stream).map_err(drv("cuEventRecord"))?;
-        self.stream.synchronize().map_err(drv("cuStreamSynchronize"))?;
-        let ms = self.start.elapsed_ms(&self.end).map_err(drv("cuEventElapsedTime"))?;
+        self.end.record(&self.stream).map_err(Error::driver("cuEventRecord"))?;
+        self.stream.synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
+        let ms = self.start.elapsed_ms(&self.end).map_err(Error::driver("cuEventElapsedTime"))?;
         Ok(RunTiming { host: t0.elapsed(), device: Some(Duration::from_secs_f64(ms as f64 / 1000.0)) })
     }
 }

@@ -29,7 +29,7 @@ pub use timing::{RunTiming, Summary, Timing, TimingRecorder};
 
 use crate::cuda::Gpu;
 use crate::error::{Error, Result};
-use crate::memory::region::TensorSide;
+use crate::memory::region::{contiguous_strides, TensorSide};
 use crate::memory::{Element, ManagedOptions, Region};
 use crate::mode::Mode;
 use crate::runtime::{Model, Runtime};
@@ -42,6 +42,22 @@ enum Runner {
     Inline(Box<dyn Engine + Send>),
     /// Runs on the session's own thread.
     Thread(Worker),
+}
+
+impl Runner {
+    fn run(&mut self) -> Result<RunTiming> {
+        match self {
+            Runner::Inline(e) => e.run(),
+            Runner::Thread(w) => w.run(),
+        }
+    }
+}
+
+/// What `run_on` needs to run a `cpu` session over caller memory.
+struct CpuDirect {
+    module: std::sync::Arc<crate::shim::TorchModule>,
+    /// Contiguous strides of the input and output shapes (precomputed: no allocation per request).
+    strides: (Vec<i64>, Vec<i64>),
 }
 
 /// A model ready to serve requests of one fixed shape in one mode.
@@ -64,10 +80,8 @@ pub struct Session<I: Element = f32, O: Element = f32> {
     spec: SessionSpec,
     /// `data_ptr()` of the tensors the model reads and its result is copied into.
     tensor_addrs: (usize, usize),
-    /// The CPU module, for `run_on` over caller memory in `cpu` mode.
-    cpu_module: Option<std::sync::Arc<crate::shim::TorchModule>>,
-    /// Contiguous strides of the input and output shapes (precomputed: no allocation per request).
-    cpu_strides: (Vec<i64>, Vec<i64>),
+    /// `cpu` mode without preprocessing: `run_on` runs over caller memory.
+    cpu_direct: Option<CpuDirect>,
 }
 
 fn numel(shape: &[i64], what: &str) -> Result<usize> {
@@ -120,7 +134,10 @@ impl<I: Element, O: Element> Session<I, O> {
                 dst: input.as_ptr() as usize,
             });
             let module = model.module(tch::Device::Cpu)?;
-            let cpu_module = Some(module.clone());
+            let cpu_direct = spec.preprocess.is_none().then(|| CpuDirect {
+                module: module.clone(),
+                strides: (contiguous_strides(&spec.input_shape), contiguous_strides(&spec.output_shape)),
+            });
             // SAFETY: the tensors live in the engine, which the session drops
             // before the regions (field order); host slices are handed out only
             // between runs, when no work is in flight (CPU work is synchronous).
@@ -140,7 +157,7 @@ impl<I: Element, O: Element> Session<I, O> {
             } else {
                 Runner::Inline(Box::new(engine))
             };
-            Self { runner, raw, input, output, mode, note, timing: TimingRecorder::new(), cpu_strides: strides_of(&spec), spec, tensor_addrs, cpu_module }
+            Self { runner, raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs, cpu_direct }
         } else {
             let gpu = Gpu::open(spec.device)?;
             let (mut input, output) = match mode {
@@ -186,7 +203,7 @@ impl<I: Element, O: Element> Session<I, O> {
             };
             let name = format!("uminfer-{}-{}", mode, spec.device);
             let (w, note) = Worker::spawn(name, spec.pin_core, move || GpuEngine::build(parts)).map_err(|e| shape_error(model, &spec, e))?;
-            Self { runner: Runner::Thread(w), raw, input, output, mode, note, timing: TimingRecorder::new(), cpu_strides: strides_of(&spec), spec, tensor_addrs, cpu_module: None }
+            Self { runner: Runner::Thread(w), raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs, cpu_direct: None }
         };
         session.timing.reset();
         Ok(session)
@@ -295,10 +312,7 @@ impl<I: Element, O: Element> Session<I, O> {
 
     /// Runs one request: reads the input region, writes the output region.
     pub fn run(&mut self) -> Result<RunTiming> {
-        let t = match &mut self.runner {
-            Runner::Inline(e) => e.run()?,
-            Runner::Thread(w) => w.run()?,
-        };
+        let t = self.runner.run()?;
         self.timing.record(t);
         Ok(t)
     }
@@ -319,10 +333,9 @@ impl<I: Element, O: Element> Session<I, O> {
                 self.output.len()
             )));
         }
-        let t = match &self.cpu_module {
-            Some(module) if self.raw.is_none() => {
+        let t = match &self.cpu_direct {
+            Some(CpuDirect { module, strides: (si, so) }) => {
                 let t0 = std::time::Instant::now();
-                let (si, so) = (&self.cpu_strides.0, &self.cpu_strides.1);
                 // SAFETY: `input` holds exactly numel(input_shape) elements of I
                 // (checked above), lives for this call, and is only read; the
                 // tensor is dropped before returning.
@@ -340,10 +353,7 @@ impl<I: Element, O: Element> Session<I, O> {
             }
             _ => {
                 self.input_mut().copy_from_slice(input);
-                let t = match &mut self.runner {
-                    Runner::Inline(e) => e.run()?,
-                    Runner::Thread(w) => w.run()?,
-                };
+                let t = self.runner.run()?;
                 for (dst, src) in output.iter_mut().zip(self.output()) {
                     dst.write(*src);
                 }
@@ -363,11 +373,6 @@ impl<I: Element, O: Element> Session<I, O> {
     pub fn reset_timing(&mut self) {
         self.timing.reset();
     }
-}
-
-fn strides_of(spec: &SessionSpec) -> (Vec<i64>, Vec<i64>) {
-    use crate::memory::region::contiguous_strides;
-    (contiguous_strides(&spec.input_shape), contiguous_strides(&spec.output_shape))
 }
 
 /// Fills a fresh input region with pseudo-random data so that warm-up runs
