@@ -40,6 +40,13 @@ unsafe impl Send for RawRegion {}
 // dirty flag is updated; element access is mediated by `Region<T>` borrows.
 unsafe impl Sync for RawRegion {}
 
+/// Rejects an empty allocation (every region holds at least one element).
+pub(crate) fn check_nonzero(bytes: usize) -> Result<()> {
+    if bytes == 0 {
+        return Err(Error::RegionSize("a region must hold at least one element".into()));
+    }
+    Ok(())
+}
 
 fn check_align(ptr: NonNull<u8>) -> Result<()> {
     if (ptr.as_ptr() as usize) % REGION_ALIGN != 0 {
@@ -52,9 +59,7 @@ impl RawRegion {
     /// Page-aligned host memory, locked in RAM when `RLIMIT_MEMLOCK` allows
     /// (otherwise a warning, and the memory stays pageable).
     pub fn host(bytes: usize) -> Result<Self> {
-        if bytes == 0 {
-            return Err(Error::RegionSize("a region must hold at least one element".into()));
-        }
+        check_nonzero(bytes)?;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
         let map_bytes = bytes.checked_next_multiple_of(page).ok_or_else(|| Error::RegionSize(format!("{bytes} bytes overflows")))?;
@@ -84,9 +89,7 @@ impl RawRegion {
     /// Managed memory on `gpu`, attached globally (`attach_host`: to the host),
     /// zero-filled. Refused when `bytes` exceeds the free memory minus `headroom`.
     pub fn managed(gpu: &Gpu, bytes: usize, attach_host: bool, headroom: usize) -> Result<Self> {
-        if bytes == 0 {
-            return Err(Error::RegionSize("a region must hold at least one element".into()));
-        }
+        check_nonzero(bytes)?;
         if !gpu.managed_memory() {
             return Err(Error::Unsupported { device: gpu.ordinal(), what: "managed memory" });
         }
@@ -114,9 +117,7 @@ impl RawRegion {
 
     /// Pinned host memory mapped into `gpu`'s address space, zero-filled.
     pub fn pinned_mapped(gpu: &Gpu, bytes: usize) -> Result<Self> {
-        if bytes == 0 {
-            return Err(Error::RegionSize("a region must hold at least one element".into()));
-        }
+        check_nonzero(bytes)?;
         if !gpu.can_map_host_memory() {
             return Err(Error::Unsupported { device: gpu.ordinal(), what: "mapping pinned host memory" });
         }

@@ -2,7 +2,7 @@
 //! libtorch as a tensor, but never both at once (the borrow checker enforces it).
 
 use super::element::Element;
-use super::raw::RawRegion;
+use super::raw::{check_nonzero, RawRegion};
 use super::view::{HostView, HostViewMut, TensorView};
 use super::RegionKind;
 use crate::cuda::Gpu;
@@ -49,11 +49,11 @@ pub struct Region<T: Element> {
 }
 
 fn byte_size<T>(len: usize) -> Result<usize> {
-    if len == 0 {
-        return Err(Error::RegionSize("a region must hold at least one element".into()));
-    }
-    len.checked_mul(std::mem::size_of::<T>())
-        .ok_or_else(|| Error::RegionSize(format!("{len} elements of {} bytes overflow usize", std::mem::size_of::<T>())))
+    let bytes = len
+        .checked_mul(std::mem::size_of::<T>())
+        .ok_or_else(|| Error::RegionSize(format!("{len} elements of {} bytes overflow usize", std::mem::size_of::<T>())))?;
+    check_nonzero(bytes)?;
+    Ok(bytes)
 }
 
 impl<T: Element> Region<T> {
