@@ -136,21 +136,17 @@ impl<T: Element> Region<T> {
     /// The elements as a shared slice, once no GPU work can touch them.
     pub fn host_view(&self) -> Result<HostView<'_, T>> {
         self.raw.prepare_host_access()?;
-        // SAFETY: the allocation holds `len` initialised (zero-filled or
-        // written) elements of T, any bit pattern is a valid T (Element), the
-        // pointer is aligned (REGION_ALIGN ≥ align_of::<T>()), GPU access is
-        // finished (prepare_host_access), and `&self` forbids a live tensor
-        // view or mutable host view for the borrow's duration.
-        let s = unsafe { std::slice::from_raw_parts(self.raw.as_ptr().cast::<T>(), self.len) };
-        Ok(HostView::new(s))
+        // SAFETY: GPU access is finished (prepare_host_access), and `&self`
+        // forbids a live tensor view or mutable host view meanwhile.
+        Ok(HostView::new(unsafe { self.host_slice_unchecked() }))
     }
 
     /// The elements as a mutable slice, once no GPU work can touch them.
     pub fn host_view_mut(&mut self) -> Result<HostViewMut<'_, T>> {
         self.raw.prepare_host_access()?;
-        // SAFETY: as in `host_view`, and `&mut self` makes this the only view.
-        let s = unsafe { std::slice::from_raw_parts_mut(self.raw.as_ptr().cast::<T>(), self.len) };
-        Ok(HostViewMut::new(s))
+        // SAFETY: GPU access is finished (prepare_host_access), and `&mut self`
+        // makes this the only view.
+        Ok(HostViewMut::new(unsafe { self.host_slice_mut_unchecked() }))
     }
 
     /// A contiguous tensor of `shape` over the region, with `T`'s dtype, on
@@ -211,7 +207,10 @@ impl<T: Element> Region<T> {
     /// No GPU work that writes this memory may be pending, and none may be
     /// queued while the slice lives (sessions guarantee this between runs).
     pub(crate) unsafe fn host_slice_unchecked(&self) -> &[T] {
-        // SAFETY: see `host_view`; GPU idleness is the caller's guarantee.
+        // SAFETY: the allocation holds `len` initialised (zero-filled or
+        // written) elements of T, any bit pattern is a valid T (Element), the
+        // pointer is aligned (REGION_ALIGN ≥ align_of::<T>()); GPU idleness
+        // is the caller's guarantee.
         unsafe { std::slice::from_raw_parts(self.raw.as_ptr().cast::<T>(), self.len) }
     }
 
@@ -220,7 +219,7 @@ impl<T: Element> Region<T> {
     /// # Safety
     /// As for `host_slice_unchecked`, and no GPU work may read it meanwhile.
     pub(crate) unsafe fn host_slice_mut_unchecked(&mut self) -> &mut [T] {
-        // SAFETY: see `host_view_mut`; GPU idleness is the caller's guarantee.
+        // SAFETY: as in `host_slice_unchecked`; `&mut self` makes it the only view.
         unsafe { std::slice::from_raw_parts_mut(self.raw.as_ptr().cast::<T>(), self.len) }
 
     }
