@@ -41,6 +41,11 @@ pub struct ServeOptions {
 }
 
 impl ServeOptions {
+    /// Largest request payload in float32 elements (`max_bytes / 4`).
+    pub fn max_elements(&self) -> usize {
+        self.max_bytes / std::mem::size_of::<f32>()
+    }
+
     /// Defaults: input `1×3×128×128`, `cpu`, 1 worker, 64 MiB, 50 µs spin.
     pub fn new(name: &str, model: impl Into<std::path::PathBuf>) -> Self {
         Self {
@@ -96,7 +101,7 @@ impl Server {
         if svc.dynamic_config().number_of_servers() > 0 {
             return Err(refuse());
         }
-        let max_elements = opts.max_bytes / std::mem::size_of::<f32>();
+        let max_elements = opts.max_elements();
         let model = rt.model(&opts.model)?;
         let n_in: i64 = opts.input_shape.iter().product();
         if n_in <= 0 || n_in as usize > max_elements {
@@ -152,7 +157,7 @@ impl Server {
 
     /// Serves until stopped; finishes the requests in flight before returning.
     pub fn run(&self) -> Result<()> {
-        let max_elements = self.opts.max_bytes / std::mem::size_of::<f32>();
+        let max_elements = self.opts.max_elements();
         let (tx, rx) = std::sync::mpsc::sync_channel::<Request>(self.opts.workers.max(1) * 2);
         let rx = Arc::new(parking_lot::Mutex::new(rx));
         let waitset = WaitSetBuilder::new()
@@ -161,27 +166,19 @@ impl Server {
             .map_err(|e| Error::Ipc(format!("waitset: {e:?}")))?;
         let guard = waitset.attach_notification(&self.listener).map_err(|e| Error::Ipc(format!("waitset attach: {e:?}")))?;
         std::thread::scope(|sc| -> Result<()> {
+            let worker = Worker { pool: &self.pool, input_shape: &self.opts.input_shape, output_shape: &self.output_shape, max_elements, stats: &self.stats };
+            let new_notifier = || self.response_events.notifier_builder().create().map_err(|e| Error::Ipc(format!("response notifier: {e}")));
             // One worker: the dispatcher answers requests itself (no thread handoff).
-            let inline = if self.opts.workers <= 1 {
-                let notifier = self.response_events.notifier_builder().create().map_err(|e| Error::Ipc(format!("response notifier: {e}")))?;
-                Some((Worker { pool: &self.pool, input_shape: &self.opts.input_shape, output_shape: &self.output_shape, max_elements, stats: &self.stats }, notifier))
-            } else {
-                None
-            };
+            let inline = if self.opts.workers <= 1 { Some(new_notifier()?) } else { None };
             for w in 0..if inline.is_some() { 0 } else { self.opts.workers } {
                 let rx = rx.clone();
-                let notifier = self
-                    .response_events
-                    .notifier_builder()
-                    .create()
-                    .map_err(|e| Error::Ipc(format!("response notifier: {e}")))?;
-                let ctx = Worker { pool: &self.pool, input_shape: &self.opts.input_shape, output_shape: &self.output_shape, max_elements, stats: &self.stats };
+                let notifier = new_notifier()?;
                 std::thread::Builder::new()
                     .name(format!("uminfer-serve-{w}"))
                     .spawn_scoped(sc, move || loop {
                         let next = rx.lock().recv();
                         match next {
-                            Ok(req) => ctx.handle(req, &notifier),
+                            Ok(req) => worker.handle(req, &notifier),
                             Err(_) => return, // dispatcher finished: no more requests
                         }
                     })
@@ -194,7 +191,7 @@ impl Server {
                 loop {
                     match self.port.receive() {
                         Ok(Some(req)) => match &inline {
-                            Some((worker, notifier)) => {
+                            Some(notifier) => {
                                 worker.handle(req, notifier);
                                 spin_until = Instant::now() + self.opts.spin;
                             }
@@ -245,6 +242,7 @@ impl Server {
     }
 }
 
+#[derive(Clone, Copy)]
 struct Worker<'a> {
     pool: &'a SessionPool,
     input_shape: &'a [i64],
