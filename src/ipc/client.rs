@@ -81,14 +81,12 @@ impl Client {
 
     /// Sends `input` (shape `shape`) and returns the output shape and a copy of the output.
     pub fn infer(&mut self, shape: &[i64], input: &[f32]) -> Result<(Vec<i64>, Vec<f32>)> {
-        check_len(shape, input.len())?;
         self.request(shape, Fill::<fn(&mut [f32])>::From(input), |r| (r.shape, r.data.to_vec()))
     }
 
     /// Like [`infer`](Self::infer) but reads the response in place with `read`
     /// (the input is copied into the shared-memory sample in one pass).
     pub fn infer_with<R>(&mut self, shape: &[i64], input: &[f32], read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
-        check_len(shape, input.len())?;
         self.request(shape, Fill::<fn(&mut [f32])>::From(input), read)
     }
 
@@ -125,6 +123,11 @@ impl Client {
         let header = RequestHeader::new(self.take_id(), shape)
             .ok_or_else(|| Error::Ipc(format!("shape {shape:?} cannot be sent (rank 1..=8, no negative dimension)")))?;
         let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d as usize)).ok_or_else(|| Error::Ipc(format!("shape {shape:?} overflows")))?;
+        if let Fill::From(input) = &fill {
+            if input.len() != n {
+                return Err(Error::Ipc(format!("shape {shape:?} does not describe the {} input elements given", input.len())));
+            }
+        }
         self.send_and_wait(header, n, fill, read)
     }
 
@@ -196,14 +199,6 @@ enum Fill<'a, F: FnOnce(&mut [f32])> {
     From(&'a [f32]),
     /// Written by the caller into the (zeroed) sample.
     InPlace(F),
-}
-
-fn check_len(shape: &[i64], len: usize) -> Result<()> {
-    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(usize::try_from(d).ok()?));
-    if n != Some(len) {
-        return Err(Error::Ipc(format!("shape {shape:?} does not describe the {len} input elements given")));
-    }
-    Ok(())
 }
 
 /// Reads a response: checks it answers request `id`, maps error statuses.
