@@ -12,7 +12,7 @@ pub mod plot;
 mod schemes;
 pub mod stats;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::mode::Mode;
 use crate::runtime::Runtime;
 use schemes::{PyPeer, Scheme, SerializeCopy, SessionScheme, ShmIpc, TchNaive};
@@ -119,25 +119,27 @@ fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
     got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
 }
 
-/// Builds a scheme, or says why it is unavailable.
-fn build(name: &str, rt: &Runtime, model: &crate::runtime::Model, opts: &BenchOptions, out_shape: &[i64]) -> std::result::Result<Box<dyn Scheme>, String> {
-    let gpu = rt.check_mode(Mode::GpuCopy).is_ok();
-    let as_scheme = |r: Result<Box<dyn Scheme>>| r.map_err(|e| e.to_string());
+fn boxed<S: Scheme + 'static>(r: Result<S>) -> std::result::Result<Box<dyn Scheme>, String> {
+    r.map(|s| Box::new(s) as Box<dyn Scheme>).map_err(|e| e.to_string())
+}
+
+/// Builds a scheme, or says why it is unavailable. `gpu`: a GPU is usable here.
+fn build(name: &str, rt: &Runtime, model: &crate::runtime::Model, opts: &BenchOptions, out_shape: &[i64], gpu: bool) -> std::result::Result<Box<dyn Scheme>, String> {
     match name {
-        "serialize-copy" => as_scheme(model.module(tch::Device::Cpu).and_then(|m| SerializeCopy::start(m, opts.shape.clone())).map(|s| Box::new(s) as Box<dyn Scheme>)),
-        "cpu-zero-copy" => as_scheme(SessionScheme::build(rt, model, &opts.shape, out_shape, Mode::Cpu).map(|s| Box::new(s) as Box<dyn Scheme>)),
+        "serialize-copy" => boxed(model.module(tch::Device::Cpu).and_then(|m| SerializeCopy::start(m, opts.shape.clone()))),
+        "cpu-zero-copy" => boxed(SessionScheme::build(rt, model, &opts.shape, out_shape, Mode::Cpu)),
         "shm-ipc" => {
             rt.check_mode(Mode::ShmIpc).map_err(|e| e.to_string())?;
-            as_scheme(ShmIpc::start(&opts.model, &opts.shape).map(|s| Box::new(s) as Box<dyn Scheme>))
+            boxed(ShmIpc::start(&opts.model, &opts.shape))
         }
         "gpu-copy" | "gpu-pinned" | "gpu-managed" | "gpu-managed-graph" => {
-            let mode: Mode = name.parse().map_err(|e: String| e)?;
+            let mode: Mode = name.parse()?;
             rt.check_mode(mode).map_err(|e| e.to_string())?;
-            as_scheme(SessionScheme::build(rt, model, &opts.shape, out_shape, mode).map(|s| Box::new(s) as Box<dyn Scheme>))
+            boxed(SessionScheme::build(rt, model, &opts.shape, out_shape, mode))
         }
         "tch-naive" => {
             let dev = if gpu { tch::Device::Cuda(0) } else { tch::Device::Cpu };
-            as_scheme(TchNaive::load(&opts.model, &opts.shape, dev).map(|s| Box::new(s) as Box<dyn Scheme>))
+            boxed(TchNaive::load(&opts.model, &opts.shape, dev))
         }
         "py-torchscript" | "py-cuda-graph" => {
             if name == "py-cuda-graph" && !gpu {
@@ -145,16 +147,17 @@ fn build(name: &str, rt: &Runtime, model: &crate::runtime::Model, opts: &BenchOp
             }
             let python = schemes::find_python(opts.python.as_deref())?;
             let (mode, dev) = if name == "py-cuda-graph" { ("cuda-graph", "cuda:0") } else { ("torchscript", if gpu { "cuda:0" } else { "cpu" }) };
-            as_scheme(PyPeer::start(&python, &opts.model, mode, &opts.shape, dev).map(|s| Box::new(s) as Box<dyn Scheme>))
+            boxed(PyPeer::start(&python, &opts.model, mode, &opts.shape, dev))
         }
         other => Err(format!("unknown scheme {other}; known: {}", SCHEMES.join(", "))),
     }
 }
 
-/// Runs the comparison; `log` receives progress lines (stderr in the CLI).
+/// Runs the comparison (progress is logged with `tracing`).
 pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
     let model = rt.model(&opts.model)?;
-    let n: usize = opts.shape.iter().product::<i64>().try_into().map_err(|_| Error::Session("bad shape".into()))?;
+    let n = crate::memory::region::checked_numel(&opts.shape)?;
+    let gpu = rt.check_mode(Mode::GpuCopy).is_ok();
     let mut check_input = vec![0f32; n];
     random_input(12345, n, &mut check_input);
     let reference = model.forward_cpu(&tch::Tensor::from_slice(&check_input).view(opts.shape.as_slice()))?;
@@ -167,11 +170,12 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
     let mut live: Vec<(String, Box<dyn Scheme>, hdrhistogram::Histogram<u64>, hdrhistogram::Histogram<u64>)> = Vec::new();
     for name in &opts.schemes {
         tracing::info!("preparing {name}");
-        match build(name, rt, &model, opts, &out_shape) {
+        match build(name, rt, &model, opts, &out_shape, gpu) {
             Err(reason) => results.push(SchemeResult::without_samples(name, &model_name, Status::Unavailable, reason)),
             Ok(mut s) => {
                 // GPU convolutions may use TF32 (libtorch's default): a looser bound there.
-                let tol = if name.starts_with("gpu") || name == "py-cuda-graph" || (name == "tch-naive" || name == "py-torchscript") && rt.check_mode(Mode::GpuCopy).is_ok() { 2e-2 } else { 1e-5 };
+                let on_gpu = name.starts_with("gpu") || name == "py-cuda-graph" || (gpu && matches!(name.as_str(), "tch-naive" | "py-torchscript"));
+                let tol = if on_gpu { 2e-2 } else { 1e-5 };
                 match s.check(&check_input) {
                     Ok(out) if max_rel_err(&out, &reference) <= tol => live.push((name.clone(), s, histogram(), histogram())),
                     Ok(out) => results.push(SchemeResult::without_samples(
