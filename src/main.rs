@@ -32,32 +32,7 @@ enum Command {
     ///
     /// Shape and dtype come from the input file (float32) and are checked
     /// against the model. With --repeat N, prints the timing summary.
-    Run {
-        /// TorchScript model file.
-        #[arg(long)]
-        model: PathBuf,
-        /// Input tensor (.npy, float32).
-        #[arg(long)]
-        input: PathBuf,
-        /// Where to write the output tensor (.npy).
-        #[arg(long)]
-        output: PathBuf,
-        /// cpu, gpu-copy, gpu-pinned, gpu-managed, gpu-managed-graph or auto.
-        #[arg(long, default_value = "cpu")]
-        mode: ModeChoice,
-        /// CUDA device ordinal for GPU modes.
-        #[arg(long, default_value_t = 0)]
-        device: usize,
-        /// Requests to run (the output of the last is written).
-        #[arg(long, default_value_t = 1)]
-        repeat: usize,
-        /// Warm-up runs at build (at least 3).
-        #[arg(long, default_value_t = 3)]
-        warmup: usize,
-        /// Print the timing summary as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Run(RunArgs),
     /// Serve a model over shared memory (iceoryx2) as endpoint `uminfer/NAME`.
     ///
     /// Stops cleanly on SIGINT/SIGTERM after finishing the requests in flight.
@@ -85,38 +60,7 @@ enum Command {
     ///
     /// Prints the doctor's verdict first; schemes this machine cannot run are
     /// listed with the reason.
-    Bench {
-        /// tiny, resnet18, identity (from models/) or a TorchScript path.
-        #[arg(long, default_value = "tiny")]
-        model: String,
-        /// Input shape, comma-separated.
-        #[arg(long, default_value = "1,3,128,128", value_delimiter = ',')]
-        shape: Vec<i64>,
-        /// Timed requests per scheme (default: 1000, or 100 for resnet18).
-        #[arg(long)]
-        requests: Option<usize>,
-        /// Warm-up rounds of every scheme before timing.
-        #[arg(long, default_value_t = 20)]
-        warmup: usize,
-        /// Minimum warm-up time in seconds.
-        #[arg(long, default_value_t = 2.0)]
-        warmup_secs: f64,
-        /// Schemes to run, comma-separated (default: all).
-        #[arg(long, value_delimiter = ',')]
-        schemes: Option<Vec<String>>,
-        /// Python with torch 2.11 for the py-* peers (default: .venv, else python3).
-        #[arg(long)]
-        python: Option<PathBuf>,
-        /// Core to pin the measuring thread to (-1: do not pin).
-        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-        core: i64,
-        /// Write the results as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Draw the latency distributions into this SVG file.
-        #[arg(long)]
-        plot: Option<PathBuf>,
-    },
+    Bench(BenchArgs),
     /// Send one .npy tensor (float32) to a `uminfer serve` endpoint; write the response as .npy.
     Infer {
         /// Endpoint name.
@@ -134,16 +78,65 @@ enum Command {
     },
 }
 
-struct BenchArgs {
-    model: String,
-    shape: Vec<i64>,
-    requests: Option<usize>,
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TorchScript model file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Input tensor (.npy, float32).
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write the output tensor (.npy).
+    #[arg(long)]
+    output: PathBuf,
+    /// cpu, gpu-copy, gpu-pinned, gpu-managed, gpu-managed-graph or auto.
+    #[arg(long, default_value = "cpu")]
+    mode: ModeChoice,
+    /// CUDA device ordinal for GPU modes.
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+    /// Requests to run (the output of the last is written).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Warm-up runs at build (at least 3).
+    #[arg(long, default_value_t = 3)]
     warmup: usize,
+    /// Print the timing summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// tiny, resnet18, identity (from models/) or a TorchScript path.
+    #[arg(long, default_value = "tiny")]
+    model: String,
+    /// Input shape, comma-separated.
+    #[arg(long, default_value = "1,3,128,128", value_delimiter = ',')]
+    shape: Vec<i64>,
+    /// Timed requests per scheme (default: 1000, or 100 for resnet18).
+    #[arg(long)]
+    requests: Option<usize>,
+    /// Warm-up rounds of every scheme before timing.
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    /// Minimum warm-up time in seconds.
+    #[arg(long, default_value_t = 2.0)]
     warmup_secs: f64,
+    /// Schemes to run, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
     schemes: Option<Vec<String>>,
+    /// Python with torch 2.11 for the py-* peers (default: .venv, else python3).
+    #[arg(long)]
     python: Option<PathBuf>,
+    /// Core to pin the measuring thread to (-1: do not pin).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     core: i64,
+    /// Write the results as JSON here.
+    #[arg(long)]
     json: Option<PathBuf>,
+    /// Draw the latency distributions into this SVG file.
+    #[arg(long)]
     plot: Option<PathBuf>,
 }
 
@@ -204,61 +197,55 @@ fn serve(opts: uminfer::ipc::ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn infer(name: &str, input: &std::path::Path, output: &std::path::Path, timeout: f64) -> anyhow::Result<()> {
-    let x = tch::Tensor::read_npy(input).with_context(|| format!("reading {}", input.display()))?;
+/// A float32 `.npy` file: its shape and values (other dtypes are refused).
+fn read_f32_npy(path: &std::path::Path) -> anyhow::Result<(Vec<i64>, Vec<f32>)> {
+    let x = tch::Tensor::read_npy(path).with_context(|| format!("reading {}", path.display()))?;
     if x.kind() != tch::Kind::Float {
-        bail!("{}: dtype {:?}; protocol v1 carries float32", input.display(), x.kind());
+        bail!("{}: dtype {:?}; this command takes float32 .npy files", path.display(), x.kind());
     }
-    let data = Vec::<f32>::try_from(x.flatten(0, -1))?;
-    let mut client = uminfer::ipc::Client::connect(name, std::time::Duration::from_secs_f64(timeout))?;
-    let (shape, y) = client.infer(&x.size(), &data)?;
-    tch::Tensor::from_slice(&y).view(shape.as_slice()).write_npy(output).with_context(|| format!("writing {}", output.display()))?;
-    Ok(())
+    Ok((x.size(), Vec::<f32>::try_from(x.flatten(0, -1)).context("reading the values")?))
 }
 
-struct RunArgs {
-    model: PathBuf,
-    input: PathBuf,
-    output: PathBuf,
-    mode: ModeChoice,
-    device: usize,
-    repeat: usize,
-    warmup: usize,
-    json: bool,
+fn write_f32_npy(path: &std::path::Path, shape: &[i64], data: &[f32]) -> anyhow::Result<()> {
+    tch::Tensor::from_slice(data).view(shape).write_npy(path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn infer(name: &str, input: &std::path::Path, output: &std::path::Path, timeout: f64) -> anyhow::Result<()> {
+    let (shape, data) = read_f32_npy(input)?;
+    let mut client = uminfer::ipc::Client::connect(name, std::time::Duration::from_secs_f64(timeout))?;
+    let (out_shape, y) = client.infer(&shape, &data)?;
+    write_f32_npy(output, &out_shape, &y)
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
-    let input = tch::Tensor::read_npy(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
-    if input.kind() != tch::Kind::Float {
-        bail!("{}: dtype {:?}; `uminfer run` takes float32 .npy inputs", a.input.display(), input.kind());
-    }
+    let (shape, data) = read_f32_npy(&a.input)?;
     let rt = Runtime::new();
     let model = rt.model(&a.model)?;
     // The model's output shape and dtype, from one eager CPU run on a copy.
-    let probe = model.forward_cpu(&input)?;
+    let probe = model.forward_cpu(&tch::Tensor::from_slice(&data).view(shape.as_slice()))?;
     if probe.kind() != tch::Kind::Float {
         bail!("the model returns {:?}; `uminfer run` handles float32 outputs", probe.kind());
     }
-    let spec = SessionSpec::new(&input.size(), &probe.size()).mode_choice(a.mode).device(a.device).warmup(a.warmup);
+    let spec = SessionSpec::new(&shape, &probe.size()).mode_choice(a.mode).device(a.device).warmup(a.warmup);
     let mut session: Session = rt.session(&model, spec)?;
     tracing::info!("mode {}: {}", session.mode(), session.note());
-    let data = Vec::<f32>::try_from(input.flatten(0, -1)).context("reading the input values")?;
     session.input_mut().copy_from_slice(&data);
     for _ in 0..a.repeat.max(1) {
         session.run()?;
     }
-    let out = tch::Tensor::from_slice(session.output()).view(probe.size().as_slice());
-    out.write_npy(&a.output).with_context(|| format!("writing {}", a.output.display()))?;
+    write_f32_npy(&a.output, &probe.size(), session.output())?;
     let timing = session.timing().context("no request was timed")?;
     if a.json {
         let v = serde_json::json!({ "mode": session.mode(), "note": session.note(), "output": a.output, "timing": timing });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("mode {} ({}), output {:?} written to {}", session.mode(), session.note(), probe.size(), a.output.display());
-        let h = timing.host;
-        println!("host   n={} p50={:.1}µs p90={:.1}µs p99={:.1}µs mean={:.1}µs std={:.1}µs", h.count, h.p50_us, h.p90_us, h.p99_us, h.mean_us, h.std_us);
-        if let Some(d) = timing.device {
-            println!("device n={} p50={:.1}µs p90={:.1}µs p99={:.1}µs mean={:.1}µs std={:.1}µs", d.count, d.p50_us, d.p90_us, d.p99_us, d.mean_us, d.std_us);
+        let line = |label: &str, t: &uminfer::session::Summary| {
+            println!("{label:<6} n={} p50={:.1}µs p90={:.1}µs p99={:.1}µs mean={:.1}µs std={:.1}µs", t.count, t.p50_us, t.p90_us, t.p99_us, t.mean_us, t.std_us)
+        };
+        line("host", &timing.host);
+        if let Some(d) = &timing.device {
+            line("device", d);
         }
     }
     Ok(())
@@ -292,9 +279,7 @@ fn main() {
             }
             report.exit_code()
         }
-        Command::Run { model, input, output, mode, device, repeat, warmup, json } => {
-            report_error(run(RunArgs { model, input, output, mode, device, repeat, warmup, json }))
-        }
+        Command::Run(a) => report_error(run(a)),
         Command::Serve { name, model, mode, workers, max_bytes, input_shape } => {
             let mut opts = uminfer::ipc::ServeOptions::new(&name, model);
             opts.mode = mode;
@@ -303,9 +288,7 @@ fn main() {
             opts.input_shape = input_shape;
             report_error(serve(opts))
         }
-        Command::Bench { model, shape, requests, warmup, warmup_secs, schemes, python, core, json, plot } => {
-            report_error(bench(BenchArgs { model, shape, requests, warmup, warmup_secs, schemes, python, core, json, plot }))
-        }
+        Command::Bench(a) => report_error(bench(a)),
         Command::Infer { name, input, output, timeout } => report_error(infer(&name, &input, &output, timeout)),
     };
     std::process::exit(code);
