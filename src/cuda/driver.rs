@@ -8,7 +8,6 @@ use crate::error::{Error, Result};
 use cudarc::driver::{result, sys};
 use std::sync::OnceLock;
 
-
 /// Loads `libcuda.so` and runs `cuInit(0)` once per process; the outcome is cached.
 pub fn ensure_driver() -> Result<()> {
     static INIT: OnceLock<std::result::Result<(), String>> = OnceLock::new();

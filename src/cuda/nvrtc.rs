@@ -103,6 +103,14 @@ pub fn ptx(kernel: &'static KernelSource) -> Result<(std::sync::Arc<Ptx>, PtxOri
     Ok((compiled, PtxOrigin::Nvrtc))
 }
 
+/// Loads function `entry` of `kernels/<file>.cu` into `ctx` (PTX from nvcc
+/// or NVRTC, cached per process; `cuModuleLoadData`, `cuModuleGetFunction`).
+pub fn load_function(ctx: &std::sync::Arc<cudarc::driver::CudaContext>, file: &str, entry: &str) -> Result<cudarc::driver::CudaFunction> {
+    let (ptx, _) = ptx(crate::kernels::by_name(file)?)?;
+    let module = ctx.load_module((*ptx).clone()).map_err(Error::driver("cuModuleLoadData"))?;
+    module.load_function(entry).map_err(Error::driver("cuModuleGetFunction"))
+}
+
 /// Compiles every kernel in `kernels/`, returning each name with its outcome.
 pub fn compile_all() -> Vec<(&'static str, Result<Ptx>)> {
     KERNELS.iter().map(|k| (k.name, compile(k))).collect()

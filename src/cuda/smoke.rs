@@ -4,7 +4,6 @@
 
 use crate::cuda::{driver, nvrtc};
 use crate::error::{Error, Result};
-use crate::kernels;
 use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
 
 const N: usize = 4096;
@@ -13,9 +12,7 @@ const N: usize = 4096;
 pub fn managed_round_trip(ordinal: usize) -> Result<()> {
     driver::ensure_driver()?;
     let ctx = CudaContext::new(ordinal).map_err(Error::driver("cuDevicePrimaryCtxRetain"))?;
-    let (ptx, _) = nvrtc::ptx(kernels::by_name("smoke")?)?;
-    let module = ctx.load_module((*ptx).clone()).map_err(Error::driver("cuModuleLoadData"))?;
-    let f = module.load_function("uminfer_smoke_add").map_err(Error::driver("cuModuleGetFunction"))?;
+    let f = nvrtc::load_function(&ctx, "smoke", "uminfer_smoke_add")?;
     let stream = ctx.default_stream();
     // SAFETY: f32 is valid for any bit pattern, and every element is written
     // by the host below before anything reads it.

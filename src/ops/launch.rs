@@ -15,13 +15,11 @@ use super::{PreprocessParams, SoftmaxTopkParams};
 use crate::cuda::nvrtc;
 use crate::cuda::Gpu;
 use crate::error::{Error, Result};
-use crate::kernels;
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, DriverError, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
 
 /// Threads per block of both kernels (a multiple of 32, as `postprocess.cu` requires).
 const THREADS: u32 = 256;
-
 
 /// One kernel function loaded in a GPU's context, and that context.
 #[derive(Debug, Clone)]
@@ -34,12 +32,8 @@ impl Loaded {
     /// Loads `entry` from `kernels/<file>.cu` (PTX from nvcc or NVRTC, cached
     /// per process) into `gpu`'s context.
     fn new(gpu: &Gpu, file: &str, entry: &str) -> Result<Self> {
-        let (ptx, _) = nvrtc::ptx(kernels::by_name(file)?)?;
         let ctx = gpu.context().clone();
-        // See https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__MODULE.html
-        // (cuModuleLoadData, cuModuleGetFunction).
-        let module = ctx.load_module((*ptx).clone()).map_err(Error::driver("cuModuleLoadData"))?;
-        let func = module.load_function(entry).map_err(Error::driver("cuModuleGetFunction"))?;
+        let func = nvrtc::load_function(&ctx, file, entry)?;
         Ok(Self { ctx, func })
     }
 

@@ -66,7 +66,6 @@ pub(crate) struct GpuEngine {
     end: CudaEvent,
 }
 
-
 impl GpuEngine {
     /// Builds the engine on the calling (session) thread: stream, events,
     /// warm-up, and for graph mode the capture. Returns a note on what was done.
