@@ -17,7 +17,8 @@ use crate::mode::Mode;
 use crate::runtime::Runtime;
 use schemes::{PyPeer, Scheme, SerializeCopy, SessionScheme, ShmIpc, TchNaive};
 use serde::Serialize;
-use stats::{add_ratios, histogram, SchemeResult, Status};
+use crate::session::TimingRecorder;
+use stats::{add_ratios, SchemeResult, Status};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -167,7 +168,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
 
     // Build and check every scheme.
     let mut results: Vec<SchemeResult> = Vec::new();
-    let mut live: Vec<(String, Box<dyn Scheme>, hdrhistogram::Histogram<u64>, hdrhistogram::Histogram<u64>)> = Vec::new();
+    let mut live: Vec<(String, Box<dyn Scheme>, TimingRecorder)> = Vec::new();
     for name in &opts.schemes {
         tracing::info!("preparing {name}");
         match build(name, rt, &model, opts, &out_shape, gpu) {
@@ -177,7 +178,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
                 let on_gpu = name.starts_with("gpu") || name == "py-cuda-graph" || (gpu && matches!(name.as_str(), "tch-naive" | "py-torchscript"));
                 let tol = if on_gpu { 2e-2 } else { 1e-5 };
                 match s.check(&check_input) {
-                    Ok(out) if max_rel_err(&out, &reference) <= tol => live.push((name.clone(), s, histogram(), histogram())),
+                    Ok(out) if max_rel_err(&out, &reference) <= tol => live.push((name.clone(), s, TimingRecorder::new())),
                     Ok(out) => results.push(SchemeResult::without_samples(
                         name,
                         &model_name,
@@ -212,14 +213,9 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         let mut dead: Vec<usize> = Vec::new();
         for j in 0..live.len() {
             let idx = (j + round as usize) % live.len();
-            let (name, scheme, host, device) = &mut live[idx];
+            let (name, scheme, timing) = &mut live[idx];
             match scheme.refresh(round + 1, &data).and_then(|_| scheme.request()) {
-                Ok((h, d)) if !warming => {
-                    host.saturating_record(h.as_nanos().max(1) as u64);
-                    if let Some(d) = d {
-                        device.saturating_record(d.as_nanos().max(1) as u64);
-                    }
-                }
+                Ok(t) if !warming => timing.record(t),
                 Ok(_) => {}
                 Err(e) => {
                     failed.push((name.clone(), format!("failed during the run: {e}")));
@@ -238,8 +234,8 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    for (name, s, host, device) in &live {
-        results.push(SchemeResult::measured(name, &model_name, s.threads(), host, device));
+    for (name, s, timing) in &live {
+        results.push(SchemeResult::measured(name, &model_name, s.threads(), timing));
     }
     for (name, reason) in failed {
         results.push(SchemeResult::without_samples(&name, &model_name, Status::Failed, reason));

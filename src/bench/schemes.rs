@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::ipc::Client;
 use crate::mode::Mode;
 use crate::runtime::{Model, Runtime};
-use crate::session::{Session, SessionSpec};
+use crate::session::{RunTiming, Session, SessionSpec};
 use crate::shim::TorchModule;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -15,15 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// One request's timing.
-pub(crate) type Sample = (Duration, Option<Duration>);
 
 /// A way of running the model, measured side by side with the others.
 pub(crate) trait Scheme {
     /// Writes this round's input into the scheme's caller memory (untimed).
     fn refresh(&mut self, seed: u64, data: &[f32]) -> Result<()>;
     /// One timed request.
-    fn request(&mut self) -> Result<Sample>;
+    fn request(&mut self) -> Result<RunTiming>;
     /// Runs `input` once and returns the output (the correctness check).
     fn check(&mut self, input: &[f32]) -> Result<Vec<f32>>;
     /// Thread settings the scheme runs with.
@@ -44,10 +42,10 @@ impl<T: BufferScheme> Scheme for T {
         self.input_buf().copy_from_slice(data);
         Ok(())
     }
-    fn request(&mut self) -> Result<Sample> {
+    fn request(&mut self) -> Result<RunTiming> {
         let t = Instant::now();
         self.once()?;
-        Ok((t.elapsed(), None))
+        Ok(RunTiming { host: t.elapsed(), device: None })
     }
     fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
         self.input_buf().copy_from_slice(input);
@@ -160,11 +158,11 @@ impl Scheme for SessionScheme {
         self.session.input_mut().copy_from_slice(data);
         Ok(())
     }
-    fn request(&mut self) -> Result<Sample> {
+    fn request(&mut self) -> Result<RunTiming> {
         let t = Instant::now();
         let r = self.session.run()?;
         std::hint::black_box(self.session.output()[0]);
-        Ok((t.elapsed(), r.device))
+        Ok(RunTiming { host: t.elapsed(), device: r.device })
     }
     fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
         self.session.input_mut().copy_from_slice(input);
@@ -342,11 +340,11 @@ impl Scheme for PyPeer {
         self.seed = seed; // the peer makes its own fresh input from the seed, untimed
         Ok(())
     }
-    fn request(&mut self) -> Result<Sample> {
+    fn request(&mut self) -> Result<RunTiming> {
         let seed = self.seed;
         let line = self.send(&format!("run {seed}"))?;
         let ns: u64 = line.strip_prefix("t ").and_then(|v| v.parse().ok()).ok_or_else(|| Error::Session(format!("Python peer said {line:?}")))?;
-        Ok((Duration::from_nanos(ns), None))
+        Ok(RunTiming { host: Duration::from_nanos(ns), device: None })
     }
     fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
         let (inp, out) = (self.dir.join("check-in.npy"), self.dir.join("check-out.npy"));

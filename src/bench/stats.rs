@@ -1,6 +1,6 @@
 //! Results of `uminfer bench`: per-scheme statistics, the table and the JSON.
 
-use hdrhistogram::Histogram;
+use crate::session::TimingRecorder;
 use serde::Serialize;
 
 /// Outcome of one scheme.
@@ -39,11 +39,6 @@ pub struct SchemeResult {
     pub cdf: Vec<(f64, f64)>,
 }
 
-/// A histogram of nanoseconds, 1 ns .. 100 s, 3 significant digits.
-pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("constant, valid histogram bounds")
-}
-
 impl SchemeResult {
     /// A scheme that did not run, with why.
     pub fn without_samples(scheme: &str, model: &str, status: Status, reason: String) -> Self {
@@ -68,24 +63,18 @@ impl SchemeResult {
         }
     }
 
-    /// A scheme that ran: statistics of its host (and device) histograms.
-    pub fn measured(scheme: &str, model: &str, threads: String, host: &Histogram<u64>, device: &Histogram<u64>) -> Self {
-        let us = |ns: u64| ns as f64 / 1000.0;
+    /// A scheme that ran: statistics of its recorded host (and device) times.
+    pub fn measured(scheme: &str, model: &str, threads: String, timing: &TimingRecorder) -> Self {
         let mut r = Self::without_samples(scheme, model, Status::Ok, String::new());
         r.threads = threads;
-        r.samples = host.len();
-        if !host.is_empty() {
-            r.p50_us = Some(us(host.value_at_quantile(0.5)));
-            r.p90_us = Some(us(host.value_at_quantile(0.9)));
-            r.p99_us = Some(us(host.value_at_quantile(0.99)));
-            r.mean_us = Some(host.mean() / 1000.0);
-            r.std_us = Some(host.stdev() / 1000.0);
-            r.min_us = Some(us(host.min()));
-            r.max_us = Some(us(host.max()));
-            r.cdf = (0..=200).map(|i| i as f64 / 200.0).map(|q| (us(host.value_at_quantile(q)).max(0.001), q)).collect();
-        }
-        if !device.is_empty() {
-            r.device_p50_us = Some(us(device.value_at_quantile(0.5)));
+        if let Some(t) = timing.summary() {
+            let h = t.host;
+            r.samples = h.count;
+            (r.p50_us, r.p90_us, r.p99_us) = (Some(h.p50_us), Some(h.p90_us), Some(h.p99_us));
+            (r.mean_us, r.std_us, r.min_us, r.max_us) = (Some(h.mean_us), Some(h.std_us), Some(h.min_us), Some(h.max_us));
+            r.device_p50_us = t.device.map(|d| d.p50_us);
+            // Floor at 1 ns so that the log-scale plot has no zero.
+            r.cdf = timing.host_cdf(200).into_iter().map(|(us, q)| (us.max(0.001), q)).collect();
         }
         r
     }

@@ -89,6 +89,15 @@ impl TimingRecorder {
         })
     }
 
+    /// The host-time distribution as `steps + 1` points `(µs, fraction at or
+    /// below)`, for plotting (empty before the first request).
+    pub fn host_cdf(&self, steps: usize) -> Vec<(f64, f64)> {
+        if self.host.is_empty() {
+            return Vec::new();
+        }
+        (0..=steps).map(|i| i as f64 / steps as f64).map(|q| (self.host.value_at_quantile(q) as f64 / 1000.0, q)).collect()
+    }
+
     /// Forgets everything recorded (e.g. after warm-up).
     pub fn reset(&mut self) {
         self.host.reset();
