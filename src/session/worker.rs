@@ -59,10 +59,10 @@ fn spin_until(flag: &AtomicBool) -> bool {
 pub fn pin_to_core(core: usize) -> Result<()> {
     // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET writes within `set`; `core` is checked against the set size.
     if core >= libc::CPU_SETSIZE as usize {
         return Err(Error::Session(format!("core {core} is beyond CPU_SETSIZE")));
     }
+    // SAFETY: CPU_SET writes within `set`: `core` is below CPU_SETSIZE (checked above).
     unsafe { libc::CPU_SET(core, &mut set) };
     // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 = this thread.
     if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
