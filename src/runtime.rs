@@ -51,12 +51,8 @@ impl Runtime {
 
     /// Opens a TorchScript model (loaded onto each device when a session first needs it).
     pub fn model(&self, path: impl AsRef<Path>) -> Result<Model> {
-        let path = path.as_ref().to_path_buf();
-        if !path.is_file() {
-            return Err(Error::ModelNotFound { path });
-        }
-        let model = Model { path, modules: Arc::new(Mutex::new(HashMap::new())) };
-        model.module(tch::Device::Cpu)?; // fail early on a file that is not TorchScript
+        let model = Model { path: path.as_ref().to_path_buf(), modules: Arc::new(Mutex::new(HashMap::new())) };
+        model.module(tch::Device::Cpu)?; // fail early on a missing file or one that is not TorchScript
         Ok(model)
     }
 
