@@ -10,6 +10,9 @@
 //! these flags (it can read the library directory from
 //! `DEP_UMINFER_SHIM_LIBTORCH_LIB`; see README "Embedding").
 
+#[path = "src/torch_version.rs"]
+mod torch_version;
+
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::{env, fs};
@@ -28,6 +31,7 @@ fn run() -> Result<()> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let out = PathBuf::from(env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/torch_version.rs");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     // `.libtorch` is retargeted by ci/setup when the venv changes: the new
     // target's mtime differs, so the rpath is recomputed.
@@ -94,10 +98,7 @@ fn libtorch_lib_dir() -> Result<PathBuf> {
 fn torch_version(torch_dir: &Path) -> Result<String> {
     let path = torch_dir.join("version.py");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("__version__ = "))
-        .map(|v| v.trim().trim_matches(['\'', '"']).to_string())
-        .with_context(|| format!("no __version__ in {}", path.display()))
+    torch_version::parse_version_py(&text).with_context(|| format!("no __version__ in {}", path.display()))
 }
 
 fn git_commit(manifest: &Path) -> String {

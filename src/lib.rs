@@ -38,6 +38,7 @@ pub mod mode;
 pub mod ops;
 pub mod runtime;
 pub mod session;
+mod torch_version;
 pub mod shim;
 
 pub use error::{Error, Result};

@@ -61,8 +61,7 @@ fn probe_torch() -> TorchFacts {
 
 /// `__version__` from a torch `version.py`.
 fn torch_version_py(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("__version__ = ")).map(|v| v.trim().trim_matches(['\'', '"']).to_string())
+    crate::torch_version::parse_version_py(&std::fs::read_to_string(path).ok()?)
 }
 
 fn probe_driver() -> DriverFacts {
