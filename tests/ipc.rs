@@ -27,9 +27,6 @@ fn npy(name: &str) -> Vec<f32> {
     Vec::<f32>::try_from(tch::Tensor::read_npy(common::model_path(name)).unwrap().flatten(0, -1)).unwrap()
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
 
 /// A `uminfer serve` child process, stopped (SIGKILL unless stopped before) on drop.
 struct ServerProcess {
@@ -114,9 +111,9 @@ fn round_trip_matches_pytorch_and_in_place_form_reads_in_place() {
         let expected = npy("tiny.expected.npy");
         let (shape, out) = c.infer(&SHAPE, &input).unwrap();
         assert_eq!(shape, vec![1, 10]);
-        assert!(max_abs_diff(&out, &expected) <= 1e-5, "{out:?} vs {expected:?}");
+        assert!(common::max_abs_diff(&out, &expected) <= 1e-5, "{out:?} vs {expected:?}");
         let diff = c
-            .infer_in_place(&SHAPE, |buf| buf.copy_from_slice(&input), |r| max_abs_diff(r.data, &expected))
+            .infer_in_place(&SHAPE, |buf| buf.copy_from_slice(&input), |r| common::max_abs_diff(r.data, &expected))
             .unwrap();
         assert!(diff <= 1e-5);
         assert_eq!(server.stats().served.load(std::sync::atomic::Ordering::Relaxed), 2);

@@ -175,10 +175,6 @@ fn npy(path: &Path) -> (Vec<i64>, Vec<f32>) {
     (t.size(), data)
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "element counts differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
 
 /// tiny.pt run in this process by a CPU session, the mode the server uses.
 fn in_process_tiny(input: &[f32]) -> Vec<f32> {
@@ -206,9 +202,9 @@ fn python_cli_output_equals_pytorch_and_in_process_inference() {
     let _ = std::fs::remove_file(&output);
     let (expected_shape, expected) = npy(&common::model_path("tiny.expected.npy"));
     assert_eq!(got_shape, expected_shape, "output shape");
-    assert!(max_abs_diff(&got, &expected) <= 1e-5, "python client {got:?}\nPyTorch reference {expected:?}");
+    assert!(common::max_abs_diff(&got, &expected) <= 1e-5, "python client {got:?}\nPyTorch reference {expected:?}");
     let local = in_process_tiny(&npy(&input).1);
-    assert!(max_abs_diff(&got, &local) <= 1e-5, "python client {got:?}\nin-process session {local:?}");
+    assert!(common::max_abs_diff(&got, &local) <= 1e-5, "python client {got:?}\nin-process session {local:?}");
     let status = server.stop();
     assert!(status.success(), "the server did not stop cleanly on SIGTERM ({status}):\n{}", server.log());
 }

@@ -38,10 +38,6 @@ impl Lcg {
     }
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
 
 fn to_vec<T: tch::kind::Element + Copy>(t: &Tensor) -> Vec<T> {
     Vec::<T>::try_from(&t.flatten(0, -1)).unwrap()
@@ -75,7 +71,7 @@ fn preprocess_reference_matches_libtorch() {
         let src = rng.bytes(h * w * c);
         let mut dst = vec![f32::NAN; h * w * c];
         preprocess_u8_hwc(&src, h, w, c, &MEAN[..c], &STD[..c], &mut dst).unwrap();
-        let diff = max_abs_diff(&dst, &torch_preprocess(&src, h, w, c));
+        let diff = common::max_abs_diff(&dst, &torch_preprocess(&src, h, w, c));
         assert!(diff <= 1e-6, "{h}×{w}×{c}: differs from libtorch by {diff}");
     }
 }
@@ -86,7 +82,7 @@ fn preprocess_reference_covers_every_byte_value_in_every_channel() {
     let src: Vec<u8> = (0..256usize).flat_map(|i| (0..4).map(move |ch| ((i + 64 * ch) % 256) as u8)).collect();
     let mut dst = vec![0.0; src.len()];
     preprocess_u8_hwc(&src, 16, 16, 4, &MEAN, &STD, &mut dst).unwrap();
-    let diff = max_abs_diff(&dst, &torch_preprocess(&src, 16, 16, 4));
+    let diff = common::max_abs_diff(&dst, &torch_preprocess(&src, 16, 16, 4));
     assert!(diff <= 1e-6, "differs from libtorch by {diff}");
     // Planar layout: channel 2 of pixel 5 is byte 5 + 128.
     assert_eq!(dst[2 * 256 + 5], (133.0f32 / 255.0 - MEAN[2]) * (1.0 / STD[2]));
@@ -100,10 +96,10 @@ fn softmax_topk_reference_matches_libtorch() {
         let post = reference_post(&logits, rows, classes, k);
         let x = Tensor::from_slice(&logits).view([rows as i64, classes as i64]);
         let probs = x.softmax(-1, Kind::Float);
-        let diff = max_abs_diff(&post.probs, &to_vec(&probs));
+        let diff = common::max_abs_diff(&post.probs, &to_vec(&probs));
         assert!(diff <= 1e-6, "{rows}×{classes}: softmax differs from libtorch by {diff}");
         let (values, indices) = probs.topk(k as i64, -1, true, true);
-        let diff = max_abs_diff(&post.values, &to_vec(&values));
+        let diff = common::max_abs_diff(&post.values, &to_vec(&values));
         assert!(diff <= 1e-6, "{rows}×{classes} top-{k}: values differ from libtorch by {diff}");
         for (i, (&ours, theirs)) in post.indices.iter().zip(to_vec::<i64>(&indices)).enumerate() {
             let row = i / k.max(1);
@@ -272,10 +268,10 @@ mod gpu {
         fn check(&self, expected: &Post, what: &str) {
             let k = self.params.k();
             let probs = self.probs.host_view().unwrap();
-            let diff = max_abs_diff(&probs, &expected.probs);
+            let diff = common::max_abs_diff(&probs, &expected.probs);
             assert!(diff <= 1e-6, "{what}: GPU softmax differs from the reference by {diff}");
             let values = self.values.host_view().unwrap();
-            let diff = max_abs_diff(&values[..self.params.top_len()], &expected.values);
+            let diff = common::max_abs_diff(&values[..self.params.top_len()], &expected.values);
             assert!(diff <= 1e-6, "{what}: GPU top-{k} values differ from the reference by {diff}");
             assert_eq!(&self.indices.host_view().unwrap()[..self.params.top_len()], &expected.indices[..], "{what}: top-{k} indices");
         }
@@ -285,7 +281,7 @@ mod gpu {
         let mut expected = vec![0.0; h * w * c];
         preprocess_u8_hwc(src, h, w, c, &MEAN[..c], &STD[..c], &mut expected).unwrap();
         let got = bufs.dst.host_view().unwrap();
-        let diff = max_abs_diff(&got, &expected);
+        let diff = common::max_abs_diff(&got, &expected);
         let not_identical = got.iter().zip(&expected).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         eprintln!("preprocess {h}×{w}×{c}: max |GPU - CPU| = {diff}, {not_identical} of {} not bit-identical", got.len());
         assert!(diff <= 1e-6, "{h}×{w}×{c}: GPU differs from the reference by {diff}");

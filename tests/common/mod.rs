@@ -47,3 +47,9 @@ pub fn model_path(name: &str) -> PathBuf {
 pub fn uminfer_bin() -> PathBuf {
     std::env::var_os("UMINFER_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_uminfer")))
 }
+
+/// Largest absolute difference between two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "element counts differ");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
