@@ -79,28 +79,29 @@ impl Default for ResponseHeader {
     }
 }
 
+/// The first [`MAX_RANK`] dimensions of `shape` in a header's fixed array (rest 0).
+fn pack_shape(shape: &[i64]) -> [u64; MAX_RANK] {
+    let mut out = [0; MAX_RANK];
+    for (s, &d) in out.iter_mut().zip(shape) {
+        *s = d as u64;
+    }
+    out
+}
+
 impl RequestHeader {
     /// A v1 float32 request header for `shape`.
     pub fn new(request_id: u64, shape: &[i64]) -> Option<Self> {
         if shape.is_empty() || shape.len() > MAX_RANK || shape.iter().any(|&d| d < 0) {
             return None;
         }
-        let mut h = Self { magic: MAGIC, version: PROTOCOL_VERSION, dtype: DType::F32 as u8, rank: shape.len() as u8, request_id, shape: [0; MAX_RANK] };
-        for (s, &d) in h.shape.iter_mut().zip(shape) {
-            *s = d as u64;
-        }
-        Some(h)
+        Some(Self { magic: MAGIC, version: PROTOCOL_VERSION, dtype: DType::F32 as u8, rank: shape.len() as u8, request_id, shape: pack_shape(shape) })
     }
 }
 
 impl ResponseHeader {
     /// An `Ok` response header for `shape`.
     pub fn ok(request_id: u64, shape: &[i64]) -> Self {
-        let mut h = Self { request_id, rank: shape.len().min(MAX_RANK) as u8, ..Self::default() };
-        for (s, &d) in h.shape.iter_mut().zip(shape) {
-            *s = d as u64;
-        }
-        h
+        Self { request_id, rank: shape.len().min(MAX_RANK) as u8, shape: pack_shape(shape), ..Self::default() }
     }
 
     /// A failed response carrying `message` (cut to [`MAX_ERROR_LEN`] bytes on a char boundary).
