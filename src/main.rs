@@ -117,7 +117,12 @@ struct BenchArgs {
     /// Timed requests per scheme (default: 1000, or 100 for resnet18).
     #[arg(long)]
     requests: Option<usize>,
-    /// Warm-up rounds of every scheme before timing.
+    /// Requests each scheme runs back to back in its turn: 1 interleaves
+    /// strictly (sporadic traffic: caches and GPU clocks cool between
+    /// requests); the request count runs each scheme alone (steady state).
+    #[arg(long, default_value_t = 1)]
+    burst: usize,
+    /// Warm-up requests of every scheme before timing (at least).
     #[arg(long, default_value_t = 20)]
     warmup: usize,
     /// Minimum warm-up time in seconds.
@@ -158,6 +163,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         model: model.clone(),
         shape: a.shape,
         requests,
+        burst: a.burst,
         warmup: a.warmup,
         warmup_time: std::time::Duration::from_secs_f64(a.warmup_secs),
         schemes: a.schemes.unwrap_or_else(|| bench::SCHEMES.iter().map(|s| s.to_string()).collect()),
@@ -166,7 +172,8 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         progress: true,
     };
     let report = bench::run(&rt, &opts)?;
-    println!("\n{} — {} timed requests per scheme, interleaved; {} ({} cores){}", model.display(), requests, report.machine.cpu, report.machine.cores,
+    let order = if report.burst == 1 { "interleaved".to_string() } else { format!("interleaved in bursts of {}", report.burst) };
+    println!("\n{} — {} timed requests per scheme, {order}; {} ({} cores){}", model.display(), requests, report.machine.cpu, report.machine.cores,
         if report.machine.gpus.is_empty() { String::new() } else { format!(", {}", report.machine.gpus.join(", ")) });
     print!("{}", bench::stats::table(&report.results));
     if let Some(p) = &a.json {

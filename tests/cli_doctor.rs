@@ -86,7 +86,13 @@ fn text_report_is_grouped_and_uncoloured_when_piped() {
 fn no_panic_with_ld_library_path_on_an_empty_directory() {
     let empty = std::env::temp_dir().join(format!("uminfer-empty-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();
-    let out = doctor(&["--json"], &[("LD_LIBRARY_PATH", empty.to_str().unwrap())]);
+    // The empty directory goes first; what the caller's environment needs
+    // (a GPU host running a bundle finds libtorch through LD_LIBRARY_PATH) stays after it.
+    let path = match std::env::var("LD_LIBRARY_PATH") {
+        Ok(rest) if !rest.is_empty() => format!("{}:{rest}", empty.display()),
+        _ => empty.display().to_string(),
+    };
+    let out = doctor(&["--json"], &[("LD_LIBRARY_PATH", &path)]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "doctor panicked:\n{stderr}");
     assert_ne!(out.status.code(), Some(101));

@@ -36,8 +36,18 @@ fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
     got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
 }
 
+/// Relative error allowed against eager mode on the same device: 1e-5, except
+/// ResNet-18 on a GPU. There cuDNN's benchmark mode (which sessions turn on)
+/// may pick other convolution algorithms than the eager reference run, and on
+/// Ampere and later libtorch runs cuDNN convolutions in TF32 by default, so
+/// two correct runs of its 20 convolutions differ by up to ~2.5e-4 (measured
+/// on an H200: 1.0e-4 to 2.5e-4 over the four GPU modes).
+fn tolerance(mode: Mode, model_name: &str) -> f32 {
+    if mode.needs_gpu() && model_name.starts_with("resnet") { 1e-3 } else { 1e-5 }
+}
+
 /// The shared body: fresh random inputs, poisoned outputs, result equal to
-/// eager mode on the same device (relative error ≤ 1e-5).
+/// eager mode on the same device (within `tolerance`).
 fn matches_eager(mode: Mode, model_name: &str, classes: i64, requests: u64) {
     let rt = runtime();
     let model = rt.model(common::model_path(model_name)).unwrap();
@@ -60,7 +70,7 @@ fn matches_eager(mode: Mode, model_name: &str, classes: i64, requests: u64) {
         let want = reference(&model, &x, device);
         assert!(s.output().iter().all(|v| v.is_finite()), "{mode}: unwritten (NaN) output elements");
         let err = max_rel_err(s.output(), &want);
-        assert!(err <= 1e-5, "{mode} {model_name} request {seed}: relative error {err}");
+        assert!(err <= tolerance(mode, model_name), "{mode} {model_name} request {seed}: relative error {err}");
     }
     let timing = s.timing().unwrap();
     assert_eq!(timing.host.count, requests);

@@ -45,7 +45,10 @@ pub struct BenchOptions {
     pub shape: Vec<i64>,
     /// Timed requests per scheme.
     pub requests: usize,
-    /// Warm-up rounds (all schemes) before timing...
+    /// Requests a scheme runs back to back in its turn (1: strict
+    /// round-robin; `requests`: each scheme alone, in steady state).
+    pub burst: usize,
+    /// Warm-up requests per scheme before timing...
     pub warmup: usize,
     /// ...lasting at least this long.
     pub warmup_time: Duration,
@@ -78,6 +81,8 @@ pub struct BenchReport {
     pub model: String,
     pub shape: Vec<i64>,
     pub requests: usize,
+    /// Requests per scheme per turn (see [`BenchOptions::burst`]).
+    pub burst: usize,
     pub warmup: usize,
     pub machine: Machine,
     pub results: Vec<SchemeResult>,
@@ -196,9 +201,11 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
     if let Some(core) = opts.core {
         crate::session::pin_current_thread(core)?;
     }
-    // Interleaved rounds: every live scheme once per round, the starting scheme rotating.
+    // Interleaved rounds: every live scheme `burst` times per round (fresh
+    // input each time, written outside the timing), the starting scheme rotating.
+    let burst = opts.burst.clamp(1, opts.requests.max(1)) as u64;
     let bar = if opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        indicatif::ProgressBar::new((opts.requests + opts.warmup) as u64)
+        indicatif::ProgressBar::new((opts.requests + opts.warmup.max(opts.burst)) as u64)
     } else {
         indicatif::ProgressBar::hidden()
     };
@@ -208,18 +215,24 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
     let mut round: u64 = 0;
     let mut timed = 0usize;
     while timed < opts.requests && !live.is_empty() {
-        let warming = (round as usize) < opts.warmup || warm_start.elapsed() < opts.warmup_time;
-        random_input(round + 1, n, &mut data);
+        // Warm-up counts requests per scheme (rounds × burst), then time.
+        let warming = ((round * burst) as usize) < opts.warmup || warm_start.elapsed() < opts.warmup_time;
+        let this_burst = if warming { burst } else { burst.min((opts.requests - timed) as u64) };
         let mut dead: Vec<usize> = Vec::new();
         for j in 0..live.len() {
             let idx = (j + round as usize) % live.len();
             let (name, scheme, timing) = &mut live[idx];
-            match scheme.refresh(round + 1, &data).and_then(|_| scheme.request()) {
-                Ok(t) if !warming => timing.record(t),
-                Ok(_) => {}
-                Err(e) => {
-                    failed.push((name.clone(), format!("failed during the run: {e}")));
-                    dead.push(idx);
+            for k in 0..this_burst {
+                let seed = round * burst + k + 1;
+                random_input(seed, n, &mut data);
+                match scheme.refresh(seed, &data).and_then(|_| scheme.request()) {
+                    Ok(t) if !warming => timing.record(t),
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed.push((name.clone(), format!("failed during the run: {e}")));
+                        dead.push(idx);
+                        break;
+                    }
                 }
             }
         }
@@ -228,10 +241,10 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
             live.remove(idx);
         }
         if !warming {
-            timed += 1;
+            timed += this_burst as usize;
         }
         round += 1;
-        bar.inc(1);
+        bar.inc(this_burst);
     }
     bar.finish_and_clear();
     for (name, s, timing) in &live {
@@ -249,6 +262,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         model: opts.model.display().to_string(),
         shape: opts.shape.clone(),
         requests: opts.requests,
+        burst: burst as usize,
         warmup: opts.warmup,
         machine: machine(rt),
         results,

@@ -152,7 +152,8 @@ impl<I: Element, O: Element> Session<I, O> {
             let note = format!("{} warm-up runs on the CPU", spec.warmup);
             let threaded = spec.dedicated_thread.unwrap_or(false) || spec.pin_core.is_some();
             let runner = if threaded {
-                let (w, _) = Worker::spawn(format!("uminfer-cpu-{}", model.path().display()), spec.pin_core, move || Ok((engine, String::new())))?;
+                let spin = spec.spin.unwrap_or(worker::CPU_SPIN);
+                let (w, _) = Worker::spawn(format!("uminfer-cpu-{}", model.path().display()), spec.pin_core, spin, move || Ok((engine, String::new())))?;
                 Runner::Thread(w)
             } else {
                 Runner::Inline(Box::new(engine))
@@ -202,7 +203,8 @@ impl<I: Element, O: Element> Session<I, O> {
                 preprocess,
             };
             let name = format!("uminfer-{}-{}", mode, spec.device);
-            let (w, note) = Worker::spawn(name, spec.pin_core, move || GpuEngine::build(parts)).map_err(|e| shape_error(model, &spec, e))?;
+            let spin = spec.spin.unwrap_or(worker::GPU_SPIN);
+            let (w, note) = Worker::spawn(name, spec.pin_core, spin, move || GpuEngine::build(parts)).map_err(|e| shape_error(model, &spec, e))?;
             Self { runner: Runner::Thread(w), raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs, cpu_direct: None }
         };
         session.timing.reset();

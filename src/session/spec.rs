@@ -35,6 +35,7 @@ pub struct SessionSpec {
     pub(crate) allow_eager_fallback: bool,
     pub(crate) pin_core: Option<usize>,
     pub(crate) dedicated_thread: Option<bool>,
+    pub(crate) spin: Option<std::time::Duration>,
     pub(crate) preprocess: Option<crate::ops::PreprocessParams>,
 }
 
@@ -54,6 +55,7 @@ impl SessionSpec {
             allow_eager_fallback: false,
             pin_core: None,
             dedicated_thread: None,
+            spin: None,
             preprocess: None,
         }
     }
@@ -104,6 +106,17 @@ impl SessionSpec {
     /// Run requests on a dedicated OS thread (default: yes for GPU modes, no for `cpu`).
     pub fn dedicated_thread(mut self, yes: bool) -> Self {
         self.dedicated_thread = Some(yes);
+        self
+    }
+
+    /// How long the caller and the session thread busy-wait for each other
+    /// before sleeping on a condition variable (sessions on a dedicated
+    /// thread). Default: 1 ms for GPU modes (a request's result then arrives
+    /// without a futex wake-up on either side; a session thread idle for
+    /// longer sleeps and costs no CPU), 50 µs for `cpu` (its intra-op threads
+    /// need the cores).
+    pub fn spin(mut self, spin: std::time::Duration) -> Self {
+        self.spin = Some(spin);
         self
     }
 

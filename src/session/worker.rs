@@ -1,7 +1,7 @@
 //! [`Worker`]: a dedicated OS thread that owns a session's engine (and with
 //! it the CUDA stream, libtorch's current-stream setting and the CUDA graph,
 //! all per-thread state), optionally pinned to a core. A request is handed
-//! over without allocation: a short spin, then a condition variable.
+//! over without allocation: a bounded spin, then a condition variable.
 
 use super::engine::Engine;
 use super::timing::RunTiming;
@@ -12,9 +12,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long each side busy-waits before sleeping: long enough to cover a
-/// small model's request, short enough not to burn a core when idle.
-const SPIN: Duration = Duration::from_micros(50);
+/// Default busy-wait of each side before sleeping, CPU sessions: short, since
+/// libtorch's intra-op threads need the cores.
+pub(crate) const CPU_SPIN: Duration = Duration::from_micros(50);
+/// Default busy-wait of each side before sleeping, GPU sessions: covers a
+/// small model's whole request, so that neither the caller nor the session
+/// thread pays a futex wake-up (measured in docs/performance.md).
+pub(crate) const GPU_SPIN: Duration = Duration::from_millis(1);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Cmd {
@@ -36,6 +40,8 @@ struct Shared {
     pending: AtomicBool,
     /// Set with `result`, for the caller's spin phase.
     done: AtomicBool,
+    /// Busy-wait of each side before it sleeps.
+    spin: Duration,
 }
 
 /// Handle to a session thread.
@@ -44,9 +50,9 @@ pub(crate) struct Worker {
     thread: Option<JoinHandle<()>>,
 }
 
-fn spin_until(flag: &AtomicBool) -> bool {
+fn spin_until(flag: &AtomicBool, spin: Duration) -> bool {
     let start = Instant::now();
-    while start.elapsed() < SPIN {
+    while start.elapsed() < spin {
         if flag.load(Ordering::Acquire) {
             return true;
         }
@@ -74,7 +80,7 @@ pub fn pin_to_core(core: usize) -> Result<()> {
 impl Worker {
     /// Starts a thread, pins it if asked, builds the engine there with
     /// `init` (which also returns a note for the caller), and waits for that.
-    pub(crate) fn spawn<E, F>(name: String, core: Option<usize>, init: F) -> Result<(Self, String)>
+    pub(crate) fn spawn<E, F>(name: String, core: Option<usize>, spin: Duration, init: F) -> Result<(Self, String)>
     where
         E: Engine + 'static,
         F: FnOnce() -> Result<(E, String)> + Send + 'static,
@@ -85,6 +91,7 @@ impl Worker {
             to_caller: Condvar::new(),
             pending: AtomicBool::new(false),
             done: AtomicBool::new(false),
+            spin,
         });
         let (tx, rx) = std::sync::mpsc::channel::<Result<String>>();
         let sh = shared.clone();
@@ -130,7 +137,7 @@ impl Worker {
             sh.pending.store(true, Ordering::Release);
         }
         sh.to_worker.notify_one();
-        spin_until(&sh.done);
+        spin_until(&sh.done, sh.spin);
         let mut slot = sh.slot.lock();
         loop {
             if let Some(r) = slot.result.take() {
@@ -160,7 +167,7 @@ impl Worker {
 
 fn serve<E: Engine>(sh: &Shared, engine: &mut E) {
     loop {
-        spin_until(&sh.pending);
+        spin_until(&sh.pending, sh.spin);
         let cmd = {
             let mut slot = sh.slot.lock();
             while slot.cmd == Cmd::Idle {
