@@ -134,6 +134,10 @@ struct BenchArgs {
     /// Python with torch 2.11 for the py-* peers (default: .venv, else python3).
     #[arg(long)]
     python: Option<PathBuf>,
+    /// Busy-wait in µs of the session schemes' caller and session threads
+    /// before they sleep (default: the session default, 50 µs CPU, 1000 µs GPU).
+    #[arg(long)]
+    spin_us: Option<u64>,
     /// Core to pin the measuring thread to (-1: do not pin).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     core: i64,
@@ -164,6 +168,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         shape: a.shape,
         requests,
         burst: a.burst,
+        spin: a.spin_us.map(std::time::Duration::from_micros),
         warmup: a.warmup,
         warmup_time: std::time::Duration::from_secs_f64(a.warmup_secs),
         schemes: a.schemes.unwrap_or_else(|| bench::SCHEMES.iter().map(|s| s.to_string()).collect()),

@@ -56,6 +56,9 @@ pub struct BenchOptions {
     pub schemes: Vec<String>,
     /// Python for the peers (default: the project's .venv, else python3).
     pub python: Option<PathBuf>,
+    /// Busy-wait of the session schemes' threads ([`SessionSpec::spin`](crate::session::SessionSpec::spin));
+    /// `None`: the session default.
+    pub spin: Option<Duration>,
     /// Core the measuring thread is pinned to.
     pub core: Option<usize>,
     /// Show a progress bar on stderr (only drawn on a terminal).
@@ -83,6 +86,8 @@ pub struct BenchReport {
     pub requests: usize,
     /// Requests per scheme per turn (see [`BenchOptions::burst`]).
     pub burst: usize,
+    /// Session busy-wait set by `--spin-us` (`null`: the session default).
+    pub spin_us: Option<u64>,
     pub warmup: usize,
     pub machine: Machine,
     pub results: Vec<SchemeResult>,
@@ -133,7 +138,7 @@ fn boxed<S: Scheme + 'static>(r: Result<S>) -> std::result::Result<Box<dyn Schem
 fn build(name: &str, rt: &Runtime, model: &crate::runtime::Model, opts: &BenchOptions, out_shape: &[i64], gpu: bool) -> std::result::Result<Box<dyn Scheme>, String> {
     match name {
         "serialize-copy" => boxed(model.module(tch::Device::Cpu).and_then(|m| SerializeCopy::start(m, opts.shape.clone()))),
-        "cpu-zero-copy" => boxed(SessionScheme::build(rt, model, &opts.shape, out_shape, Mode::Cpu)),
+        "cpu-zero-copy" => boxed(SessionScheme::build(rt, model, &opts.shape, out_shape, Mode::Cpu, opts.spin)),
         "shm-ipc" => {
             rt.check_mode(Mode::ShmIpc).map_err(|e| e.to_string())?;
             boxed(ShmIpc::start(&opts.model, &opts.shape))
@@ -141,7 +146,7 @@ fn build(name: &str, rt: &Runtime, model: &crate::runtime::Model, opts: &BenchOp
         "gpu-copy" | "gpu-pinned" | "gpu-managed" | "gpu-managed-graph" => {
             let mode: Mode = name.parse()?;
             rt.check_mode(mode).map_err(|e| e.to_string())?;
-            boxed(SessionScheme::build(rt, model, &opts.shape, out_shape, mode))
+            boxed(SessionScheme::build(rt, model, &opts.shape, out_shape, mode, opts.spin))
         }
         "tch-naive" => {
             let dev = if gpu { tch::Device::Cuda(0) } else { tch::Device::Cpu };
@@ -263,6 +268,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         shape: opts.shape.clone(),
         requests: opts.requests,
         burst: burst as usize,
+        spin_us: opts.spin.map(|d| d.as_micros() as u64),
         warmup: opts.warmup,
         machine: machine(rt),
         results,

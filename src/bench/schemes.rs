@@ -148,8 +148,12 @@ pub(crate) struct SessionScheme {
 }
 
 impl SessionScheme {
-    pub(crate) fn build(rt: &Runtime, model: &Model, shape: &[i64], out: &[i64], mode: Mode) -> Result<Self> {
-        Ok(Self { session: rt.session(model, SessionSpec::new(shape, out).mode(mode).warmup(5))? })
+    pub(crate) fn build(rt: &Runtime, model: &Model, shape: &[i64], out: &[i64], mode: Mode, spin: Option<Duration>) -> Result<Self> {
+        let mut spec = SessionSpec::new(shape, out).mode(mode).warmup(5);
+        if let Some(spin) = spin {
+            spec = spec.spin(spin);
+        }
+        Ok(Self { session: rt.session(model, spec)? })
     }
 }
 
