@@ -1,6 +1,8 @@
 //! Build script: links libtorch so that every binary of this crate runs without
 //! `LD_LIBRARY_PATH`, compiles the C++ shim (`src/shim/`), embeds the kernel
-//! sources (`kernels/*.cu`) and records build facts for `uminfer doctor`.
+//! sources (`kernels/*.cu`), compiles the Open Inference Protocol service
+//! (`proto/*.proto`, pure Rust: no `protoc` needed) and records build facts
+//! for `uminfer doctor`.
 //!
 //! Why the link flags: torch-sys emits no usable rpath, and with the default
 //! `--as-needed` the linker drops `libtorch_cuda.so` (nothing references it
@@ -77,6 +79,7 @@ fn run() -> Result<()> {
 
     compile_shim(&manifest, &out, &torch_dir, &cu13)?;
     embed_kernels(&manifest, &out)?;
+    compile_protos(&manifest)?;
 
     println!("cargo:rustc-env=UMINFER_LIBTORCH_VERSION={version}");
     println!("cargo:rustc-env=UMINFER_LIBTORCH_LIB={}", lib.display());
@@ -214,6 +217,21 @@ fn embed_kernels(manifest: &Path, out: &Path) -> Result<()> {
     code.push_str("];\n");
     fs::write(out.join("kernel_sources.rs"), code)?;
     Ok(())
+}
+
+/// Compiles Triton's `proto/grpc_service.proto` (it imports `model_config.proto`)
+/// into the tonic server of `src/oip/`. `protox` parses the files in Rust, so
+/// no system `protoc` is needed; `OUT_DIR/inference.rs` is the result.
+fn compile_protos(manifest: &Path) -> Result<()> {
+    let dir = manifest.join("proto");
+    for f in ["grpc_service.proto", "model_config.proto"] {
+        println!("cargo:rerun-if-changed={}", dir.join(f).display());
+    }
+    let fds = protox::compile(["grpc_service.proto"], [&dir]).context("parsing proto/grpc_service.proto")?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .compile_fds(fds)
+        .context("generating the gRPC service code from proto/grpc_service.proto")
 }
 
 fn find_nvcc() -> Option<PathBuf> {

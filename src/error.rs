@@ -97,6 +97,10 @@ pub enum Error {
     #[error("shared-memory IPC: {0}")]
     Ipc(String),
 
+    /// The gRPC endpoint could not listen or serve.
+    #[error("gRPC endpoint: {0}")]
+    Grpc(String),
+
     /// The server is not running, died, or stopped answering.
     #[error("server gone: {0}")]
     ServerGone(String),

@@ -8,6 +8,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`ipc`] | shared-memory transport on iceoryx2: `uminfer serve`, [`ipc::Client`] |
+//! | [`oip`] | Open Inference Protocol (KServe v2) gRPC endpoint: `uminfer serve --grpc` |
 //! | [`runtime`] | [`Runtime`](runtime::Runtime) (startup probe, mode gate) and [`Model`](runtime::Model) |
 //! | [`session`] | [`Session`](session::Session), [`SessionPool`](session::SessionPool): requests over zero-copy regions, CUDA graphs, timing |
 //! | [`bench`] | `uminfer bench`: every scheme side by side, statistics, table, JSON, SVG |
@@ -35,6 +36,7 @@ pub mod kernels;
 pub mod loaded_libs;
 pub mod memory;
 pub mod mode;
+pub mod oip;
 pub mod ops;
 pub mod runtime;
 pub mod session;

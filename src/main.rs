@@ -33,26 +33,34 @@ enum Command {
     /// Shape and dtype come from the input file (float32) and are checked
     /// against the model. With --repeat N, prints the timing summary.
     Run(RunArgs),
-    /// Serve a model over shared memory (iceoryx2) as endpoint `uminfer/NAME`.
+    /// Serve a model over shared memory (iceoryx2) as endpoint `uminfer/NAME`,
+    /// or, with --grpc, models over the Open Inference Protocol (KServe v2 gRPC).
     ///
+    /// Shared memory: `serve --name NAME --model PATH`. gRPC: `serve --grpc
+    /// [ADDR] --model NAME=PATH [--model NAME=PATH ...]` (docs/oip.md).
     /// Stops cleanly on SIGINT/SIGTERM after finishing the requests in flight.
     Serve {
-        /// Endpoint name.
-        #[arg(long)]
-        name: String,
-        /// TorchScript model file.
-        #[arg(long)]
-        model: PathBuf,
+        /// Shared-memory endpoint name (without --grpc).
+        #[arg(long, required_unless_present = "grpc", conflicts_with = "grpc")]
+        name: Option<String>,
+        /// Serve the Open Inference Protocol over gRPC on ADDR (default 127.0.0.1:8001;
+        /// port 0 picks a free port). Prints `grpc=ADDR` on stdout once listening.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = uminfer::oip::server::DEFAULT_ADDR)]
+        grpc: Option<std::net::SocketAddr>,
+        /// TorchScript model: PATH, or NAME=PATH (repeat for several models with --grpc;
+        /// a bare PATH is named after its file stem).
+        #[arg(long, required = true)]
+        model: Vec<uminfer::oip::ModelSource>,
         /// cpu, gpu-copy, gpu-pinned, gpu-managed, gpu-managed-graph or auto.
         #[arg(long, default_value = "cpu")]
         mode: ModeChoice,
-        /// Sessions and worker threads.
+        /// Sessions and worker threads (with --grpc: sessions per model).
         #[arg(long, default_value_t = 1)]
         workers: usize,
-        /// Largest request payload in bytes.
+        /// Largest request payload in bytes (with --grpc: largest request message).
         #[arg(long, default_value_t = 64 << 20)]
         max_bytes: usize,
-        /// The model's input shape, comma-separated.
+        /// The model's input shape, comma-separated (with --grpc: every model's).
         #[arg(long, default_value = "1,3,128,128", value_delimiter = ',')]
         input_shape: Vec<i64>,
     },
@@ -209,6 +217,29 @@ fn serve(opts: uminfer::ipc::ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Shared-memory serving takes one endpoint name and one model path.
+fn shm_options(name: Option<String>, models: Vec<uminfer::oip::ModelSource>) -> anyhow::Result<uminfer::ipc::ServeOptions> {
+    let name = name.context("--name is required without --grpc")?;
+    match models.as_slice() {
+        [m] => Ok(uminfer::ipc::ServeOptions::new(&name, m.path.clone())),
+        _ => bail!("shared-memory serving takes one --model PATH ({} given); serve several models with --grpc", models.len()),
+    }
+}
+
+/// `serve --grpc`: the address goes to stdout as `grpc=ADDR` once listening.
+fn serve_grpc(opts: uminfer::oip::GrpcOptions) -> anyhow::Result<()> {
+    let rt = Runtime::new();
+    let server = uminfer::oip::GrpcServer::new(&rt, opts)?;
+    server.run(|addr| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "grpc={addr}");
+        let _ = out.flush();
+    })?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
 /// A float32 `.npy` file: its shape and values (other dtypes are refused).
 fn read_f32_npy(path: &std::path::Path) -> anyhow::Result<(Vec<i64>, Vec<f32>)> {
     let x = tch::Tensor::read_npy(path).with_context(|| format!("reading {}", path.display()))?;
@@ -292,14 +323,23 @@ fn main() {
             report.exit_code()
         }
         Command::Run(a) => report_error(run(a)),
-        Command::Serve { name, model, mode, workers, max_bytes, input_shape } => {
-            let mut opts = uminfer::ipc::ServeOptions::new(&name, model);
-            opts.mode = mode;
-            opts.workers = workers;
-            opts.max_bytes = max_bytes;
-            opts.input_shape = input_shape;
-            report_error(serve(opts))
-        }
+        Command::Serve { name, grpc, model, mode, workers, max_bytes, input_shape } => match (grpc, name) {
+            (Some(addr), _) => {
+                let mut opts = uminfer::oip::GrpcOptions::new(addr, model);
+                opts.mode = mode;
+                opts.sessions = workers;
+                opts.max_message_bytes = max_bytes;
+                opts.input_shape = input_shape;
+                report_error(serve_grpc(opts))
+            }
+            (None, name) => report_error(shm_options(name, model).map(|mut opts| {
+                opts.mode = mode;
+                opts.workers = workers;
+                opts.max_bytes = max_bytes;
+                opts.input_shape = input_shape;
+                opts
+            }).and_then(serve)),
+        },
         Command::Bench(a) => report_error(bench(a)),
         Command::Infer { name, input, output, timeout } => report_error(infer(&name, &input, &output, timeout)),
     };

@@ -1,0 +1,25 @@
+//! Open Inference Protocol (KServe v2) over gRPC, as Triton defines it:
+//! `uminfer serve --grpc ADDR`. Triton's own client (`tritonclient[grpc]`)
+//! talks to it unmodified. What is implemented and what is not is listed in
+//! `docs/oip.md`.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`proto`] | messages and service trait generated from `proto/grpc_service.proto` |
+//! | [`models`] | the served models: a [`SessionPool`](crate::SessionPool) each, metadata |
+//! | [`tensors`] | request validation: FP32 inputs from raw bytes, typed contents or shared memory |
+//! | [`shm`] | Triton's system shared memory extension: registered `/dev/shm` regions |
+//! | [`status`] | request errors and their gRPC status codes |
+//! | [`service`] | the `GRPCInferenceService` implementation |
+//! | [`server`] | options, listening, graceful shutdown on SIGINT/SIGTERM |
+
+pub mod models;
+pub mod proto;
+pub mod server;
+pub mod service;
+pub mod shm;
+pub mod status;
+pub mod tensors;
+
+pub use models::{ModelSource, Models, ServedModel};
+pub use server::{GrpcOptions, GrpcServer};

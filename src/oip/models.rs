@@ -1,0 +1,159 @@
+//! The models a gRPC server serves: each a [`SessionPool`] with fixed input
+//! and output shapes, plus the metadata the protocol reports about it.
+//!
+//! Metadata is derived from the model itself: the output shape and dtype come
+//! from one eager CPU run on zeros of the declared input shape (the model must
+//! return a single float32 tensor). TorchScript does not keep tensor names
+//! that a runtime can rely on, so the tensors are named as Triton's PyTorch
+//! backend names them: `INPUT__0` and `OUTPUT__0`.
+
+use crate::error::{Error, Result};
+use crate::runtime::Runtime;
+use crate::session::{ModeChoice, SessionPool, SessionSpec};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The name of the single input tensor (Triton's PyTorch-backend convention).
+pub const INPUT_NAME: &str = "INPUT__0";
+/// The name of the single output tensor.
+pub const OUTPUT_NAME: &str = "OUTPUT__0";
+/// The only datatype served (protocol name).
+pub const FP32: &str = "FP32";
+/// The one version each model has.
+pub const VERSION: &str = "1";
+/// The platform reported in model metadata (Triton's name for TorchScript).
+pub const PLATFORM: &str = "pytorch_libtorch";
+
+/// A model to serve: the name clients use and its TorchScript file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSource {
+    /// The model name in the protocol.
+    pub name: String,
+    /// TorchScript file.
+    pub path: PathBuf,
+}
+
+impl std::str::FromStr for ModelSource {
+    type Err = String;
+
+    /// `NAME=PATH`, or `PATH` (the name is then the file stem: `models/tiny.pt`
+    /// is `tiny`). Names are checked when the models are loaded.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, path) = match s.split_once('=') {
+            Some((name, path)) => (name.to_string(), PathBuf::from(path)),
+            None => {
+                let path = PathBuf::from(s);
+                let stem = path.file_stem().and_then(|x| x.to_str()).unwrap_or_default().to_string();
+                (stem, path)
+            }
+        };
+        if path.as_os_str().is_empty() {
+            return Err(format!("{s:?}: expected NAME=PATH with a non-empty PATH"));
+        }
+        Ok(Self { name, path })
+    }
+}
+
+/// One served model.
+pub struct ServedModel {
+    /// The model name in the protocol.
+    pub name: String,
+    /// Declared input shape (requests must match it exactly).
+    pub input_shape: Vec<i64>,
+    /// Output shape, from a probe run.
+    pub output_shape: Vec<i64>,
+    /// The sessions that run it.
+    pub pool: SessionPool,
+}
+
+impl ServedModel {
+    /// Loads `source`, probes its output on zeros of `input_shape`, builds `sessions` sessions in `mode`.
+    pub fn load(rt: &Runtime, source: &ModelSource, input_shape: &[i64], mode: ModeChoice, sessions: usize) -> Result<Self> {
+        let model = rt.model(&source.path)?;
+        let elements = input_shape.iter().try_fold(1i64, |n, &d| if d > 0 { n.checked_mul(d) } else { None });
+        if input_shape.is_empty() || elements.is_none_or(|n| n.checked_mul(4).is_none()) {
+            return Err(Error::Argument(format!("input shape {input_shape:?}: expected positive dimensions whose product fits in memory, e.g. 1,3,128,128")));
+        }
+        let probe = model.forward_cpu(&tch::Tensor::f_zeros(input_shape, (tch::Kind::Float, tch::Device::Cpu))?)?;
+        if probe.kind() != tch::Kind::Float {
+            return Err(Error::Model {
+                path: source.path.clone(),
+                message: format!("returns {:?}; the gRPC endpoint serves models with one float32 output", probe.kind()),
+            });
+        }
+        let output_shape = probe.size();
+        let spec = SessionSpec::new(input_shape, &output_shape).mode_choice(mode);
+        let pool = SessionPool::new(rt, &model, spec, sessions.max(1))?;
+        {
+            let s = pool.checkout();
+            tracing::info!("model {} ({}): input {input_shape:?}, output {output_shape:?}, mode {}: {}", source.name, source.path.display(), s.mode(), s.note());
+        }
+        Ok(Self { name: source.name.clone(), input_shape: input_shape.to_vec(), output_shape, pool })
+    }
+
+    /// Input elements per request.
+    pub fn input_len(&self) -> usize {
+        self.input_shape.iter().product::<i64>() as usize
+    }
+
+    /// Output elements per request.
+    pub fn output_len(&self) -> usize {
+        self.output_shape.iter().product::<i64>() as usize
+    }
+}
+
+/// The served models by name.
+#[derive(Clone, Default)]
+pub struct Models(BTreeMap<String, Arc<ServedModel>>);
+
+impl Models {
+    /// Loads every source; two sources of the same name are refused.
+    pub fn load(rt: &Runtime, sources: &[ModelSource], input_shape: &[i64], mode: ModeChoice, sessions: usize) -> Result<Self> {
+        let mut map = BTreeMap::new();
+        for s in sources {
+            let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+            if s.name.is_empty() || !s.name.chars().all(valid) {
+                return Err(Error::Argument(format!(
+                    "model name {:?} (for {}): expected --model NAME=PATH with a NAME of ASCII letters, digits, '_', '-' or '.'",
+                    s.name,
+                    s.path.display()
+                )));
+            }
+            if map.contains_key(&s.name) {
+                return Err(Error::Argument(format!("model name {} is given twice; name each --model NAME=PATH differently", s.name)));
+            }
+            map.insert(s.name.clone(), Arc::new(ServedModel::load(rt, s, input_shape, mode, sessions)?));
+        }
+        if map.is_empty() {
+            return Err(Error::Argument("no model to serve: give at least one --model NAME=PATH".into()));
+        }
+        Ok(Self(map))
+    }
+
+    /// The model `name` at `version` ("" means the latest, the only one: "1").
+    pub fn get(&self, name: &str, version: &str) -> Result<&Arc<ServedModel>, super::status::RequestError> {
+        let m = self.0.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.0.keys().map(String::as_str).collect();
+            super::status::RequestError::NotFound(format!("no model named {name:?} is served (served: {})", known.join(", ")))
+        })?;
+        if !version.is_empty() && version != VERSION {
+            return Err(super::status::RequestError::NotFound(format!("model {name:?} has no version {version:?}; its only version is {VERSION:?}")));
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ModelSource;
+
+    #[test]
+    fn model_sources_parse_with_and_without_a_name() {
+        let named: ModelSource = "tiny=models/x.pt".parse().unwrap();
+        assert_eq!((named.name.as_str(), named.path.to_str()), ("tiny", Some("models/x.pt")));
+        let bare: ModelSource = "models/resnet18.pt".parse().unwrap();
+        assert_eq!((bare.name.as_str(), bare.path.to_str()), ("resnet18", Some("models/resnet18.pt")));
+        assert!("tiny=".parse::<ModelSource>().is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! The `GRPCInferenceService` implementation: health, metadata, unary and
+//! streaming inference over the served models. Inference runs on tokio's
+//! blocking threads (one [`SessionPool`](crate::SessionPool) session per
+//! request), so the async threads stay free for the transport. A stream's
+//! requests run one after another, each answered in order with its request
+//! id; a refused request is answered in the stream (`error_message`, as
+//! Triton does) and the stream goes on. Every RPC this server does not offer
+//! answers `UNIMPLEMENTED` and says so. System shared memory regions
+//! ([`shm`](super::shm)) are registered here and used by inference.
+
+use super::models::{Models, ServedModel, FP32, INPUT_NAME, OUTPUT_NAME, PLATFORM, VERSION};
+use super::proto::grpc_inference_service_server::GrpcInferenceService;
+use super::proto::model_infer_response::InferOutputTensor;
+use super::proto::model_metadata_response::TensorMetadata;
+use super::proto::*;
+use super::shm::Registry;
+use super::status::{unimplemented_rpc, RequestError};
+use super::tensors;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The service state shared by all connections.
+pub struct OipService {
+    models: Models,
+    shm: Arc<Registry>,
+    stopping: watch::Receiver<bool>,
+}
+
+impl OipService {
+    /// Serves `models`; `stopping` turns true when shutdown begins: the
+    /// server is no longer ready, new inference requests are refused with
+    /// `UNAVAILABLE`, and each stream ends after the request it is running.
+    pub fn new(models: Models, stopping: watch::Receiver<bool>) -> Self {
+        Self { models, shm: Arc::default(), stopping }
+    }
+
+    fn accepting(&self) -> bool {
+        !*self.stopping.borrow()
+    }
+
+    fn model(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, RequestError> {
+        self.models.get(name, version).cloned()
+    }
+}
+
+/// Responses a stream holds before its request loop waits for the client to read them.
+const STREAM_BUFFER: usize = 16;
+
+/// One inference request, unary or from a stream: refused with `UNAVAILABLE`
+/// once shutdown began, else run on a blocking thread.
+async fn infer_request(models: &Models, shm: &Arc<Registry>, stopping: &watch::Receiver<bool>, req: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+    if *stopping.borrow() {
+        return Err(RequestError::ShuttingDown.into());
+    }
+    let m = models.get(&req.model_name, &req.model_version)?.clone();
+    let shm = shm.clone();
+    tokio::task::spawn_blocking(move || infer(&req, &m, &shm))
+        .await
+        .map_err(|e| Status::internal(format!("the inference task failed: {e}")))?
+        .map_err(Status::from)
+}
+
+/// Runs one request on model `m` (blocking: takes a session from its pool).
+/// The output goes into the response, or into the shared memory region the
+/// request names for it.
+pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result<ModelInferResponse, RequestError> {
+    let target = tensors::output(&req.outputs, m, shm)?;
+    let x = tensors::input(req, m, shm)?;
+    let n = m.output_len();
+    let mut y = Vec::<f32>::with_capacity(n);
+    m.pool.checkout().run_on(&x.values(), &mut y.spare_capacity_mut()[..n])?;
+    // SAFETY: `run_on` returned Ok, which guarantees that all `n` slots of the
+    // spare capacity (n <= capacity) were initialised.
+    unsafe { y.set_len(n) };
+    let bytes: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let raw_output_contents = match target {
+        Some(region) => {
+            region.write(&bytes)?;
+            vec![]
+        }
+        None => vec![bytes],
+    };
+    Ok(ModelInferResponse {
+        model_name: m.name.clone(),
+        model_version: VERSION.into(),
+        id: req.id.clone(),
+        parameters: Default::default(),
+        outputs: vec![InferOutputTensor {
+            name: OUTPUT_NAME.into(),
+            datatype: FP32.into(),
+            shape: m.output_shape.clone(),
+            parameters: Default::default(),
+            contents: None,
+        }],
+        raw_output_contents,
+    })
+}
+
+/// RPCs answered `UNIMPLEMENTED`, each naming itself. Written in the form
+/// `#[async_trait]` expands `async fn` into, because that attribute does not
+/// see inside macro invocations.
+macro_rules! unimplemented_rpcs {
+    ($($method:ident: $req:ty => $resp:ty, $rpc:literal;)*) => {$(
+        fn $method<'life0, 'async_trait>(
+            &'life0 self,
+            _: Request<$req>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<$resp>, Status>> + Send + 'async_trait>>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(std::future::ready(Err(unimplemented_rpc($rpc))))
+        }
+    )*};
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for OipService {
+    type ModelStreamInferStream = tonic::codegen::BoxStream<ModelStreamInferResponse>;
+
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse { ready: self.accepting() }))
+    }
+
+    /// Unknown models are not ready (Triton answers the same way), not an error.
+    async fn model_ready(&self, r: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+        let r = r.into_inner();
+        let ready = self.accepting() && self.model(&r.name, &r.version).is_ok();
+        Ok(Response::new(ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse { name: "uminfer".into(), version: env!("CARGO_PKG_VERSION").into(), extensions: vec!["system_shared_memory".into()] }))
+    }
+
+    async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
+        let r = r.into_inner();
+        let m = self.model(&r.name, &r.version)?;
+        let tensor = |name: &str, shape: &[i64]| TensorMetadata { name: name.into(), datatype: FP32.into(), shape: shape.to_vec() };
+        Ok(Response::new(ModelMetadataResponse {
+            name: m.name.clone(),
+            versions: vec![VERSION.into()],
+            platform: PLATFORM.into(),
+            inputs: vec![tensor(INPUT_NAME, &m.input_shape)],
+            outputs: vec![tensor(OUTPUT_NAME, &m.output_shape)],
+        }))
+    }
+
+    async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        infer_request(&self.models, &self.shm, &self.stopping, r.into_inner()).await.map(Response::new)
+    }
+
+    async fn model_stream_infer(&self, r: Request<Streaming<ModelInferRequest>>) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let mut inbound = r.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        let (models, shm, mut stopping) = (self.models.clone(), self.shm.clone(), self.stopping.clone());
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = stopping.wait_for(|s| *s) => return, // shutdown: end the stream
+                    next = inbound.message() => next,
+                };
+                let req = match next {
+                    Ok(Some(req)) => req,
+                    Ok(None) => return, // the client closed its side
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let (id, model_name) = (req.id.clone(), req.model_name.clone());
+                let answer = match infer_request(&models, &shm, &stopping, req).await {
+                    Ok(resp) => ModelStreamInferResponse { error_message: String::new(), infer_response: Some(resp) },
+                    // The id goes back with the error too, so that the client can match it.
+                    Err(status) => ModelStreamInferResponse {
+                        error_message: format!("[{:?}] {}", status.code(), status.message()),
+                        infer_response: Some(ModelInferResponse { model_name, id, ..Default::default() }),
+                    },
+                };
+                if tx.send(Ok(answer)).await.is_err() {
+                    return; // the client went away
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn system_shared_memory_register(&self, r: Request<SystemSharedMemoryRegisterRequest>) -> Result<Response<SystemSharedMemoryRegisterResponse>, Status> {
+        let r = r.into_inner();
+        let shm = self.shm.clone();
+        tokio::task::spawn_blocking(move || shm.register(&r.name, &r.key, r.offset, r.byte_size))
+            .await
+            .map_err(|e| Status::internal(format!("the registration task failed: {e}")))??;
+        Ok(Response::new(SystemSharedMemoryRegisterResponse {}))
+    }
+
+    async fn system_shared_memory_unregister(&self, r: Request<SystemSharedMemoryUnregisterRequest>) -> Result<Response<SystemSharedMemoryUnregisterResponse>, Status> {
+        self.shm.unregister(&r.into_inner().name);
+        Ok(Response::new(SystemSharedMemoryUnregisterResponse {}))
+    }
+
+    async fn system_shared_memory_status(&self, r: Request<SystemSharedMemoryStatusRequest>) -> Result<Response<SystemSharedMemoryStatusResponse>, Status> {
+        Ok(Response::new(SystemSharedMemoryStatusResponse { regions: self.shm.status(&r.into_inner().name)? }))
+    }
+
+    unimplemented_rpcs! {
+        model_config: ModelConfigRequest => ModelConfigResponse, "ModelConfig";
+        model_statistics: ModelStatisticsRequest => ModelStatisticsResponse, "ModelStatistics";
+        repository_index: RepositoryIndexRequest => RepositoryIndexResponse, "RepositoryIndex";
+        repository_model_load: RepositoryModelLoadRequest => RepositoryModelLoadResponse, "RepositoryModelLoad";
+        repository_model_unload: RepositoryModelUnloadRequest => RepositoryModelUnloadResponse, "RepositoryModelUnload";
+        cuda_shared_memory_status: CudaSharedMemoryStatusRequest => CudaSharedMemoryStatusResponse, "CudaSharedMemoryStatus";
+        cuda_shared_memory_register: CudaSharedMemoryRegisterRequest => CudaSharedMemoryRegisterResponse, "CudaSharedMemoryRegister";
+        cuda_shared_memory_unregister: CudaSharedMemoryUnregisterRequest => CudaSharedMemoryUnregisterResponse, "CudaSharedMemoryUnregister";
+        trace_setting: TraceSettingRequest => TraceSettingResponse, "TraceSetting";
+        log_settings: LogSettingsRequest => LogSettingsResponse, "LogSettings";
+    }
+}

@@ -1,0 +1,210 @@
+//! Triton's system shared memory extension: clients register POSIX shared
+//! memory objects (`/dev/shm/KEY`, made by `shm_open`, e.g. with
+//! `tritonclient.utils.shared_memory`) under a name; a request's input then
+//! names a region instead of carrying bytes, and is read in place, and an
+//! output can be written into a region instead of the response.
+//!
+//! Checks: the object must be a regular file owned by the server's effective
+//! user; `offset + byte_size` must lie inside it at registration, and every
+//! tensor's `offset + byte_size` inside the registered region. A region is
+//! mapped once, at registration, and held by an `Arc`: unregistering it while
+//! a request uses it only drops the registry's reference, and the mapping
+//! stays valid until that request ends.
+
+use super::proto::system_shared_memory_status_response::RegionStatus;
+use super::proto::InferParameter;
+use super::proto::infer_parameter::ParameterChoice;
+use super::status::RequestError;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where POSIX shared memory objects live on Linux.
+const SHM_DIR: &str = "/dev/shm";
+/// Tensor parameters of the extension.
+pub const REGION: &str = "shared_memory_region";
+const OFFSET: &str = "shared_memory_offset";
+const BYTE_SIZE: &str = "shared_memory_byte_size";
+
+/// A registered region: `byte_size` bytes of the object `key` from `offset`, mapped.
+pub struct Region {
+    name: String,
+    key: String,
+    offset: u64,
+    map: memmap2::MmapRaw,
+}
+
+impl Region {
+    /// The `len` bytes at `at` in the region, or why they are not there.
+    fn range(&self, what: &str, at: u64, len: u64) -> Result<std::ops::Range<usize>, RequestError> {
+        let size = self.map.len() as u64;
+        match at.checked_add(len) {
+            Some(end) if end <= size => Ok(at as usize..end as usize),
+            _ => Err(RequestError::Invalid(format!(
+                "{what}: offset {at} + byte size {len} lies outside shared memory region {:?} ({size} bytes)",
+                self.name
+            ))),
+        }
+    }
+
+    /// Reads `r` (in range) as bytes, in place.
+    fn bytes(&self, r: std::ops::Range<usize>) -> &[u8] {
+        // SAFETY: `r` lies inside the mapping (checked by `range`), which is
+        // valid for reads for as long as `self` lives (MmapRaw unmaps on drop
+        // only); every bit pattern is a valid u8. The client may write the
+        // region concurrently only by breaking the protocol (it must not touch
+        // a region while a request naming it is in flight); that changes the
+        // values read, nothing else in this process.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(r.start), r.len()) }
+    }
+
+    /// Copies `src` into `r` (in range, same length).
+    fn write(&self, r: std::ops::Range<usize>, src: &[u8]) {
+        debug_assert_eq!(r.len(), src.len());
+        // SAFETY: `r` lies inside the mapping (checked by `range`), which is
+        // mapped read-write and valid while `self` lives; `src` is our own
+        // buffer, so the two do not overlap; this process keeps no reference
+        // into the region across this call.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.map.as_mut_ptr().add(r.start), src.len()) }
+    }
+}
+
+/// The registered regions by name.
+#[derive(Default)]
+pub struct Registry(Mutex<BTreeMap<String, Arc<Region>>>);
+
+impl Registry {
+    /// Maps `byte_size` bytes of `/dev/shm/KEY` from `offset` as region `name`.
+    pub fn register(&self, name: &str, key: &str, offset: u64, byte_size: u64) -> Result<(), RequestError> {
+        if name.is_empty() {
+            return Err(RequestError::Invalid("a shared memory region needs a name".into()));
+        }
+        if self.0.lock().contains_key(name) {
+            return Err(RequestError::AlreadyExists(format!("shared memory region {name:?} is already registered; unregister it first")));
+        }
+        let file_name = key.strip_prefix('/').unwrap_or(key);
+        if file_name.is_empty() || file_name.contains('/') || file_name == "." || file_name == ".." {
+            return Err(RequestError::Invalid(format!("shared memory key {key:?}: expected a POSIX shared memory name such as \"/my_region\"")));
+        }
+        let path = PathBuf::from(SHM_DIR).join(file_name);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| RequestError::Invalid(format!("cannot open shared memory key {key:?} ({}): {e}", path.display())))?;
+        let meta = file.metadata().map_err(|e| RequestError::Invalid(format!("cannot stat {}: {e}", path.display())))?;
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if !meta.is_file() || meta.uid() != me {
+            return Err(RequestError::PermissionDenied(format!(
+                "shared memory key {key:?} is not a regular file owned by the server's user (uid {me}; it belongs to uid {})",
+                meta.uid()
+            )));
+        }
+        match offset.checked_add(byte_size) {
+            Some(end) if byte_size > 0 && end <= meta.len() => {}
+            _ => {
+                return Err(RequestError::Invalid(format!(
+                    "shared memory key {key:?}: offset {offset} + byte size {byte_size} must be a non-empty range inside its {} bytes",
+                    meta.len()
+                )))
+            }
+        }
+        let map = memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(byte_size as usize)
+            .map_raw(&file)
+            .map_err(|e| RequestError::Invalid(format!("cannot map shared memory key {key:?}: {e}")))?;
+        let region = Arc::new(Region { name: name.to_string(), key: key.to_string(), offset, map });
+        let mut regions = self.0.lock();
+        if regions.contains_key(name) {
+            return Err(RequestError::AlreadyExists(format!("shared memory region {name:?} is already registered; unregister it first")));
+        }
+        regions.insert(name.to_string(), region);
+        tracing::info!("registered shared memory region {name:?}: {byte_size} bytes of {key:?} from offset {offset}");
+        Ok(())
+    }
+
+    /// Unregisters `name`, or every region when `name` is empty; an unknown
+    /// name is not an error. Requests using the region keep their mapping.
+    pub fn unregister(&self, name: &str) {
+        let mut regions = self.0.lock();
+        if name.is_empty() {
+            regions.clear();
+        } else {
+            regions.remove(name);
+        }
+    }
+
+    /// The status of `name`, or of every region when `name` is empty.
+    pub fn status(&self, name: &str) -> Result<HashMap<String, RegionStatus>, RequestError> {
+        let regions = self.0.lock();
+        let status = |r: &Region| RegionStatus { name: r.name.clone(), key: r.key.clone(), offset: r.offset, byte_size: r.map.len() as u64 };
+        if name.is_empty() {
+            return Ok(regions.values().map(|r| (r.name.clone(), status(r))).collect());
+        }
+        let r = regions.get(name).ok_or_else(|| RequestError::NotFound(format!("no shared memory region {name:?} is registered")))?;
+        Ok(HashMap::from([(name.to_string(), status(r))]))
+    }
+
+    /// The region a tensor's parameters name, with the byte range they give,
+    /// or `None` when they name no region. `what` names the tensor in errors.
+    pub fn tensor(&self, what: &str, params: &HashMap<String, InferParameter>) -> Result<Option<ShmTensor>, RequestError> {
+        let Some(p) = params.get(REGION) else { return Ok(None) };
+        let Some(ParameterChoice::StringParam(name)) = &p.parameter_choice else {
+            return Err(RequestError::Invalid(format!("{what}: parameter {REGION} must be a string")));
+        };
+        let int = |key: &str| -> Result<Option<u64>, RequestError> {
+            match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
+                None => Ok(None),
+                Some(ParameterChoice::Int64Param(v)) if *v >= 0 => Ok(Some(*v as u64)),
+                Some(ParameterChoice::Uint64Param(v)) => Ok(Some(*v)),
+                Some(other) => Err(RequestError::Invalid(format!("{what}: parameter {key} must be a non-negative integer, got {other:?}"))),
+            }
+        };
+        let offset = int(OFFSET)?.unwrap_or(0);
+        let byte_size = int(BYTE_SIZE)?.ok_or_else(|| RequestError::Invalid(format!("{what}: names region {name:?} without {BYTE_SIZE}")))?;
+        let region = self
+            .0
+            .lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| RequestError::Invalid(format!("{what}: shared memory region {name:?} is not registered")))?;
+        let range = region.range(what, offset, byte_size)?;
+        Ok(Some(ShmTensor { region, range }))
+    }
+}
+
+/// A tensor's bytes in a registered region (the region stays mapped while this lives).
+pub struct ShmTensor {
+    region: Arc<Region>,
+    range: std::ops::Range<usize>,
+}
+
+impl ShmTensor {
+    /// Bytes the request gave for the tensor.
+    pub fn byte_size(&self) -> usize {
+        self.range.len()
+    }
+
+    /// The tensor's bytes, in place.
+    pub fn bytes(&self) -> &[u8] {
+        self.region.bytes(self.range.clone())
+    }
+
+    /// Writes `src` at the start of the tensor's range; refused when longer than it.
+    pub fn write(&self, src: &[u8]) -> Result<(), RequestError> {
+        if src.len() > self.range.len() {
+            return Err(RequestError::Invalid(format!(
+                "{} bytes do not fit the {} bytes given in shared memory region {:?}",
+                src.len(),
+                self.range.len(),
+                self.region.name
+            )));
+        }
+        self.region.write(self.range.start..self.range.start + src.len(), src);
+        Ok(())
+    }
+}

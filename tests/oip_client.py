@@ -1,0 +1,279 @@
+"""Drives `uminfer serve --grpc` with Triton's own, unmodified Python client
+(tritonclient[grpc], pinned in ci/requirements.txt) for tests/oip_python.rs.
+
+    python tests/oip_client.py MODE URL [ARGS...]
+
+Modes print `key=value` lines on stdout and exit non-zero on any mismatch.
+Typed contents and malformed requests go through the same package's
+generated stub (tritonclient.grpc.service_pb2_grpc), since InferInput only
+sends well-formed raw bytes.
+"""
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import tritonclient.grpc as tg
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pbg
+from tritonclient.utils import InferenceServerException
+
+SHAPE = [1, 3, 128, 128]
+
+
+def fail(msg):
+    sys.exit(f"FAILED: {msg}")
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def raw_input(x, name="INPUT__0", datatype="FP32"):
+    i = tg.InferInput(name, list(x.shape), datatype)
+    i.set_data_from_numpy(x)
+    return i
+
+
+def close(y, expected, what):
+    check(y.shape == expected.shape, f"{what}: shape {y.shape}, expected {expected.shape}")
+    diff = float(np.abs(y - expected).max())
+    check(diff <= 1e-5 * max(1.0, float(np.abs(expected).max())), f"{what}: max abs diff {diff}")
+    return diff
+
+
+def health(url, models):
+    c = tg.InferenceServerClient(url)
+    check(c.is_server_live(), "server not live")
+    check(c.is_server_ready(), "server not ready")
+    check(not c.is_model_ready("no-such-model"), "unknown model reported ready")
+    meta = c.get_server_metadata(as_json=True)
+    check(meta["name"] == "uminfer", f"server metadata {meta}")
+    for spec in models:
+        name, out = spec.split(":")
+        check(c.is_model_ready(name), f"{name} not ready")
+        m = c.get_model_metadata(name, as_json=True)
+        got = (m["name"], m["versions"], m["platform"],
+               [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in m["inputs"]],
+               [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in m["outputs"]])
+        want = (name, ["1"], "pytorch_libtorch", [("INPUT__0", "FP32", SHAPE)],
+                [("OUTPUT__0", "FP32", [int(d) for d in out.split(",")])])
+        check(got == want, f"metadata of {name}: {got}, expected {want}")
+        print(f"metadata_{name}=ok")
+    print("health=ok")
+
+
+def infer(url, name, x_path, expected_path):
+    x, expected = np.load(x_path), np.load(expected_path)
+    c = tg.InferenceServerClient(url)
+    r = c.infer(name, [raw_input(x)], outputs=[tg.InferRequestedOutput("OUTPUT__0")], request_id="raw-1")
+    check(r.get_response().id == "raw-1", f"response id {r.get_response().id!r}")
+    print(f"raw_diff={close(r.as_numpy('OUTPUT__0'), expected, 'raw_input_contents')}")
+    stub = pbg.GRPCInferenceServiceStub(grpc.insecure_channel(url))
+    req = pb.ModelInferRequest(model_name=name, id="typed-1")
+    t = req.inputs.add(name="INPUT__0", datatype="FP32", shape=list(x.shape))
+    t.contents.fp32_contents.extend(x.ravel().tolist())
+    resp = stub.ModelInfer(req)
+    check(resp.id == "typed-1" and resp.outputs[0].datatype == "FP32", f"typed response header {resp.outputs[0]}")
+    y = np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(list(resp.outputs[0].shape))
+    print(f"typed_diff={close(y, expected, 'contents.fp32_contents')}")
+
+
+def errors(url, x_path, expected_path):
+    x, expected = np.load(x_path), np.load(expected_path)
+    c = tg.InferenceServerClient(url)
+    stub = pbg.GRPCInferenceServiceStub(grpc.insecure_channel(url))
+
+    def expect(label, code, needle, call):
+        try:
+            call()
+        except InferenceServerException as e:
+            got_code, msg = e.status(), e.message()
+        except grpc.RpcError as e:
+            got_code, msg = str(e.code()), e.details()
+        else:
+            fail(f"{label}: no error")
+        check(got_code == str(code) and needle in msg, f"{label}: {got_code} {msg!r}, expected {code} containing {needle!r}")
+        print(f"{label}={got_code}")
+        # The server keeps serving: a good request right after each bad one.
+        close(c.infer("tiny", [raw_input(x)]).as_numpy("OUTPUT__0"), expected, f"good request after {label}")
+
+    def request(datatype="FP32", shape=SHAPE, data=None, name="INPUT__0"):
+        req = pb.ModelInferRequest(model_name="tiny")
+        req.inputs.add(name=name, datatype=datatype, shape=shape)
+        req.raw_input_contents.append(x.tobytes() if data is None else data)
+        return req
+
+    SC = grpc.StatusCode
+    expect("unknown_model", SC.NOT_FOUND, 'no model named "nope"', lambda: c.infer("nope", [raw_input(x)]))
+    expect("unknown_version", SC.NOT_FOUND, "only version", lambda: c.infer("tiny", [raw_input(x)], model_version="2"))
+    small = np.zeros((1, 3, 64, 64), np.float32)
+    expect("wrong_shape", SC.INVALID_ARGUMENT, "shape [1, 3, 128, 128]", lambda: c.infer("tiny", [raw_input(small)]))
+    expect("wrong_dtype", SC.INVALID_ARGUMENT, 'datatype "FP64"', lambda: c.infer("tiny", [raw_input(x.astype(np.float64), datatype="FP64")]))
+    expect("wrong_byte_length", SC.INVALID_ARGUMENT, "needs 196608",
+           lambda: stub.ModelInfer(request(data=x.tobytes()[:-4])))
+    expect("missing_input", SC.INVALID_ARGUMENT, 'missing input "INPUT__0"',
+           lambda: stub.ModelInfer(pb.ModelInferRequest(model_name="tiny")))
+    expect("wrong_input_name", SC.INVALID_ARGUMENT, 'missing input "INPUT__0"', lambda: c.infer("tiny", [raw_input(x, name="input")]))
+    expect("unknown_output", SC.INVALID_ARGUMENT, 'no output "logits"',
+           lambda: c.infer("tiny", [raw_input(x)], outputs=[tg.InferRequestedOutput("logits")]))
+    expect("unimplemented_rpc", SC.UNIMPLEMENTED, "ModelConfig", lambda: c.get_model_config("tiny"))
+    big = np.zeros((1, 3, 1024, 1024), np.float32)
+    expect("too_large", SC.OUT_OF_RANGE, "too large", lambda: c.infer("tiny", [raw_input(big)]))
+    print("errors=ok")
+
+
+def stream(url, x_path, expected_path, n):
+    """Sends n requests on one ModelStreamInfer stream without waiting
+    (identity with a random input each, and tiny), plus one bad request in
+    the middle; checks that every answer matches its request id."""
+    x, expected, n = np.load(x_path), np.load(expected_path), int(n)
+    rng = np.random.default_rng(9)
+    sent = {}
+    answers, errors, done, lock = {}, [], threading.Event(), threading.Lock()
+
+    def callback(result, error):
+        with lock:
+            if error is not None:
+                errors.append(error.message())
+            else:
+                answers[result.get_response().id] = result.as_numpy("OUTPUT__0")
+            if len(answers) + len(errors) == n + 1:
+                done.set()
+
+    c = tg.InferenceServerClient(url)
+    c.start_stream(callback)
+    for i in range(n):
+        rid = f"s-{i}"
+        if i % 2:
+            sent[rid] = ("tiny", expected)
+            c.async_stream_infer("tiny", [raw_input(x)], request_id=rid)
+        else:
+            xi = rng.standard_normal(SHAPE, dtype=np.float32)
+            sent[rid] = ("identity", xi)
+            c.async_stream_infer("identity", [raw_input(xi)], request_id=rid)
+        if i == n // 2:
+            c.async_stream_infer("tiny", [raw_input(np.zeros((1, 3, 8, 8), np.float32))], request_id="bad")
+    check(done.wait(120), f"{len(answers)} answers and {len(errors)} errors of {n + 1}")
+    c.stop_stream()
+    check(sorted(answers) == sorted(sent), f"answered ids {sorted(answers)}")
+    for rid, (model, want) in sent.items():
+        close(answers[rid], want, f"stream request {rid} ({model})")
+    check(len(errors) == 1 and "[InvalidArgument]" in errors[0] and "shape [1, 3, 8, 8]" in errors[0], f"errors {errors}")
+    print(f"stream_matched={len(answers)}")
+    print("stream_errors=1")
+
+
+def expect_error(label, code, needle, call):
+    try:
+        call()
+    except InferenceServerException as e:
+        got_code, msg = e.status(), e.message()
+    else:
+        fail(f"{label}: no error")
+    check(got_code == str(code) and needle in msg, f"{label}: {got_code} {msg!r}, expected {code} containing {needle!r}")
+    print(f"{label}={got_code}")
+
+
+def system_shm(url, x_path, expected_path):
+    """Triton's system shared memory extension through tritonclient.utils.shared_memory:
+    inputs read from and outputs written to registered regions, offsets
+    (aligned and not), status, unregistering, and every refusal."""
+    import os
+    import tritonclient.utils.shared_memory as shm
+
+    x, expected = np.load(x_path), np.load(expected_path)
+    nx, ny = x.nbytes, expected.nbytes
+    c = tg.InferenceServerClient(url)
+    c.unregister_system_shared_memory()
+    tag = f"uminfer-oip-{os.getpid()}"
+    hin = shm.create_shared_memory_region("in", f"/{tag}-in", nx + 64)
+    hout = shm.create_shared_memory_region("out", f"/{tag}-out", ny)
+    try:
+        c.register_system_shared_memory("in", f"/{tag}-in", nx + 64)
+        c.register_system_shared_memory("out", f"/{tag}-out", ny)
+        status = c.get_system_shared_memory_status(as_json=True)["regions"]
+        check(sorted(status) == ["in", "out"] and int(status["in"]["byte_size"]) == nx + 64, f"status {status}")
+
+        def run(offset, out_region="out", out_size=ny, in_region="in", in_size=nx):
+            i = tg.InferInput("INPUT__0", list(x.shape), "FP32").set_shared_memory(in_region, in_size, offset)
+            o = tg.InferRequestedOutput("OUTPUT__0")
+            o.set_shared_memory(out_region, out_size)
+            r = c.infer("tiny", [i], outputs=[o])
+            check(not r.get_response().raw_output_contents, "output in the response as well as in shared memory")
+            return shm.get_contents_as_numpy(hout, np.float32, list(r.get_output("OUTPUT__0").shape))
+
+        for offset in (0, 64, 2):  # 2: not 4-byte aligned, decoded instead of read in place
+            shm.set_shared_memory_region(hin, [x], offset=offset)
+            close(run(offset), expected, f"shared memory input at offset {offset}")
+            print(f"offset_{offset}=ok")
+
+        SC = grpc.StatusCode
+        expect_error("register_twice", SC.ALREADY_EXISTS, "already registered", lambda: c.register_system_shared_memory("in", f"/{tag}-in", nx))
+        expect_error("register_missing_key", SC.INVALID_ARGUMENT, "cannot open", lambda: c.register_system_shared_memory("nokey", f"/{tag}-none", 8))
+        expect_error("register_too_large", SC.INVALID_ARGUMENT, "inside its", lambda: c.register_system_shared_memory("big", f"/{tag}-out", ny + 1))
+        expect_error("input_outside_region", SC.INVALID_ARGUMENT, "lies outside", lambda: run(65))
+        expect_error("input_wrong_size", SC.INVALID_ARGUMENT, f"needs {nx}", lambda: run(0, in_size=nx - 4))
+        expect_error("output_region_too_small", SC.INVALID_ARGUMENT, f"needs {ny}", lambda: run(0, out_size=ny - 4))
+        expect_error("unregistered_region", SC.INVALID_ARGUMENT, "is not registered", lambda: run(0, in_region="nope"))
+        if os.geteuid() == 0:
+            other = shm.create_shared_memory_region("other", f"/{tag}-other", 64)
+            try:
+                os.chown(f"/dev/shm/{tag}-other", 65534, 65534)
+                expect_error("other_users_region", SC.PERMISSION_DENIED, "owned by the server's user",
+                             lambda: c.register_system_shared_memory("other", f"/{tag}-other", 64))
+            finally:
+                shm.destroy_shared_memory_region(other)
+        else:
+            print("other_users_region=skipped")
+
+        c.unregister_system_shared_memory("in")
+        check(sorted(c.get_system_shared_memory_status(as_json=True)["regions"]) == ["out"], "in still registered")
+        expect_error("after_unregister", SC.INVALID_ARGUMENT, "is not registered", lambda: run(0))
+        c.unregister_system_shared_memory()
+        check(not c.get_system_shared_memory_status(as_json=True).get("regions"), "regions left after unregistering all")
+        close(c.infer("tiny", [raw_input(x)]).as_numpy("OUTPUT__0"), expected, "raw request after the shared memory ones")
+        print("shm=ok")
+    finally:
+        shm.destroy_shared_memory_region(hin)
+        shm.destroy_shared_memory_region(hout)
+
+
+def drain(url, x_path, expected_path, n):
+    """Sends n requests at once, says so, waits for the test's line on stdin
+    (sent after SIGTERM), then checks every answer: correct, or UNAVAILABLE
+    for a request that reached the server after shutdown began."""
+    x, expected = np.load(x_path), np.load(expected_path)
+    c = tg.InferenceServerClient(url)
+    done, lock, results = threading.Event(), threading.Lock(), []
+
+    def callback(result, error):
+        with lock:
+            results.append((time.monotonic(), result, error))
+            if len(results) == n:
+                done.set()
+
+    for i in range(n):
+        c.async_infer("resnet18", [raw_input(x)], callback, request_id=str(i))
+    print("inflight=yes", flush=True)
+    sys.stdin.readline()
+    signalled = time.monotonic()
+    check(done.wait(120), f"only {len(results)} of {n} answers")
+    ok_after = 0
+    for t, result, error in results:
+        if error is not None:
+            check(error.status() == "StatusCode.UNAVAILABLE", f"error {error.status()} {error.message()}")
+            continue
+        close(result.as_numpy("OUTPUT__0"), expected, f"request {result.get_response().id}")
+        ok_after += t > signalled
+    check(ok_after > 0, "no request finished after SIGTERM")
+    print(f"ok_after_signal={ok_after}")
+
+
+if __name__ == "__main__":
+    mode, url, *args = sys.argv[1:]
+    {"health": lambda: health(url, args), "infer": lambda: infer(url, *args), "errors": lambda: errors(url, *args),
+     "stream": lambda: stream(url, *args), "shm": lambda: system_shm(url, *args),
+     "drain": lambda: drain(url, args[0], args[1], int(args[2]))}[mode]()

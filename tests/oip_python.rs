@@ -1,0 +1,293 @@
+//! The Open Inference Protocol endpoint (`uminfer serve --grpc`) driven by
+//! Triton's own, unmodified Python client (`tritonclient[grpc]` in the
+//! project venv, through `tests/oip_client.py`): health and metadata,
+//! inference with `tiny` and `resnet18` equal to PyTorch's reference outputs
+//! (raw bytes and typed contents), a stream of many requests in flight each
+//! answered under its id, Triton's system shared memory extension (inputs
+//! read from and outputs written to registered `/dev/shm` regions, and each
+//! refusal), every error path as a clear gRPC status with the server still
+//! serving, and a SIGTERM that lets the requests in flight
+//! finish.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest a Python client may run (a loaded 2-core machine starts numpy slowly).
+const PYTHON_DEADLINE: Duration = Duration::from_secs(180);
+/// Longest the server may take to load its models and listen.
+const START_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The venv's python, or `None` in a GPU bundle (which carries no venv).
+fn python() -> Option<PathBuf> {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(std::env::var_os("UMINFER_BIN").is_some(), "{} missing: run `bash ci/setup` (it installs tritonclient[grpc])", python.display());
+    None
+}
+
+/// Returns from the calling test when there is no Python environment (bundle runs only).
+macro_rules! require_python {
+    () => {
+        match python() {
+            Some(p) => p,
+            None => {
+                let _ = writeln!(std::io::stderr(), "SKIPPED (no project venv in this bundle): {}", module_path!());
+                return;
+            }
+        }
+    };
+}
+
+/// `python tests/oip_client.py MODE URL ARGS…`, stdin and stdout piped.
+fn client(python: &PathBuf, mode: &str, url: &str, args: &[&str]) -> Command {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oip_client.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(script).args([mode, url]).args(args);
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+/// Waits for `child` and collects its output; kills it after [`PYTHON_DEADLINE`].
+fn finish(child: Child) -> Output {
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(PYTHON_DEADLINE) {
+        Ok(out) => out.expect("waiting for the python client"),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child's pid; it is not reaped until wait_with_output returns.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the python client did not finish within {PYTHON_DEADLINE:?}");
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A `uminfer serve --grpc 127.0.0.1:0` child; SIGTERM and wait on drop.
+struct GrpcServer {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl GrpcServer {
+    /// Starts the server with `args` after `serve --grpc 127.0.0.1:0` and
+    /// reads the bound address from its `grpc=ADDR` line.
+    fn start(tag: &str, args: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!("uminfer-oip-{tag}-{}.log", std::process::id()));
+        let mut child = Command::new(common::uminfer_bin())
+            .args(["serve", "--grpc", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("creating the server log file"))
+            .spawn()
+            .expect("starting `uminfer serve --grpc`");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(START_DEADLINE).unwrap_or_default();
+        let mut server = Self { child, url: String::new(), log };
+        match line.trim().strip_prefix("grpc=") {
+            Some(addr) => server.url = addr.to_string(),
+            None => panic!("the server did not report its address (stdout {line:?}); log:\n{}", server.log()),
+        }
+        server
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn sigterm(&self) {
+        // SAFETY: plain kill(2) on our own child's pid (not yet reaped while `self` lives).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 30 s); the exit status.
+    fn stop(&mut self) -> ExitStatus {
+        self.sigterm();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.child.try_wait().expect("waiting for the server") {
+                Some(status) => return status,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                None => {
+                    let _ = self.child.kill();
+                    return self.child.wait().expect("waiting for the killed server");
+                }
+            }
+        }
+    }
+
+    /// Runs a client to completion; panics with both sides' output when it fails.
+    fn run_client(&mut self, python: &PathBuf, mode: &str, args: &[&str]) -> String {
+        let out = finish(client(python, mode, &self.url, args).spawn().expect("starting the venv python"));
+        self.check(mode, &out)
+    }
+
+    fn check(&mut self, mode: &str, out: &Output) -> String {
+        if !out.status.success() {
+            let running = self.is_running();
+            panic!(
+                "oip_client.py {mode}: exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- server (running: {running}) log ---\n{}",
+                out.status.code(),
+                text(&out.stdout),
+                text(&out.stderr),
+                self.log()
+            );
+        }
+        text(&out.stdout)
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.stop();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn model(name: &str) -> String {
+    common::model_path(name).display().to_string()
+}
+
+fn lines(stdout: &str) -> Vec<&str> {
+    stdout.lines().collect()
+}
+
+#[test]
+fn tritonclient_sees_a_live_ready_server_and_each_models_metadata() {
+    let py = require_python!();
+    let tiny = format!("tiny={}", model("tiny.pt"));
+    let resnet = format!("resnet18={}", model("resnet18.pt"));
+    let mut server = GrpcServer::start("health", &["--model", &tiny, "--model", &resnet]);
+    let out = server.run_client(&py, "health", &["tiny:1,10", "resnet18:1,1000"]);
+    assert_eq!(lines(&out), ["metadata_tiny=ok", "metadata_resnet18=ok", "health=ok"]);
+    let status = server.stop();
+    assert!(status.success(), "the server did not stop cleanly on SIGTERM ({status}):\n{}", server.log());
+}
+
+#[test]
+fn tritonclient_infers_tiny_and_resnet18_equal_to_pytorch() {
+    let py = require_python!();
+    let tiny = format!("tiny={}", model("tiny.pt"));
+    let mut server = GrpcServer::start("infer", &["--model", &tiny, "--model", &model("resnet18.pt")]);
+    for name in ["tiny", "resnet18"] {
+        let (x, y) = (model(&format!("{name}.input.npy")), model(&format!("{name}.expected.npy")));
+        let out = server.run_client(&py, "infer", &[name, &x, &y]);
+        let l = lines(&out);
+        assert!(l.len() == 2 && l[0].starts_with("raw_diff=") && l[1].starts_with("typed_diff="), "{name}: {out}");
+    }
+}
+
+#[test]
+fn tritonclient_error_paths_are_clear_statuses_and_the_server_keeps_serving() {
+    let py = require_python!();
+    // 1 MB messages: tiny's 196 KB input fits, a 1×3×1024×1024 one does not.
+    let mut server = GrpcServer::start("errors", &["--model", &model("tiny.pt"), "--max-bytes", "1000000"]);
+    let out = server.run_client(&py, "errors", &[&model("tiny.input.npy"), &model("tiny.expected.npy")]);
+    assert_eq!(
+        lines(&out),
+        [
+            "unknown_model=StatusCode.NOT_FOUND",
+            "unknown_version=StatusCode.NOT_FOUND",
+            "wrong_shape=StatusCode.INVALID_ARGUMENT",
+            "wrong_dtype=StatusCode.INVALID_ARGUMENT",
+            "wrong_byte_length=StatusCode.INVALID_ARGUMENT",
+            "missing_input=StatusCode.INVALID_ARGUMENT",
+            "wrong_input_name=StatusCode.INVALID_ARGUMENT",
+            "unknown_output=StatusCode.INVALID_ARGUMENT",
+            "unimplemented_rpc=StatusCode.UNIMPLEMENTED",
+            "too_large=StatusCode.OUT_OF_RANGE",
+            "errors=ok",
+        ]
+    );
+    assert!(server.is_running(), "the server died:\n{}", server.log());
+}
+
+#[test]
+fn tritonclient_stream_answers_every_request_under_its_id() {
+    let py = require_python!();
+    let mut server = GrpcServer::start("stream", &["--model", &model("tiny.pt"), "--model", &model("identity.pt")]);
+    let out = server.run_client(&py, "stream", &[&model("tiny.input.npy"), &model("tiny.expected.npy"), "40"]);
+    assert_eq!(lines(&out), ["stream_matched=40", "stream_errors=1"]);
+    assert!(server.is_running(), "the server died:\n{}", server.log());
+}
+
+#[test]
+fn tritonclient_system_shared_memory_inputs_and_outputs_and_refusals() {
+    let py = require_python!();
+    let mut server = GrpcServer::start("shm", &["--model", &model("tiny.pt")]);
+    let out = server.run_client(&py, "shm", &[&model("tiny.input.npy"), &model("tiny.expected.npy")]);
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let owner = if root { "other_users_region=StatusCode.PERMISSION_DENIED" } else { "other_users_region=skipped" };
+    assert_eq!(
+        lines(&out),
+        [
+            "offset_0=ok",
+            "offset_64=ok",
+            "offset_2=ok",
+            "register_twice=StatusCode.ALREADY_EXISTS",
+            "register_missing_key=StatusCode.INVALID_ARGUMENT",
+            "register_too_large=StatusCode.INVALID_ARGUMENT",
+            "input_outside_region=StatusCode.INVALID_ARGUMENT",
+            "input_wrong_size=StatusCode.INVALID_ARGUMENT",
+            "output_region_too_small=StatusCode.INVALID_ARGUMENT",
+            "unregistered_region=StatusCode.INVALID_ARGUMENT",
+            owner,
+            "after_unregister=StatusCode.INVALID_ARGUMENT",
+            "shm=ok",
+        ]
+    );
+    assert!(server.is_running(), "the server died:\n{}", server.log());
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish_then_the_server_exits_cleanly() {
+    let py = require_python!();
+    let mut server = GrpcServer::start("drain", &["--model", &model("resnet18.pt")]);
+    let mut child = client(&py, "drain", &server.url, &[&model("resnet18.input.npy"), &model("resnet18.expected.npy"), "32"])
+        .spawn()
+        .expect("starting the venv python");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("reading the client's first line");
+    assert_eq!(line.trim(), "inflight=yes", "client said {line:?}");
+    server.sigterm();
+    let mut stdin: ChildStdin = child.stdin.take().expect("piped stdin");
+    writeln!(stdin, "signalled").expect("telling the client");
+    drop(stdin);
+    let out = finish(child);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("reading the client's output");
+    let out = Output { stdout: rest.into_bytes(), ..out };
+    let said = server.check("drain", &out);
+    assert!(said.trim().starts_with("ok_after_signal="), "{said}");
+    let status = server.stop();
+    assert!(status.success(), "the server did not exit cleanly after SIGTERM ({status}):\n{}", server.log());
+    let log = server.log();
+    assert!(log.contains("finishing the requests in flight"), "{log}");
+}
