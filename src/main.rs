@@ -146,6 +146,10 @@ struct BenchArgs {
     /// before they sleep (default: the session default, 50 µs CPU, 1000 µs GPU).
     #[arg(long)]
     spin_us: Option<u64>,
+    /// Page placement of the managed schemes' regions: migrate (prefetch
+    /// around each request) or host-resident (read and written in place).
+    #[arg(long, default_value = "migrate")]
+    managed_placement: uminfer::session::ManagedPlacement,
     /// Core to pin the measuring thread to (-1: do not pin).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     core: i64,
@@ -177,6 +181,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         requests,
         burst: a.burst,
         spin: a.spin_us.map(std::time::Duration::from_micros),
+        managed_placement: a.managed_placement,
         warmup: a.warmup,
         warmup_time: std::time::Duration::from_secs_f64(a.warmup_secs),
         schemes: a.schemes.unwrap_or_else(|| bench::SCHEMES.iter().map(|s| s.to_string()).collect()),

@@ -5,6 +5,7 @@ mod common;
 
 use tch::{Device, Tensor};
 use uminfer::doctor::{self, probe::ProbeOptions};
+use uminfer::session::ManagedPlacement;
 use uminfer::{Error, Mode, Model, Runtime, Session, SessionPool, SessionSpec};
 
 const INPUT: [i64; 4] = [1, 3, 128, 128];
@@ -263,6 +264,38 @@ fn preprocessed_matches_reference(mode: Mode, device: Device) {
 #[test]
 fn cpu_session_preprocesses_raw_images() {
     preprocessed_matches_reference(Mode::Cpu, Device::Cpu);
+}
+
+/// Managed modes with host-resident pages: no per-request migration, the
+/// GPU reads the input and writes the output in place; results as eager.
+#[test]
+fn managed_host_resident_placement_matches_eager() {
+    require_gpu!();
+    let rt = runtime();
+    let model = rt.model(common::model_path("tiny.pt")).unwrap();
+    for mode in [Mode::GpuManaged, Mode::GpuManagedGraph] {
+        let spec = SessionSpec::new(&INPUT, &[1, 10]).mode(mode).managed_placement(ManagedPlacement::HostResident);
+        let mut s: Session = rt.session(&model, spec).unwrap();
+        assert!(s.note().contains("host-resident"), "{mode}: {}", s.note());
+        for seed in 0..50 {
+            let x = random_input(500 + seed, s.input().len());
+            s.input_mut().copy_from_slice(&x);
+            s.output_mut().fill(f32::NAN);
+            s.run().unwrap();
+            let err = max_rel_err(s.output(), &reference(&model, &x, Device::Cuda(0)));
+            assert!(err <= 1e-5, "{mode} host-resident request {seed}: relative error {err}");
+        }
+    }
+}
+
+#[test]
+fn managed_placement_names() {
+    for p in [ManagedPlacement::Migrate, ManagedPlacement::HostResident] {
+        assert_eq!(p.to_string().parse::<ManagedPlacement>().unwrap(), p);
+    }
+    let err = "host".parse::<ManagedPlacement>().unwrap_err();
+    assert!(err.contains("migrate or host-resident"), "{err}");
+    assert_eq!(ManagedPlacement::default(), ManagedPlacement::Migrate);
 }
 
 #[test]

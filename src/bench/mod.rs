@@ -59,6 +59,8 @@ pub struct BenchOptions {
     /// Busy-wait of the session schemes' threads ([`SessionSpec::spin`](crate::session::SessionSpec::spin));
     /// `None`: the session default.
     pub spin: Option<Duration>,
+    /// Page placement of the managed schemes' regions.
+    pub managed_placement: crate::session::ManagedPlacement,
     /// Core the measuring thread is pinned to.
     pub core: Option<usize>,
     /// Show a progress bar on stderr (only drawn on a terminal).
@@ -88,6 +90,8 @@ pub struct BenchReport {
     pub burst: usize,
     /// Session busy-wait set by `--spin-us` (`null`: the session default).
     pub spin_us: Option<u64>,
+    /// Page placement of the managed schemes (`migrate`, `host-resident`).
+    pub managed_placement: String,
     pub warmup: usize,
     pub machine: Machine,
     pub results: Vec<SchemeResult>,
@@ -138,7 +142,7 @@ fn boxed<S: Scheme + 'static>(r: Result<S>) -> std::result::Result<Box<dyn Schem
 fn build(name: &str, rt: &Runtime, model: &crate::runtime::Model, opts: &BenchOptions, out_shape: &[i64], gpu: bool) -> std::result::Result<Box<dyn Scheme>, String> {
     match name {
         "serialize-copy" => boxed(model.module(tch::Device::Cpu).and_then(|m| SerializeCopy::start(m, opts.shape.clone()))),
-        "cpu-zero-copy" => boxed(SessionScheme::build(rt, model, &opts.shape, out_shape, Mode::Cpu, opts.spin)),
+        "cpu-zero-copy" => boxed(SessionScheme::build(rt, model, opts, out_shape, Mode::Cpu)),
         "shm-ipc" => {
             rt.check_mode(Mode::ShmIpc).map_err(|e| e.to_string())?;
             boxed(ShmIpc::start(&opts.model, &opts.shape))
@@ -146,7 +150,7 @@ fn build(name: &str, rt: &Runtime, model: &crate::runtime::Model, opts: &BenchOp
         "gpu-copy" | "gpu-pinned" | "gpu-managed" | "gpu-managed-graph" => {
             let mode: Mode = name.parse()?;
             rt.check_mode(mode).map_err(|e| e.to_string())?;
-            boxed(SessionScheme::build(rt, model, &opts.shape, out_shape, mode, opts.spin))
+            boxed(SessionScheme::build(rt, model, opts, out_shape, mode))
         }
         "tch-naive" => {
             let dev = if gpu { tch::Device::Cuda(0) } else { tch::Device::Cpu };
@@ -269,6 +273,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         requests: opts.requests,
         burst: burst as usize,
         spin_us: opts.spin.map(|d| d.as_micros() as u64),
+        managed_placement: opts.managed_placement.to_string(),
         warmup: opts.warmup,
         machine: machine(rt),
         results,

@@ -3,6 +3,7 @@
 //! memory" to "the output is readable by the caller".
 
 use crate::error::{Error, Result};
+use super::BenchOptions;
 use crate::ipc::Client;
 use crate::mode::Mode;
 use crate::runtime::{Model, Runtime};
@@ -148,9 +149,9 @@ pub(crate) struct SessionScheme {
 }
 
 impl SessionScheme {
-    pub(crate) fn build(rt: &Runtime, model: &Model, shape: &[i64], out: &[i64], mode: Mode, spin: Option<Duration>) -> Result<Self> {
-        let mut spec = SessionSpec::new(shape, out).mode(mode).warmup(5);
-        if let Some(spin) = spin {
+    pub(crate) fn build(rt: &Runtime, model: &Model, opts: &BenchOptions, out: &[i64], mode: Mode) -> Result<Self> {
+        let mut spec = SessionSpec::new(&opts.shape, out).mode(mode).warmup(5).managed_placement(opts.managed_placement);
+        if let Some(spin) = opts.spin {
             spec = spec.spin(spin);
         }
         Ok(Self { session: rt.session(model, spec)? })

@@ -38,6 +38,8 @@ pub(crate) struct GpuParts {
     pub(crate) output: tch::Tensor,
     /// Managed input and output ranges (managed modes).
     pub(crate) managed: Option<(ManagedRange, ManagedRange)>,
+    /// Prefetch `managed` around each request (placement `Migrate`).
+    pub(crate) prefetch: bool,
     pub(crate) warmup: usize,
     pub(crate) allow_eager_fallback: bool,
     /// Raw u8 region (device address) → input region (device address).
@@ -152,7 +154,7 @@ impl GpuEngine {
     }
 
     fn prefetch(&self, to: Location) -> Result<()> {
-        let Some((i, o)) = self.parts.managed else { return Ok(()) };
+        let Some((i, o)) = self.parts.managed.filter(|_| self.parts.prefetch) else { return Ok(()) };
         if !self.parts.gpu.concurrent_managed_access() {
             return Ok(()); // prefetching needs concurrentManagedAccess; pages migrate on demand
         }

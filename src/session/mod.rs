@@ -24,13 +24,13 @@ mod worker;
 
 pub use pool::{PooledSession, SessionPool};
 pub use worker::pin_to_core as pin_current_thread;
-pub use spec::{ModeChoice, SessionSpec};
+pub use spec::{ManagedPlacement, ModeChoice, SessionSpec};
 pub use timing::{RunTiming, Summary, Timing, TimingRecorder};
 
 use crate::cuda::Gpu;
 use crate::error::{Error, Result};
 use crate::memory::region::{contiguous_strides, TensorSide};
-use crate::memory::{Element, ManagedOptions, Region};
+use crate::memory::{Advice, Element, Location, ManagedOptions, Region, RegionKind};
 use crate::mode::Mode;
 use crate::runtime::{Model, Runtime};
 use engine::{CpuEngine, Engine, HostPreprocess};
@@ -161,7 +161,7 @@ impl<I: Element, O: Element> Session<I, O> {
             Self { runner, raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs, cpu_direct }
         } else {
             let gpu = Gpu::open(spec.device)?;
-            let (mut input, output) = match mode {
+            let (mut input, mut output) = match mode {
                 Mode::GpuManaged | Mode::GpuManagedGraph => {
                     (Region::<I>::managed(&gpu, n_in, ManagedOptions::default())?, Region::<O>::managed(&gpu, n_out, ManagedOptions::default())?)
                 }
@@ -176,6 +176,26 @@ impl<I: Element, O: Element> Session<I, O> {
             if let Some(r) = raw.as_mut() {
                 random_fill(r)?;
             }
+            // Host-resident placement: the host-written region (raw when
+            // preprocessing, else the input) and the output stay in host memory,
+            // mapped for the GPU; a preprocessed input stays where the kernel writes it.
+            let managed_regions = input.kind() == RegionKind::Managed;
+            let wants_host = managed_regions && spec.managed_placement == ManagedPlacement::HostResident;
+            let host_resident = wants_host && gpu.concurrent_managed_access();
+            if host_resident {
+                for advice in [Advice::PreferredLocation(Location::Host), Advice::AccessedByDevice] {
+                    match raw.as_mut() {
+                        Some(r) => r.advise(advice)?,
+                        None => input.advise(advice)?,
+                    }
+                    output.advise(advice)?;
+                }
+            }
+            let placement_note = match (host_resident, wants_host) {
+                (true, _) => "; managed pages host-resident, read and written in place by the GPU (no per-request prefetch)",
+                (false, true) => "; host-resident placement needs concurrentManagedAccess, which this GPU lacks: pages migrate on demand",
+                _ => "",
+            };
             let preprocess = spec.preprocess.zip(raw.as_ref()).map(|(p, r)| (p, r.device_ptr().unwrap_or(0), input.device_ptr().unwrap_or(0)));
             let side = if mode == Mode::GpuCopy { TensorSide::Host } else { TensorSide::Native };
             // SAFETY: as for the CPU engine; in addition every GPU request ends
@@ -198,13 +218,15 @@ impl<I: Element, O: Element> Session<I, O> {
                 input: ti,
                 output: to,
                 managed,
+                prefetch: managed_regions && !host_resident,
                 warmup: spec.warmup,
                 allow_eager_fallback: spec.allow_eager_fallback,
                 preprocess,
             };
             let name = format!("uminfer-{}-{}", mode, spec.device);
             let spin = spec.spin.unwrap_or(worker::GPU_SPIN);
-            let (w, note) = Worker::spawn(name, spec.pin_core, spin, move || GpuEngine::build(parts)).map_err(|e| shape_error(model, &spec, e))?;
+            let (w, mut note) = Worker::spawn(name, spec.pin_core, spin, move || GpuEngine::build(parts)).map_err(|e| shape_error(model, &spec, e))?;
+            note.push_str(placement_note);
             Self { runner: Runner::Thread(w), raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs, cpu_direct: None }
         };
         session.timing.reset();

@@ -22,6 +22,42 @@ impl std::str::FromStr for ModeChoice {
     }
 }
 
+/// Where the pages of a managed session's host-written input and its output
+/// live between requests (`gpu-managed`, `gpu-managed-graph`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ManagedPlacement {
+    /// Each request prefetches the input to the GPU before the work and the
+    /// output to the host after it (`cuMemPrefetchAsync`).
+    #[default]
+    Migrate,
+    /// The pages stay in host memory (`SetPreferredLocation(host)` +
+    /// `SetAccessedBy(device)`): kernels read the input and write the output
+    /// in place over the bus, and no request migrates a page. Needs
+    /// `concurrentManagedAccess`; without it pages migrate on demand and the
+    /// session's note says so.
+    HostResident,
+}
+
+impl std::str::FromStr for ManagedPlacement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "migrate" => Ok(Self::Migrate),
+            "host-resident" => Ok(Self::HostResident),
+            other => Err(format!("unknown managed placement {other:?}: migrate or host-resident")),
+        }
+    }
+}
+
+impl std::fmt::Display for ManagedPlacement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Migrate => "migrate",
+            Self::HostResident => "host-resident",
+        })
+    }
+}
+
 /// Fixed input and output shapes plus how to run. Dtypes come from the
 /// session's type parameters.
 #[derive(Debug, Clone)]
@@ -36,6 +72,7 @@ pub struct SessionSpec {
     pub(crate) pin_core: Option<usize>,
     pub(crate) dedicated_thread: Option<bool>,
     pub(crate) spin: Option<std::time::Duration>,
+    pub(crate) managed_placement: ManagedPlacement,
     pub(crate) preprocess: Option<crate::ops::PreprocessParams>,
 }
 
@@ -56,6 +93,7 @@ impl SessionSpec {
             pin_core: None,
             dedicated_thread: None,
             spin: None,
+            managed_placement: ManagedPlacement::Migrate,
             preprocess: None,
         }
     }
@@ -117,6 +155,13 @@ impl SessionSpec {
     /// need the cores).
     pub fn spin(mut self, spin: std::time::Duration) -> Self {
         self.spin = Some(spin);
+        self
+    }
+
+    /// Page placement of managed regions (managed modes only; default
+    /// [`ManagedPlacement::Migrate`]).
+    pub fn managed_placement(mut self, placement: ManagedPlacement) -> Self {
+        self.managed_placement = placement;
         self
     }
 
