@@ -4,11 +4,13 @@
 
 mod common;
 
+use common::text;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uminfer::doctor::{self, probe::ProbeOptions};
 use uminfer::{Mode, Runtime, Session, SessionSpec};
 
@@ -62,32 +64,11 @@ fn python(env: &(PathBuf, PathBuf)) -> Command {
     cmd
 }
 
-/// Runs `cmd` to completion (see [`finish`]).
+/// Runs `cmd` to completion (see [`common::finish`]).
 fn run(mut cmd: Command) -> Output {
-    finish(cmd.spawn().expect("starting the venv python"))
+    common::finish(cmd.spawn().expect("starting the venv python"), PYTHON_DEADLINE)
 }
 
-/// Waits for `child` and collects what is left of its output; kills it after [`PYTHON_DEADLINE`].
-fn finish(child: Child) -> Output {
-    let pid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(PYTHON_DEADLINE) {
-        Ok(out) => out.expect("waiting for the python client"),
-        Err(_) => {
-            // SAFETY: kill(2) on our own child's pid; it is not reaped until wait_with_output returns.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("the python client did not finish within {PYTHON_DEADLINE:?}");
-        }
-    }
-}
-
-/// Text of an output stream.
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// The value of the first `key=value` line of `stdout`.
 fn field<'a>(stdout: &'a str, key: &str) -> Option<&'a str> {
@@ -132,17 +113,7 @@ impl ServerProcess {
     /// SIGTERM, then wait (SIGKILL after 30 s); the exit status.
     fn stop(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.child.try_wait().expect("waiting for the server") {
-                Some(status) => return status,
-                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                None => {
-                    let _ = self.child.kill();
-                    return self.child.wait().expect("waiting for the killed server");
-                }
-            }
-        }
+        common::wait_or_kill(&mut self.child, Duration::from_secs(30))
     }
 
     /// Panics with everything known when a Python client failed.
@@ -351,7 +322,7 @@ with Client(name, timeout=timeout) as client:
     let read = stdout.read_line(&mut first);
     if first.trim() != "ready" {
         let _ = child.kill();
-        let out = finish(child);
+        let out = common::finish(child, PYTHON_DEADLINE);
         server.fail(&format!("the client did not get ready (read {read:?}: {first:?})"), &out);
     }
     // The server cannot answer the next request, and dies while the client waits for it.
@@ -364,7 +335,7 @@ with Client(name, timeout=timeout) as client:
         let _ = stdout.read_to_string(&mut rest);
         rest
     });
-    let out = finish(child);
+    let out = common::finish(child, PYTHON_DEADLINE);
     let rest = reader.join().expect("the stdout reader panicked");
     if !out.status.success() {
         server.fail(&format!("the client did not report the dead server (stdout: {rest})"), &out);

@@ -11,10 +11,12 @@
 
 mod common;
 
+use common::text;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longest a Python client may run (a loaded 2-core machine starts numpy slowly).
 const PYTHON_DEADLINE: Duration = Duration::from_secs(180);
@@ -53,26 +55,6 @@ fn client(python: &PathBuf, mode: &str, url: &str, args: &[&str]) -> Command {
     cmd
 }
 
-/// Waits for `child` and collects its output; kills it after [`PYTHON_DEADLINE`].
-fn finish(child: Child) -> Output {
-    let pid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(PYTHON_DEADLINE) {
-        Ok(out) => out.expect("waiting for the python client"),
-        Err(_) => {
-            // SAFETY: kill(2) on our own child's pid; it is not reaped until wait_with_output returns.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("the python client did not finish within {PYTHON_DEADLINE:?}");
-        }
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// A `uminfer serve --grpc 127.0.0.1:0` child; SIGTERM and wait on drop.
 struct GrpcServer {
@@ -126,22 +108,12 @@ impl GrpcServer {
     /// SIGTERM, then wait (SIGKILL after 30 s); the exit status.
     fn stop(&mut self) -> ExitStatus {
         self.sigterm();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.child.try_wait().expect("waiting for the server") {
-                Some(status) => return status,
-                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                None => {
-                    let _ = self.child.kill();
-                    return self.child.wait().expect("waiting for the killed server");
-                }
-            }
-        }
+        common::wait_or_kill(&mut self.child, Duration::from_secs(30))
     }
 
     /// Runs a client to completion; panics with both sides' output when it fails.
     fn run_client(&mut self, python: &PathBuf, mode: &str, args: &[&str]) -> String {
-        let out = finish(client(python, mode, &self.url, args).spawn().expect("starting the venv python"));
+        let out = common::finish(client(python, mode, &self.url, args).spawn().expect("starting the venv python"), PYTHON_DEADLINE);
         self.check(mode, &out)
     }
 
@@ -280,7 +252,7 @@ fn sigterm_lets_requests_in_flight_finish_then_the_server_exits_cleanly() {
     let mut stdin: ChildStdin = child.stdin.take().expect("piped stdin");
     writeln!(stdin, "signalled").expect("telling the client");
     drop(stdin);
-    let out = finish(child);
+    let out = common::finish(child, PYTHON_DEADLINE);
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).expect("reading the client's output");
     let out = Output { stdout: rest.into_bytes(), ..out };

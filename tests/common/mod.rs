@@ -53,3 +53,41 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "element counts differ");
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// Waits for `child` and collects what is left of its output; kills it and
+/// panics after `deadline` (a hung client must fail the test, not hang it).
+pub fn finish(child: std::process::Child, deadline: std::time::Duration) -> std::process::Output {
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(out) => out.expect("waiting for a child process"),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child's pid; it is not reaped until wait_with_output returns.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the child process did not finish within {deadline:?}");
+        }
+    }
+}
+
+/// Text of an output stream.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Waits for `child` to exit (polling); kills it after `grace`. Its exit status.
+pub fn wait_or_kill(child: &mut std::process::Child, grace: std::time::Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        match child.try_wait().expect("waiting for a child process") {
+            Some(status) => return status,
+            None if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(20)),
+            None => {
+                let _ = child.kill();
+                return child.wait().expect("waiting for the killed child process");
+            }
+        }
+    }
+}
