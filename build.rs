@@ -220,7 +220,7 @@ fn embed_kernels(manifest: &Path, out: &Path) -> Result<()> {
 }
 
 /// Compiles Triton's `proto/grpc_service.proto` (it imports `model_config.proto`)
-/// into the tonic server of `src/oip/`. `protox` parses the files in Rust, so
+/// into the tonic server of `src/oip/` and the client `uminfer bench` uses. `protox` parses the files in Rust, so
 /// no system `protoc` is needed; `OUT_DIR/inference.rs` is the result.
 fn compile_protos(manifest: &Path) -> Result<()> {
     let dir = manifest.join("proto");
@@ -229,7 +229,7 @@ fn compile_protos(manifest: &Path) -> Result<()> {
     }
     let fds = protox::compile(["grpc_service.proto"], [&dir]).context("parsing proto/grpc_service.proto")?;
     tonic_prost_build::configure()
-        .build_client(false)
+        .build_client(true)
         .compile_fds(fds)
         .context("generating the gRPC service code from proto/grpc_service.proto")
 }

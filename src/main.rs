@@ -63,6 +63,14 @@ enum Command {
         /// The model's input shape, comma-separated (with --grpc: every model's).
         #[arg(long, default_value = "1,3,128,128", value_delimiter = ',')]
         input_shape: Vec<i64>,
+        /// With --grpc: serve Prometheus metrics on http://ADDR/metrics (port 0 picks
+        /// a free port). Prints `metrics=ADDR` on stdout after `grpc=ADDR`.
+        #[arg(long, value_name = "ADDR", conflicts_with = "name")]
+        metrics: Option<std::net::SocketAddr>,
+        /// With --grpc: concurrent streams (RPCs) per client connection (HTTP/2
+        /// SETTINGS_MAX_CONCURRENT_STREAMS).
+        #[arg(long, value_name = "N", default_value_t = uminfer::oip::server::DEFAULT_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "name")]
+        max_streams: u32,
     },
     /// Compare every scheme side by side on one model: table on stdout, --json, --plot.
     ///
@@ -231,14 +239,18 @@ fn shm_options(name: Option<String>, models: Vec<uminfer::oip::ModelSource>) -> 
     }
 }
 
-/// `serve --grpc`: the address goes to stdout as `grpc=ADDR` once listening.
+/// `serve --grpc`: the addresses go to stdout as `grpc=ADDR` (and
+/// `metrics=ADDR`) once listening.
 fn serve_grpc(opts: uminfer::oip::GrpcOptions) -> anyhow::Result<()> {
     let rt = Runtime::new();
     let server = uminfer::oip::GrpcServer::new(&rt, opts)?;
-    server.run(|addr| {
+    server.run(|at| {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "grpc={addr}");
+        let _ = writeln!(out, "grpc={}", at.grpc);
+        if let Some(metrics) = at.metrics {
+            let _ = writeln!(out, "metrics={metrics}");
+        }
         let _ = out.flush();
     })?;
     tracing::info!("stopped");
@@ -328,13 +340,15 @@ fn main() {
             report.exit_code()
         }
         Command::Run(a) => report_error(run(a)),
-        Command::Serve { name, grpc, model, mode, workers, max_bytes, input_shape } => match (grpc, name) {
+        Command::Serve { name, grpc, model, mode, workers, max_bytes, input_shape, metrics, max_streams } => match (grpc, name) {
             (Some(addr), _) => {
                 let mut opts = uminfer::oip::GrpcOptions::new(addr, model);
                 opts.mode = mode;
                 opts.sessions = workers;
                 opts.max_message_bytes = max_bytes;
                 opts.input_shape = input_shape;
+                opts.metrics_addr = metrics;
+                opts.max_streams = max_streams;
                 report_error(serve_grpc(opts))
             }
             (None, name) => report_error(shm_options(name, model).map(|mut opts| {

@@ -1,4 +1,5 @@
-//! `uminfer bench` end to end (few requests): JSON schema, statuses, picture.
+//! `uminfer bench` end to end (few requests): JSON schema, statuses (the
+//! gRPC schemes `oip-grpc` and `oip-grpc-shm` included), picture.
 
 mod common;
 
@@ -13,7 +14,7 @@ fn bench_runs_schemes_interleaved_and_writes_json_and_svg() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["bench", "--model"])
         .arg(common::model_path("tiny.pt"))
-        .args(["--requests", "30", "--warmup", "3", "--warmup-secs", "0", "--schemes", "serialize-copy,cpu-zero-copy,shm-ipc,tch-naive,py-torchscript,gpu-managed-graph", "--json"])
+        .args(["--requests", "30", "--warmup", "3", "--warmup-secs", "0", "--schemes", "serialize-copy,cpu-zero-copy,shm-ipc,oip-grpc,oip-grpc-shm,tch-naive,py-torchscript,gpu-managed-graph", "--json"])
         .arg(&json)
         .arg("--plot")
         .arg(&svg)
@@ -30,7 +31,7 @@ fn bench_runs_schemes_interleaved_and_writes_json_and_svg() {
     assert_eq!(v["schema_version"], 1);
     assert!(v["machine"]["cpu"].is_string() && v["machine"]["cores"].as_u64().unwrap() >= 1);
     let results = v["results"].as_array().unwrap();
-    assert_eq!(results.len(), 6);
+    assert_eq!(results.len(), 8);
     for r in results {
         for key in ["scheme", "model", "status", "reason", "samples", "p50_us", "p90_us", "p99_us", "mean_us", "std_us", "min_us", "max_us", "device_p50_us"] {
             assert!(r.get(key).is_some(), "result lacks {key}: {r}");
@@ -56,7 +57,7 @@ fn bench_runs_schemes_interleaved_and_writes_json_and_svg() {
 
     let picture = std::fs::read_to_string(&svg).unwrap();
     assert!(picture.starts_with("<svg") || picture.contains("<svg"), "not an SVG");
-    for s in ["cpu-zero-copy", "serialize-copy", "shm-ipc"] {
+    for s in ["cpu-zero-copy", "serialize-copy", "shm-ipc", "oip-grpc", "oip-grpc-shm"] {
         assert!(picture.contains(s), "{s} missing from the plot legend");
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -62,6 +62,20 @@ def health(url, models):
                 [("OUTPUT__0", "FP32", [int(d) for d in out.split(",")])])
         check(got == want, f"metadata of {name}: {got}, expected {want}")
         print(f"metadata_{name}=ok")
+    # grpc.health.v1.Health/Check, as a Kubernetes `grpc` probe sends it; the
+    # two messages are encoded by hand (field 1: service name / status enum).
+    check_rpc = grpc.insecure_channel(url).unary_unary(
+        "/grpc.health.v1.Health/Check", request_serializer=lambda s: b"\n" + bytes([len(s)]) + s.encode() if s else b"",
+        response_deserializer=lambda b: b[1] if len(b) == 2 and b[0] == 8 else 0)
+    for service in ["", "liveness", "inference.GRPCInferenceService"]:
+        check(check_rpc(service) == 1, f"grpc.health.v1 Check({service!r}) is not SERVING")
+    try:
+        check_rpc("no-such-service")
+    except grpc.RpcError as e:
+        check(e.code() == grpc.StatusCode.NOT_FOUND, f"Check of an unknown service: {e.code()}")
+    else:
+        fail("Check of an unknown service answered")
+    print("grpc_health=ok")
     print("health=ok")
 
 
@@ -272,8 +286,77 @@ def drain(url, x_path, expected_path, n):
     print(f"ok_after_signal={ok_after}")
 
 
+def count(url, x_path, expected_path, n_ok, n_bad, n_stream):
+    """For the /metrics test: sends n_ok good unary tiny requests, n_bad of a
+    wrong shape, one naming an unknown model, and n_stream good ones on a
+    stream; checks every answer."""
+    x, expected = np.load(x_path), np.load(expected_path)
+    n_ok, n_bad, n_stream = int(n_ok), int(n_bad), int(n_stream)
+    c = tg.InferenceServerClient(url)
+    for i in range(n_ok):
+        close(c.infer("tiny", [raw_input(x)]).as_numpy("OUTPUT__0"), expected, f"unary request {i}")
+    bad = np.zeros((1, 3, 8, 8), np.float32)
+    for i in range(n_bad):
+        try:
+            c.infer("tiny", [raw_input(bad)])
+        except InferenceServerException as e:
+            check(e.status() == "StatusCode.INVALID_ARGUMENT", f"bad request {i}: {e.status()} {e.message()}")
+        else:
+            fail(f"bad request {i} was answered")
+    try:
+        c.infer("no-such-model", [raw_input(x)])
+    except InferenceServerException as e:
+        check(e.status() == "StatusCode.NOT_FOUND", f"unknown model: {e.status()} {e.message()}")
+    else:
+        fail("a request for an unknown model was answered")
+    answers, done, lock = [], threading.Event(), threading.Lock()
+
+    def callback(result, error):
+        with lock:
+            answers.append((result, error))
+            if len(answers) == n_stream:
+                done.set()
+
+    c.start_stream(callback)
+    for i in range(n_stream):
+        c.async_stream_infer("tiny", [raw_input(x)], request_id=f"c-{i}")
+    check(done.wait(120), f"{len(answers)} of {n_stream} stream answers")
+    c.stop_stream()
+    for result, error in answers:
+        check(error is None, f"stream error {error}")
+        close(result.as_numpy("OUTPUT__0"), expected, f"stream request {result.get_response().id}")
+    print("count=ok")
+
+
+def bounded(url, x_path, expected_path, expect):
+    """Holds a stream open on the client's connection, then makes a unary
+    call on the same connection with a 2 s deadline. Under --max-streams 1
+    the call must wait for a free stream (DEADLINE_EXCEEDED: `expect` is
+    "waits"); otherwise it is answered (`expect` is "answered"). After the
+    stream closes, a unary call is answered either way."""
+    x, expected = np.load(x_path), np.load(expected_path)
+    c = tg.InferenceServerClient(url)
+    answered = threading.Event()
+    c.start_stream(lambda result, error: answered.set())
+    c.async_stream_infer("tiny", [raw_input(x)], request_id="open")
+    check(answered.wait(60), "the stream was not answered")
+    try:
+        y = c.infer("tiny", [raw_input(x)], client_timeout=2.0).as_numpy("OUTPUT__0")
+        close(y, expected, "unary call while the stream is open")
+        got = "answered"
+    except InferenceServerException as e:
+        check(e.status() == "StatusCode.DEADLINE_EXCEEDED", f"unary call while the stream is open: {e.status()} {e.message()}")
+        got = "waits"
+    check(got == expect, f"the unary call {got}, expected it {expect}")
+    print(f"while_stream_open={got}")
+    c.stop_stream()
+    close(c.infer("tiny", [raw_input(x)]).as_numpy("OUTPUT__0"), expected, "unary call after the stream")
+    print("after_stream=answered")
+
+
 if __name__ == "__main__":
     mode, url, *args = sys.argv[1:]
     {"health": lambda: health(url, args), "infer": lambda: infer(url, *args), "errors": lambda: errors(url, *args),
      "stream": lambda: stream(url, *args), "shm": lambda: system_shm(url, *args),
-     "drain": lambda: drain(url, args[0], args[1], int(args[2]))}[mode]()
+     "drain": lambda: drain(url, args[0], args[1], int(args[2])), "count": lambda: count(url, *args),
+     "bounded": lambda: bounded(url, *args)}[mode]()

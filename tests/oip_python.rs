@@ -1,13 +1,16 @@
 //! The Open Inference Protocol endpoint (`uminfer serve --grpc`) driven by
 //! Triton's own, unmodified Python client (`tritonclient[grpc]` in the
-//! project venv, through `tests/oip_client.py`): health and metadata,
+//! project venv, through `tests/oip_client.py`): health (also the standard
+//! `grpc.health.v1` service) and metadata,
 //! inference with `tiny` and `resnet18` equal to PyTorch's reference outputs
 //! (raw bytes and typed contents), a stream of many requests in flight each
 //! answered under its id, Triton's system shared memory extension (inputs
 //! read from and outputs written to registered `/dev/shm` regions, and each
 //! refusal), every error path as a clear gRPC status with the server still
-//! serving, and a SIGTERM that lets the requests in flight
-//! finish.
+//! serving, a SIGTERM that lets the requests in flight finish, the
+//! Prometheus `/metrics` counters (moved by exactly the requests sent),
+//! the `--max-streams` bound per connection, and a small load run from
+//! several client processes (`tests/oip_load.py`) with every answer checked.
 
 mod common;
 
@@ -46,12 +49,19 @@ macro_rules! require_python {
     };
 }
 
+/// `python tests/SCRIPT ARGS…`, stdin and stdout piped.
+fn script(python: &PathBuf, name: &str, args: &[&str]) -> Command {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join(name);
+    let mut cmd = Command::new(python);
+    cmd.arg(script).args(args);
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
 /// `python tests/oip_client.py MODE URL ARGS…`, stdin and stdout piped.
 fn client(python: &PathBuf, mode: &str, url: &str, args: &[&str]) -> Command {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oip_client.py");
-    let mut cmd = Command::new(python);
-    cmd.arg(script).args([mode, url]).args(args);
-    cmd.env("PYTHONDONTWRITEBYTECODE", "1").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut cmd = script(python, "oip_client.py", &[mode, url]);
+    cmd.args(args);
     cmd
 }
 
@@ -61,6 +71,8 @@ struct GrpcServer {
     child: Child,
     url: String,
     log: PathBuf,
+    /// The lines the server prints on stdout after `grpc=ADDR`.
+    stdout: std::sync::mpsc::Receiver<String>,
 }
 
 impl GrpcServer {
@@ -79,17 +91,28 @@ impl GrpcServer {
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            for line in BufReader::new(stdout).lines() {
+                if line.ok().and_then(|l| tx.send(l).ok()).is_none() {
+                    return;
+                }
+            }
         });
         let line = rx.recv_timeout(START_DEADLINE).unwrap_or_default();
-        let mut server = Self { child, url: String::new(), log };
+        let mut server = Self { child, url: String::new(), log, stdout: rx };
         match line.trim().strip_prefix("grpc=") {
             Some(addr) => server.url = addr.to_string(),
             None => panic!("the server did not report its address (stdout {line:?}); log:\n{}", server.log()),
         }
         server
+    }
+
+    /// The `/metrics` URL from the `metrics=ADDR` line (started with `--metrics`).
+    fn metrics_url(&self) -> String {
+        let line = self.stdout.recv_timeout(START_DEADLINE).unwrap_or_default();
+        match line.strip_prefix("metrics=") {
+            Some(addr) => format!("http://{addr}/metrics"),
+            None => panic!("the server did not report its metrics address (stdout {line:?}); log:\n{}", self.log()),
+        }
     }
 
     fn log(&self) -> String {
@@ -156,7 +179,7 @@ fn tritonclient_sees_a_live_ready_server_and_each_models_metadata() {
     let resnet = format!("resnet18={}", model("resnet18.pt"));
     let mut server = GrpcServer::start("health", &["--model", &tiny, "--model", &resnet]);
     let out = server.run_client(&py, "health", &["tiny:1,10", "resnet18:1,1000"]);
-    assert_eq!(lines(&out), ["metadata_tiny=ok", "metadata_resnet18=ok", "health=ok"]);
+    assert_eq!(lines(&out), ["metadata_tiny=ok", "metadata_resnet18=ok", "grpc_health=ok", "health=ok"]);
     let status = server.stop();
     assert!(status.success(), "the server did not stop cleanly on SIGTERM ({status}):\n{}", server.log());
 }
@@ -262,4 +285,73 @@ fn sigterm_lets_requests_in_flight_finish_then_the_server_exits_cleanly() {
     assert!(status.success(), "the server did not exit cleanly after SIGTERM ({status}):\n{}", server.log());
     let log = server.log();
     assert!(log.contains("finishing the requests in flight"), "{log}");
+}
+
+/// `GET url` (the OpenMetrics text).
+fn scrape(url: &str) -> String {
+    let mut resp = ureq::get(url).call().unwrap_or_else(|e| panic!("scraping {url}: {e}"));
+    let kind = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert!(kind.starts_with("application/openmetrics-text"), "content type {kind:?}");
+    resp.body_mut().read_to_string().expect("reading the metrics")
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' '))).map(|v| v.parse().expect("a numeric sample"))
+}
+
+#[test]
+fn metrics_count_every_request_by_model_mode_and_outcome() {
+    let py = require_python!();
+    let mut server = GrpcServer::start("metrics", &["--model", &model("tiny.pt"), "--metrics", "127.0.0.1:0"]);
+    let url = server.metrics_url();
+    let ok = r#"uminfer_inference_success_total{model="tiny",mode="cpu"}"#;
+    let latency = r#"uminfer_inference_duration_seconds_count{model="tiny",mode="cpu"}"#;
+    let invalid = r#"uminfer_inference_failure_total{model="tiny",mode="cpu",code="InvalidArgument"}"#;
+    let unknown = r#"uminfer_inference_failure_total{model="",mode="",code="NotFound"}"#;
+    let in_flight = "uminfer_inference_in_flight";
+    let before = scrape(&url);
+    assert_eq!((sample(&before, ok), sample(&before, invalid), sample(&before, in_flight)), (None, None, Some(0.0)), "{before}");
+    let (x, y) = (model("tiny.input.npy"), model("tiny.expected.npy"));
+    // Two rounds: 5 unary + 7 streamed good requests, 3 bad, 1 unknown model each.
+    for round in 1..=2 {
+        let out = server.run_client(&py, "count", &[&x, &y, "5", "3", "7"]);
+        assert_eq!(lines(&out), ["count=ok"]);
+        let now = scrape(&url);
+        let n = round as f64;
+        assert_eq!(sample(&now, ok), Some(12.0 * n), "{now}");
+        assert_eq!(sample(&now, latency), Some(12.0 * n), "{now}");
+        assert_eq!(sample(&now, invalid), Some(3.0 * n), "{now}");
+        assert_eq!(sample(&now, unknown), Some(n), "{now}");
+        assert_eq!(sample(&now, in_flight), Some(0.0), "{now}");
+        assert!(sample(&now, r#"uminfer_inference_duration_seconds_sum{model="tiny",mode="cpu"}"#).is_some_and(|s| s > 0.0), "{now}");
+    }
+}
+
+#[test]
+fn max_streams_bounds_the_streams_of_a_connection() {
+    let py = require_python!();
+    let (x, y) = (model("tiny.input.npy"), model("tiny.expected.npy"));
+    // One stream per connection: a unary call waits while the client's stream is open.
+    let mut bounded = GrpcServer::start("streams-1", &["--model", &model("tiny.pt"), "--max-streams", "1"]);
+    let out = bounded.run_client(&py, "bounded", &[&x, &y, "waits"]);
+    assert_eq!(lines(&out), ["while_stream_open=waits", "after_stream=answered"]);
+    // The default bound (200) lets the same call through.
+    let mut default = GrpcServer::start("streams-default", &["--model", &model("tiny.pt")]);
+    let out = default.run_client(&py, "bounded", &[&x, &y, "answered"]);
+    assert_eq!(lines(&out), ["while_stream_open=answered", "after_stream=answered"]);
+}
+
+#[test]
+fn load_run_from_several_tritonclient_processes_has_no_errors() {
+    let py = require_python!();
+    let mut server = GrpcServer::start("load", &["--workers", "2", "--model", &model("tiny.pt"), "--model", &model("identity.pt")]);
+    let models = common::model_path("tiny.pt").parent().expect("the models directory").display().to_string();
+    // Four processes (unary and stream, raw and shared memory), 20 requests each.
+    let out = common::finish(script(&py, "oip_load.py", &[&server.url, &models, "20"]).spawn().expect("starting the venv python"), PYTHON_DEADLINE);
+    let report = server.check("load", &out);
+    assert!(report.lines().any(|l| l == "errors=0"), "{report}");
+    for kind in ["unary-raw", "unary-shm", "stream-raw", "stream-shm"] {
+        assert!(report.lines().any(|l| l.split_whitespace().take(3).eq([kind, "20", "0"])), "{kind} row missing or with errors:\n{report}");
+    }
 }

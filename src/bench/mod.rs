@@ -5,9 +5,11 @@
 //! | module | holds |
 //! |---|---|
 //! | `schemes` | the schemes: serialize-copy, cpu-zero-copy, shm-ipc, GPU session modes, tch-naive, Python peers |
+//! | `oip` | the Open Inference Protocol schemes: oip-grpc, oip-grpc-shm (a `serve --grpc` child, a tonic client) |
 //! | [`stats`] | per-scheme statistics (hdrhistogram), ratios, the table |
 //! | [`plot`] | the latency CDF picture (plotters, SVG) |
 
+mod oip;
 pub mod plot;
 mod schemes;
 pub mod stats;
@@ -23,10 +25,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Every scheme, in table order.
-pub const SCHEMES: [&str; 10] = [
+pub const SCHEMES: [&str; 12] = [
     "serialize-copy",
     "cpu-zero-copy",
     "shm-ipc",
+    "oip-grpc",
+    "oip-grpc-shm",
     "gpu-copy",
     "gpu-pinned",
     "gpu-managed",
@@ -147,6 +151,7 @@ fn build(name: &str, rt: &Runtime, model: &crate::runtime::Model, opts: &BenchOp
             rt.check_mode(Mode::ShmIpc).map_err(|e| e.to_string())?;
             boxed(ShmIpc::start(&opts.model, &opts.shape))
         }
+        "oip-grpc" | "oip-grpc-shm" => boxed(oip::OipGrpc::start(&opts.model, &opts.shape, out_shape, name == "oip-grpc-shm")),
         "gpu-copy" | "gpu-pinned" | "gpu-managed" | "gpu-managed-graph" => {
             let mode: Mode = name.parse()?;
             rt.check_mode(mode).map_err(|e| e.to_string())?;

@@ -58,7 +58,7 @@ impl<T: BufferScheme> Scheme for T {
     }
 }
 
-fn threads_here() -> String {
+pub(super) fn threads_here() -> String {
     format!("intra-op {} (OMP_NUM_THREADS={})", tch::get_num_threads(), std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| "unset".into()))
 }
 
@@ -179,14 +179,26 @@ impl Scheme for SessionScheme {
     }
 }
 
+/// A `uminfer serve` child process, sent SIGTERM and waited for on drop.
+pub(super) struct ServerChild(pub(super) Child);
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid (not reaped before the wait below).
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
 /// `shm-ipc`: a `uminfer serve` child process and the shared-memory client;
 /// the request is written into the loaned sample, the output copied out.
 pub(crate) struct ShmIpc {
-    child: Child,
     client: Client,
     shape: Vec<i64>,
     input: Vec<f32>,
     output: Vec<f32>,
+    /// Declared last: stopped after the client is gone.
+    _server: ServerChild,
 }
 
 impl ShmIpc {
@@ -202,17 +214,10 @@ impl ShmIpc {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| Error::Os { call: "starting uminfer serve", source: e })?;
-        let mut child = child;
-        let client = match Client::connect(&name, Duration::from_secs(60)) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(e);
-            }
-        };
+        let server = ServerChild(child);
+        let client = Client::connect(&name, Duration::from_secs(60))?;
         let n = shape.iter().product::<i64>() as usize;
-        Ok(Self { child, client, shape: shape.to_vec(), input: vec![0.0; n], output: Vec::new() })
+        Ok(Self { client, shape: shape.to_vec(), input: vec![0.0; n], output: Vec::new(), _server: server })
     }
 
     fn round_trip(&mut self) -> Result<()> {
@@ -236,14 +241,6 @@ impl BufferScheme for ShmIpc {
     }
     fn thread_settings(&self) -> String {
         format!("server process: {}", threads_here())
-    }
-}
-
-impl Drop for ShmIpc {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
     }
 }
 

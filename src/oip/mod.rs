@@ -11,8 +11,10 @@
 //! | [`shm`] | Triton's system shared memory extension: registered `/dev/shm` regions |
 //! | [`status`] | request errors and their gRPC status codes |
 //! | [`service`] | the `GRPCInferenceService` implementation |
-//! | [`server`] | options, listening, graceful shutdown on SIGINT/SIGTERM |
+//! | [`metrics`] | Prometheus request metrics and the `/metrics` HTTP listener |
+//! | [`server`] | options, listening, the stream bound, graceful shutdown on SIGINT/SIGTERM |
 
+pub mod metrics;
 pub mod models;
 pub mod proto;
 pub mod server;
@@ -22,4 +24,4 @@ pub mod status;
 pub mod tensors;
 
 pub use models::{ModelSource, Models, ServedModel};
-pub use server::{GrpcOptions, GrpcServer};
+pub use server::{GrpcOptions, GrpcServer, Listening};

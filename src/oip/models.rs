@@ -7,6 +7,7 @@
 //! that a runtime can rely on, so the tensors are named as Triton's PyTorch
 //! backend names them: `INPUT__0` and `OUTPUT__0`.
 
+use super::metrics::ModelLabels;
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::session::{ModeChoice, SessionPool, SessionSpec};
@@ -63,6 +64,8 @@ pub struct ServedModel {
     pub input_shape: Vec<i64>,
     /// Output shape, from a probe run.
     pub output_shape: Vec<i64>,
+    /// The execution mode of its sessions.
+    pub mode: crate::Mode,
     /// The sessions that run it.
     pub pool: SessionPool,
 }
@@ -85,16 +88,22 @@ impl ServedModel {
         let output_shape = probe.size();
         let spec = SessionSpec::new(input_shape, &output_shape).mode_choice(mode);
         let pool = SessionPool::new(rt, &model, spec, sessions.max(1))?;
-        {
+        let mode = {
             let s = pool.checkout();
             tracing::info!("model {} ({}): input {input_shape:?}, output {output_shape:?}, mode {}: {}", source.name, source.path.display(), s.mode(), s.note());
-        }
-        Ok(Self { name: source.name.clone(), input_shape: input_shape.to_vec(), output_shape, pool })
+            s.mode()
+        };
+        Ok(Self { name: source.name.clone(), input_shape: input_shape.to_vec(), output_shape, mode, pool })
     }
 
     /// Input elements per request.
     pub fn input_len(&self) -> usize {
         self.input_shape.iter().product::<i64>() as usize
+    }
+
+    /// Its metric labels: name and mode.
+    pub fn labels(&self) -> ModelLabels {
+        ModelLabels { model: self.name.clone(), mode: self.mode.to_string() }
     }
 
     /// Output elements per request.

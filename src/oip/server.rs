@@ -1,7 +1,14 @@
-//! [`GrpcServer`]: loads the models, listens, serves until SIGINT or SIGTERM,
-//! then stops taking new requests and returns once the requests in flight
-//! have been answered (tonic's graceful shutdown).
+//! [`GrpcServer`]: loads the models, listens (and serves `/metrics` on its
+//! own port when asked), serves until SIGINT or SIGTERM, then stops taking
+//! new requests and returns once the requests in flight have been answered
+//! (tonic's graceful shutdown). Each connection is bounded to
+//! [`GrpcOptions::max_streams`] concurrent HTTP/2 streams. Beside the
+//! inference service it serves the standard `grpc.health.v1.Health` service
+//! (`tonic-health`) for orchestrators' probes: `""` and
+//! `inference.GRPCInferenceService` follow `ServerReady`, [`LIVENESS`]
+//! follows `ServerLive`.
 
+use super::metrics::Metrics;
 use super::models::{ModelSource, Models};
 use super::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use super::service::OipService;
@@ -9,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::session::ModeChoice;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// The default listening address (Triton's gRPC port).
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8001";
@@ -28,12 +36,44 @@ pub struct GrpcOptions {
     pub sessions: usize,
     /// Largest request message accepted, in bytes (larger: `OUT_OF_RANGE`, tonic's code).
     pub max_message_bytes: usize,
+    /// Where to serve Prometheus `/metrics` (HTTP/1); `None`: not served.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Concurrent HTTP/2 streams (RPCs) per client connection, advertised in
+    /// the SETTINGS frame (`SETTINGS_MAX_CONCURRENT_STREAMS`): a client opens
+    /// no more (gRPC clients queue further calls), and h2 refuses any more.
+    pub max_streams: u32,
+}
+
+/// The `grpc.health.v1` service name that answers `SERVING` while the
+/// process serves (as `ServerLive`); `""` answers as `ServerReady` does.
+pub const LIVENESS: &str = "liveness";
+
+/// The default of [`GrpcOptions::max_streams`] (hyper's own default).
+pub const DEFAULT_MAX_STREAMS: u32 = 200;
+
+/// Where a started server listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    /// The gRPC address.
+    pub grpc: SocketAddr,
+    /// The `/metrics` address, when served.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl GrpcOptions {
-    /// Defaults: input `1×3×128×128`, `cpu`, 1 session per model, 64 MiB messages.
+    /// Defaults: input `1×3×128×128`, `cpu`, 1 session per model, 64 MiB
+    /// messages, no metrics listener, 200 streams per connection.
     pub fn new(addr: SocketAddr, models: Vec<ModelSource>) -> Self {
-        Self { addr, models, input_shape: vec![1, 3, 128, 128], mode: ModeChoice::Fixed(crate::Mode::Cpu), sessions: 1, max_message_bytes: 64 << 20 }
+        Self {
+            addr,
+            models,
+            input_shape: vec![1, 3, 128, 128],
+            mode: ModeChoice::Fixed(crate::Mode::Cpu),
+            sessions: 1,
+            max_message_bytes: 64 << 20,
+            metrics_addr: None,
+            max_streams: DEFAULT_MAX_STREAMS,
+        }
     }
 }
 
@@ -50,23 +90,47 @@ impl GrpcServer {
         Ok(Self { opts, models })
     }
 
-    /// Listens, calls `on_listening` with the bound address, and serves until
+    /// Listens, calls `on_listening` with the bound addresses, and serves until
     /// SIGINT or SIGTERM; then refuses new inference requests (`UNAVAILABLE`,
     /// server not ready), answers those in flight, ends the open streams
     /// after their current request, and returns.
-    pub fn run(self, on_listening: impl FnOnce(SocketAddr)) -> Result<()> {
+    pub fn run(self, on_listening: impl FnOnce(Listening)) -> Result<()> {
         let grpc = |what: &str, e: &dyn std::fmt::Display| Error::Grpc(format!("{what}: {e}"));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("uminfer-grpc")
             .build()
             .map_err(|e| Error::Os { call: "starting the gRPC runtime", source: e })?;
+        if self.opts.max_streams == 0 {
+            return Err(Error::Argument("--max-streams 0 would refuse every request: expected at least 1".into()));
+        }
         rt.block_on(async move {
-            let incoming = tonic::transport::server::TcpIncoming::bind(self.opts.addr).map_err(|e| grpc(&format!("listening on {}", self.opts.addr), &e))?;
+            // TCP_NODELAY: without it Nagle's algorithm holds small responses back.
+            let incoming = tonic::transport::server::TcpIncoming::bind(self.opts.addr)
+                .map_err(|e| grpc(&format!("listening on {}", self.opts.addr), &e))?
+                .with_nodelay(Some(true));
             let addr = incoming.local_addr().map_err(|e| grpc("reading the bound address", &e))?;
             let (stop, stopping) = tokio::sync::watch::channel(false);
-            let service = GrpcInferenceServiceServer::new(OipService::new(self.models, stopping))
+            let metrics = Arc::new(Metrics::default());
+            let metrics_server = match self.opts.metrics_addr {
+                None => None,
+                Some(at) => {
+                    let listener = tokio::net::TcpListener::bind(at).await.map_err(|e| grpc(&format!("listening for /metrics on {at}"), &e))?;
+                    let bound = listener.local_addr().map_err(|e| grpc("reading the /metrics address", &e))?;
+                    let mut until = stopping.clone();
+                    let serve = axum::serve(listener, super::metrics::router(metrics.clone())).with_graceful_shutdown(async move {
+                        let _ = until.wait_for(|s| *s).await;
+                    });
+                    tracing::info!("serving Prometheus metrics on http://{bound}/metrics");
+                    Some((bound, tokio::spawn(async move { serve.await })))
+                }
+            };
+            let service = GrpcInferenceServiceServer::new(OipService::new(self.models, stopping, metrics))
                 .max_decoding_message_size(self.opts.max_message_bytes);
+            // `""` (the whole server) starts SERVING: every model is loaded by now.
+            let (health, health_service) = tonic_health::server::health_reporter();
+            health.set_serving::<GrpcInferenceServiceServer<OipService>>().await;
+            health.set_service_status(LIVENESS, tonic_health::ServingStatus::Serving).await;
             let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| grpc("installing the SIGTERM handler", &e))?;
             let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(|e| grpc("installing the SIGINT handler", &e))?;
             let shutdown = async move {
@@ -75,15 +139,23 @@ impl GrpcServer {
                     _ = sigint.recv() => {}
                 }
                 let _ = stop.send(true);
+                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                health.set_not_serving::<GrpcInferenceServiceServer<OipService>>().await;
                 tracing::info!("termination requested: finishing the requests in flight");
             };
             tracing::info!("serving the Open Inference Protocol (gRPC) on {addr}");
-            on_listening(addr);
-            tonic::transport::Server::builder()
+            on_listening(Listening { grpc: addr, metrics: metrics_server.as_ref().map(|(a, _)| *a) });
+            let served = tonic::transport::Server::builder()
+                .max_concurrent_streams(self.opts.max_streams)
                 .add_service(service)
+                .add_service(health_service)
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
-                .map_err(|e| grpc("serving", &e))
+                .map_err(|e| grpc("serving", &e));
+            if let Some((_, task)) = metrics_server {
+                task.await.map_err(|e| grpc("the /metrics task", &e))?.map_err(|e| grpc("serving /metrics", &e))?;
+            }
+            served
         })
     }
 }

@@ -6,8 +6,10 @@
 //! id; a refused request is answered in the stream (`error_message`, as
 //! Triton does) and the stream goes on. Every RPC this server does not offer
 //! answers `UNIMPLEMENTED` and says so. System shared memory regions
-//! ([`shm`](super::shm)) are registered here and used by inference.
+//! ([`shm`](super::shm)) are registered here and used by inference; every
+//! inference request is counted in the [`metrics`](super::metrics).
 
+use super::metrics::Metrics;
 use super::models::{Models, ServedModel, FP32, INPUT_NAME, OUTPUT_NAME, PLATFORM, VERSION};
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::model_infer_response::InferOutputTensor;
@@ -25,14 +27,16 @@ pub struct OipService {
     models: Models,
     shm: Arc<Registry>,
     stopping: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 }
 
 impl OipService {
     /// Serves `models`; `stopping` turns true when shutdown begins: the
     /// server is no longer ready, new inference requests are refused with
     /// `UNAVAILABLE`, and each stream ends after the request it is running.
-    pub fn new(models: Models, stopping: watch::Receiver<bool>) -> Self {
-        Self { models, shm: Arc::default(), stopping }
+    /// Inference requests are recorded in `metrics`.
+    pub fn new(models: Models, stopping: watch::Receiver<bool>, metrics: Arc<Metrics>) -> Self {
+        Self { models, shm: Arc::default(), stopping, metrics }
     }
 
     fn accepting(&self) -> bool {
@@ -48,17 +52,29 @@ impl OipService {
 const STREAM_BUFFER: usize = 16;
 
 /// One inference request, unary or from a stream: refused with `UNAVAILABLE`
-/// once shutdown began, else run on a blocking thread.
-async fn infer_request(models: &Models, shm: &Arc<Registry>, stopping: &watch::Receiver<bool>, req: ModelInferRequest) -> Result<ModelInferResponse, Status> {
-    if *stopping.borrow() {
-        return Err(RequestError::ShuttingDown.into());
+/// once shutdown began, else run on a blocking thread; counted in `metrics`.
+async fn infer_request(models: &Models, shm: &Arc<Registry>, stopping: &watch::Receiver<bool>, metrics: &Metrics, req: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+    let _in_flight = metrics.in_flight();
+    let start = std::time::Instant::now();
+    let model = models.get(&req.model_name, &req.model_version).cloned();
+    let labels = model.as_ref().map(|m| m.labels()).unwrap_or_default();
+    let result = async {
+        if *stopping.borrow() {
+            return Err(RequestError::ShuttingDown.into());
+        }
+        let m = model?;
+        let shm = shm.clone();
+        tokio::task::spawn_blocking(move || infer(&req, &m, &shm))
+            .await
+            .map_err(|e| Status::internal(format!("the inference task failed: {e}")))?
+            .map_err(Status::from)
     }
-    let m = models.get(&req.model_name, &req.model_version)?.clone();
-    let shm = shm.clone();
-    tokio::task::spawn_blocking(move || infer(&req, &m, &shm))
-        .await
-        .map_err(|e| Status::internal(format!("the inference task failed: {e}")))?
-        .map_err(Status::from)
+    .await;
+    match &result {
+        Ok(_) => metrics.success(&labels, start.elapsed()),
+        Err(status) => metrics.failure(&labels, status.code()),
+    }
+    result
 }
 
 /// Runs one request on model `m` (blocking: takes a session from its pool).
@@ -152,13 +168,13 @@ impl GrpcInferenceService for OipService {
     }
 
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        infer_request(&self.models, &self.shm, &self.stopping, r.into_inner()).await.map(Response::new)
+        infer_request(&self.models, &self.shm, &self.stopping, &self.metrics, r.into_inner()).await.map(Response::new)
     }
 
     async fn model_stream_infer(&self, r: Request<Streaming<ModelInferRequest>>) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let mut inbound = r.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
-        let (models, shm, mut stopping) = (self.models.clone(), self.shm.clone(), self.stopping.clone());
+        let (models, shm, mut stopping, metrics) = (self.models.clone(), self.shm.clone(), self.stopping.clone(), self.metrics.clone());
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -175,7 +191,7 @@ impl GrpcInferenceService for OipService {
                     }
                 };
                 let (id, model_name) = (req.id.clone(), req.model_name.clone());
-                let answer = match infer_request(&models, &shm, &stopping, req).await {
+                let answer = match infer_request(&models, &shm, &stopping, &metrics, req).await {
                     Ok(resp) => ModelStreamInferResponse { error_message: String::new(), infer_response: Some(resp) },
                     // The id goes back with the error too, so that the client can match it.
                     Err(status) => ModelStreamInferResponse {
