@@ -256,21 +256,25 @@ def system_shm(url, x_path, expected_path):
 
 
 def drain(url, x_path, expected_path, n):
-    """Sends n requests at once, says so, waits for the test's line on stdin
-    (sent after SIGTERM), then checks every answer: correct, or UNAVAILABLE
-    for a request that reached the server after shutdown began."""
+    """Sends n requests at once and says so once the first answer is back
+    (so the others have reached the server and are queued or running there,
+    not still in this client), waits for the test's line on stdin (sent after
+    SIGTERM), then checks every answer: correct, or UNAVAILABLE for a request
+    that reached the server after shutdown began."""
     x, expected = np.load(x_path), np.load(expected_path)
     c = tg.InferenceServerClient(url)
-    done, lock, results = threading.Event(), threading.Lock(), []
+    first, done, lock, results = threading.Event(), threading.Event(), threading.Lock(), []
 
     def callback(result, error):
         with lock:
             results.append((time.monotonic(), result, error))
+            first.set()
             if len(results) == n:
                 done.set()
 
     for i in range(n):
         c.async_infer("resnet18", [raw_input(x)], callback, request_id=str(i))
+    check(first.wait(120), "no answer to any of the requests")
     print("inflight=yes", flush=True)
     sys.stdin.readline()
     signalled = time.monotonic()
