@@ -86,7 +86,7 @@ impl ServedModel {
             });
         }
         let output_shape = probe.size();
-        let spec = SessionSpec::new(input_shape, &output_shape).mode_choice(mode);
+        let spec = SessionSpec::new(input_shape, &output_shape).mode_choice(mode).dedicated_thread(true);
         let pool = SessionPool::new(rt, &model, spec, sessions.max(1))?;
         let mode = {
             let s = pool.checkout();
