@@ -36,10 +36,9 @@ pub(crate) struct GpuParts {
     pub(crate) input: tch::Tensor,
     /// Tensor the result is copied into (same rules as `input`).
     pub(crate) output: tch::Tensor,
-    /// Managed input and output ranges (managed modes).
+    /// Managed input and output ranges to attach and prefetch (managed modes
+    /// with placement `Migrate`).
     pub(crate) managed: Option<(ManagedRange, ManagedRange)>,
-    /// Prefetch `managed` around each request (placement `Migrate`).
-    pub(crate) prefetch: bool,
     pub(crate) warmup: usize,
     pub(crate) allow_eager_fallback: bool,
     /// Raw u8 region (device address) → input region (device address).
@@ -154,7 +153,7 @@ impl GpuEngine {
     }
 
     fn prefetch(&self, to: Location) -> Result<()> {
-        let Some((i, o)) = self.parts.managed.filter(|_| self.parts.prefetch) else { return Ok(()) };
+        let Some((i, o)) = self.parts.managed else { return Ok(()) };
         if !self.parts.gpu.concurrent_managed_access() {
             return Ok(()); // prefetching needs concurrentManagedAccess; pages migrate on demand
         }

@@ -170,7 +170,7 @@ impl<I: Element, O: Element> Session<I, O> {
             random_fill(&mut input)?;
             let mut raw = match (&spec.preprocess, input.kind()) {
                 (None, _) => None,
-                (Some(p), crate::memory::RegionKind::Managed) => Some(Region::<u8>::managed(&gpu, p.len(), ManagedOptions::default())?),
+                (Some(p), RegionKind::Managed) => Some(Region::<u8>::managed(&gpu, p.len(), ManagedOptions::default())?),
                 (Some(p), _) => Some(Region::<u8>::pinned_mapped(&gpu, p.len())?),
             };
             if let Some(r) = raw.as_mut() {
@@ -205,7 +205,9 @@ impl<I: Element, O: Element> Session<I, O> {
             let tensor_addrs = (ti.data_ptr() as usize, to.data_ptr() as usize);
             // With preprocessing the host writes the raw region: that is what to prefetch.
             let host_written = raw.as_ref().map_or((input.device_ptr(), input.byte_len()), |r| (r.device_ptr(), r.byte_len()));
-            let managed = (input.kind() == crate::memory::RegionKind::Managed).then(|| {
+            // Host-resident pages are neither prefetched nor (needing
+            // concurrentManagedAccess) attached: the engine gets no ranges.
+            let managed = (managed_regions && !host_resident).then(|| {
                 (
                     ManagedRange { ptr: host_written.0.unwrap_or(0), bytes: host_written.1 },
                     ManagedRange { ptr: output.device_ptr().unwrap_or(0), bytes: output.byte_len() },
@@ -218,7 +220,6 @@ impl<I: Element, O: Element> Session<I, O> {
                 input: ti,
                 output: to,
                 managed,
-                prefetch: managed_regions && !host_resident,
                 warmup: spec.warmup,
                 allow_eager_fallback: spec.allow_eager_fallback,
                 preprocess,
