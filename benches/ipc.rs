@@ -1,11 +1,13 @@
 //! Round trip of the 196 KB `1×3×128×128` f32 input through each transport,
 //! the same bytes each way, server in a thread of this process:
 //!
-//! - `shm_iceoryx2/{identity,tiny}`: `uminfer::ipc` server + client (the
+//! - `shm_iceoryx2/{identity,tiny}`: a `uminfer serve` child process (the
+//!   binary as deployed, with its defaults) + the `uminfer::ipc` client (the
 //!   client copies the input into the loaned sample in one pass, reads the
 //!   response in place);
 //! - `unix_socket/identity`: a Unix-domain stream socket echoing the bytes
-//!   (length-prefixed): the transport baseline;
+//!   (length-prefixed), server in a thread of this process: the transport
+//!   baseline;
 //! - `http_json/identity`: JSON over loopback HTTP (tiny_http + ureq):
 //!   the serialising path a service would otherwise use;
 //! - `in_process_cpu_session/tiny`: the `cpu` session alone, the floor for `tiny`.
@@ -20,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use uminfer::doctor::{self, probe::ProbeOptions};
-use uminfer::ipc::{Client, ServeOptions, Server};
+use uminfer::ipc::Client;
 use uminfer::{Runtime, Session, SessionSpec};
 
 const SHAPE: [i64; 4] = [1, 3, 128, 128];
@@ -38,17 +40,20 @@ fn runtime() -> Runtime {
     Runtime::from_report(doctor::diagnose(ProbeOptions { smoke_tests: false }))
 }
 
-/// Runs a uminfer server for `model` while `f` runs.
+/// Runs `uminfer serve` for `model` in a child process while `f` runs.
 fn with_server(model_file: &str, f: impl FnOnce(&str)) {
     let name = format!("bench-{}-{}", model_file.trim_end_matches(".pt"), std::process::id());
-    let server = Server::new(&runtime(), ServeOptions::new(&name, model(model_file))).expect("server");
-    let stop = server.stop_handle();
-    std::thread::scope(|sc| {
-        let h = sc.spawn(|| server.run());
-        f(&name);
-        stop.store(true, Ordering::Release);
-        h.join().expect("server thread").expect("server");
-    });
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_uminfer"))
+        .args(["serve", "--name", &name, "--model"])
+        .arg(model(model_file))
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("starting uminfer serve");
+    f(&name);
+    // SAFETY: kill(2) on our own child, not yet waited for.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("waiting for uminfer serve");
+    assert!(status.success(), "uminfer serve exited with {status}");
 }
 
 fn shm(c: &mut Criterion) {

@@ -19,6 +19,7 @@
 //! | [`ops`] | preprocess (u8 HWC → normalised f32 NCHW) and postprocess (softmax, top-k) kernels with CPU references |
 //! | [`shim`] | what tch lacks, from the C++ shim: streams, CUDA graphs, libtorch facts |
 //! | [`memory`] | zero-copy regions (host, managed, pinned-mapped), views, pool |
+//! | [`malloc_tuning`] | glibc malloc thresholds that keep freed memory for the next request |
 //! | [`loaded_libs`] | which shared libraries the process loaded, from where |
 //! | [`build_info`] | versions and commit fixed at build time |
 //! | [`error`] | the library's error type |
@@ -34,6 +35,7 @@ pub mod error;
 pub mod ipc;
 pub mod kernels;
 pub mod loaded_libs;
+pub mod malloc_tuning;
 pub mod memory;
 pub mod mode;
 pub mod oip;

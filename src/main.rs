@@ -71,6 +71,22 @@ enum Command {
         /// SETTINGS_MAX_CONCURRENT_STREAMS).
         #[arg(long, value_name = "N", default_value_t = uminfer::oip::server::DEFAULT_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "name")]
         max_streams: u32,
+        /// libtorch intra-op threads of this process. Default: shared memory in
+        /// `cpu` mode leaves one core to the waiting client (cores − 1, at least
+        /// 1); otherwise libtorch's default (one per core). See docs/ipc.md.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        intra_op_threads: Option<u32>,
+    },
+    /// The serialize-copy scheme's HTTP/JSON server (started by `bench`; prints
+    /// `http=ADDR`, serves until killed).
+    #[command(hide = true)]
+    BenchJsonServer {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, value_delimiter = ',')]
+        input_shape: Vec<i64>,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        intra_op_threads: Option<u32>,
     },
     /// Compare every scheme side by side on one model: table on stdout, --json, --plot.
     ///
@@ -133,10 +149,15 @@ struct BenchArgs {
     /// Timed requests per scheme (default: 1000, or 100 for resnet18).
     #[arg(long)]
     requests: Option<usize>,
-    /// Requests each scheme runs back to back in its turn: 1 interleaves
-    /// strictly (sporadic traffic: caches and GPU clocks cool between
-    /// requests); the request count runs each scheme alone (steady state).
-    #[arg(long, default_value_t = 1)]
+    /// Requests each scheme runs back to back in its turn of a round. The
+    /// default, 20, keeps the schemes interleaved through the whole run while
+    /// each turn reaches the scheme's own steady state (its first requests,
+    /// which wake threads other schemes' turns put to sleep, count in the tail
+    /// percentiles). 1 interleaves strictly (sporadic traffic: every request
+    /// starts cold; on small machines the schemes' processes then mostly
+    /// measure each other, docs/performance.md); the request count runs each
+    /// scheme alone.
+    #[arg(long, default_value_t = 20)]
     burst: usize,
     /// Warm-up requests of every scheme before timing (at least).
     #[arg(long, default_value_t = 20)]
@@ -228,6 +249,15 @@ fn serve(opts: uminfer::ipc::ServeOptions) -> anyhow::Result<()> {
         n(&st.abandoned)
     );
     Ok(())
+}
+
+/// Sets libtorch's intra-op thread count for this process (`None`: keep
+/// libtorch's default) and logs what the sessions will use.
+fn set_intra_op_threads(n: Option<usize>) {
+    if let Some(n) = n {
+        tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
+    }
+    tracing::info!("libtorch intra-op threads: {}{}", tch::get_num_threads(), if n.is_some() { "" } else { " (libtorch's default)" });
 }
 
 /// Shared-memory serving takes one endpoint name and one model path.
@@ -340,8 +370,9 @@ fn main() {
             report.exit_code()
         }
         Command::Run(a) => report_error(run(a)),
-        Command::Serve { name, grpc, model, mode, workers, max_bytes, input_shape, metrics, max_streams } => match (grpc, name) {
+        Command::Serve { name, grpc, model, mode, workers, max_bytes, input_shape, metrics, max_streams, intra_op_threads } => match (grpc, name) {
             (Some(addr), _) => {
+                set_intra_op_threads(intra_op_threads.map(|n| n as usize));
                 let mut opts = uminfer::oip::GrpcOptions::new(addr, model);
                 opts.mode = mode;
                 opts.sessions = workers;
@@ -352,6 +383,8 @@ fn main() {
                 report_error(serve_grpc(opts))
             }
             (None, name) => report_error(shm_options(name, model).map(|mut opts| {
+                let default = (mode == ModeChoice::Fixed(uminfer::Mode::Cpu)).then(uminfer::ipc::server::cpu_intra_op_threads);
+                set_intra_op_threads(intra_op_threads.map(|n| n as usize).or(default));
                 opts.mode = mode;
                 opts.workers = workers;
                 opts.max_bytes = max_bytes;
@@ -360,6 +393,10 @@ fn main() {
             }).and_then(serve)),
         },
         Command::Bench(a) => report_error(bench(a)),
+        Command::BenchJsonServer { model, input_shape, intra_op_threads } => {
+            set_intra_op_threads(intra_op_threads.map(|n| n as usize));
+            report_error(uminfer::bench::json_server::run(&model, &input_shape).map_err(Into::into))
+        }
         Command::Infer { name, input, output, timeout } => report_error(infer(&name, &input, &output, timeout)),
     };
     std::process::exit(code);

@@ -27,7 +27,10 @@ impl Runtime {
     }
 
     /// A runtime over an existing report (tests, or a probe made elsewhere).
+    /// Either constructor also sets glibc's malloc thresholds once per process
+    /// ([`crate::malloc_tuning`]; `UMINFER_KEEP_FREED_MEMORY=0` opts out).
     pub fn from_report(report: Report) -> Self {
+        crate::malloc_tuning::apply_once();
         Self { report: Arc::new(report) }
     }
 

@@ -54,6 +54,12 @@ fn bench_runs_schemes_interleaved_and_writes_json_and_svg() {
     assert!((cpu["p50_vs_cpu_zero_copy"].as_f64().unwrap() - 1.0).abs() < 1e-9);
     let ser = results.iter().find(|r| r["scheme"] == "serialize-copy").unwrap();
     assert!((ser["p50_vs_serialize_copy"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+    // Server processes leave a core to the bench's client, and say so.
+    for scheme in ["serialize-copy", "shm-ipc", "oip-grpc", "oip-grpc-shm"] {
+        let r = results.iter().find(|r| r["scheme"] == scheme).unwrap();
+        let want = format!("server process: intra-op {}", uminfer::ipc::server::cpu_intra_op_threads());
+        assert!(r["threads"].as_str().unwrap().starts_with(&want), "{scheme}: {r}");
+    }
 
     let picture = std::fs::read_to_string(&svg).unwrap();
     assert!(picture.starts_with("<svg") || picture.contains("<svg"), "not an SVG");

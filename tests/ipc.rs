@@ -362,3 +362,17 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn serve_leaves_a_core_to_its_clients_unless_told_otherwise() {
+    for (extra, want) in [(&[][..], uminfer::ipc::server::cpu_intra_op_threads()), (&["--intra-op-threads", "3"][..], 3)] {
+        let name = unique("threads");
+        let server = ServerProcess::start(&name, "tiny.pt", extra);
+        let out = connect(&name).infer(&SHAPE, &npy("tiny.input.npy")).unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+        assert!(common::max_abs_diff(&out.1, &npy("tiny.expected.npy")) <= 1e-5);
+        let log = server.log();
+        let said = log.split("libtorch intra-op threads: ").nth(1).and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok());
+        assert_eq!(said, Some(want), "{extra:?}: the log does not say {want} intra-op threads:\n{log}");
+        server.signal(libc::SIGTERM);
+    }
+}

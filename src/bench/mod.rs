@@ -5,10 +5,12 @@
 //! | module | holds |
 //! |---|---|
 //! | `schemes` | the schemes: serialize-copy, cpu-zero-copy, shm-ipc, GPU session modes, tch-naive, Python peers |
+//! | [`json_server`] | serialize-copy's HTTP/JSON server process (`uminfer bench-json-server`) |
 //! | `oip` | the Open Inference Protocol schemes: oip-grpc, oip-grpc-shm (a `serve --grpc` child, a tonic client) |
 //! | [`stats`] | per-scheme statistics (hdrhistogram), ratios, the table |
 //! | [`plot`] | the latency CDF picture (plotters, SVG) |
 
+pub mod json_server;
 mod oip;
 pub mod plot;
 mod schemes;
@@ -145,7 +147,7 @@ fn boxed<S: Scheme + 'static>(r: Result<S>) -> std::result::Result<Box<dyn Schem
 /// Builds a scheme, or says why it is unavailable. `gpu`: a GPU is usable here.
 fn build(name: &str, rt: &Runtime, model: &crate::runtime::Model, opts: &BenchOptions, out_shape: &[i64], gpu: bool) -> std::result::Result<Box<dyn Scheme>, String> {
     match name {
-        "serialize-copy" => boxed(model.module(tch::Device::Cpu).and_then(|m| SerializeCopy::start(m, opts.shape.clone()))),
+        "serialize-copy" => boxed(SerializeCopy::start(&opts.model, &opts.shape)),
         "cpu-zero-copy" => boxed(SessionScheme::build(rt, model, opts, out_shape, Mode::Cpu)),
         "shm-ipc" => {
             rt.check_mode(Mode::ShmIpc).map_err(|e| e.to_string())?;

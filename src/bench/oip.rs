@@ -10,7 +10,7 @@
 //!   region parameters, the server reads the input in place and writes the
 //!   output into the output region.
 
-use super::schemes::{threads_here, Scheme, ServerChild};
+use super::schemes::{server_threads, server_threads_note, Scheme, ServerChild};
 use crate::error::{Error, Result};
 use crate::oip::models::{FP32, INPUT_NAME, OUTPUT_NAME};
 use crate::oip::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -149,7 +149,7 @@ impl OipGrpc {
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
         let mut server = ServerChild(
             Command::new(exe)
-                .args(["serve", "--grpc", "127.0.0.1:0", "--input-shape", &dims.join(","), "--model"])
+                .args(["serve", "--grpc", "127.0.0.1:0", "--input-shape", &dims.join(","), "--intra-op-threads", &server_threads().to_string(), "--model"])
                 .arg(format!("{MODEL}={}", model.display()))
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
@@ -248,6 +248,6 @@ impl Scheme for OipGrpc {
         self.output()
     }
     fn threads(&self) -> String {
-        format!("server process: {}; client: one tokio current-thread runtime", threads_here())
+        format!("{}; client: one tokio current-thread runtime", server_threads_note())
     }
 }

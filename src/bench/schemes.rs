@@ -8,12 +8,9 @@ use crate::ipc::Client;
 use crate::mode::Mode;
 use crate::runtime::{Model, Runtime};
 use crate::session::{RunTiming, Session, SessionSpec};
-use crate::shim::TorchModule;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 
@@ -58,55 +55,55 @@ impl<T: BufferScheme> Scheme for T {
     }
 }
 
+/// Intra-op threads of the server processes the bench starts: one core fewer
+/// than the machine has, since the bench's client shares the machine
+/// (`uminfer serve`'s default for shared memory; docs/ipc.md).
+pub(super) fn server_threads() -> usize {
+    crate::ipc::server::cpu_intra_op_threads()
+}
+
+/// The thread settings of a server process the bench started.
+pub(super) fn server_threads_note() -> String {
+    let n = server_threads();
+    format!("server process: intra-op {n} (--intra-op-threads {n}: cores - 1, a core left to the client)")
+}
+
 pub(super) fn threads_here() -> String {
     format!("intra-op {} (OMP_NUM_THREADS={})", tch::get_num_threads(), std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| "unset".into()))
 }
 
 /// `serialize-copy`: JSON over a loopback HTTP request to a real HTTP server
-/// (tiny_http), deserialised, copied into a tensor, forward, serialised back.
+/// (tiny_http, in a `uminfer bench-json-server` child process), deserialised,
+/// copied into a tensor, forward, serialised back.
 pub(crate) struct SerializeCopy {
     url: String,
     agent: ureq::Agent,
     input: Vec<f32>,
     output: Vec<f32>,
-    stop: Arc<AtomicBool>,
-    server: Option<std::thread::JoinHandle<()>>,
+    _server: ServerChild,
 }
 
 impl SerializeCopy {
-    pub(crate) fn start(module: Arc<TorchModule>, shape: Vec<i64>) -> Result<Self> {
-        let server = tiny_http::Server::http("127.0.0.1:0").map_err(|e| Error::Session(format!("HTTP server: {e}")))?;
-        let addr = server.server_addr().to_ip().ok_or_else(|| Error::Session("HTTP server has no IP address".into()))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let n: usize = shape.iter().product::<i64>() as usize;
-        let handle = std::thread::Builder::new()
-            .name("bench-http".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Acquire) {
-                    let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(100)) else { continue };
-                    let mut body = String::new();
-                    let reply = req
-                        .as_reader()
-                        .read_to_string(&mut body)
-                        .map_err(|e| e.to_string())
-                        .and_then(|_| serde_json::from_str::<Vec<f32>>(&body).map_err(|e| e.to_string()))
-                        .and_then(|v| if v.len() == n { Ok(v) } else { Err(format!("{} values, expected {n}", v.len())) })
-                        .and_then(|v| {
-                            let x = tch::Tensor::from_slice(&v).view(shape.as_slice());
-                            let y = module.forward(&x).map_err(|e| e.to_string())?;
-                            let out = Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| e.to_string())?;
-                            serde_json::to_string(&out).map_err(|e| e.to_string())
-                        });
-                    let resp = match reply {
-                        Ok(json) => tiny_http::Response::from_string(json),
-                        Err(e) => tiny_http::Response::from_string(e).with_status_code(400),
-                    };
-                    let _ = req.respond(resp);
-                }
-            })
-            .map_err(|e| Error::Os { call: "spawning the HTTP server", source: e })?;
-        Ok(Self { url: format!("http://{addr}/infer"), agent: ureq::Agent::new_with_defaults(), input: vec![0.0; n], output: Vec::new(), stop, server: Some(handle) })
+    pub(crate) fn start(model: &Path, shape: &[i64]) -> Result<Self> {
+        let exe = std::env::current_exe().map_err(|e| Error::Os { call: "finding the uminfer binary", source: e })?;
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let mut server = ServerChild(
+            Command::new(exe)
+                .args(["bench-json-server", "--input-shape", &dims.join(","), "--intra-op-threads", &server_threads().to_string(), "--model"])
+                .arg(model)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|e| Error::Os { call: "starting uminfer bench-json-server", source: e })?,
+        );
+        let stdout = server.0.stdout.take().ok_or_else(|| Error::Session("the JSON server has no stdout pipe".into()))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map_err(|source| Error::Os { call: "reading the JSON server's address", source })?;
+        let addr = line.trim().strip_prefix("http=").ok_or_else(|| Error::Session(format!("the JSON server did not start (it said {:?})", line.trim())))?;
+        let n = shape.iter().product::<i64>() as usize;
+        Ok(Self { url: format!("http://{addr}/infer"), agent: ureq::Agent::new_with_defaults(), input: vec![0.0; n], output: Vec::new(), _server: server })
     }
 
     fn post(&mut self) -> Result<()> {
@@ -129,16 +126,7 @@ impl BufferScheme for SerializeCopy {
         &self.output
     }
     fn thread_settings(&self) -> String {
-        threads_here()
-    }
-}
-
-impl Drop for SerializeCopy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(h) = self.server.take() {
-            let _ = h.join();
-        }
+        server_threads_note()
     }
 }
 
@@ -207,7 +195,7 @@ impl ShmIpc {
         let name = format!("bench-{}", std::process::id());
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
         let child = Command::new(exe)
-            .args(["serve", "--name", &name, "--input-shape", &dims.join(","), "--model"])
+            .args(["serve", "--name", &name, "--input-shape", &dims.join(","), "--intra-op-threads", &server_threads().to_string(), "--model"])
             .arg(model)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -240,7 +228,7 @@ impl BufferScheme for ShmIpc {
         &self.output
     }
     fn thread_settings(&self) -> String {
-        format!("server process: {}", threads_here())
+        server_threads_note()
     }
 }
 
