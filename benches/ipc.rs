@@ -8,7 +8,8 @@
 //! - `unix_socket/identity`: a Unix-domain stream socket echoing the bytes
 //!   (length-prefixed), server in a thread of this process: the transport
 //!   baseline;
-//! - `http_json/identity`: JSON over loopback HTTP (tiny_http + ureq):
+//! - `http_json/identity`: JSON over loopback HTTP (the `serialize-copy`
+//!   scheme's axum server, `uminfer bench-json-server`, and a ureq client):
 //!   the serialising path a service would otherwise use;
 //! - `in_process_cpu_session/tiny`: the `cpu` session alone, the floor for `tiny`.
 //!
@@ -18,8 +19,6 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use uminfer::doctor::{self, probe::ProbeOptions};
 use uminfer::ipc::Client;
@@ -104,22 +103,17 @@ fn unix_socket(c: &mut Criterion) {
 }
 
 fn http_json(c: &mut Criterion) {
-    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("http server"));
-    let addr = server.server_addr().to_ip().expect("ip address");
-    let done = Arc::new(AtomicBool::new(false));
-    let (srv, stop) = (server.clone(), done.clone());
-    let handle = std::thread::spawn(move || {
-        while !stop.load(Ordering::Acquire) {
-            if let Ok(Some(mut req)) = srv.recv_timeout(Duration::from_millis(100)) {
-                let mut body = String::new();
-                req.as_reader().read_to_string(&mut body).expect("body");
-                let v: Vec<f32> = serde_json::from_str(&body).expect("json");
-                let out = serde_json::to_string(&v).expect("json");
-                req.respond(tiny_http::Response::from_string(out)).expect("respond");
-            }
-        }
-    });
-    let url = format!("http://{addr}/infer");
+    // The `serialize-copy` scheme's server (`uminfer bench-json-server`) on the identity model.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_uminfer"))
+        .args(["bench-json-server", "--input-shape", "1,3,128,128", "--model"])
+        .arg(model("identity.pt"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting uminfer bench-json-server");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line).expect("server address");
+    let url = format!("http://{}/infer", line.trim().strip_prefix("http=").expect("http=ADDR"));
     let agent = ureq::Agent::new_with_defaults();
     let x = input();
     c.bench_function("http_json/identity", |b| {
@@ -130,8 +124,8 @@ fn http_json(c: &mut Criterion) {
             black_box(v[0]);
         })
     });
-    done.store(true, Ordering::Release);
-    handle.join().expect("http server thread");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn in_process(c: &mut Criterion) {

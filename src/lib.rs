@@ -19,6 +19,7 @@
 //! | [`ops`] | preprocess (u8 HWC → normalised f32 NCHW) and postprocess (softmax, top-k) kernels with CPU references |
 //! | [`shim`] | what tch lacks, from the C++ shim: streams, CUDA graphs, libtorch facts |
 //! | [`memory`] | zero-copy regions (host, managed, pinned-mapped), views, pool |
+//! | [`intra_op`] | libtorch intra-op threads of server processes whose clients share the machine |
 //! | [`malloc_tuning`] | glibc malloc thresholds that keep freed memory for the next request |
 //! | [`loaded_libs`] | which shared libraries the process loaded, from where |
 //! | [`build_info`] | versions and commit fixed at build time |
@@ -32,6 +33,7 @@ pub mod build_info;
 pub mod cuda;
 pub mod doctor;
 pub mod error;
+pub mod intra_op;
 pub mod ipc;
 pub mod kernels;
 pub mod loaded_libs;

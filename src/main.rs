@@ -71,11 +71,18 @@ enum Command {
         /// SETTINGS_MAX_CONCURRENT_STREAMS).
         #[arg(long, value_name = "N", default_value_t = uminfer::oip::server::DEFAULT_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "name")]
         max_streams: u32,
-        /// libtorch intra-op threads of this process. Default: shared memory in
-        /// `cpu` mode leaves one core to the waiting client (cores − 1, at least
-        /// 1); otherwise libtorch's default (one per core). See docs/ipc.md.
+        /// libtorch intra-op threads of this process. Default in `cpu` mode: one
+        /// core fewer than the machine has when a forward pass is short (under
+        /// 1.33 ms: clients on this machine spin on a core for such answers),
+        /// every core otherwise; other modes: libtorch's default. The log says
+        /// which and why (docs/ipc.md).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         intra_op_threads: Option<u32>,
+        /// Shared memory: after each request, busy-wait this many µs for the
+        /// next before sleeping (catches back-to-back requests without a
+        /// wake-up; costs that much CPU per request).
+        #[arg(long, value_name = "US", default_value_t = 50, conflicts_with = "grpc")]
+        spin_us: u64,
     },
     /// The serialize-copy scheme's HTTP/JSON server (started by `bench`; prints
     /// `http=ADDR`, serves until killed).
@@ -149,16 +156,20 @@ struct BenchArgs {
     /// Timed requests per scheme (default: 1000, or 100 for resnet18).
     #[arg(long)]
     requests: Option<usize>,
-    /// Requests each scheme runs back to back in its turn of a round. The
-    /// default, 20, keeps the schemes interleaved through the whole run while
-    /// each turn reaches the scheme's own steady state (its first requests,
-    /// which wake threads other schemes' turns put to sleep, count in the tail
-    /// percentiles). 1 interleaves strictly (sporadic traffic: every request
-    /// starts cold; on small machines the schemes' processes then mostly
-    /// measure each other, docs/performance.md); the request count runs each
-    /// scheme alone.
-    #[arg(long, default_value_t = 20)]
-    burst: usize,
+    /// Requests each scheme runs back to back in its turn of a round.
+    /// Default: a tenth of --requests, at most 100, so that every run has at
+    /// least 10 rounds, the schemes stay interleaved through the whole run,
+    /// and each turn reaches the scheme's own steady state (its first
+    /// requests, which wake what the pause between turns put to sleep, count
+    /// in the tail percentiles). 1 interleaves strictly (sporadic traffic:
+    /// every request starts cold); --requests runs each scheme alone.
+    #[arg(long)]
+    burst: Option<usize>,
+    /// Pause in ms after each scheme's turn, so that threads still spinning
+    /// from it (OpenMP workers spin for milliseconds after a forward pass)
+    /// are asleep before the next scheme's turn starts.
+    #[arg(long, default_value_t = 10.0)]
+    settle_ms: f64,
     /// Warm-up requests of every scheme before timing (at least).
     #[arg(long, default_value_t = 20)]
     warmup: usize,
@@ -208,11 +219,12 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         model: model.clone(),
         shape: a.shape,
         requests,
-        burst: a.burst,
+        burst: a.burst.unwrap_or((requests / 10).clamp(1, 100)),
+        settle: std::time::Duration::try_from_secs_f64(a.settle_ms / 1e3).context("--settle-ms must be a finite number of milliseconds, 0 or more")?,
         spin: a.spin_us.map(std::time::Duration::from_micros),
         managed_placement: a.managed_placement,
         warmup: a.warmup,
-        warmup_time: std::time::Duration::from_secs_f64(a.warmup_secs),
+        warmup_time: std::time::Duration::try_from_secs_f64(a.warmup_secs).context("--warmup-secs must be a finite number of seconds, 0 or more")?,
         schemes: a.schemes.unwrap_or_else(|| bench::SCHEMES.iter().map(|s| s.to_string()).collect()),
         python: a.python,
         core: usize::try_from(a.core).ok(),
@@ -235,8 +247,9 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(opts: uminfer::ipc::ServeOptions) -> anyhow::Result<()> {
+fn serve(opts: uminfer::ipc::ServeOptions, threads: Option<u32>) -> anyhow::Result<()> {
     let rt = Runtime::new();
+    choose_intra_op_threads(&rt, threads, opts.mode, std::slice::from_ref(&opts.model), &opts.input_shape)?;
     let server = uminfer::ipc::Server::new(&rt, opts)?;
     server.run()?;
     let st = server.stats();
@@ -251,13 +264,33 @@ fn serve(opts: uminfer::ipc::ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sets libtorch's intra-op thread count for this process (`None`: keep
-/// libtorch's default) and logs what the sessions will use.
-fn set_intra_op_threads(n: Option<usize>) {
-    if let Some(n) = n {
-        tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
-    }
-    tracing::info!("libtorch intra-op threads: {}{}", tch::get_num_threads(), if n.is_some() { "" } else { " (libtorch's default)" });
+/// Sets this server process's libtorch intra-op threads: `explicit`, else in
+/// `cpu` mode the choice for clients on this machine
+/// ([`uminfer::intra_op::for_local_clients`] over the slowest model's forward
+/// pass), else libtorch's default; logs the result.
+fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice, models: &[PathBuf], input_shape: &[i64]) -> anyhow::Result<()> {
+    use uminfer::intra_op;
+    let why = match explicit {
+        Some(n) => {
+            tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
+            "--intra-op-threads".to_string()
+        }
+        None if mode == ModeChoice::Fixed(uminfer::Mode::Cpu) => {
+            let mut slowest = std::time::Duration::ZERO;
+            for m in models {
+                slowest = slowest.max(intra_op::time_forward(&rt.model(m)?, input_shape)?);
+            }
+            let n = intra_op::for_local_clients(slowest);
+            tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
+            format!(
+                "automatic: a forward pass takes {slowest:?} with libtorch's default threads; under {:?} a core is left to the clients",
+                intra_op::SHORT_FORWARD
+            )
+        }
+        None => "libtorch's default".to_string(),
+    };
+    tracing::info!("libtorch intra-op threads: {} ({why})", tch::get_num_threads());
+    Ok(())
 }
 
 /// Shared-memory serving takes one endpoint name and one model path.
@@ -271,8 +304,10 @@ fn shm_options(name: Option<String>, models: Vec<uminfer::oip::ModelSource>) -> 
 
 /// `serve --grpc`: the addresses go to stdout as `grpc=ADDR` (and
 /// `metrics=ADDR`) once listening.
-fn serve_grpc(opts: uminfer::oip::GrpcOptions) -> anyhow::Result<()> {
+fn serve_grpc(opts: uminfer::oip::GrpcOptions, threads: Option<u32>) -> anyhow::Result<()> {
     let rt = Runtime::new();
+    let paths: Vec<PathBuf> = opts.models.iter().map(|m| m.path.clone()).collect();
+    choose_intra_op_threads(&rt, threads, opts.mode, &paths, &opts.input_shape)?;
     let server = uminfer::oip::GrpcServer::new(&rt, opts)?;
     server.run(|at| {
         use std::io::Write;
@@ -370,9 +405,8 @@ fn main() {
             report.exit_code()
         }
         Command::Run(a) => report_error(run(a)),
-        Command::Serve { name, grpc, model, mode, workers, max_bytes, input_shape, metrics, max_streams, intra_op_threads } => match (grpc, name) {
+        Command::Serve { name, grpc, model, mode, workers, max_bytes, input_shape, metrics, max_streams, intra_op_threads, spin_us } => match (grpc, name) {
             (Some(addr), _) => {
-                set_intra_op_threads(intra_op_threads.map(|n| n as usize));
                 let mut opts = uminfer::oip::GrpcOptions::new(addr, model);
                 opts.mode = mode;
                 opts.sessions = workers;
@@ -380,21 +414,22 @@ fn main() {
                 opts.input_shape = input_shape;
                 opts.metrics_addr = metrics;
                 opts.max_streams = max_streams;
-                report_error(serve_grpc(opts))
+                report_error(serve_grpc(opts, intra_op_threads))
             }
             (None, name) => report_error(shm_options(name, model).map(|mut opts| {
-                let default = (mode == ModeChoice::Fixed(uminfer::Mode::Cpu)).then(uminfer::ipc::server::cpu_intra_op_threads);
-                set_intra_op_threads(intra_op_threads.map(|n| n as usize).or(default));
                 opts.mode = mode;
                 opts.workers = workers;
+                opts.spin = std::time::Duration::from_micros(spin_us);
                 opts.max_bytes = max_bytes;
                 opts.input_shape = input_shape;
                 opts
-            }).and_then(serve)),
+            }).and_then(|opts| serve(opts, intra_op_threads))),
         },
         Command::Bench(a) => report_error(bench(a)),
         Command::BenchJsonServer { model, input_shape, intra_op_threads } => {
-            set_intra_op_threads(intra_op_threads.map(|n| n as usize));
+            if let Some(n) = intra_op_threads {
+                tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
+            }
             report_error(uminfer::bench::json_server::run(&model, &input_shape).map_err(Into::into))
         }
         Command::Infer { name, input, output, timeout } => report_error(infer(&name, &input, &output, timeout)),

@@ -54,12 +54,18 @@ fn bench_runs_schemes_interleaved_and_writes_json_and_svg() {
     assert!((cpu["p50_vs_cpu_zero_copy"].as_f64().unwrap() - 1.0).abs() < 1e-9);
     let ser = results.iter().find(|r| r["scheme"] == "serialize-copy").unwrap();
     assert!((ser["p50_vs_serialize_copy"].as_f64().unwrap() - 1.0).abs() < 1e-9);
-    // Server processes leave a core to the bench's client, and say so.
-    for scheme in ["serialize-copy", "shm-ipc", "oip-grpc", "oip-grpc-shm"] {
-        let r = results.iter().find(|r| r["scheme"] == scheme).unwrap();
-        let want = format!("server process: intra-op {}", uminfer::ipc::server::cpu_intra_op_threads());
-        assert!(r["threads"].as_str().unwrap().starts_with(&want), "{scheme}: {r}");
-    }
+    // Server processes all get the threads the rule chose (a core fewer for
+    // tiny, unless this machine was so loaded that even its fastest forward
+    // pass looked long), and say so.
+    let notes: Vec<&str> = ["serialize-copy", "shm-ipc", "oip-grpc", "oip-grpc-shm"]
+        .iter()
+        .map(|s| results.iter().find(|r| r["scheme"] == *s).unwrap()["threads"].as_str().unwrap())
+        .collect();
+    let (fewer, all) = (uminfer::intra_op::fewer_cores(), uminfer::intra_op::cores());
+    assert!(
+        notes.iter().all(|n| n.starts_with(&format!("server process: intra-op {fewer} ("))) || notes.iter().all(|n| n.starts_with(&format!("server process: intra-op {all} ("))),
+        "{notes:?}"
+    );
 
     let picture = std::fs::read_to_string(&svg).unwrap();
     assert!(picture.starts_with("<svg") || picture.contains("<svg"), "not an SVG");

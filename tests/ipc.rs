@@ -365,7 +365,7 @@ mod fuzz {
 
 #[test]
 fn serve_leaves_a_core_to_its_clients_unless_told_otherwise() {
-    for (extra, want) in [(&[][..], uminfer::ipc::server::cpu_intra_op_threads()), (&["--intra-op-threads", "3"][..], 3)] {
+    for (extra, want) in [(&[][..], uminfer::intra_op::fewer_cores()), (&["--intra-op-threads", "3"][..], 3)] {
         let name = unique("threads");
         let server = ServerProcess::start(&name, "tiny.pt", extra);
         let out = connect(&name).infer(&SHAPE, &npy("tiny.input.npy")).unwrap_or_else(|e| panic!("{e}\n{}", server.log()));

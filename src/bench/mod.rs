@@ -54,6 +54,12 @@ pub struct BenchOptions {
     /// Requests a scheme runs back to back in its turn (1: strict
     /// round-robin; `requests`: each scheme alone, in steady state).
     pub burst: usize,
+    /// Pause after each scheme's turn (when more than one scheme runs), so
+    /// that threads still spinning from that turn have gone to sleep before
+    /// the next scheme's turn: libtorch's OpenMP workers spin for several
+    /// milliseconds after a forward pass (measured ~7.5 ms of CPU on the
+    /// 2-core build machine), taking a core from whatever runs next.
+    pub settle: Duration,
     /// Warm-up requests per scheme before timing...
     pub warmup: usize,
     /// ...lasting at least this long.
@@ -94,6 +100,8 @@ pub struct BenchReport {
     pub requests: usize,
     /// Requests per scheme per turn (see [`BenchOptions::burst`]).
     pub burst: usize,
+    /// Pause between turns in milliseconds (see [`BenchOptions::settle`]).
+    pub settle_ms: f64,
     /// Session busy-wait set by `--spin-us` (`null`: the session default).
     pub spin_us: Option<u64>,
     /// Page placement of the managed schemes (`migrate`, `host-resident`).
@@ -121,6 +129,38 @@ fn machine(rt: &Runtime) -> Machine {
     }
 }
 
+/// Most memory the pre-drawn inputs take.
+const INPUT_POOL_BYTES: usize = 64 << 20;
+/// Most pre-drawn inputs.
+const INPUT_POOL_LEN: usize = 32;
+
+/// Inputs drawn before the run, so that the bench's own work between two
+/// requests is one copy (~10 µs for 196 KB) rather than drawing 49 152
+/// random numbers: a long gap lets a server that spins briefly for the next
+/// request fall asleep, and the scheme would pay a wake-up the harness caused.
+/// Consecutive requests get different inputs (at least 2 in the pool).
+struct InputPool(Vec<Vec<f32>>);
+
+impl InputPool {
+    fn new(n: usize) -> Self {
+        let len = (INPUT_POOL_BYTES / (n * std::mem::size_of::<f32>()).max(1)).clamp(2, INPUT_POOL_LEN);
+        Self(
+            (0..len as u64)
+                .map(|i| {
+                    let mut v = vec![0f32; n];
+                    random_input(i + 1, n, &mut v);
+                    v
+                })
+                .collect(),
+        )
+    }
+
+    /// The input of request `seed`.
+    fn get(&self, seed: u64) -> &[f32] {
+        &self.0[(seed % self.0.len() as u64) as usize]
+    }
+}
+
 /// Fresh pseudo-random input for round `seed`.
 fn random_input(seed: u64, n: usize, out: &mut [f32]) {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -145,15 +185,27 @@ fn boxed<S: Scheme + 'static>(r: Result<S>) -> std::result::Result<Box<dyn Schem
 }
 
 /// Builds a scheme, or says why it is unavailable. `gpu`: a GPU is usable here.
-fn build(name: &str, rt: &Runtime, model: &crate::runtime::Model, opts: &BenchOptions, out_shape: &[i64], gpu: bool) -> std::result::Result<Box<dyn Scheme>, String> {
+/// What a scheme is built from.
+struct Context<'a> {
+    rt: &'a Runtime,
+    model: &'a crate::runtime::Model,
+    opts: &'a BenchOptions,
+    out_shape: &'a [i64],
+    gpu: bool,
+    /// Intra-op threads of the server processes ([`crate::intra_op::for_local_clients`]).
+    server_threads: usize,
+}
+
+fn build(name: &str, cx: &Context<'_>) -> std::result::Result<Box<dyn Scheme>, String> {
+    let Context { rt, model, opts, out_shape, gpu, server_threads } = *cx;
     match name {
-        "serialize-copy" => boxed(SerializeCopy::start(&opts.model, &opts.shape)),
+        "serialize-copy" => boxed(SerializeCopy::start(&opts.model, &opts.shape, server_threads)),
         "cpu-zero-copy" => boxed(SessionScheme::build(rt, model, opts, out_shape, Mode::Cpu)),
         "shm-ipc" => {
             rt.check_mode(Mode::ShmIpc).map_err(|e| e.to_string())?;
-            boxed(ShmIpc::start(&opts.model, &opts.shape))
+            boxed(ShmIpc::start(&opts.model, &opts.shape, server_threads))
         }
-        "oip-grpc" | "oip-grpc-shm" => boxed(oip::OipGrpc::start(&opts.model, &opts.shape, out_shape, name == "oip-grpc-shm")),
+        "oip-grpc" | "oip-grpc-shm" => boxed(oip::OipGrpc::start(&opts.model, &opts.shape, out_shape, name == "oip-grpc-shm", server_threads)),
         "gpu-copy" | "gpu-pinned" | "gpu-managed" | "gpu-managed-graph" => {
             let mode: Mode = name.parse()?;
             rt.check_mode(mode).map_err(|e| e.to_string())?;
@@ -186,13 +238,19 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
     let out_shape = reference.size();
     let reference = Vec::<f32>::try_from(reference.flatten(0, -1))?;
     let model_name = opts.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    // Servers get the threads `uminfer serve` would choose (this process still
+    // has libtorch's default threads, as the rule's timing wants).
+    let forward = crate::intra_op::time_forward(&model, &opts.shape)?;
+    let server_threads = crate::intra_op::for_local_clients(forward);
+    tracing::info!("a CPU forward pass takes {forward:?}: server processes get {server_threads} intra-op threads");
+    let cx = Context { rt, model: &model, opts, out_shape: &out_shape, gpu, server_threads };
 
     // Build and check every scheme.
     let mut results: Vec<SchemeResult> = Vec::new();
     let mut live: Vec<(String, Box<dyn Scheme>, TimingRecorder)> = Vec::new();
     for name in &opts.schemes {
         tracing::info!("preparing {name}");
-        match build(name, rt, &model, opts, &out_shape, gpu) {
+        match build(name, &cx) {
             Err(reason) => results.push(SchemeResult::without_samples(name, &model_name, Status::Unavailable, reason)),
             Ok(mut s) => {
                 // GPU convolutions may use TF32 (libtorch's default): a looser bound there.
@@ -225,7 +283,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut data = vec![0f32; n];
+    let inputs = InputPool::new(n);
     let mut failed: Vec<(String, String)> = Vec::new();
     let warm_start = Instant::now();
     let mut round: u64 = 0;
@@ -240,8 +298,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
             let (name, scheme, timing) = &mut live[idx];
             for k in 0..this_burst {
                 let seed = round * burst + k + 1;
-                random_input(seed, n, &mut data);
-                match scheme.refresh(seed, &data).and_then(|_| scheme.request()) {
+                match scheme.refresh(seed, inputs.get(seed)).and_then(|_| scheme.request()) {
                     Ok(t) if !warming => timing.record(t),
                     Ok(_) => {}
                     Err(e) => {
@@ -250,6 +307,9 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
                         break;
                     }
                 }
+            }
+            if live.len() > 1 {
+                std::thread::sleep(opts.settle);
             }
         }
         dead.sort_unstable();
@@ -279,6 +339,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         shape: opts.shape.clone(),
         requests: opts.requests,
         burst: burst as usize,
+        settle_ms: opts.settle.as_secs_f64() * 1e3,
         spin_us: opts.spin.map(|d| d.as_micros() as u64),
         managed_placement: opts.managed_placement.to_string(),
         warmup: opts.warmup,

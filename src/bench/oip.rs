@@ -10,7 +10,7 @@
 //!   region parameters, the server reads the input in place and writes the
 //!   output into the output region.
 
-use super::schemes::{server_threads, server_threads_note, Scheme, ServerChild};
+use super::schemes::{server_threads_note, Scheme, ServerChild};
 use crate::error::{Error, Result};
 use crate::oip::models::{FP32, INPUT_NAME, OUTPUT_NAME};
 use crate::oip::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -128,6 +128,7 @@ pub(crate) struct OipGrpc {
     template: ModelInferRequest,
     output_len: usize,
     transport: Transport,
+    threads: usize,
     /// Declared last: stopped after the client is gone.
     _server: ServerChild,
 }
@@ -144,12 +145,12 @@ fn region_params(region: &str, byte_size: usize) -> HashMap<String, InferParamet
 impl OipGrpc {
     /// Starts `uminfer serve --grpc 127.0.0.1:0` on `model` and connects; with
     /// `shm`, creates and registers the two shared memory regions.
-    pub(crate) fn start(model: &Path, shape: &[i64], out_shape: &[i64], shm: bool) -> Result<Self> {
+    pub(crate) fn start(model: &Path, shape: &[i64], out_shape: &[i64], shm: bool, threads: usize) -> Result<Self> {
         let exe = std::env::current_exe().map_err(|e| Error::Os { call: "finding the uminfer binary", source: e })?;
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
         let mut server = ServerChild(
             Command::new(exe)
-                .args(["serve", "--grpc", "127.0.0.1:0", "--input-shape", &dims.join(","), "--intra-op-threads", &server_threads().to_string(), "--model"])
+                .args(["serve", "--grpc", "127.0.0.1:0", "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"])
                 .arg(format!("{MODEL}={}", model.display()))
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
@@ -192,7 +193,7 @@ impl OipGrpc {
             Transport::Raw { input: vec![0.0; input_len], output: Vec::new() }
         };
         let template = ModelInferRequest { model_name: MODEL.into(), inputs: vec![input], outputs: vec![output], ..Default::default() };
-        Ok(Self { rt, client, template, output_len, transport, _server: server })
+        Ok(Self { rt, client, template, output_len, transport, threads, _server: server })
     }
 
     /// One request from the caller's input memory; the output is readable when it returns.
@@ -248,6 +249,6 @@ impl Scheme for OipGrpc {
         self.output()
     }
     fn threads(&self) -> String {
-        format!("{}; client: one tokio current-thread runtime", server_threads_note())
+        format!("{}; client: one tokio current-thread runtime", server_threads_note(self.threads))
     }
 }

@@ -55,17 +55,11 @@ impl<T: BufferScheme> Scheme for T {
     }
 }
 
-/// Intra-op threads of the server processes the bench starts: one core fewer
-/// than the machine has, since the bench's client shares the machine
-/// (`uminfer serve`'s default for shared memory; docs/ipc.md).
-pub(super) fn server_threads() -> usize {
-    crate::ipc::server::cpu_intra_op_threads()
-}
-
-/// The thread settings of a server process the bench started.
-pub(super) fn server_threads_note() -> String {
-    let n = server_threads();
-    format!("server process: intra-op {n} (--intra-op-threads {n}: cores - 1, a core left to the client)")
+/// The thread settings of a server process the bench started with
+/// `--intra-op-threads threads` ([`crate::intra_op::for_local_clients`]).
+pub(super) fn server_threads_note(threads: usize) -> String {
+    let why = if threads < crate::intra_op::cores() { "cores - 1: a short forward pass, a core left to the client" } else { "all cores: a long forward pass" };
+    format!("server process: intra-op {threads} (--intra-op-threads {threads}, {why})")
 }
 
 pub(super) fn threads_here() -> String {
@@ -73,23 +67,24 @@ pub(super) fn threads_here() -> String {
 }
 
 /// `serialize-copy`: JSON over a loopback HTTP request to a real HTTP server
-/// (tiny_http, in a `uminfer bench-json-server` child process), deserialised,
+/// (axum, in a `uminfer bench-json-server` child process), deserialised,
 /// copied into a tensor, forward, serialised back.
 pub(crate) struct SerializeCopy {
     url: String,
     agent: ureq::Agent,
     input: Vec<f32>,
     output: Vec<f32>,
+    threads: usize,
     _server: ServerChild,
 }
 
 impl SerializeCopy {
-    pub(crate) fn start(model: &Path, shape: &[i64]) -> Result<Self> {
+    pub(crate) fn start(model: &Path, shape: &[i64], threads: usize) -> Result<Self> {
         let exe = std::env::current_exe().map_err(|e| Error::Os { call: "finding the uminfer binary", source: e })?;
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
         let mut server = ServerChild(
             Command::new(exe)
-                .args(["bench-json-server", "--input-shape", &dims.join(","), "--intra-op-threads", &server_threads().to_string(), "--model"])
+                .args(["bench-json-server", "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"])
                 .arg(model)
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
@@ -103,7 +98,7 @@ impl SerializeCopy {
         BufReader::new(stdout).read_line(&mut line).map_err(|source| Error::Os { call: "reading the JSON server's address", source })?;
         let addr = line.trim().strip_prefix("http=").ok_or_else(|| Error::Session(format!("the JSON server did not start (it said {:?})", line.trim())))?;
         let n = shape.iter().product::<i64>() as usize;
-        Ok(Self { url: format!("http://{addr}/infer"), agent: ureq::Agent::new_with_defaults(), input: vec![0.0; n], output: Vec::new(), _server: server })
+        Ok(Self { url: format!("http://{addr}/infer"), agent: ureq::Agent::new_with_defaults(), input: vec![0.0; n], output: Vec::new(), threads, _server: server })
     }
 
     fn post(&mut self) -> Result<()> {
@@ -126,7 +121,7 @@ impl BufferScheme for SerializeCopy {
         &self.output
     }
     fn thread_settings(&self) -> String {
-        server_threads_note()
+        server_threads_note(self.threads)
     }
 }
 
@@ -185,17 +180,18 @@ pub(crate) struct ShmIpc {
     shape: Vec<i64>,
     input: Vec<f32>,
     output: Vec<f32>,
+    threads: usize,
     /// Declared last: stopped after the client is gone.
     _server: ServerChild,
 }
 
 impl ShmIpc {
-    pub(crate) fn start(model: &Path, shape: &[i64]) -> Result<Self> {
+    pub(crate) fn start(model: &Path, shape: &[i64], threads: usize) -> Result<Self> {
         let exe = std::env::current_exe().map_err(|e| Error::Os { call: "finding the uminfer binary", source: e })?;
         let name = format!("bench-{}", std::process::id());
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
         let child = Command::new(exe)
-            .args(["serve", "--name", &name, "--input-shape", &dims.join(","), "--intra-op-threads", &server_threads().to_string(), "--model"])
+            .args(["serve", "--name", &name, "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"])
             .arg(model)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -205,7 +201,7 @@ impl ShmIpc {
         let server = ServerChild(child);
         let client = Client::connect(&name, Duration::from_secs(60))?;
         let n = shape.iter().product::<i64>() as usize;
-        Ok(Self { client, shape: shape.to_vec(), input: vec![0.0; n], output: Vec::new(), _server: server })
+        Ok(Self { client, shape: shape.to_vec(), input: vec![0.0; n], output: Vec::new(), threads, _server: server })
     }
 
     fn round_trip(&mut self) -> Result<()> {
@@ -228,7 +224,7 @@ impl BufferScheme for ShmIpc {
         &self.output
     }
     fn thread_settings(&self) -> String {
-        server_threads_note()
+        server_threads_note(self.threads)
     }
 }
 

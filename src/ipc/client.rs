@@ -14,18 +14,20 @@ use iceoryx2::prelude::*;
 use std::time::{Duration, Instant};
 
 /// Least time a client polls for its response (yielding the CPU between
-/// polls) before sleeping on its listener.
+/// polls) before sleeping on its listener, while responses are short.
 pub const CLIENT_SPIN: Duration = Duration::from_micros(200);
-/// Most time a client polls before sleeping.
-pub const MAX_CLIENT_SPIN: Duration = Duration::from_millis(5);
+/// Most time a client polls before sleeping. When its typical response takes
+/// longer than two thirds of this, the client sleeps at once: a wake-up
+/// (25–150 µs) is small beside such a request, and the core is the server's.
+pub const MAX_CLIENT_SPIN: Duration = Duration::from_millis(2);
 
 /// A connection to one endpoint.
 pub struct Client {
     names: Names,
     timeout: Duration,
     next_id: u64,
-    /// Current busy-wait budget: adapts to recent response times.
-    spin: Duration,
+    /// Smoothed response time of recent requests.
+    typical: Duration,
     // Field order is drop order: ports before the service and node.
     port: iceoryx2::port::client::Client<Ipc, [f32], RequestHeader, [f32], ResponseHeader>,
     notifier: iceoryx2::port::notifier::Notifier<Ipc>,
@@ -76,7 +78,7 @@ impl Client {
             .name(&listener_name)
             .create()
             .map_err(|e| Error::Ipc(format!("response listener: {e}")))?;
-        Ok(Self { names, timeout, next_id: 1, spin: CLIENT_SPIN, port, notifier, listener, service, node })
+        Ok(Self { names, timeout, next_id: 1, typical: Duration::ZERO, port, notifier, listener, service, node })
     }
 
     /// Sends `input` (shape `shape`) and returns the output shape and a copy of the output.
@@ -104,13 +106,22 @@ impl Client {
         self.send_and_wait(header, payload.len(), Fill::<fn(&mut [f32])>::From(payload), |r| (r.shape, r.data.to_vec()))
     }
 
-    /// Spins as long as a typical response takes (×1.5, between
-    /// [`CLIENT_SPIN`] and [`MAX_CLIENT_SPIN`]): a response that comes that
-    /// fast is caught without a wake-up; a slow one is waited for asleep.
+    /// Tracks the typical response time (a quarter of the way to each new
+    /// one: one outlier does not swing it).
     fn learn(&mut self, took: Duration) {
-        let target = (took * 3 / 2).clamp(CLIENT_SPIN, MAX_CLIENT_SPIN);
-        // Move a quarter of the way: one outlier does not swing the budget.
-        self.spin = (self.spin * 3 + target) / 4;
+        self.typical = (self.typical * 3 + took) / 4;
+    }
+
+    /// How long to poll before sleeping: 1.5 × the typical response (at least
+    /// [`CLIENT_SPIN`]) when that fits in [`MAX_CLIENT_SPIN`], so a response
+    /// that comes that fast is caught without a wake-up; else none.
+    fn spin(&self) -> Duration {
+        let want = (self.typical * 3 / 2).max(CLIENT_SPIN);
+        if want <= MAX_CLIENT_SPIN {
+            want
+        } else {
+            Duration::ZERO
+        }
     }
 
     fn take_id(&mut self) -> u64 {
@@ -156,6 +167,7 @@ impl Client {
         self.notifier.notify().map_err(|e| Error::Ipc(format!("notifying the server: {e}")))?;
         let start = Instant::now();
         let deadline = start + self.timeout;
+        let spin = self.spin();
         let mut last_check = start;
         loop {
             if let Some(resp) = pending.receive().map_err(|e| Error::Ipc(format!("receiving: {e}")))? {
@@ -174,7 +186,7 @@ impl Client {
             if now >= deadline {
                 return Err(Error::Timeout(self.timeout));
             }
-            if now - start < self.spin {
+            if now - start < spin {
                 // Yield rather than burn: on small machines the server's model
                 // threads need this core more than we do.
                 std::thread::yield_now();

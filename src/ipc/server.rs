@@ -21,16 +21,6 @@ use std::time::{Duration, Instant};
 
 type Request = ActiveRequest<Ipc, [f32], RequestHeader, [f32], ResponseHeader>;
 
-/// Intra-op threads a `cpu`-mode shared-memory server should use: one core
-/// fewer than the machine has (at least 1). Shared-memory clients run on the
-/// same machine and busy-wait for their answer on a core of their own; a model
-/// that also wants that core stalls on it (2 cores, `tiny`: the server's
-/// forward pass takes ~310 µs with 2 threads beside a waiting client, ~190 µs
-/// with 1; docs/ipc.md).
-pub fn cpu_intra_op_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
-}
-
 /// What to serve and how.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {

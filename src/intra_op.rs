@@ -1,0 +1,73 @@
+//! How many libtorch intra-op threads a server process uses when its clients
+//! share the machine (`uminfer serve`, and the servers `uminfer bench` starts).
+//!
+//! A client that waits for a short request busy-waits on a core of its own
+//! (a wake-up from sleep costs 25–150 µs on the 2-core build machine, where
+//! the `tiny` model's forward pass is ~150 µs). A model that also wants that
+//! core stalls on it: with 2 intra-op threads beside a waiting client the
+//! server's forward pass took ~310 µs, with 1 ~190 µs. A long request is
+//! waited for asleep ([`crate::ipc::Client`] spins at most
+//! [`MAX_CLIENT_SPIN`](crate::ipc::client::MAX_CLIENT_SPIN)), and then every
+//! core helps (`resnet18`: 14.6 ms with 1 thread against 8.8 ms in process
+//! with 2). So: one core fewer than the machine has for models whose forward
+//! pass is short, all cores for the others.
+
+use crate::error::Result;
+use crate::runtime::Model;
+use std::time::{Duration, Instant};
+
+/// A forward pass shorter than this (timed with libtorch's default threads)
+/// counts as short: two thirds of the client's longest spin, so that clients
+/// spin through the whole request.
+pub const SHORT_FORWARD: Duration = Duration::from_micros(crate::ipc::client::MAX_CLIENT_SPIN.as_micros() as u64 * 2 / 3);
+
+/// Cores this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// One core fewer than [`cores`], at least 1.
+pub fn fewer_cores() -> usize {
+    cores().saturating_sub(1).max(1)
+}
+
+/// The rule above: [`fewer_cores`] when `forward` (the model's forward pass
+/// with libtorch's default threads) is shorter than [`SHORT_FORWARD`], else
+/// [`cores`].
+pub fn for_local_clients(forward: Duration) -> usize {
+    if forward < SHORT_FORWARD {
+        fewer_cores()
+    } else {
+        cores()
+    }
+}
+
+/// Time of a CPU forward pass of `model` on zeros of `input_shape`, with the
+/// process's current threads: the fastest of 5 after 3 untimed passes (the
+/// fastest, since other load on the machine only ever adds time).
+pub fn time_forward(model: &Model, input_shape: &[i64]) -> Result<Duration> {
+    let x = tch::Tensor::f_zeros(input_shape, (tch::Kind::Float, tch::Device::Cpu))?;
+    for _ in 0..3 {
+        drop(model.forward_cpu(&x)?);
+    }
+    let mut fastest = Duration::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        drop(model.forward_cpu(&x)?);
+        fastest = fastest.min(t.elapsed());
+    }
+    Ok(fastest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_forward_passes_leave_a_core_long_ones_take_all() {
+        assert_eq!(for_local_clients(Duration::from_micros(150)), fewer_cores());
+        assert_eq!(for_local_clients(SHORT_FORWARD), cores());
+        assert_eq!(for_local_clients(Duration::from_millis(9)), cores());
+        assert!(fewer_cores() >= 1 && fewer_cores() <= cores());
+    }
+}
