@@ -78,10 +78,10 @@ enum Command {
         /// which and why (docs/ipc.md).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         intra_op_threads: Option<u32>,
-        /// Shared memory: after each request, busy-wait this many µs for the
-        /// next before sleeping (catches back-to-back requests without a
-        /// wake-up; costs that much CPU per request).
-        #[arg(long, value_name = "US", default_value_t = 50, conflicts_with = "grpc")]
+        /// Shared memory: after each request, poll this many µs for the next
+        /// before sleeping (catches back-to-back requests without a wake-up;
+        /// costs up to that much CPU per request, yielding to other threads).
+        #[arg(long, value_name = "US", default_value_t = 200, conflicts_with = "grpc")]
         spin_us: u64,
     },
     /// The serialize-copy scheme's HTTP/JSON server (started by `bench`; prints

@@ -36,7 +36,8 @@ pub struct ServeOptions {
     pub workers: usize,
     /// Largest request payload in bytes.
     pub max_bytes: usize,
-    /// Busy-wait for the next request this long before blocking.
+    /// Poll for the next request this long before blocking (yielding the
+    /// CPU between polls, so that a client on the same core still runs).
     pub spin: Duration,
 }
 
@@ -46,7 +47,7 @@ impl ServeOptions {
         self.max_bytes / std::mem::size_of::<f32>()
     }
 
-    /// Defaults: input `1×3×128×128`, `cpu`, 1 worker, 64 MiB, 50 µs spin.
+    /// Defaults: input `1×3×128×128`, `cpu`, 1 worker, 64 MiB, 200 µs spin.
     pub fn new(name: &str, model: impl Into<std::path::PathBuf>) -> Self {
         Self {
             name: name.to_string(),
@@ -55,7 +56,7 @@ impl ServeOptions {
             mode: ModeChoice::Fixed(crate::Mode::Cpu),
             workers: 1,
             max_bytes: 64 << 20,
-            spin: Duration::from_micros(50),
+            spin: Duration::from_micros(200),
         }
     }
 }
@@ -186,7 +187,11 @@ impl Server {
             }
             let mut last_cleanup = Instant::now();
             'serve: loop {
-                // Drain, then spin briefly for back-to-back requests.
+                // Drain, then poll briefly for back-to-back requests. Yield between
+                // polls: the scheduler may have woken this thread onto the core of
+                // a client that is itself polling for its answer (a pinned client
+                // cannot be moved away); a pure spin there starves the client
+                // until the spin ends (identity model: P50 = the spin + 28 µs).
                 let mut spin_until = Instant::now() + self.opts.spin;
                 loop {
                     match self.port.receive() {
@@ -201,7 +206,7 @@ impl Server {
                                 }
                             }
                         },
-                        Ok(None) if Instant::now() < spin_until => std::hint::spin_loop(),
+                        Ok(None) if Instant::now() < spin_until => std::thread::yield_now(),
                         Ok(None) => break,
                         Err(e) => return Err(Error::Ipc(format!("receiving a request: {e}"))),
                     }
