@@ -45,18 +45,34 @@ pub fn for_local_clients(forward: Duration) -> usize {
 /// Time of a CPU forward pass of `model` on zeros of `input_shape`, with the
 /// process's current threads: the fastest of 5 after 3 untimed passes (the
 /// fastest, since other load on the machine only ever adds time).
+///
+/// The passes run on a thread of their own that ends afterwards, taking its
+/// OpenMP team with it: see [`on_passing_thread`].
 pub fn time_forward(model: &Model, input_shape: &[i64]) -> Result<Duration> {
-    let x = tch::Tensor::f_zeros(input_shape, (tch::Kind::Float, tch::Device::Cpu))?;
-    for _ in 0..3 {
-        drop(model.forward_cpu(&x)?);
-    }
-    let mut fastest = Duration::MAX;
-    for _ in 0..5 {
-        let t = Instant::now();
-        drop(model.forward_cpu(&x)?);
-        fastest = fastest.min(t.elapsed());
-    }
-    Ok(fastest)
+    on_passing_thread(|| {
+        let x = tch::Tensor::f_zeros(input_shape, (tch::Kind::Float, tch::Device::Cpu))?;
+        for _ in 0..3 {
+            drop(model.forward_cpu(&x)?);
+        }
+        let mut fastest = Duration::MAX;
+        for _ in 0..5 {
+            let t = Instant::now();
+            drop(model.forward_cpu(&x)?);
+            fastest = fastest.min(t.elapsed());
+        }
+        Ok(fastest)
+    })
+}
+
+/// Runs `f` (CPU forward passes made once, at start: probes, timing) on a
+/// thread that ends when `f` returns. Each thread that runs a parallel
+/// region keeps an OpenMP team of its own; once a process's teams hold more
+/// threads than it has cores, libgomp stops spinning between parallel
+/// regions in every team and each region pays wake-ups (2 cores: a second
+/// team doubled the `tiny` model's in-process latency, 153 → 295 µs). A
+/// passing thread's team ends with it.
+pub fn on_passing_thread<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| s.spawn(f).join()).unwrap_or_else(|_| Err(crate::error::Error::Session("a probe thread panicked".into())))
 }
 
 #[cfg(test)]

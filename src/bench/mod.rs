@@ -177,7 +177,9 @@ fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
         return f32::INFINITY;
     }
     let scale = want.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
-    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
+    // A NaN on either side is an infinite error: f32::max would drop it, and
+    // a scheme answering NaN would pass the check.
+    got.iter().zip(want).map(|(a, b)| (a - b).abs()).map(|d| if d.is_nan() { f32::INFINITY } else { d }).fold(0.0, f32::max) / scale
 }
 
 fn boxed<S: Scheme + 'static>(r: Result<S>) -> std::result::Result<Box<dyn Scheme>, String> {
@@ -346,4 +348,13 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         machine: machine(rt),
         results,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_nan_answer_fails_the_check() {
+        assert_eq!(super::max_rel_err(&[1.0, f32::NAN], &[1.0, 2.0]), f32::INFINITY);
+        assert!(super::max_rel_err(&[1.0, 2.0], &[1.0, 2.0]) == 0.0);
+    }
 }

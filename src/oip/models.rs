@@ -78,14 +78,17 @@ impl ServedModel {
         if input_shape.is_empty() || elements.is_none_or(|n| n.checked_mul(4).is_none()) {
             return Err(Error::Argument(format!("input shape {input_shape:?}: expected positive dimensions whose product fits in memory, e.g. 1,3,128,128")));
         }
-        let probe = model.forward_cpu(&tch::Tensor::f_zeros(input_shape, (tch::Kind::Float, tch::Device::Cpu))?)?;
-        if probe.kind() != tch::Kind::Float {
+        // On a passing thread: the sessions' own threads run every later pass.
+        let (kind, output_shape) = crate::intra_op::on_passing_thread(|| {
+            let probe = model.forward_cpu(&tch::Tensor::f_zeros(input_shape, (tch::Kind::Float, tch::Device::Cpu))?)?;
+            Ok((probe.kind(), probe.size()))
+        })?;
+        if kind != tch::Kind::Float {
             return Err(Error::Model {
                 path: source.path.clone(),
-                message: format!("returns {:?}; the gRPC endpoint serves models with one float32 output", probe.kind()),
+                message: format!("returns {kind:?}; the gRPC endpoint serves models with one float32 output"),
             });
         }
-        let output_shape = probe.size();
         let spec = SessionSpec::new(input_shape, &output_shape).mode_choice(mode).dedicated_thread(true);
         let pool = SessionPool::new(rt, &model, spec, sessions.max(1))?;
         let mode = {

@@ -146,16 +146,26 @@ impl<I: Element, O: Element> Session<I, O> {
             };
             let tensor_addrs = (ti.data_ptr() as usize, to.data_ptr() as usize);
             let mut engine = CpuEngine { module, input: ti, output: to, preprocess };
-            for _ in 0..spec.warmup {
-                engine.run().map_err(|e| shape_error(model, &spec, e))?;
-            }
             let note = format!("{} warm-up runs on the CPU", spec.warmup);
             let threaded = spec.dedicated_thread.unwrap_or(false) || spec.pin_core.is_some();
             let runner = if threaded {
                 let spin = spec.spin.unwrap_or(worker::CPU_SPIN);
-                let (w, _) = Worker::spawn(format!("uminfer-cpu-{}", model.path().display()), spec.pin_core, spin, move || Ok((engine, String::new())))?;
+                // Warm up on the session thread: every forward pass of this
+                // session, and with it libtorch's OpenMP team, stays on that
+                // thread (see `intra_op`: more teams than cores' worth of
+                // threads stop libgomp's spinning in all of them).
+                let (m, sp) = (model.clone(), spec.clone());
+                let (w, _) = Worker::spawn(format!("uminfer-cpu-{}", model.path().display()), spec.pin_core, spin, move || {
+                    for _ in 0..sp.warmup {
+                        engine.run().map_err(|e| shape_error(&m, &sp, e))?;
+                    }
+                    Ok((engine, String::new()))
+                })?;
                 Runner::Thread(w)
             } else {
+                for _ in 0..spec.warmup {
+                    engine.run().map_err(|e| shape_error(model, &spec, e))?;
+                }
                 Runner::Inline(Box::new(engine))
             };
             Self { runner, raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs, cpu_direct }
@@ -345,7 +355,8 @@ impl<I: Element, O: Element> Session<I, O> {
     /// Runs one request over caller-owned memory (e.g. a shared-memory
     /// sample). In `cpu` mode the model reads `input` and its result is
     /// written into `output` through tensors over them: no copy of the input
-    /// (runs on the calling thread). In GPU modes `input` is copied into the
+    /// (on the session's thread when it has one, else on the calling thread).
+    /// In GPU modes `input` is copied into the
     /// session's input region and the output region into `output`. When it
     /// returns `Ok`, every element of `output` is initialised.
     pub fn run_on(&mut self, input: &[I], output: &mut [std::mem::MaybeUninit<O>]) -> Result<RunTiming> {
@@ -360,21 +371,37 @@ impl<I: Element, O: Element> Session<I, O> {
         }
         let t = match &self.cpu_direct {
             Some(CpuDirect { module, strides: (si, so) }) => {
-                let t0 = std::time::Instant::now();
-                // SAFETY: `input` holds exactly numel(input_shape) elements of I
-                // (checked above), lives for this call, and is only read; the
-                // tensor is dropped before returning.
-                let ti = unsafe {
-                    tch::Tensor::f_from_blob(input.as_ptr().cast(), &self.spec.input_shape, si, I::KIND, tch::Device::Cpu)
-                }?;
-                // SAFETY: `output` holds exactly numel(output_shape) slots of O,
-                // is exclusively borrowed for this call, and libtorch only writes
-                // it (copy_ of the result); the tensor is dropped before returning.
-                let mut to = unsafe {
-                    tch::Tensor::f_from_blob(output.as_mut_ptr().cast(), &self.spec.output_shape, so, O::KIND, tch::Device::Cpu)
-                }?;
-                module.forward_into(&ti, &mut to)?;
-                RunTiming { host: t0.elapsed(), device: None }
+                let (ishape, oshape) = (&self.spec.input_shape, &self.spec.output_shape);
+                let mut ran: Result<()> = Err(Error::Session("the session thread did not run the request".into()));
+                let mut job = || {
+                    ran = (|| {
+                        // SAFETY: `input` holds exactly numel(input_shape) elements of I
+                        // (checked above), outlives this call, and is only read; the
+                        // tensor is dropped before the closure returns.
+                        let ti = unsafe { tch::Tensor::f_from_blob(input.as_ptr().cast(), ishape, si, I::KIND, tch::Device::Cpu) }?;
+                        // SAFETY: `output` holds exactly numel(output_shape) slots of O,
+                        // is exclusively borrowed for this call, and libtorch only writes
+                        // it (copy_ of the result); the tensor is dropped before the
+                        // closure returns.
+                        let mut to = unsafe { tch::Tensor::f_from_blob(output.as_mut_ptr().cast(), oshape, so, O::KIND, tch::Device::Cpu) }?;
+                        module.forward_into(&ti, &mut to)
+                    })();
+                };
+                // With several intra-op threads, a session with its own thread runs
+                // the pass there, so that one OpenMP team serves all of its passes
+                // whoever calls (every calling thread would start a team of its
+                // own; `intra_op::on_passing_thread` says what that costs). With
+                // one there is no team, and the calling thread saves two hand-offs.
+                let t = match &self.runner {
+                    Runner::Thread(w) if tch::get_num_threads() > 1 => w.call(&mut job)?,
+                    Runner::Thread(_) | Runner::Inline(_) => {
+                        let t0 = std::time::Instant::now();
+                        job();
+                        RunTiming { host: t0.elapsed(), device: None }
+                    }
+                };
+                ran?;
+                t
             }
             _ => {
                 self.input_mut().copy_from_slice(input);

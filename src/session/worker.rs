@@ -20,10 +20,21 @@ pub(crate) const CPU_SPIN: Duration = Duration::from_micros(50);
 /// thread pays a futex wake-up (measured in docs/performance.md).
 pub(crate) const GPU_SPIN: Duration = Duration::from_millis(1);
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// A closure lent to the session thread by [`Worker::call`], which waits
+/// until the thread has run it.
+#[derive(Clone, Copy)]
+struct Job(*mut (dyn FnMut() + Send + 'static));
+
+// SAFETY: the pointer is dereferenced only on the session thread, and only
+// while the `call` that lent it waits for the result; the closure behind it
+// is `Send`, so running it on that thread is allowed.
+unsafe impl Send for Job {}
+
+#[derive(Clone, Copy)]
 enum Cmd {
     Idle,
     Run,
+    Call(Job),
     Stop,
 }
 
@@ -128,10 +139,28 @@ impl Worker {
 
     /// Runs one request on the session thread and waits for it.
     pub(crate) fn run(&self) -> Result<RunTiming> {
+        self.submit(Cmd::Run)
+    }
+
+    /// Runs `f` on the session thread (where the session's libtorch state,
+    /// its OpenMP team among it, lives) and waits for it. The timing is
+    /// `f`'s duration there.
+    pub(crate) fn call(&self, f: &mut (dyn FnMut() + Send)) -> Result<RunTiming> {
+        let short: *mut (dyn FnMut() + Send + '_) = f;
+        // SAFETY: only the lifetime bound of the trait object changes. The
+        // pointer reaches the session thread through `submit`, which returns
+        // only once that thread has finished with it (a result was posted,
+        // or the thread has ended), so it is never used after `f`'s borrow ends.
+        let job = Job(unsafe { std::mem::transmute::<*mut (dyn FnMut() + Send + '_), *mut (dyn FnMut() + Send + 'static)>(short) });
+        self.submit(Cmd::Call(job))
+    }
+
+    /// Posts `cmd` and waits for its result (or the thread's end).
+    fn submit(&self, cmd: Cmd) -> Result<RunTiming> {
         let sh = &*self.shared;
         {
             let mut slot = sh.slot.lock();
-            slot.cmd = Cmd::Run;
+            slot.cmd = cmd;
             slot.result = None;
             sh.done.store(false, Ordering::Release);
             sh.pending.store(true, Ordering::Release);
@@ -170,7 +199,7 @@ fn serve<E: Engine>(sh: &Shared, engine: &mut E) {
         spin_until(&sh.pending, sh.spin);
         let cmd = {
             let mut slot = sh.slot.lock();
-            while slot.cmd == Cmd::Idle {
+            while matches!(slot.cmd, Cmd::Idle) {
                 sh.to_worker.wait(&mut slot);
             }
             let cmd = slot.cmd;
@@ -178,10 +207,18 @@ fn serve<E: Engine>(sh: &Shared, engine: &mut E) {
             sh.pending.store(false, Ordering::Release);
             cmd
         };
-        if cmd == Cmd::Stop {
-            return;
-        }
-        let r = engine.run();
+        let r = match cmd {
+            Cmd::Stop => return,
+            Cmd::Run => engine.run(),
+            Cmd::Call(job) => {
+                let t = Instant::now();
+                // SAFETY: `call` lent this pointer and waits until the result
+                // below is posted, so the closure is alive and not used elsewhere.
+                unsafe { (*job.0)() };
+                Ok(RunTiming { host: t.elapsed(), device: None })
+            }
+            Cmd::Idle => continue,
+        };
         {
             let mut slot = sh.slot.lock();
             slot.result = Some(r);

@@ -51,7 +51,8 @@ pub fn uminfer_bin() -> PathBuf {
 /// Largest absolute difference between two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "element counts differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    // A NaN on either side is an infinite difference (f32::max would drop it).
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).map(|d| if d.is_nan() { f32::INFINITY } else { d }).fold(0.0, f32::max)
 }
 
 /// Waits for `child` and collects what is left of its output; kills it and
