@@ -19,11 +19,9 @@ use crate::oip::proto::model_infer_request::{InferInputTensor, InferRequestedOut
 use crate::oip::proto::{InferParameter, ModelInferRequest, ModelInferResponse, SystemSharedMemoryRegisterRequest};
 use crate::session::RunTiming;
 use std::collections::HashMap;
-use std::ffi::CString;
-use std::io::{BufRead, BufReader};
+use std::ffi::{CString, OsString};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 use tonic::transport::Channel;
 
@@ -146,26 +144,10 @@ impl OipGrpc {
     /// Starts `uminfer serve --grpc 127.0.0.1:0` on `model` and connects; with
     /// `shm`, creates and registers the two shared memory regions.
     pub(crate) fn start(model: &Path, shape: &[i64], out_shape: &[i64], shm: bool, threads: usize) -> Result<Self> {
-        let exe = std::env::current_exe().map_err(|e| Error::Os { call: "finding the uminfer binary", source: e })?;
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        let mut server = ServerChild(
-            Command::new(exe)
-                .args(["serve", "--grpc", "127.0.0.1:0", "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"])
-                .arg(format!("{MODEL}={}", model.display()))
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .map_err(|e| Error::Os { call: "starting uminfer serve --grpc", source: e })?,
-        );
-        let stdout = server.0.stdout.take().ok_or_else(|| Error::Grpc("the gRPC server has no stdout pipe".into()))?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map_err(|e| grpc_err("reading the gRPC server's address", e))?;
-        let addr = line
-            .trim()
-            .strip_prefix("grpc=")
-            .ok_or_else(|| Error::Grpc(format!("the gRPC server did not report its address (it said {line:?}; its log is above)")))?;
+        let args = ["serve", "--grpc", "127.0.0.1:0", "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
+        let (server, addr) = ServerChild::start_reporting(args.into_iter().chain([OsString::from(format!("{MODEL}={}", model.display()))]), "grpc")?;
+        let addr = addr.as_str();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -9,6 +9,7 @@ use crate::mode::Mode;
 use crate::runtime::{Model, Runtime};
 use crate::session::{RunTiming, Session, SessionSpec};
 use std::io::{BufRead, BufReader, Write};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -80,23 +81,9 @@ pub(crate) struct SerializeCopy {
 
 impl SerializeCopy {
     pub(crate) fn start(model: &Path, shape: &[i64], threads: usize) -> Result<Self> {
-        let exe = std::env::current_exe().map_err(|e| Error::Os { call: "finding the uminfer binary", source: e })?;
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        let mut server = ServerChild(
-            Command::new(exe)
-                .args(["bench-json-server", "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"])
-                .arg(model)
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .map_err(|e| Error::Os { call: "starting uminfer bench-json-server", source: e })?,
-        );
-        let stdout = server.0.stdout.take().ok_or_else(|| Error::Session("the JSON server has no stdout pipe".into()))?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map_err(|source| Error::Os { call: "reading the JSON server's address", source })?;
-        let addr = line.trim().strip_prefix("http=").ok_or_else(|| Error::Session(format!("the JSON server did not start (it said {:?})", line.trim())))?;
+        let args = ["bench-json-server", "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
+        let (server, addr) = ServerChild::start_reporting(args.into_iter().chain([model.as_os_str().to_owned()]), "http")?;
         let n = shape.iter().product::<i64>() as usize;
         Ok(Self { url: format!("http://{addr}/infer"), agent: ureq::Agent::new_with_defaults(), input: vec![0.0; n], output: Vec::new(), threads, _server: server })
     }
@@ -164,6 +151,36 @@ impl Scheme for SessionScheme {
 
 /// A `uminfer serve` child process, sent SIGTERM and waited for on drop.
 pub(super) struct ServerChild(pub(super) Child);
+
+impl ServerChild {
+    /// Starts this binary with `args` and reads the first line it prints,
+    /// `KEY=VALUE` (a server's address, once it listens): returns the child
+    /// and VALUE. The child's log goes to the bench's stderr.
+    pub(super) fn start_reporting(args: impl IntoIterator<Item = OsString>, key: &str) -> Result<(Self, String)> {
+        let exe = std::env::current_exe().map_err(|e| Error::Os { call: "finding the uminfer binary", source: e })?;
+        let args: Vec<OsString> = args.into_iter().collect();
+        let what = args.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut child = Self(
+            Command::new(exe)
+                .args(&args)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|source| Error::Os { call: "starting a uminfer server process", source })?,
+        );
+        let stdout = child.0.stdout.take().ok_or_else(|| Error::Session(format!("uminfer {what}: no stdout pipe")))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map_err(|source| Error::Os { call: "reading a server process's first line", source })?;
+        let value = line
+            .trim()
+            .strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix('='))
+            .ok_or_else(|| Error::Session(format!("uminfer {what} did not report {key}=… (it said {:?}; its log is above)", line.trim())))?;
+        Ok((child, value.to_string()))
+    }
+}
 
 impl Drop for ServerChild {
     fn drop(&mut self) {
