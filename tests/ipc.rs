@@ -121,6 +121,35 @@ fn round_trip_matches_pytorch_and_in_place_form_reads_in_place() {
 }
 
 #[test]
+fn loaned_requests_are_filled_ahead_and_sent_by_their_own_client() {
+    with_server("tiny.pt", 1, |name, _| {
+        let (mut c, mut other) = (connect(name), connect(name));
+        let input = npy("tiny.input.npy");
+        let expected = npy("tiny.expected.npy");
+        let mut zeros = c.loan(&SHAPE).unwrap();
+        let mut real = c.loan(&SHAPE).unwrap();
+        assert!(zeros.data().iter().all(|&v| v == 0.0), "a loaned request starts zeroed");
+        real.data_mut().copy_from_slice(&input);
+        // Two loans are the most a client may hold; a third is an error, not a hang.
+        let third = c.loan(&SHAPE);
+        assert!(matches!(third, Err(Error::Ipc(_))), "{:?}", third.err());
+        // Sent in the other order than loaned: each gets its own answer.
+        let diff = c.send(real, |r| common::max_abs_diff(r.data, &expected)).unwrap();
+        assert!(diff <= 1e-5);
+        zeros.data_mut().fill(0.0);
+        let from_zeros = c.send(zeros, |r| r.data.to_vec()).unwrap();
+        let (_, want) = c.infer(&SHAPE, &vec![0.0; input.len()]).unwrap();
+        assert_eq!(from_zeros, want);
+        // A request belongs to the client that loaned it.
+        let foreign = c.loan(&SHAPE).unwrap();
+        let err = other.send(foreign, |_| ()).err().expect("sent through another client");
+        assert!(err.to_string().contains("another client"), "{err}");
+        // Loans were given back (sent or dropped): two can be held again.
+        let _held = (c.loan(&SHAPE).unwrap(), c.loan(&SHAPE).unwrap());
+    });
+}
+
+#[test]
 fn bad_requests_are_answered_with_errors_and_the_server_keeps_serving() {
     with_server("tiny.pt", 1, |name, server| {
         let mut c = connect(name);

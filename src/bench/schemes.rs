@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use super::BenchOptions;
-use crate::ipc::Client;
+use crate::ipc::{Client, LoanedRequest};
 use crate::mode::Mode;
 use crate::runtime::{Model, Runtime};
 use crate::session::{RunTiming, Session, SessionSpec};
@@ -190,12 +190,16 @@ impl Drop for ServerChild {
     }
 }
 
-/// `shm-ipc`: a `uminfer serve` child process and the shared-memory client;
-/// the request is written into the loaned sample, the output copied out.
+/// `shm-ipc`: a `uminfer serve` child process and the shared-memory client.
+/// The caller's input memory is a request sample loaned ahead
+/// ([`Client::loan`]), as a session's input region is `cpu-zero-copy`'s: the
+/// input is written there outside the timing, and a request is the send, the
+/// wait and the copy of the output out of the response.
 pub(crate) struct ShmIpc {
     client: Client,
     shape: Vec<i64>,
-    input: Vec<f32>,
+    /// The next request, loaned and filled by `refresh`.
+    next: Option<LoanedRequest>,
     output: Vec<f32>,
     threads: usize,
     /// Declared last: stopped after the client is gone.
@@ -217,30 +221,44 @@ impl ShmIpc {
             .map_err(|e| Error::Os { call: "starting uminfer serve", source: e })?;
         let server = ServerChild(child);
         let client = Client::connect(&name, Duration::from_secs(60))?;
-        let n = shape.iter().product::<i64>() as usize;
-        Ok(Self { client, shape: shape.to_vec(), input: vec![0.0; n], output: Vec::new(), threads, _server: server })
+        Ok(Self { client, shape: shape.to_vec(), next: None, output: Vec::new(), threads, _server: server })
     }
 
+    /// Sends the request `refresh` prepared; the output goes to `self.output`.
     fn round_trip(&mut self) -> Result<()> {
-        let (input, output) = (&self.input, &mut self.output);
-        self.client.infer_with(&self.shape, input, |r| {
+        let req = self.next.take().ok_or_else(|| Error::Ipc("shm-ipc: no request was prepared".into()))?;
+        let output = &mut self.output;
+        self.client.send(req, |r| {
             output.clear();
             output.extend_from_slice(r.data);
         })
     }
 }
 
-impl BufferScheme for ShmIpc {
-    fn input_buf(&mut self) -> &mut [f32] {
-        &mut self.input
+impl Scheme for ShmIpc {
+    fn refresh(&mut self, _: u64, data: &[f32]) -> Result<()> {
+        let req = match &mut self.next {
+            Some(req) => req,
+            empty => empty.insert(self.client.loan(&self.shape)?),
+        };
+        let buf = req.data_mut();
+        if buf.len() != data.len() {
+            return Err(Error::Ipc(format!("shm-ipc: {} input elements for a request of {}", data.len(), buf.len())));
+        }
+        buf.copy_from_slice(data);
+        Ok(())
     }
-    fn once(&mut self) -> Result<()> {
-        self.round_trip()
+    fn request(&mut self) -> Result<RunTiming> {
+        let t = Instant::now();
+        self.round_trip()?;
+        Ok(RunTiming { host: t.elapsed(), device: None })
     }
-    fn output_buf(&self) -> &[f32] {
-        &self.output
+    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
+        self.refresh(0, input)?;
+        self.round_trip()?;
+        Ok(self.output.clone())
     }
-    fn thread_settings(&self) -> String {
+    fn threads(&self) -> String {
         server_threads_note(self.threads)
     }
 }

@@ -1,8 +1,9 @@
 //! [`Client`]: sends tensors to a `uminfer serve` endpoint through shared memory.
 //!
 //! The request is written straight into the loaned shared-memory sample (in
-//! place with [`Client::infer_in_place`]); the response is read in place.
-//! Waiting: a short spin, then the response-event listener (named after this
+//! place with [`Client::infer_in_place`], or ahead of time into a
+//! [`LoanedRequest`] from [`Client::loan`]); the response is read in place.
+//! Waiting: a short poll, then the response-event listener (named after this
 //! client's id, so the server wakes only this client). A server that died is
 //! noticed by cleaning up dead nodes on the waiting path: [`Error::ServerGone`]
 //! within the timeout, never a hang.
@@ -20,6 +21,31 @@ pub const CLIENT_SPIN: Duration = Duration::from_micros(200);
 /// longer than two thirds of this, the client sleeps at once: a wake-up
 /// (25–150 µs) is small beside such a request, and the core is the server's.
 pub const MAX_CLIENT_SPIN: Duration = Duration::from_millis(2);
+
+/// A loaned, filled request sample.
+type RequestSample = iceoryx2::request_mut::RequestMut<Ipc, [f32], RequestHeader, [f32], ResponseHeader>;
+
+/// A request loaned ahead of sending ([`Client::loan`]): its elements live in
+/// shared memory, where the caller writes them ([`data_mut`](Self::data_mut))
+/// whenever it likes; [`Client::send`] then sends it with no copy. Dropping
+/// it unsent returns the sample.
+pub struct LoanedRequest {
+    sample: RequestSample,
+    /// The client that loaned it (a sample belongs to that client's port).
+    owner: iceoryx2::identifiers::UniqueClientId,
+}
+
+impl LoanedRequest {
+    /// The request's elements, in shared memory (zeroed when loaned).
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        self.sample.payload_mut()
+    }
+
+    /// The request's elements.
+    pub fn data(&self) -> &[f32] {
+        self.sample.payload()
+    }
+}
 
 /// A connection to one endpoint.
 pub struct Client {
@@ -98,6 +124,24 @@ impl Client {
         self.request(shape, Fill::InPlace(fill), read)
     }
 
+    /// Loans a request of `shape` ahead of sending: the caller fills it in
+    /// shared memory ([`LoanedRequest::data_mut`]), at leisure, and sends it
+    /// with [`send`](Self::send). At most two may be loaned at a time.
+    pub fn loan(&mut self, shape: &[i64]) -> Result<LoanedRequest> {
+        let (header, n) = self.header_for(shape)?;
+        let sample = self.loan_filled(header, n, Fill::InPlace(|_: &mut [f32]| {}))?;
+        Ok(LoanedRequest { sample, owner: self.port.id() })
+    }
+
+    /// Sends a request [`loan`](Self::loan)ed from this client and reads the
+    /// response in place with `read`.
+    pub fn send<R>(&mut self, request: LoanedRequest, read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
+        if request.owner != self.port.id() {
+            return Err(Error::Ipc("this request was loaned from another client: send it with the client that loaned it".into()));
+        }
+        self.send_request(request.sample, read)
+    }
+
     /// Sends `payload` under a header the caller built (any field, any
     /// version): for protocol tests and for clients of other versions.
     /// `request_id` is set by the client.
@@ -130,10 +174,16 @@ impl Client {
         id
     }
 
-    fn request<R>(&mut self, shape: &[i64], fill: Fill<'_, impl FnOnce(&mut [f32])>, read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
+    /// The header of the next request of `shape`, and its element count.
+    fn header_for(&mut self, shape: &[i64]) -> Result<(RequestHeader, usize)> {
         let header = RequestHeader::new(self.take_id(), shape)
             .ok_or_else(|| Error::Ipc(format!("shape {shape:?} cannot be sent (rank 1..=8, no negative dimension)")))?;
         let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d as usize)).ok_or_else(|| Error::Ipc(format!("shape {shape:?} overflows")))?;
+        Ok((header, n))
+    }
+
+    fn request<R>(&mut self, shape: &[i64], fill: Fill<'_, impl FnOnce(&mut [f32])>, read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
+        let (header, n) = self.header_for(shape)?;
         if let Fill::From(input) = &fill {
             if input.len() != n {
                 return Err(Error::Ipc(format!("shape {shape:?} does not describe the {} input elements given", input.len())));
@@ -143,13 +193,14 @@ impl Client {
     }
 
     fn send_and_wait<R>(&mut self, header: RequestHeader, n: usize, fill: Fill<'_, impl FnOnce(&mut [f32])>, read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
-        let id = header.request_id;
-        if self.service.dynamic_config().number_of_servers() == 0 {
-            service::cleanup_dead_nodes(&self.node);
-            return Err(Error::ServerGone(format!("no server serves {}", self.names.service)));
-        }
+        let req = self.loan_filled(header, n, fill)?;
+        self.send_request(req, read)
+    }
+
+    /// Loans a sample of `n` elements under `header` and fills it.
+    fn loan_filled(&mut self, header: RequestHeader, n: usize, fill: Fill<'_, impl FnOnce(&mut [f32])>) -> Result<RequestSample> {
         let loan_err = |e: &dyn std::fmt::Display| Error::Ipc(format!("loaning {n} floats of shared memory: {e}"));
-        let req = match fill {
+        Ok(match fill {
             // One pass over the sample: copied in, never zeroed first.
             Fill::From(input) => {
                 let mut req = self.port.loan_slice_uninit(n).map_err(|e| loan_err(&e))?;
@@ -162,7 +213,16 @@ impl Client {
                 f(req.payload_mut());
                 req
             }
-        };
+        })
+    }
+
+    /// Sends a filled sample and waits for its response.
+    fn send_request<R>(&mut self, req: RequestSample, read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
+        let id = req.user_header().request_id;
+        if self.service.dynamic_config().number_of_servers() == 0 {
+            service::cleanup_dead_nodes(&self.node);
+            return Err(Error::ServerGone(format!("no server serves {}", self.names.service)));
+        }
         let pending = req.send().map_err(|e| Error::Ipc(format!("sending: {e}")))?;
         self.notifier.notify().map_err(|e| Error::Ipc(format!("notifying the server: {e}")))?;
         let start = Instant::now();

@@ -15,5 +15,5 @@ pub mod header;
 pub mod server;
 pub mod service;
 
-pub use client::{Client, Response};
+pub use client::{Client, LoanedRequest, Response};
 pub use server::{ServeOptions, ServeStats, Server};
