@@ -10,7 +10,7 @@
 //!   region parameters, the server reads the input in place and writes the
 //!   output into the output region.
 
-use super::schemes::{server_threads_note, Scheme, ServerChild};
+use super::schemes::{server_threads_note, timed, Scheme, ServerChild};
 use crate::error::{Error, Result};
 use crate::oip::models::{FP32, INPUT_NAME, OUTPUT_NAME};
 use crate::oip::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::ffi::{CString, OsString};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
-use std::time::Instant;
 use tonic::transport::Channel;
 
 /// The name the child serves the model under.
@@ -221,9 +220,7 @@ impl Scheme for OipGrpc {
         Ok(())
     }
     fn request(&mut self) -> Result<RunTiming> {
-        let t = Instant::now();
-        self.once()?;
-        Ok(RunTiming { host: t.elapsed(), device: None })
+        timed(|| self.once())
     }
     fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
         self.refresh(0, input)?;

@@ -42,9 +42,7 @@ impl<T: BufferScheme> Scheme for T {
         Ok(())
     }
     fn request(&mut self) -> Result<RunTiming> {
-        let t = Instant::now();
-        self.once()?;
-        Ok(RunTiming { host: t.elapsed(), device: None })
+        timed(|| self.once())
     }
     fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
         self.input_buf().copy_from_slice(input);
@@ -54,6 +52,13 @@ impl<T: BufferScheme> Scheme for T {
     fn threads(&self) -> String {
         self.thread_settings()
     }
+}
+
+/// Times one request on the host clock.
+pub(super) fn timed(request: impl FnOnce() -> Result<()>) -> Result<RunTiming> {
+    let t = Instant::now();
+    request()?;
+    Ok(RunTiming { host: t.elapsed(), device: None })
 }
 
 /// The thread settings of a server process the bench started with
@@ -249,9 +254,7 @@ impl Scheme for ShmIpc {
         Ok(())
     }
     fn request(&mut self) -> Result<RunTiming> {
-        let t = Instant::now();
-        self.round_trip()?;
-        Ok(RunTiming { host: t.elapsed(), device: None })
+        timed(|| self.round_trip())
     }
     fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
         self.refresh(0, input)?;
