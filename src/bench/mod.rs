@@ -194,20 +194,37 @@ struct Context<'a> {
     opts: &'a BenchOptions,
     out_shape: &'a [i64],
     gpu: bool,
-    /// Intra-op threads of the server processes ([`crate::intra_op::for_local_clients`]).
-    server_threads: usize,
+    /// Intra-op threads of the server processes, chosen when the first one is built.
+    server_threads: std::cell::OnceCell<usize>,
+}
+
+impl Context<'_> {
+    /// The intra-op threads `uminfer serve` would choose for this model
+    /// ([`crate::intra_op::for_local_clients`]), timed once, on first use
+    /// (this process still has libtorch's default threads, as the rule's
+    /// timing wants).
+    fn server_threads(&self) -> Result<usize> {
+        if let Some(&n) = self.server_threads.get() {
+            return Ok(n);
+        }
+        let forward = crate::intra_op::time_forward(self.model, &self.opts.shape)?;
+        let n = crate::intra_op::for_local_clients(forward);
+        tracing::info!("a CPU forward pass takes {forward:?}: server processes get {n} intra-op threads");
+        Ok(*self.server_threads.get_or_init(|| n))
+    }
 }
 
 fn build(name: &str, cx: &Context<'_>) -> std::result::Result<Box<dyn Scheme>, String> {
-    let Context { rt, model, opts, out_shape, gpu, server_threads } = *cx;
+    let Context { rt, model, opts, out_shape, gpu, .. } = *cx;
+    let server_threads = || cx.server_threads().map_err(|e| e.to_string());
     match name {
-        "serialize-copy" => boxed(SerializeCopy::start(&opts.model, &opts.shape, server_threads)),
+        "serialize-copy" => boxed(SerializeCopy::start(&opts.model, &opts.shape, server_threads()?)),
         "cpu-zero-copy" => boxed(SessionScheme::build(rt, model, opts, out_shape, Mode::Cpu)),
         "shm-ipc" => {
             rt.check_mode(Mode::ShmIpc).map_err(|e| e.to_string())?;
-            boxed(ShmIpc::start(&opts.model, &opts.shape, server_threads))
+            boxed(ShmIpc::start(&opts.model, &opts.shape, server_threads()?))
         }
-        "oip-grpc" | "oip-grpc-shm" => boxed(oip::OipGrpc::start(&opts.model, &opts.shape, out_shape, name == "oip-grpc-shm", server_threads)),
+        "oip-grpc" | "oip-grpc-shm" => boxed(oip::OipGrpc::start(&opts.model, &opts.shape, out_shape, name == "oip-grpc-shm", server_threads()?)),
         "gpu-copy" | "gpu-pinned" | "gpu-managed" | "gpu-managed-graph" => {
             let mode: Mode = name.parse()?;
             rt.check_mode(mode).map_err(|e| e.to_string())?;
@@ -240,12 +257,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
     let out_shape = reference.size();
     let reference = Vec::<f32>::try_from(reference.flatten(0, -1))?;
     let model_name = opts.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    // Servers get the threads `uminfer serve` would choose (this process still
-    // has libtorch's default threads, as the rule's timing wants).
-    let forward = crate::intra_op::time_forward(&model, &opts.shape)?;
-    let server_threads = crate::intra_op::for_local_clients(forward);
-    tracing::info!("a CPU forward pass takes {forward:?}: server processes get {server_threads} intra-op threads");
-    let cx = Context { rt, model: &model, opts, out_shape: &out_shape, gpu, server_threads };
+    let cx = Context { rt, model: &model, opts, out_shape: &out_shape, gpu, server_threads: std::cell::OnceCell::new() };
 
     // Build and check every scheme.
     let mut results: Vec<SchemeResult> = Vec::new();

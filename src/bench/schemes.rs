@@ -68,7 +68,7 @@ pub(super) fn server_threads_note(threads: usize) -> String {
     format!("server process: intra-op {threads} (--intra-op-threads {threads}, {why})")
 }
 
-pub(super) fn threads_here() -> String {
+fn threads_here() -> String {
     format!("intra-op {} (OMP_NUM_THREADS={})", tch::get_num_threads(), std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| "unset".into()))
 }
 
