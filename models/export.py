@@ -47,6 +47,13 @@ class Identity(nn.Module):
         return x.clone()
 
 
+class Noisy(nn.Module):
+    """Draws random numbers in its forward pass: a CUDA graph of it must advance the RNG on every replay."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) + torch.rand(x.shape[0], x.shape[1], device=x.device)
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -130,7 +137,7 @@ def export(name: str, model: nn.Module, out: str, seed: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
-    ap.add_argument("--only", choices=["tiny", "resnet18", "identity"], help="export one model only")
+    ap.add_argument("--only", choices=["tiny", "resnet18", "identity", "noisy"], help="export one model only")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1)
@@ -140,6 +147,8 @@ def main() -> None:
         export("tiny", Tiny(), args.out, seed=1)
     if args.only in (None, "identity"):
         export("identity", Identity(), args.out, seed=7)
+    if args.only in (None, "noisy"):
+        export("noisy", Noisy(), args.out, seed=9)
     if args.only in (None, "resnet18"):
         torch.manual_seed(18)
         export("resnet18", ResNet18(), args.out, seed=18)

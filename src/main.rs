@@ -187,9 +187,14 @@ struct BenchArgs {
     #[arg(long)]
     spin_us: Option<u64>,
     /// Page placement of the managed schemes' regions: migrate (prefetch
-    /// around each request) or host-resident (read and written in place).
+    /// around each request), host-resident (read and written in place), or
+    /// pinned (pinned-mapped host memory instead of managed, read in place).
     #[arg(long, default_value = "migrate")]
     managed_placement: uminfer::session::ManagedPlacement,
+    /// How gpu-managed-graph launches its graph: direct (cuGraphLaunch, when
+    /// the model is deterministic) or libtorch (CUDAGraph::replay).
+    #[arg(long, default_value = "direct")]
+    graph_launch: uminfer::session::GraphLaunch,
     /// Core to pin the measuring thread to (-1: do not pin).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     core: i64,
@@ -223,6 +228,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         settle: std::time::Duration::try_from_secs_f64(a.settle_ms / 1e3).context("--settle-ms must be a finite number of milliseconds, 0 or more")?,
         spin: a.spin_us.map(std::time::Duration::from_micros),
         managed_placement: a.managed_placement,
+        graph_launch: a.graph_launch,
         warmup: a.warmup,
         warmup_time: std::time::Duration::try_from_secs_f64(a.warmup_secs).context("--warmup-secs must be a finite number of seconds, 0 or more")?,
         schemes: a.schemes.unwrap_or_else(|| bench::SCHEMES.iter().map(|s| s.to_string()).collect()),

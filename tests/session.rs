@@ -5,7 +5,8 @@ mod common;
 
 use tch::{Device, Tensor};
 use uminfer::doctor::{self, probe::ProbeOptions};
-use uminfer::session::ManagedPlacement;
+use uminfer::memory::RegionKind;
+use uminfer::session::{GraphLaunch, ManagedPlacement};
 use uminfer::{Error, Mode, Model, Runtime, Session, SessionPool, SessionSpec};
 
 const INPUT: [i64; 4] = [1, 3, 128, 128];
@@ -294,36 +295,96 @@ fn cpu_session_preprocesses_raw_images() {
     preprocessed_matches_reference(Mode::Cpu, Device::Cpu);
 }
 
-/// Managed modes with host-resident pages: no per-request migration, the
-/// GPU reads the input and writes the output in place; results as eager.
+/// Managed modes with host-resident pages, or with pinned-mapped regions:
+/// no per-request migration, the GPU reads the input and writes the output
+/// in place; results as eager.
 #[test]
 fn managed_host_resident_placement_matches_eager() {
     require_gpu!();
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
-    for mode in [Mode::GpuManaged, Mode::GpuManagedGraph] {
-        let spec = SessionSpec::new(&INPUT, &[1, 10]).mode(mode).managed_placement(ManagedPlacement::HostResident);
+    let placements = [(ManagedPlacement::HostResident, "host-resident", RegionKind::Managed), (ManagedPlacement::Pinned, "pinned-mapped host memory", RegionKind::PinnedMapped)];
+    for (mode, (placement, says, kind)) in [Mode::GpuManaged, Mode::GpuManagedGraph].into_iter().flat_map(|m| placements.map(|p| (m, p))) {
+        let spec = SessionSpec::new(&INPUT, &[1, 10]).mode(mode).managed_placement(placement);
         let mut s: Session = rt.session(&model, spec).unwrap();
-        assert!(s.note().contains("host-resident"), "{mode}: {}", s.note());
+        assert!(s.note().contains(says), "{mode} {placement}: {}", s.note());
+        assert_eq!((s.input_region().kind(), s.output_region().kind()), (kind, kind), "{mode} {placement}");
         for seed in 0..50 {
             let x = random_input(500 + seed, s.input().len());
             s.input_mut().copy_from_slice(&x);
             s.output_mut().fill(f32::NAN);
             s.run().unwrap();
             let err = max_rel_err(s.output(), &reference(&model, &x, Device::Cuda(0)));
-            assert!(err <= 1e-5, "{mode} host-resident request {seed}: relative error {err}");
+            assert!(err <= 1e-5, "{mode} {placement} request {seed}: relative error {err}");
         }
     }
 }
 
 #[test]
 fn managed_placement_names() {
-    for p in [ManagedPlacement::Migrate, ManagedPlacement::HostResident] {
+    for p in [ManagedPlacement::Migrate, ManagedPlacement::HostResident, ManagedPlacement::Pinned] {
         assert_eq!(p.to_string().parse::<ManagedPlacement>().unwrap(), p);
     }
     let err = "host".parse::<ManagedPlacement>().unwrap_err();
-    assert!(err.contains("migrate or host-resident"), "{err}");
+    assert!(err.contains("migrate, host-resident or pinned"), "{err}");
     assert_eq!(ManagedPlacement::default(), ManagedPlacement::Migrate);
+}
+
+#[test]
+fn graph_launch_names() {
+    for l in [GraphLaunch::Direct, GraphLaunch::Libtorch] {
+        assert_eq!(l.to_string().parse::<GraphLaunch>().unwrap(), l);
+    }
+    let err = "raw".parse::<GraphLaunch>().unwrap_err();
+    assert!(err.contains("direct or libtorch"), "{err}");
+    assert_eq!(GraphLaunch::default(), GraphLaunch::Direct);
+}
+
+#[test]
+fn graph_launched_either_way_matches_eager() {
+    require_gpu!();
+    let rt = runtime();
+    let model = rt.model(common::model_path("tiny.pt")).unwrap();
+    for (launch, says) in [(GraphLaunch::Direct, "launched directly"), (GraphLaunch::Libtorch, "replayed through libtorch (as asked)")] {
+        let spec = SessionSpec::new(&INPUT, &[1, 10]).mode(Mode::GpuManagedGraph).graph_launch(launch);
+        let mut s: Session = rt.session(&model, spec).unwrap();
+        assert!(s.note().contains(says), "{launch}: {}", s.note());
+        for seed in 0..50 {
+            let x = random_input(700 + seed, s.input().len());
+            s.input_mut().copy_from_slice(&x);
+            s.output_mut().fill(f32::NAN);
+            s.run().unwrap();
+            let err = max_rel_err(s.output(), &reference(&model, &x, Device::Cuda(0)));
+            assert!(err <= 1e-5, "{launch} request {seed}: relative error {err}");
+        }
+    }
+}
+
+/// A model that draws random numbers (`noisy`: per-channel mean plus
+/// `torch.rand`) is not launched directly: its warm-up outputs differ, so the
+/// graph goes through libtorch's replay, which draws new numbers every time.
+#[test]
+fn graph_of_a_model_drawing_random_numbers_is_replayed_through_libtorch() {
+    require_gpu!();
+    let rt = runtime();
+    let model = rt.model(common::model_path("noisy.pt")).unwrap();
+    let spec = SessionSpec::new(&INPUT, &[1, 3]).mode(Mode::GpuManagedGraph);
+    let mut s: Session = rt.session(&model, spec).unwrap();
+    assert!(s.note().contains("replayed through libtorch (two warm-up runs on the same input differed"), "{}", s.note());
+    let x = random_input(900, s.input().len());
+    s.input_mut().copy_from_slice(&x);
+    let means: Vec<f32> = x.chunks(128 * 128).map(|c| c.iter().sum::<f32>() / c.len() as f32).collect();
+    let mut outputs = Vec::new();
+    for _ in 0..3 {
+        s.output_mut().fill(f32::NAN);
+        s.run().unwrap();
+        for (c, (got, mean)) in s.output().iter().zip(&means).enumerate() {
+            let noise = got - mean;
+            assert!((-1e-4..1.0 + 1e-4).contains(&noise), "channel {c}: output {got}, mean {mean}: noise {noise} outside [0, 1)");
+        }
+        outputs.push(s.output().to_vec());
+    }
+    assert!(outputs[0] != outputs[1] && outputs[1] != outputs[2], "same input, same random draws on every replay: {outputs:?}");
 }
 
 #[test]

@@ -73,6 +73,8 @@ pub struct BenchOptions {
     pub spin: Option<Duration>,
     /// Page placement of the managed schemes' regions.
     pub managed_placement: crate::session::ManagedPlacement,
+    /// How `gpu-managed-graph` launches its graph.
+    pub graph_launch: crate::session::GraphLaunch,
     /// Core the measuring thread is pinned to.
     pub core: Option<usize>,
     /// Show a progress bar on stderr (only drawn on a terminal).
@@ -106,6 +108,8 @@ pub struct BenchReport {
     pub spin_us: Option<u64>,
     /// Page placement of the managed schemes (`migrate`, `host-resident`).
     pub managed_placement: String,
+    /// How `gpu-managed-graph` launches its graph (`direct`, `libtorch`).
+    pub graph_launch: String,
     pub warmup: usize,
     pub machine: Machine,
     pub results: Vec<SchemeResult>,
@@ -356,6 +360,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         settle_ms: opts.settle.as_secs_f64() * 1e3,
         spin_us: opts.spin.map(|d| d.as_micros() as u64),
         managed_placement: opts.managed_placement.to_string(),
+        graph_launch: opts.graph_launch.to_string(),
         warmup: opts.warmup,
         machine: machine(rt),
         results,

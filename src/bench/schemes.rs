@@ -125,7 +125,7 @@ pub(crate) struct SessionScheme {
 
 impl SessionScheme {
     pub(crate) fn build(rt: &Runtime, model: &Model, opts: &BenchOptions, out: &[i64], mode: Mode) -> Result<Self> {
-        let mut spec = SessionSpec::new(&opts.shape, out).mode(mode).warmup(5).managed_placement(opts.managed_placement);
+        let mut spec = SessionSpec::new(&opts.shape, out).mode(mode).warmup(5).managed_placement(opts.managed_placement).graph_launch(opts.graph_launch);
         if let Some(spin) = opts.spin {
             spec = spec.spin(spin);
         }
@@ -150,7 +150,12 @@ impl Scheme for SessionScheme {
         Ok(self.session.output().to_vec())
     }
     fn threads(&self) -> String {
-        format!("{}; session mode {}", threads_here(), self.session.mode())
+        let mode = self.session.mode();
+        match mode {
+            Mode::Cpu => format!("{}; session mode {mode}", threads_here()),
+            // What the build did (capture, graph launch, page placement).
+            _ => format!("{}; session mode {mode}: {}", threads_here(), self.session.note()),
+        }
     }
 }
 

@@ -24,7 +24,7 @@ mod worker;
 
 pub use pool::{PooledSession, SessionPool};
 pub use worker::pin_to_core as pin_current_thread;
-pub use spec::{ManagedPlacement, ModeChoice, SessionSpec};
+pub use spec::{GraphLaunch, ManagedPlacement, ModeChoice, SessionSpec};
 pub use timing::{RunTiming, Summary, Timing, TimingRecorder};
 
 use crate::cuda::Gpu;
@@ -171,8 +171,9 @@ impl<I: Element, O: Element> Session<I, O> {
             Self { runner, raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs, cpu_direct }
         } else {
             let gpu = Gpu::open(spec.device)?;
+            let pinned = spec.managed_placement == ManagedPlacement::Pinned;
             let (mut input, mut output) = match mode {
-                Mode::GpuManaged | Mode::GpuManagedGraph => {
+                Mode::GpuManaged | Mode::GpuManagedGraph if !pinned => {
                     (Region::<I>::managed(&gpu, n_in, ManagedOptions::default())?, Region::<O>::managed(&gpu, n_out, ManagedOptions::default())?)
                 }
                 _ => (Region::<I>::pinned_mapped(&gpu, n_in)?, Region::<O>::pinned_mapped(&gpu, n_out)?),
@@ -204,6 +205,9 @@ impl<I: Element, O: Element> Session<I, O> {
             let placement_note = match (host_resident, wants_host) {
                 (true, _) => "; managed pages host-resident, read and written in place by the GPU (no per-request prefetch)",
                 (false, true) => "; host-resident placement needs concurrentManagedAccess, which this GPU lacks: pages migrate on demand",
+                _ if pinned && matches!(mode, Mode::GpuManaged | Mode::GpuManagedGraph) => {
+                    "; regions in pinned-mapped host memory instead of managed memory (placement `pinned`), read and written in place by the GPU"
+                }
                 _ => "",
             };
             let preprocess = spec.preprocess.zip(raw.as_ref()).map(|(p, r)| (p, r.device_ptr().unwrap_or(0), input.device_ptr().unwrap_or(0)));
@@ -232,6 +236,7 @@ impl<I: Element, O: Element> Session<I, O> {
                 managed,
                 warmup: spec.warmup,
                 allow_eager_fallback: spec.allow_eager_fallback,
+                graph_launch: spec.graph_launch,
                 preprocess,
             };
             let name = format!("uminfer-{}-{}", mode, spec.device);

@@ -36,6 +36,11 @@ pub enum ManagedPlacement {
     /// `concurrentManagedAccess`; without it pages migrate on demand and the
     /// session's note says so.
     HostResident,
+    /// Not managed memory: page-locked host memory mapped for the GPU
+    /// (`cuMemHostAlloc` with `DEVICEMAP`, what `gpu-pinned` uses), read and
+    /// written in place like `HostResident` but without the unified-memory
+    /// driver in between. For comparison with `HostResident`.
+    Pinned,
 }
 
 impl std::str::FromStr for ManagedPlacement {
@@ -44,7 +49,8 @@ impl std::str::FromStr for ManagedPlacement {
         match s {
             "migrate" => Ok(Self::Migrate),
             "host-resident" => Ok(Self::HostResident),
-            other => Err(format!("unknown managed placement {other:?}: migrate or host-resident")),
+            "pinned" => Ok(Self::Pinned),
+            other => Err(format!("unknown managed placement {other:?}: migrate, host-resident or pinned")),
         }
     }
 }
@@ -54,6 +60,42 @@ impl std::fmt::Display for ManagedPlacement {
         f.write_str(match self {
             Self::Migrate => "migrate",
             Self::HostResident => "host-resident",
+            Self::Pinned => "pinned",
+        })
+    }
+}
+
+/// How a `gpu-managed-graph` session replays its graph per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GraphLaunch {
+    /// `cuGraphLaunch` of the instantiated graph on the session stream, when
+    /// the last two warm-up runs (same input) gave bit-identical outputs, so
+    /// the model draws no random numbers that matter; libtorch's replay
+    /// otherwise, and the session's note says which and why.
+    #[default]
+    Direct,
+    /// Always libtorch's `CUDAGraph::replay()`, which first refills the
+    /// graph's RNG seed and offset (two fill kernels and their dispatch on
+    /// the host, every request) so that random ops draw new numbers.
+    Libtorch,
+}
+
+impl std::str::FromStr for GraphLaunch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "direct" => Ok(Self::Direct),
+            "libtorch" => Ok(Self::Libtorch),
+            other => Err(format!("unknown graph launch {other:?}: direct or libtorch")),
+        }
+    }
+}
+
+impl std::fmt::Display for GraphLaunch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Direct => "direct",
+            Self::Libtorch => "libtorch",
         })
     }
 }
@@ -73,6 +115,7 @@ pub struct SessionSpec {
     pub(crate) dedicated_thread: Option<bool>,
     pub(crate) spin: Option<std::time::Duration>,
     pub(crate) managed_placement: ManagedPlacement,
+    pub(crate) graph_launch: GraphLaunch,
     pub(crate) preprocess: Option<crate::ops::PreprocessParams>,
 }
 
@@ -94,6 +137,7 @@ impl SessionSpec {
             dedicated_thread: None,
             spin: None,
             managed_placement: ManagedPlacement::Migrate,
+            graph_launch: GraphLaunch::Direct,
             preprocess: None,
         }
     }
@@ -162,6 +206,12 @@ impl SessionSpec {
     /// [`ManagedPlacement::Migrate`]).
     pub fn managed_placement(mut self, placement: ManagedPlacement) -> Self {
         self.managed_placement = placement;
+        self
+    }
+
+    /// How graph mode replays its graph (default [`GraphLaunch::Direct`]).
+    pub fn graph_launch(mut self, launch: GraphLaunch) -> Self {
+        self.graph_launch = launch;
         self
     }
 

@@ -49,6 +49,7 @@ extern "C" {
     pub fn uminfer_graph_capture_begin(g: *mut UminferGraph, first: u64, second: u64) -> *mut c_char;
     pub fn uminfer_graph_capture_end(g: *mut UminferGraph) -> *mut c_char;
     pub fn uminfer_graph_replay(g: *mut UminferGraph) -> *mut c_char;
+    pub fn uminfer_graph_exec(g: *mut UminferGraph, exec: *mut *mut c_void) -> *mut c_char;
     pub fn uminfer_graph_pool(g: *mut UminferGraph, first: *mut u64, second: *mut u64) -> *mut c_char;
     pub fn uminfer_graph_delete(g: *mut UminferGraph) -> *mut c_char;
     pub fn uminfer_module_load(path: *const c_char, device: i32, out: *mut *mut UminferModule) -> *mut c_char;

@@ -183,6 +183,26 @@ impl CudaGraph {
         check("graph_replay", unsafe { ffi::uminfer_graph_replay(self.raw) })
     }
 
+    /// Launches the instantiated graph on `stream` with `cuGraphLaunch`,
+    /// without [`replay`](Self::replay)'s RNG bookkeeping: libtorch's replay
+    /// first refills the captured generator seed and offset (two small fill
+    /// kernels and their host-side dispatch), so that random ops draw new
+    /// numbers on every replay. Launched this way a graph that draws random
+    /// numbers draws the same ones every time; its results are still computed
+    /// from the current input. Fails if no capture has ended.
+    pub fn launch(&self, stream: &cudarc::driver::CudaStream) -> Result<()> {
+        let mut exec = std::ptr::null_mut();
+        // SAFETY: `self.raw` is live; `exec` is a valid out pointer.
+        check("graph_exec", unsafe { ffi::uminfer_graph_exec(self.raw, &mut exec) })?;
+        // SAFETY: `exec` is the graph's instantiated executable (a
+        // cudaGraphExec_t is a CUgraphExec), owned by `self` and alive while
+        // `self` is borrowed; `stream` is a live stream (a stream of another
+        // context makes the driver return an error, not misbehave).
+        unsafe { cudarc::driver::sys::cuGraphLaunch(exec.cast(), stream.cu_stream()) }
+            .result()
+            .map_err(Error::driver("cuGraphLaunch"))
+    }
+
     /// The memory pool this graph allocated from (share it with the next capture).
     pub fn pool(&self) -> Result<GraphPool> {
         let (mut a, mut b) = (0, 0);

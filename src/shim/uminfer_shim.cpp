@@ -157,6 +157,14 @@ char* uminfer_graph_replay(UminferGraph* g) {
   })
 }
 
+char* uminfer_graph_exec(UminferGraph* g, void** exec) {
+  PROTECT({
+    if (g == nullptr || exec == nullptr) throw std::invalid_argument("uminfer_graph_exec: NULL argument");
+    // Throws (caught above) when no capture has ended successfully.
+    *exec = static_cast<void*>(g->graph.raw_cuda_graph_exec());
+  })
+}
+
 char* uminfer_graph_pool(UminferGraph* g, uint64_t* first, uint64_t* second) {
   PROTECT({
     if (g == nullptr || first == nullptr || second == nullptr)

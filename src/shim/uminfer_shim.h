@@ -49,6 +49,10 @@ char* uminfer_graph_new(UminferGraph** out);
 char* uminfer_graph_capture_begin(UminferGraph* g, uint64_t pool_first, uint64_t pool_second);
 char* uminfer_graph_capture_end(UminferGraph* g);
 char* uminfer_graph_replay(UminferGraph* g);
+// The instantiated executable graph (cudaGraphExec_t, the same handle as the
+// driver's CUgraphExec), owned by `g`: valid until `g` is deleted or reset.
+// Launching it directly skips replay()'s RNG bookkeeping (two fill kernels).
+char* uminfer_graph_exec(UminferGraph* g, void** exec);
 char* uminfer_graph_pool(UminferGraph* g, uint64_t* first, uint64_t* second);
 char* uminfer_graph_delete(UminferGraph* g);
 
