@@ -195,6 +195,11 @@ struct BenchArgs {
     /// the model is deterministic) or libtorch (CUDAGraph::replay).
     #[arg(long, default_value = "direct")]
     graph_launch: uminfer::session::GraphLaunch,
+    /// Capture every GPU scheme's request into a CUDA graph (gpu-copy: copy
+    /// in, forward, copy out; gpu-pinned, gpu-managed: the forward), not only
+    /// gpu-managed-graph's.
+    #[arg(long)]
+    capture_graphs: bool,
     /// Core to pin the measuring thread to (-1: do not pin).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     core: i64,
@@ -229,6 +234,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         spin: a.spin_us.map(std::time::Duration::from_micros),
         managed_placement: a.managed_placement,
         graph_launch: a.graph_launch,
+        capture_graphs: a.capture_graphs,
         warmup: a.warmup,
         warmup_time: std::time::Duration::try_from_secs_f64(a.warmup_secs).context("--warmup-secs must be a finite number of seconds, 0 or more")?,
         schemes: a.schemes.unwrap_or_else(|| bench::SCHEMES.iter().map(|s| s.to_string()).collect()),

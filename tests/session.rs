@@ -360,6 +360,28 @@ fn graph_launched_either_way_matches_eager() {
     }
 }
 
+/// `capture_graph`: the other GPU modes' requests replayed from a graph too
+/// (gpu-copy's with its copies in it); results as eager.
+#[test]
+fn every_gpu_mode_captured_into_a_graph_matches_eager() {
+    require_gpu!();
+    let rt = runtime();
+    let model = rt.model(common::model_path("tiny.pt")).unwrap();
+    for mode in [Mode::GpuCopy, Mode::GpuPinned, Mode::GpuManaged] {
+        let spec = SessionSpec::new(&INPUT, &[1, 10]).mode(mode).capture_graph(true);
+        let mut s: Session = rt.session(&model, spec).unwrap();
+        assert!(s.note().contains("captured into a CUDA graph, launched directly"), "{mode}: {}", s.note());
+        for seed in 0..50 {
+            let x = random_input(800 + seed, s.input().len());
+            s.input_mut().copy_from_slice(&x);
+            s.output_mut().fill(f32::NAN);
+            s.run().unwrap();
+            let err = max_rel_err(s.output(), &reference(&model, &x, Device::Cuda(0)));
+            assert!(err <= 1e-5, "{mode} captured, request {seed}: relative error {err}");
+        }
+    }
+}
+
 /// A model that draws random numbers (`noisy`: per-channel mean plus
 /// `torch.rand`) is not launched directly: its warm-up outputs differ, so the
 /// graph goes through libtorch's replay, which draws new numbers every time.

@@ -75,6 +75,8 @@ pub struct BenchOptions {
     pub managed_placement: crate::session::ManagedPlacement,
     /// How `gpu-managed-graph` launches its graph.
     pub graph_launch: crate::session::GraphLaunch,
+    /// Capture every GPU session scheme into a CUDA graph ([`SessionSpec::capture_graph`](crate::session::SessionSpec::capture_graph)).
+    pub capture_graphs: bool,
     /// Core the measuring thread is pinned to.
     pub core: Option<usize>,
     /// Show a progress bar on stderr (only drawn on a terminal).
@@ -110,6 +112,8 @@ pub struct BenchReport {
     pub managed_placement: String,
     /// How `gpu-managed-graph` launches its graph (`direct`, `libtorch`).
     pub graph_launch: String,
+    /// Whether every GPU session scheme ran from a CUDA graph (`--capture-graphs`).
+    pub capture_graphs: bool,
     pub warmup: usize,
     pub machine: Machine,
     pub results: Vec<SchemeResult>,
@@ -361,6 +365,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         spin_us: opts.spin.map(|d| d.as_micros() as u64),
         managed_placement: opts.managed_placement.to_string(),
         graph_launch: opts.graph_launch.to_string(),
+        capture_graphs: opts.capture_graphs,
         warmup: opts.warmup,
         machine: machine(rt),
         results,

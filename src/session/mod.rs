@@ -236,6 +236,7 @@ impl<I: Element, O: Element> Session<I, O> {
                 managed,
                 warmup: spec.warmup,
                 allow_eager_fallback: spec.allow_eager_fallback,
+                capture: mode == Mode::GpuManagedGraph || spec.capture_graph,
                 graph_launch: spec.graph_launch,
                 preprocess,
             };

@@ -65,7 +65,7 @@ impl std::fmt::Display for ManagedPlacement {
     }
 }
 
-/// How a `gpu-managed-graph` session replays its graph per request.
+/// How a session launches its captured CUDA graph per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GraphLaunch {
     /// `cuGraphLaunch` of the instantiated graph on the session stream, when
@@ -116,6 +116,7 @@ pub struct SessionSpec {
     pub(crate) spin: Option<std::time::Duration>,
     pub(crate) managed_placement: ManagedPlacement,
     pub(crate) graph_launch: GraphLaunch,
+    pub(crate) capture_graph: bool,
     pub(crate) preprocess: Option<crate::ops::PreprocessParams>,
 }
 
@@ -138,6 +139,7 @@ impl SessionSpec {
             spin: None,
             managed_placement: ManagedPlacement::Migrate,
             graph_launch: GraphLaunch::Direct,
+            capture_graph: false,
             preprocess: None,
         }
     }
@@ -209,7 +211,17 @@ impl SessionSpec {
         self
     }
 
-    /// How graph mode replays its graph (default [`GraphLaunch::Direct`]).
+    /// Capture the request's work into a CUDA graph in every GPU mode, not
+    /// only `gpu-managed-graph`: `gpu-copy`'s graph holds the copy in, the
+    /// forward pass and the copy out; `gpu-pinned`'s and `gpu-managed`'s the
+    /// forward pass over their regions (managed prefetches stay outside).
+    /// Ignored in `cpu` mode.
+    pub fn capture_graph(mut self, yes: bool) -> Self {
+        self.capture_graph = yes;
+        self
+    }
+
+    /// How a captured graph is launched (default [`GraphLaunch::Direct`]).
     pub fn graph_launch(mut self, launch: GraphLaunch) -> Self {
         self.graph_launch = launch;
         self
