@@ -189,7 +189,7 @@ struct BenchArgs {
     /// Page placement of the managed schemes' regions: migrate (prefetch
     /// around each request), host-resident (read and written in place), or
     /// pinned (pinned-mapped host memory instead of managed, read in place).
-    #[arg(long, default_value = "migrate")]
+    #[arg(long, default_value = "host-resident")]
     managed_placement: uminfer::session::ManagedPlacement,
     /// How gpu-managed-graph launches its graph: direct (cuGraphLaunch, when
     /// the model is deterministic) or libtorch (CUDAGraph::replay).
@@ -200,6 +200,10 @@ struct BenchArgs {
     /// gpu-managed-graph's.
     #[arg(long)]
     capture_graphs: bool,
+    /// GPU session schemes launch graphs from their session thread (a
+    /// hand-off per request) instead of the measuring thread.
+    #[arg(long)]
+    gpu_session_thread: bool,
     /// Core to pin the measuring thread to (-1: do not pin).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     core: i64,
@@ -235,6 +239,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         managed_placement: a.managed_placement,
         graph_launch: a.graph_launch,
         capture_graphs: a.capture_graphs,
+        gpu_session_thread: a.gpu_session_thread,
         warmup: a.warmup,
         warmup_time: std::time::Duration::try_from_secs_f64(a.warmup_secs).context("--warmup-secs must be a finite number of seconds, 0 or more")?,
         schemes: a.schemes.unwrap_or_else(|| bench::SCHEMES.iter().map(|s| s.to_string()).collect()),
@@ -295,8 +300,9 @@ fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice
             let n = intra_op::for_local_clients(slowest);
             tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
             format!(
-                "automatic: a forward pass takes {slowest:?} with libtorch's default threads; under {:?} a core is left to the clients",
-                intra_op::SHORT_FORWARD
+                "automatic: a forward pass takes {:.1} µs with libtorch's default threads; under {} µs a core is left to the clients",
+                slowest.as_secs_f64() * 1e6,
+                intra_op::SHORT_FORWARD.as_micros()
             )
         }
         None => "libtorch's default".to_string(),

@@ -392,14 +392,30 @@ mod fuzz {
     }
 }
 
+/// The automatic choice follows the forward time the server measured and
+/// logged (on a loaded machine even `tiny` can take longer than
+/// `SHORT_FORWARD`: all cores then); `--intra-op-threads` overrides it.
 #[test]
 fn serve_leaves_a_core_to_its_clients_unless_told_otherwise() {
-    for (extra, want) in [(&[][..], uminfer::intra_op::fewer_cores()), (&["--intra-op-threads", "3"][..], 3)] {
+    for extra in [&[][..], &["--intra-op-threads", "3"][..]] {
         let name = unique("threads");
         let server = ServerProcess::start(&name, "tiny.pt", extra);
         let out = connect(&name).infer(&SHAPE, &npy("tiny.input.npy")).unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
         assert!(common::max_abs_diff(&out.1, &npy("tiny.expected.npy")) <= 1e-5);
         let log = server.log();
+        let want = if extra.is_empty() {
+            let us = log
+                .split("a forward pass takes ")
+                .nth(1)
+                .and_then(|rest| rest.split(" µs").next()?.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("the log does not say how long a forward pass took:\n{log}"));
+            let want = uminfer::intra_op::for_local_clients(std::time::Duration::from_secs_f64(us / 1e6));
+            let rule = if us < uminfer::intra_op::SHORT_FORWARD.as_secs_f64() * 1e6 { uminfer::intra_op::fewer_cores() } else { uminfer::intra_op::cores() };
+            assert_eq!(want, rule, "a forward pass of {us} µs");
+            want
+        } else {
+            3
+        };
         let said = log.split("libtorch intra-op threads: ").nth(1).and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok());
         assert_eq!(said, Some(want), "{extra:?}: the log does not say {want} intra-op threads:\n{log}");
         server.signal(libc::SIGTERM);

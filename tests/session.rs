@@ -295,15 +295,19 @@ fn cpu_session_preprocesses_raw_images() {
     preprocessed_matches_reference(Mode::Cpu, Device::Cpu);
 }
 
-/// Managed modes with host-resident pages, or with pinned-mapped regions:
-/// no per-request migration, the GPU reads the input and writes the output
-/// in place; results as eager.
+/// Managed modes under every placement: pages migrated around each request,
+/// host-resident pages (the default) or pinned-mapped regions (both read and
+/// written in place by the GPU); results as eager.
 #[test]
-fn managed_host_resident_placement_matches_eager() {
+fn every_managed_placement_matches_eager() {
     require_gpu!();
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
-    let placements = [(ManagedPlacement::HostResident, "host-resident", RegionKind::Managed), (ManagedPlacement::Pinned, "pinned-mapped host memory", RegionKind::PinnedMapped)];
+    let placements = [
+        (ManagedPlacement::Migrate, "warm-up runs", RegionKind::Managed),
+        (ManagedPlacement::HostResident, "host-resident", RegionKind::Managed),
+        (ManagedPlacement::Pinned, "pinned-mapped host memory", RegionKind::PinnedMapped),
+    ];
     for (mode, (placement, says, kind)) in [Mode::GpuManaged, Mode::GpuManagedGraph].into_iter().flat_map(|m| placements.map(|p| (m, p))) {
         let spec = SessionSpec::new(&INPUT, &[1, 10]).mode(mode).managed_placement(placement);
         let mut s: Session = rt.session(&model, spec).unwrap();
@@ -327,7 +331,7 @@ fn managed_placement_names() {
     }
     let err = "host".parse::<ManagedPlacement>().unwrap_err();
     assert!(err.contains("migrate, host-resident or pinned"), "{err}");
-    assert_eq!(ManagedPlacement::default(), ManagedPlacement::Migrate);
+    assert_eq!(ManagedPlacement::default(), ManagedPlacement::HostResident);
 }
 
 #[test]
@@ -345,17 +349,27 @@ fn graph_launched_either_way_matches_eager() {
     require_gpu!();
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
-    for (launch, says) in [(GraphLaunch::Direct, "launched directly"), (GraphLaunch::Libtorch, "replayed through libtorch (as asked)")] {
-        let spec = SessionSpec::new(&INPUT, &[1, 10]).mode(Mode::GpuManagedGraph).graph_launch(launch);
+    let caller = "from the calling thread";
+    for (launch, session_thread, says) in [
+        (GraphLaunch::Direct, false, "launched directly"),
+        (GraphLaunch::Direct, true, "launched directly"),
+        (GraphLaunch::Libtorch, false, "replayed through libtorch (as asked)"),
+    ] {
+        let mut spec = SessionSpec::new(&INPUT, &[1, 10]).mode(Mode::GpuManagedGraph).graph_launch(launch);
+        if session_thread {
+            spec = spec.dedicated_thread(true);
+        }
         let mut s: Session = rt.session(&model, spec).unwrap();
         assert!(s.note().contains(says), "{launch}: {}", s.note());
+        // Only a direct launch without a request for the session thread runs from the caller's.
+        assert_eq!(s.note().contains(caller), launch == GraphLaunch::Direct && !session_thread, "{launch}, session thread {session_thread}: {}", s.note());
         for seed in 0..50 {
             let x = random_input(700 + seed, s.input().len());
             s.input_mut().copy_from_slice(&x);
             s.output_mut().fill(f32::NAN);
             s.run().unwrap();
             let err = max_rel_err(s.output(), &reference(&model, &x, Device::Cuda(0)));
-            assert!(err <= 1e-5, "{launch} request {seed}: relative error {err}");
+            assert!(err <= 1e-5, "{launch}, session thread {session_thread}, request {seed}: relative error {err}");
         }
     }
 }

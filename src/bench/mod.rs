@@ -77,6 +77,8 @@ pub struct BenchOptions {
     pub graph_launch: crate::session::GraphLaunch,
     /// Capture every GPU session scheme into a CUDA graph ([`SessionSpec::capture_graph`](crate::session::SessionSpec::capture_graph)).
     pub capture_graphs: bool,
+    /// GPU session schemes launch graphs from their session thread ([`SessionSpec::dedicated_thread`](crate::session::SessionSpec::dedicated_thread)).
+    pub gpu_session_thread: bool,
     /// Core the measuring thread is pinned to.
     pub core: Option<usize>,
     /// Show a progress bar on stderr (only drawn on a terminal).
@@ -114,6 +116,8 @@ pub struct BenchReport {
     pub graph_launch: String,
     /// Whether every GPU session scheme ran from a CUDA graph (`--capture-graphs`).
     pub capture_graphs: bool,
+    /// Whether GPU session schemes launched graphs from their session thread (`--gpu-session-thread`).
+    pub gpu_session_thread: bool,
     pub warmup: usize,
     pub machine: Machine,
     pub results: Vec<SchemeResult>,
@@ -366,6 +370,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         managed_placement: opts.managed_placement.to_string(),
         graph_launch: opts.graph_launch.to_string(),
         capture_graphs: opts.capture_graphs,
+        gpu_session_thread: opts.gpu_session_thread,
         warmup: opts.warmup,
         machine: machine(rt),
         results,

@@ -129,6 +129,9 @@ impl SessionScheme {
         if let Some(spin) = opts.spin {
             spec = spec.spin(spin);
         }
+        if opts.gpu_session_thread && mode.needs_gpu() {
+            spec = spec.dedicated_thread(true);
+        }
         Ok(Self { session: rt.session(model, spec)? })
     }
 }

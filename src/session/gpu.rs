@@ -15,7 +15,7 @@ use crate::memory::managed::{attach_raw, prefetch_raw};
 use crate::memory::{Attach, Location};
 use crate::mode::Mode;
 use crate::ops::{Preprocess, PreprocessParams};
-use crate::shim::{copy_tensor, CudaGraph, CurrentStream, TorchModule};
+use crate::shim::{copy_tensor, launch_exec, CudaGraph, CurrentStream, TorchModule};
 use cudarc::driver::{CudaEvent, CudaStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +62,42 @@ enum Path {
 struct Captured {
     graph: CudaGraph,
     direct: bool,
+}
+
+/// A captured graph launched with `cuGraphLaunch` from whichever thread
+/// calls, with no hand-off to the session thread: a request is two event
+/// records, the launch and a stream synchronisation, all driver calls that
+/// need none of libtorch's per-thread state. Made by [`GpuEngine::launcher`]
+/// for graphs launched directly whose requests need nothing outside the
+/// graph (no prefetches).
+pub(crate) struct GraphLauncher {
+    exec: cudarc::driver::sys::CUgraphExec,
+    stream: Arc<CudaStream>,
+    start: CudaEvent,
+    end: CudaEvent,
+}
+
+// SAFETY: `exec` is a handle into the engine's `CudaGraph`, which the
+// session thread keeps alive and never touches again after capture until it
+// is dropped; the session drops its launcher before that thread's engine
+// (field order in `Session`), so the handle never dangles, and `run` takes
+// `&mut self`, so one thread at a time launches it (not `Sync`). The stream
+// and events are cudarc's `Send` types.
+unsafe impl Send for GraphLauncher {}
+
+impl GraphLauncher {
+    /// One request: the graph between two timing events, then a stream synchronisation.
+    pub(crate) fn run(&mut self) -> Result<RunTiming> {
+        let t0 = Instant::now();
+        self.start.record(&self.stream).map_err(Error::driver("cuEventRecord"))?;
+        // SAFETY: `exec` is alive and launched by this thread only (see the
+        // `Send` impl above); `record` has bound the stream's context here.
+        unsafe { launch_exec(self.exec, &self.stream) }?;
+        self.end.record(&self.stream).map_err(Error::driver("cuEventRecord"))?;
+        self.stream.synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
+        let ms = self.start.elapsed_ms(&self.end).map_err(Error::driver("cuEventElapsedTime"))?;
+        Ok(RunTiming { host: t0.elapsed(), device: Some(Duration::from_secs_f64(ms as f64 / 1000.0)) })
+    }
 }
 
 /// The engine of the four GPU modes.
@@ -161,6 +197,23 @@ impl GpuEngine {
             }
         }
         Ok((engine, note))
+    }
+
+    /// A launcher for the calling thread, when a request is nothing but the
+    /// directly launched graph (no managed prefetches around it).
+    pub(crate) fn launcher(&self) -> Result<Option<GraphLauncher>> {
+        let Some(Captured { graph, direct: true }) = &self.captured else { return Ok(None) };
+        if self.parts.managed.is_some() {
+            return Ok(None);
+        }
+        let ctx = self.parts.gpu.context();
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        Ok(Some(GraphLauncher {
+            exec: graph.raw_exec()?,
+            stream: self.stream.clone(),
+            start: ctx.new_event(timing).map_err(Error::driver("cuEventCreate"))?,
+            end: ctx.new_event(timing).map_err(Error::driver("cuEventCreate"))?,
+        }))
     }
 
     /// Captures a request's work (`enqueue`) on the session stream.

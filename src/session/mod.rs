@@ -34,7 +34,7 @@ use crate::memory::{Advice, Element, Location, ManagedOptions, Region, RegionKin
 use crate::mode::Mode;
 use crate::runtime::{Model, Runtime};
 use engine::{CpuEngine, Engine, HostPreprocess};
-use gpu::{GpuEngine, GpuParts, ManagedRange};
+use gpu::{GpuEngine, GpuParts, GraphLauncher, ManagedRange};
 use worker::Worker;
 
 enum Runner {
@@ -63,12 +63,16 @@ struct CpuDirect {
 /// A model ready to serve requests of one fixed shape in one mode.
 ///
 /// # Thread safety
-/// `Send` (a session can move between threads; its GPU work always runs on
-/// its own thread) but used through `&mut self`: one request at a time. Use a
+/// `Send` (a session can move between threads; its GPU work runs on its own
+/// thread, except a directly launched graph's, which the calling thread
+/// launches) but used through `&mut self`: one request at a time. Use a
 /// [`SessionPool`] to serve several threads.
 pub struct Session<I: Element = f32, O: Element = f32> {
-    // Field order is drop order: the runner (its thread, tensors, stream and
-    // graph) goes before the regions those tensors view.
+    // Field order is drop order: the launcher (a handle into the runner's
+    // graph) goes first, then the runner (its thread, tensors, stream and
+    // graph), then the regions those tensors view.
+    /// Graph sessions launched directly: requests run from the calling thread.
+    launcher: Option<GraphLauncher>,
     runner: Runner,
     /// Raw u8 images when the spec asks for preprocessing.
     raw: Option<Region<u8>>,
@@ -168,7 +172,7 @@ impl<I: Element, O: Element> Session<I, O> {
                 }
                 Runner::Inline(Box::new(engine))
             };
-            Self { runner, raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs, cpu_direct }
+            Self { launcher: None, runner, raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs, cpu_direct }
         } else {
             let gpu = Gpu::open(spec.device)?;
             let pinned = spec.managed_placement == ManagedPlacement::Pinned;
@@ -242,9 +246,23 @@ impl<I: Element, O: Element> Session<I, O> {
             };
             let name = format!("uminfer-{}-{}", mode, spec.device);
             let spin = spec.spin.unwrap_or(worker::GPU_SPIN);
-            let (w, mut note) = Worker::spawn(name, spec.pin_core, spin, move || GpuEngine::build(parts)).map_err(|e| shape_error(model, &spec, e))?;
+            // Unless the spec asks for the session thread, a graph launched
+            // directly is launched from the calling thread.
+            let inline_launch = spec.dedicated_thread.is_none() && spec.pin_core.is_none();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (w, mut note) = Worker::spawn(name, spec.pin_core, spin, move || {
+                let (engine, note) = GpuEngine::build(parts)?;
+                let launcher = if inline_launch { engine.launcher()? } else { None };
+                let _ = tx.send(launcher);
+                Ok((engine, note))
+            })
+            .map_err(|e| shape_error(model, &spec, e))?;
+            let launcher = rx.try_recv().ok().flatten();
+            if launcher.is_some() {
+                note.push_str("; requests launch it from the calling thread (no hand-off to the session thread)");
+            }
             note.push_str(placement_note);
-            Self { runner: Runner::Thread(w), raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs, cpu_direct: None }
+            Self { launcher, runner: Runner::Thread(w), raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs, cpu_direct: None }
         };
         session.timing.reset();
         Ok(session)
@@ -353,9 +371,17 @@ impl<I: Element, O: Element> Session<I, O> {
 
     /// Runs one request: reads the input region, writes the output region.
     pub fn run(&mut self) -> Result<RunTiming> {
-        let t = self.runner.run()?;
+        let t = self.run_untimed()?;
         self.timing.record(t);
         Ok(t)
+    }
+
+    /// One request over the session's regions, not recorded.
+    fn run_untimed(&mut self) -> Result<RunTiming> {
+        match &mut self.launcher {
+            Some(l) => l.run(),
+            None => self.runner.run(),
+        }
     }
 
     /// Runs one request over caller-owned memory (e.g. a shared-memory
@@ -411,7 +437,7 @@ impl<I: Element, O: Element> Session<I, O> {
             }
             _ => {
                 self.input_mut().copy_from_slice(input);
-                let t = self.runner.run()?;
+                let t = self.run_untimed()?;
                 for (dst, src) in output.iter_mut().zip(self.output()) {
                     dst.write(*src);
                 }

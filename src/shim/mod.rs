@@ -4,7 +4,7 @@
 //! |---|---|
 //! | [`torch_info`] | libtorch's build and CUDA facts (`at::detail::getCUDAHooks()`) |
 //! | [`CurrentStream`] | `c10::cuda::setCurrentCUDAStream` with an external stream, restored on drop |
-//! | [`CudaGraph`] | `at::cuda::CUDAGraph` capture / replay, pool sharing |
+//! | [`CudaGraph`], [`launch_exec`] | `at::cuda::CUDAGraph` capture / replay / direct launch, pool sharing |
 //! | [`TorchModule`] | `torch::jit::Module`: load, forward, forward into a preallocated output |
 //! | [`copy_tensor`] | `Tensor::copy_` with `non_blocking` (tch always blocks) |
 //!
@@ -191,16 +191,22 @@ impl CudaGraph {
     /// numbers draws the same ones every time; its results are still computed
     /// from the current input. Fails if no capture has ended.
     pub fn launch(&self, stream: &cudarc::driver::CudaStream) -> Result<()> {
+        let exec = self.raw_exec()?;
+        // SAFETY: `exec` is the graph's instantiated executable, owned by
+        // `self` and alive while `self` is borrowed; `stream` is a live
+        // stream (a stream of another context makes the driver return an
+        // error, not misbehave).
+        unsafe { launch_exec(exec, stream) }
+    }
+
+    /// The instantiated executable graph (`cudaGraphExec_t`, the same handle
+    /// as the driver's `CUgraphExec`), owned by `self`: valid until `self` is
+    /// dropped. Fails if no capture has ended.
+    pub fn raw_exec(&self) -> Result<cudarc::driver::sys::CUgraphExec> {
         let mut exec = std::ptr::null_mut();
         // SAFETY: `self.raw` is live; `exec` is a valid out pointer.
         check("graph_exec", unsafe { ffi::uminfer_graph_exec(self.raw, &mut exec) })?;
-        // SAFETY: `exec` is the graph's instantiated executable (a
-        // cudaGraphExec_t is a CUgraphExec), owned by `self` and alive while
-        // `self` is borrowed; `stream` is a live stream (a stream of another
-        // context makes the driver return an error, not misbehave).
-        unsafe { cudarc::driver::sys::cuGraphLaunch(exec.cast(), stream.cu_stream()) }
-            .result()
-            .map_err(Error::driver("cuGraphLaunch"))
+        Ok(exec.cast())
     }
 
     /// The memory pool this graph allocated from (share it with the next capture).
@@ -220,6 +226,16 @@ impl Drop for CudaGraph {
             tracing::error!("destroying a CUDA graph failed: {e}");
         }
     }
+}
+
+/// `cuGraphLaunch(exec, stream)`.
+///
+/// # Safety
+/// `exec` must be a live executable graph (see [`CudaGraph::raw_exec`]) that
+/// no other thread launches or changes during the call.
+pub unsafe fn launch_exec(exec: cudarc::driver::sys::CUgraphExec, stream: &cudarc::driver::CudaStream) -> Result<()> {
+    // SAFETY: the caller guarantees `exec`; `stream` is a live stream.
+    unsafe { cudarc::driver::sys::cuGraphLaunch(exec, stream.cu_stream()) }.result().map_err(Error::driver("cuGraphLaunch"))
 }
 
 /// A TorchScript module loaded by the shim (`torch::jit::load`), in eval mode.
