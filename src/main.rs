@@ -204,6 +204,10 @@ struct BenchArgs {
     /// hand-off per request) instead of the measuring thread.
     #[arg(long)]
     gpu_session_thread: bool,
+    /// GPU session schemes (but gpu-copy) copy their input into device memory
+    /// with a copy kernel first, and the model reads it there.
+    #[arg(long)]
+    stage_input: bool,
     /// Core to pin the measuring thread to (-1: do not pin).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     core: i64,
@@ -240,6 +244,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         graph_launch: a.graph_launch,
         capture_graphs: a.capture_graphs,
         gpu_session_thread: a.gpu_session_thread,
+        stage_input: a.stage_input,
         warmup: a.warmup,
         warmup_time: std::time::Duration::try_from_secs_f64(a.warmup_secs).context("--warmup-secs must be a finite number of seconds, 0 or more")?,
         schemes: a.schemes.unwrap_or_else(|| bench::SCHEMES.iter().map(|s| s.to_string()).collect()),
@@ -249,15 +254,16 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     };
     let report = bench::run(&rt, &opts)?;
     let order = if report.burst == 1 { "interleaved".to_string() } else { format!("interleaved in bursts of {}", report.burst) };
-    println!("\n{} — {} timed requests per scheme, {order}; {} ({} cores){}", model.display(), requests, report.machine.cpu, report.machine.cores,
-        if report.machine.gpus.is_empty() { String::new() } else { format!(", {}", report.machine.gpus.join(", ")) });
+    let gpus = if report.machine.gpus.is_empty() { String::new() } else { format!(", {}", report.machine.gpus.join(", ")) };
+    println!("\n{} — {} timed requests per scheme, {order}; {} ({} cores){gpus}", model.display(), requests, report.machine.cpu, report.machine.cores);
     print!("{}", bench::stats::table(&report.results));
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;
         tracing::info!("wrote {}", p.display());
     }
     if let Some(p) = &a.plot {
-        let title = format!("{} latency, {} ({} cores)", model.display(), report.machine.cpu, report.machine.cores);
+        let name = model.file_name().map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let title = format!("{name} latency, {} ({} cores){gpus}", report.machine.cpu, report.machine.cores);
         bench::plot::cdf_svg(&report.results, &title, p)?;
         tracing::info!("wrote {}", p.display());
     }

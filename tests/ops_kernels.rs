@@ -199,7 +199,7 @@ mod gpu {
     use std::sync::Mutex;
     use uminfer::cuda::Gpu;
     use uminfer::memory::{Element, ManagedOptions, Region};
-    use uminfer::ops::{Postprocess, Preprocess};
+    use uminfer::ops::{Postprocess, Preprocess, Stage};
 
     static GPU_TESTS: Mutex<()> = Mutex::new(());
 
@@ -302,6 +302,34 @@ mod gpu {
             stream.synchronize().unwrap();
             check_preprocess(&bufs, &src, shape);
         }
+    }
+
+    /// The staging copy: every byte of odd and aligned sizes, nothing past
+    /// the end (a guard byte stays), misaligned addresses refused.
+    #[test]
+    fn gpu_stage_copies_exactly_the_bytes_asked() {
+        require_gpu!();
+        let _one = GPU_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let gpu = Gpu::open(0).unwrap();
+        let stream = gpu.new_stream().unwrap();
+        let stage = Stage::new(&gpu).unwrap();
+        let mut rng = Lcg(5);
+        for bytes in [1usize, 15, 16, 17, 4096, 196_608, 196_613] {
+            let src = managed(&gpu, &rng.bytes(bytes));
+            let dst = managed(&gpu, &vec![0xA5u8; bytes + 1]);
+            // SAFETY: both are live managed regions of this GPU, `src` holds
+            // `bytes` bytes and `dst` one more; the stream is synchronised
+            // before either is read on the host or dropped.
+            unsafe { stage.launch(&stream, dptr(&src), dptr(&dst), bytes) }.unwrap();
+            stream.synchronize().unwrap();
+            let (s, d) = (src.host_view().unwrap(), dst.host_view().unwrap());
+            assert_eq!(&d[..bytes], &s[..bytes], "{bytes} bytes");
+            assert_eq!(d[bytes], 0xA5, "{bytes} bytes: the byte after the copy was written");
+        }
+        let (a, b) = (managed(&gpu, &[0u8; 64]), managed(&gpu, &[0u8; 64]));
+        // SAFETY: refused before any launch (misaligned source).
+        let err = unsafe { stage.launch(&stream, dptr(&a) + 4, dptr(&b), 32) }.unwrap_err().to_string();
+        assert!(err.contains("not 16-byte aligned"), "{err}");
     }
 
     #[test]

@@ -396,6 +396,28 @@ fn every_gpu_mode_captured_into_a_graph_matches_eager() {
     }
 }
 
+/// `stage_input`: the input copied into device memory by the staging kernel
+/// at the start of each request (inside the graph in graph mode); results as eager.
+#[test]
+fn staged_input_matches_eager() {
+    require_gpu!();
+    let rt = runtime();
+    let model = rt.model(common::model_path("tiny.pt")).unwrap();
+    for mode in [Mode::GpuPinned, Mode::GpuManaged, Mode::GpuManagedGraph] {
+        let spec = SessionSpec::new(&INPUT, &[1, 10]).mode(mode).stage_input(true);
+        let mut s: Session = rt.session(&model, spec).unwrap();
+        assert!(s.note().contains("stages the input into device memory"), "{mode}: {}", s.note());
+        for seed in 0..50 {
+            let x = random_input(1000 + seed, s.input().len());
+            s.input_mut().copy_from_slice(&x);
+            s.output_mut().fill(f32::NAN);
+            s.run().unwrap();
+            let err = max_rel_err(s.output(), &reference(&model, &x, Device::Cuda(0)));
+            assert!(err <= 1e-5, "{mode} staged, request {seed}: relative error {err}");
+        }
+    }
+}
+
 /// A model that draws random numbers (`noisy`: per-channel mean plus
 /// `torch.rand`) is not launched directly: its warm-up outputs differ, so the
 /// graph goes through libtorch's replay, which draws new numbers every time.

@@ -79,6 +79,8 @@ pub struct BenchOptions {
     pub capture_graphs: bool,
     /// GPU session schemes launch graphs from their session thread ([`SessionSpec::dedicated_thread`](crate::session::SessionSpec::dedicated_thread)).
     pub gpu_session_thread: bool,
+    /// GPU session schemes stage their input in device memory ([`SessionSpec::stage_input`](crate::session::SessionSpec::stage_input)).
+    pub stage_input: bool,
     /// Core the measuring thread is pinned to.
     pub core: Option<usize>,
     /// Show a progress bar on stderr (only drawn on a terminal).
@@ -118,6 +120,8 @@ pub struct BenchReport {
     pub capture_graphs: bool,
     /// Whether GPU session schemes launched graphs from their session thread (`--gpu-session-thread`).
     pub gpu_session_thread: bool,
+    /// Whether GPU session schemes staged their input in device memory (`--stage-input`).
+    pub stage_input: bool,
     pub warmup: usize,
     pub machine: Machine,
     pub results: Vec<SchemeResult>,
@@ -371,6 +375,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         graph_launch: opts.graph_launch.to_string(),
         capture_graphs: opts.capture_graphs,
         gpu_session_thread: opts.gpu_session_thread,
+        stage_input: opts.stage_input,
         warmup: opts.warmup,
         machine: machine(rt),
         results,

@@ -125,7 +125,7 @@ pub(crate) struct SessionScheme {
 
 impl SessionScheme {
     pub(crate) fn build(rt: &Runtime, model: &Model, opts: &BenchOptions, out: &[i64], mode: Mode) -> Result<Self> {
-        let mut spec = SessionSpec::new(&opts.shape, out).mode(mode).warmup(5).managed_placement(opts.managed_placement).graph_launch(opts.graph_launch).capture_graph(opts.capture_graphs);
+        let mut spec = SessionSpec::new(&opts.shape, out).mode(mode).warmup(5).managed_placement(opts.managed_placement).graph_launch(opts.graph_launch).capture_graph(opts.capture_graphs).stage_input(opts.stage_input);
         if let Some(spin) = opts.spin {
             spec = spec.spin(spin);
         }

@@ -1,5 +1,5 @@
-//! The ops' kernels loaded on a GPU: [`Preprocess`] (`kernels/preprocess.cu`)
-//! and [`Postprocess`] (`kernels/postprocess.cu`).
+//! The ops' kernels loaded on a GPU: [`Preprocess`] (`kernels/preprocess.cu`),
+//! [`Postprocess`] (`kernels/postprocess.cu`) and [`Stage`] (`kernels/stage.cu`).
 //!
 //! A launch takes raw device addresses (`u64`: a session's input and output
 //! regions, a libtorch tensor's `data_ptr`, ...) and queues one kernel on
@@ -125,6 +125,56 @@ impl Preprocess {
         // dst[0 .. pixels·channels) only; that these are valid, unaliased and
         // alive until the kernel ends is the caller's contract (# Safety 1–3).
         unsafe { args.launch(cfg) }.map_err(Error::driver("cuLaunchKernel (uminfer_preprocess_u8_hwc_f32_nchw)"))?;
+        Ok(())
+    }
+}
+
+/// The staging kernel (`uminfer_stage_copy`) loaded on one GPU: copies a
+/// request's input from host memory the GPU can read (host-resident managed,
+/// mapped pinned) into a device buffer, reading each byte over the bus once.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    kernel: Loaded,
+}
+
+impl Stage {
+    /// Name of the kernel's entry point in `kernels/stage.cu`.
+    pub const ENTRY: &'static str = "uminfer_stage_copy";
+
+    /// Loads the kernel into `gpu`'s context (compiling it with NVRTC on first
+    /// use in the process when the build had no nvcc).
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        Ok(Self { kernel: Loaded::new(gpu, "stage", Self::ENTRY)? })
+    }
+
+    /// Queues the copy of `bytes` bytes from `src` to `dst` on `stream`.
+    ///
+    /// Errors: a null or not 16-byte aligned address, a stream of another
+    /// context, or the driver refusing the launch.
+    ///
+    /// # Safety
+    ///
+    /// As [`Preprocess::launch`]: `src` must be a device-accessible address of
+    /// at least `bytes` readable bytes and `dst` of at least `bytes` writable
+    /// bytes, not overlapping, both allocated until the kernel has finished on
+    /// `stream`, and nothing else may write `src` or touch `dst` until then.
+    pub unsafe fn launch(&self, stream: &CudaStream, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        self.kernel.check_stream(stream)?;
+        check_ptr("staging source", src, 16)?;
+        check_ptr("staging destination", dst, 16)?;
+        let chunks = (bytes / 16) as i64;
+        let tail = (bytes % 16) as i32;
+        let blocks = u32::try_from((bytes / 16).div_ceil(THREADS as usize).max(1))
+            .map_err(|_| Error::Argument(format!("staging copy of {bytes} bytes: too large for one launch")))?;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let mut args = stream.launch_builder(&self.kernel.func);
+        args.arg(&src).arg(&dst).arg(&chunks).arg(&tail);
+        // SAFETY: the arguments match the kernel's signature (const Chunk*,
+        // Chunk*, long long chunks, int tail), pushed by reference to locals
+        // that outlive this call. The kernel touches src[0 .. bytes) and
+        // dst[0 .. bytes) only (chunks·16 + tail = bytes); that these are
+        // valid, unaliased and alive until it ends is the caller's contract.
+        unsafe { args.launch(cfg) }.map_err(Error::driver("cuLaunchKernel (uminfer_stage_copy)"))?;
         Ok(())
     }
 }

@@ -8,7 +8,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`reference`](mod@reference) | the CPU implementations: the definition the kernels are tested against, and the CPU mode's ops |
-//! | [`launch`] | [`Preprocess`], [`Postprocess`]: the kernels loaded on a GPU, launched on a stream into raw device pointers (capturable in a CUDA graph) |
+//! | [`launch`] | [`Preprocess`], [`Postprocess`], [`Stage`] (the input staging copy of `SessionSpec::stage_input`): the kernels loaded on a GPU, launched on a stream into raw device pointers (capturable in a CUDA graph) |
 //!
 //! What the ops compute:
 //!
@@ -27,7 +27,7 @@
 pub mod launch;
 pub mod reference;
 
-pub use launch::{Postprocess, Preprocess};
+pub use launch::{Postprocess, Preprocess, Stage};
 
 use crate::error::{Error, Result};
 

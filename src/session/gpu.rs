@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::memory::managed::{attach_raw, prefetch_raw};
 use crate::memory::{Attach, Location};
 use crate::mode::Mode;
-use crate::ops::{Preprocess, PreprocessParams};
+use crate::ops::{Preprocess, PreprocessParams, Stage};
 use crate::shim::{copy_tensor, launch_exec, CudaGraph, CurrentStream, TorchModule};
 use cudarc::driver::{CudaEvent, CudaStream};
 use std::sync::Arc;
@@ -46,6 +46,8 @@ pub(crate) struct GpuParts {
     /// `gpu-managed-graph`; in the other modes when the spec asks).
     pub(crate) capture: bool,
     pub(crate) graph_launch: GraphLaunch,
+    /// Stage the input in device memory first (ignored in `gpu-copy`).
+    pub(crate) stage_input: bool,
     /// Raw u8 region (device address) → input region (device address).
     pub(crate) preprocess: Option<(PreprocessParams, u64, u64)>,
 }
@@ -55,6 +57,9 @@ enum Path {
     Copy { d_in: tch::Tensor, d_out: tch::Tensor },
     /// Forward straight over device-visible regions.
     Direct,
+    /// The input region copied into a device buffer by the staging kernel,
+    /// then the forward over that buffer (`SessionSpec::stage_input`).
+    Staged { d_in: tch::Tensor, stage: Stage },
 }
 
 /// A request's work captured into a CUDA graph; `direct`: launched with
@@ -147,6 +152,10 @@ impl GpuEngine {
                 let opts = (parts.input.kind(), tch::Device::Cuda(gpu.ordinal()));
                 Path::Copy { d_in: tch::Tensor::f_empty(parts.input.size(), opts)?, d_out: tch::Tensor::f_empty(parts.output.size(), opts)? }
             }
+            _ if parts.stage_input => {
+                let opts = (parts.input.kind(), tch::Device::Cuda(gpu.ordinal()));
+                Path::Staged { d_in: tch::Tensor::f_empty(parts.input.size(), opts)?, stage: Stage::new(&gpu)? }
+            }
             _ => Path::Direct,
         };
         tch::Cuda::cudnn_set_benchmark(true);
@@ -171,6 +180,9 @@ impl GpuEngine {
         }
         drop(last);
         let mut note = format!("{} warm-up runs on GPU {}", engine.parts.warmup, gpu.ordinal());
+        if matches!(engine.path, Path::Staged { .. }) {
+            note.push_str("; each request stages the input into device memory with a copy kernel first");
+        }
         if graph_mode {
             match engine.capture() {
                 Ok(graph) => {
@@ -179,6 +191,7 @@ impl GpuEngine {
                     engine.run()?; // the first replay uploads the graph
                     note.push_str(match engine.path {
                         Path::Copy { .. } => "; input copy, forward and output copy captured into a CUDA graph",
+                        Path::Staged { .. } => "; input staging, forward and output copy captured into a CUDA graph",
                         Path::Direct => "; forward and output copy captured into a CUDA graph",
                     });
                     note.push_str(match (engine.parts.graph_launch, repeatable) {
@@ -241,6 +254,17 @@ impl GpuEngine {
                 copy_tensor(&mut p.output, d_out, true)
             }
             Path::Direct => p.module.forward_into(&p.input, &mut p.output),
+            Path::Staged { d_in, stage } => {
+                let bytes = d_in.numel() * d_in.kind().elt_size_in_bytes();
+                // SAFETY: `p.input` views the session's input region and `d_in`
+                // is a device tensor of the same shape and dtype (made at
+                // build): `bytes` fits both, they are distinct allocations,
+                // both live as long as the engine, and the host does not touch
+                // the input region until the stream is synchronised at the end
+                // of the request (the session hands out slices only between runs).
+                unsafe { stage.launch(&self.stream, p.input.data_ptr() as u64, d_in.data_ptr() as u64, bytes) }?;
+                p.module.forward_into(d_in, &mut p.output)
+            }
         }
     }
 

@@ -241,6 +241,7 @@ impl<I: Element, O: Element> Session<I, O> {
                 warmup: spec.warmup,
                 allow_eager_fallback: spec.allow_eager_fallback,
                 capture: mode == Mode::GpuManagedGraph || spec.capture_graph,
+                stage_input: spec.stage_input,
                 graph_launch: spec.graph_launch,
                 preprocess,
             };
