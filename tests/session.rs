@@ -295,6 +295,20 @@ fn cpu_session_preprocesses_raw_images() {
     preprocessed_matches_reference(Mode::Cpu, Device::Cpu);
 }
 
+/// 50 requests of fresh random inputs (seeds from `first_seed`) into a GPU
+/// session over `tiny`, each output poisoned first and then equal to eager
+/// mode on the GPU within 1e-5.
+fn tiny_gpu_requests_match_eager(s: &mut Session, model: &Model, first_seed: u64, what: &str) {
+    for seed in first_seed..first_seed + 50 {
+        let x = random_input(seed, s.input().len());
+        s.input_mut().copy_from_slice(&x);
+        s.output_mut().fill(f32::NAN);
+        s.run().unwrap();
+        let err = max_rel_err(s.output(), &reference(model, &x, Device::Cuda(0)));
+        assert!(err <= 1e-5, "{what}, request seed {seed}: relative error {err}");
+    }
+}
+
 /// Managed modes under every placement: pages migrated around each request,
 /// host-resident pages (the default) or pinned-mapped regions (both read and
 /// written in place by the GPU); results as eager.
@@ -313,14 +327,7 @@ fn every_managed_placement_matches_eager() {
         let mut s: Session = rt.session(&model, spec).unwrap();
         assert!(s.note().contains(says), "{mode} {placement}: {}", s.note());
         assert_eq!((s.input_region().kind(), s.output_region().kind()), (kind, kind), "{mode} {placement}");
-        for seed in 0..50 {
-            let x = random_input(500 + seed, s.input().len());
-            s.input_mut().copy_from_slice(&x);
-            s.output_mut().fill(f32::NAN);
-            s.run().unwrap();
-            let err = max_rel_err(s.output(), &reference(&model, &x, Device::Cuda(0)));
-            assert!(err <= 1e-5, "{mode} {placement} request {seed}: relative error {err}");
-        }
+        tiny_gpu_requests_match_eager(&mut s, &model, 500, &format!("{mode} {placement}"));
     }
 }
 
@@ -363,14 +370,7 @@ fn graph_launched_either_way_matches_eager() {
         assert!(s.note().contains(says), "{launch}: {}", s.note());
         // Only a direct launch without a request for the session thread runs from the caller's.
         assert_eq!(s.note().contains(caller), launch == GraphLaunch::Direct && !session_thread, "{launch}, session thread {session_thread}: {}", s.note());
-        for seed in 0..50 {
-            let x = random_input(700 + seed, s.input().len());
-            s.input_mut().copy_from_slice(&x);
-            s.output_mut().fill(f32::NAN);
-            s.run().unwrap();
-            let err = max_rel_err(s.output(), &reference(&model, &x, Device::Cuda(0)));
-            assert!(err <= 1e-5, "{launch}, session thread {session_thread}, request {seed}: relative error {err}");
-        }
+        tiny_gpu_requests_match_eager(&mut s, &model, 700, &format!("{launch}, session thread {session_thread}"));
     }
 }
 
@@ -385,14 +385,7 @@ fn every_gpu_mode_captured_into_a_graph_matches_eager() {
         let spec = SessionSpec::new(&INPUT, &[1, 10]).mode(mode).capture_graph(true);
         let mut s: Session = rt.session(&model, spec).unwrap();
         assert!(s.note().contains("captured into a CUDA graph, launched directly"), "{mode}: {}", s.note());
-        for seed in 0..50 {
-            let x = random_input(800 + seed, s.input().len());
-            s.input_mut().copy_from_slice(&x);
-            s.output_mut().fill(f32::NAN);
-            s.run().unwrap();
-            let err = max_rel_err(s.output(), &reference(&model, &x, Device::Cuda(0)));
-            assert!(err <= 1e-5, "{mode} captured, request {seed}: relative error {err}");
-        }
+        tiny_gpu_requests_match_eager(&mut s, &model, 800, &format!("{mode} captured"));
     }
 }
 
@@ -407,14 +400,7 @@ fn staged_input_matches_eager() {
         let spec = SessionSpec::new(&INPUT, &[1, 10]).mode(mode).stage_input(true);
         let mut s: Session = rt.session(&model, spec).unwrap();
         assert!(s.note().contains("stages the input into device memory"), "{mode}: {}", s.note());
-        for seed in 0..50 {
-            let x = random_input(1000 + seed, s.input().len());
-            s.input_mut().copy_from_slice(&x);
-            s.output_mut().fill(f32::NAN);
-            s.run().unwrap();
-            let err = max_rel_err(s.output(), &reference(&model, &x, Device::Cuda(0)));
-            assert!(err <= 1e-5, "{mode} staged, request {seed}: relative error {err}");
-        }
+        tiny_gpu_requests_match_eager(&mut s, &model, 1000, &format!("{mode} staged"));
     }
 }
 
