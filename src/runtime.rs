@@ -1,7 +1,8 @@
 //! [`Runtime`] and [`Model`]: the entry point a service embeds.
 //!
 //! The runtime runs the doctor's probe once and refuses execution modes it
-//! found unusable, quoting its reason; models are loaded per device on demand.
+//! found unusable, quoting its reason; a model file is opened once per
+//! runtime and loaded per device on demand.
 
 use crate::doctor::{self, probe::ProbeOptions, Report};
 use crate::error::{Error, Result};
@@ -18,6 +19,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Runtime {
     report: Arc<Report>,
+    /// Models opened so far, by canonical path (clones share them).
+    models: Arc<Mutex<HashMap<PathBuf, Model>>>,
 }
 
 impl Runtime {
@@ -31,7 +34,7 @@ impl Runtime {
     /// ([`crate::malloc_tuning`]; `UMINFER_KEEP_FREED_MEMORY=0` opts out).
     pub fn from_report(report: Report) -> Self {
         crate::malloc_tuning::apply_once();
-        Self { report: Arc::new(report) }
+        Self { report: Arc::new(report), models: Arc::default() }
     }
 
     /// The startup diagnosis.
@@ -52,11 +55,19 @@ impl Runtime {
             .collect()
     }
 
-    /// Opens a TorchScript model (loaded onto each device when a session first needs it).
+    /// Opens a TorchScript model (loaded onto each device when a session
+    /// first needs it). A file this runtime (or a clone of it) has opened
+    /// before is not read again: the same [`Model`], with the modules already
+    /// loaded, comes back. A file that failed to open is tried again.
     pub fn model(&self, path: impl AsRef<Path>) -> Result<Model> {
-        let model = Model { path: path.as_ref().to_path_buf(), modules: Arc::new(Mutex::new(HashMap::new())) };
+        let path = path.as_ref();
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if let Some(m) = self.models.lock().get(&key) {
+            return Ok(m.clone());
+        }
+        let model = Model { path: path.to_path_buf(), modules: Arc::new(Mutex::new(HashMap::new())) };
         model.module(tch::Device::Cpu)?; // fail early on a missing file or one that is not TorchScript
-        Ok(model)
+        Ok(self.models.lock().entry(key).or_insert(model).clone())
     }
 
     /// Builds a session (see [`Session`]).

@@ -341,6 +341,19 @@ fn managed_placement_names() {
     assert_eq!(ManagedPlacement::default(), ManagedPlacement::HostResident);
 }
 
+/// A model file is read once per runtime (and its clones), whatever path spells it.
+#[test]
+fn a_model_is_opened_once_per_runtime() {
+    let rt = runtime();
+    let path = common::model_path("tiny.pt");
+    let a = rt.model(&path).unwrap();
+    let dotted = path.parent().unwrap().join(".").join("tiny.pt");
+    let b = rt.clone().model(&dotted).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a.module(Device::Cpu).unwrap(), &b.module(Device::Cpu).unwrap()), "tiny.pt was loaded twice");
+    let other = runtime().model(&path).unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&a.module(Device::Cpu).unwrap(), &other.module(Device::Cpu).unwrap()), "two runtimes share a module");
+}
+
 #[test]
 fn graph_launch_names() {
     for l in [GraphLaunch::Direct, GraphLaunch::Libtorch] {
