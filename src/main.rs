@@ -40,7 +40,8 @@ enum Command {
     /// [ADDR] --model NAME=PATH [--model NAME=PATH ...]` (docs/oip.md).
     /// Stops cleanly on SIGINT/SIGTERM after finishing the requests in flight.
     Serve {
-        /// Shared-memory endpoint name (without --grpc).
+        /// Shared-memory endpoint name (without --grpc). Prints
+        /// `ipc=uminfer/NAME` on stdout once the service exists.
         #[arg(long, required_unless_present = "grpc", conflicts_with = "grpc")]
         name: Option<String>,
         /// Serve the Open Inference Protocol over gRPC on ADDR (default 127.0.0.1:8001;
@@ -273,7 +274,10 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
 fn serve(opts: uminfer::ipc::ServeOptions, threads: Option<u32>) -> anyhow::Result<()> {
     let rt = Runtime::new();
     choose_intra_op_threads(&rt, threads, opts.mode, std::slice::from_ref(&opts.model), &opts.input_shape)?;
+    let service = format!("uminfer/{}", opts.name);
     let server = uminfer::ipc::Server::new(&rt, opts)?;
+    // What a parent process waits for (as `serve --grpc` prints `grpc=ADDR`).
+    println!("ipc={service}");
     server.run()?;
     let st = server.stats();
     let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);

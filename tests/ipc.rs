@@ -32,20 +32,22 @@ fn npy(name: &str) -> Vec<f32> {
 struct ServerProcess {
     child: Child,
     log: PathBuf,
+    out: PathBuf,
 }
 
 impl ServerProcess {
     fn start(name: &str, model: &str, extra: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("{name}.log"));
+        let out = std::env::temp_dir().join(format!("{name}.out"));
         let child = Command::new(common::uminfer_bin())
             .args(["serve", "--name", name, "--model"])
             .arg(common::model_path(model))
             .args(extra)
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("server stdout file"))
             .stderr(std::fs::File::create(&log).expect("server log file"))
             .spawn()
             .expect("starting uminfer serve");
-        Self { child, log }
+        Self { child, log, out }
     }
 
     fn signal(&self, sig: i32) {
@@ -55,6 +57,10 @@ impl ServerProcess {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
     /// CPU seconds (user + system) used so far, from /proc/PID/stat.
@@ -418,6 +424,8 @@ fn serve_leaves_a_core_to_its_clients_unless_told_otherwise() {
         };
         let said = log.split("libtorch intra-op threads: ").nth(1).and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok());
         assert_eq!(said, Some(want), "{extra:?}: the log does not say {want} intra-op threads:\n{log}");
+        // Its one line on stdout, once the service exists (what `uminfer bench` waits for).
+        assert_eq!(server.stdout(), format!("ipc=uminfer/{name}\n"));
         server.signal(libc::SIGTERM);
     }
 }

@@ -221,19 +221,11 @@ pub(crate) struct ShmIpc {
 
 impl ShmIpc {
     pub(crate) fn start(model: &Path, shape: &[i64], threads: usize) -> Result<Self> {
-        let exe = std::env::current_exe().map_err(|e| Error::Os { call: "finding the uminfer binary", source: e })?;
         let name = format!("bench-{}", std::process::id());
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        let child = Command::new(exe)
-            .args(["serve", "--name", &name, "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"])
-            .arg(model)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| Error::Os { call: "starting uminfer serve", source: e })?;
-        let server = ServerChild(child);
-        let client = Client::connect(&name, Duration::from_secs(60))?;
+        let args = ["serve", "--name", &name, "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
+        let (server, _) = ServerChild::start_reporting(args.into_iter().chain([model.as_os_str().to_owned()]), "ipc")?;
+        let client = Client::connect(&name, Duration::from_secs(10))?;
         Ok(Self { client, shape: shape.to_vec(), next: None, output: Vec::new(), threads, _server: server })
     }
 
