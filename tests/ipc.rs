@@ -148,7 +148,7 @@ fn loaned_requests_are_filled_ahead_and_sent_by_their_own_client() {
         assert_eq!(from_zeros, want);
         // A request belongs to the client that loaned it.
         let foreign = c.loan(&SHAPE).unwrap();
-        let err = other.send(foreign, |_| ()).err().expect("sent through another client");
+        let err = other.send(foreign, |_| ()).expect_err("sent through another client");
         assert!(err.to_string().contains("another client"), "{err}");
         // Loans were given back (sent or dropped): two can be held again.
         let _held = (c.loan(&SHAPE).unwrap(), c.loan(&SHAPE).unwrap());

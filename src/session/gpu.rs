@@ -78,8 +78,7 @@ struct Captured {
 pub(crate) struct GraphLauncher {
     exec: cudarc::driver::sys::CUgraphExec,
     stream: Arc<CudaStream>,
-    start: CudaEvent,
-    end: CudaEvent,
+    events: RequestEvents,
 }
 
 // SAFETY: `exec` is a handle into the engine's `CudaGraph`, which the
@@ -93,13 +92,42 @@ unsafe impl Send for GraphLauncher {}
 impl GraphLauncher {
     /// One request: the graph between two timing events, then a stream synchronisation.
     pub(crate) fn run(&mut self) -> Result<RunTiming> {
-        let t0 = Instant::now();
-        self.start.record(&self.stream).map_err(Error::driver("cuEventRecord"))?;
+        let t0 = self.events.begin(&self.stream)?;
         // SAFETY: `exec` is alive and launched by this thread only (see the
-        // `Send` impl above); `record` has bound the stream's context here.
+        // `Send` impl above); `begin` has bound the stream's context here.
         unsafe { launch_exec(self.exec, &self.stream) }?;
-        self.end.record(&self.stream).map_err(Error::driver("cuEventRecord"))?;
-        self.stream.synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
+        self.events.finish(&self.stream, t0)
+    }
+}
+
+/// The two timing events that bracket every request on a session's stream.
+struct RequestEvents {
+    start: CudaEvent,
+    end: CudaEvent,
+}
+
+impl RequestEvents {
+    fn new(gpu: &Gpu) -> Result<Self> {
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT); // timing enabled
+        let ctx = gpu.context();
+        Ok(Self {
+            start: ctx.new_event(timing).map_err(Error::driver("cuEventCreate"))?,
+            end: ctx.new_event(timing).map_err(Error::driver("cuEventCreate"))?,
+        })
+    }
+
+    /// Records the start event on `stream`; returns the host clock's start.
+    fn begin(&self, stream: &CudaStream) -> Result<Instant> {
+        let t0 = Instant::now();
+        self.start.record(stream).map_err(Error::driver("cuEventRecord"))?;
+        Ok(t0)
+    }
+
+    /// Records the end event, synchronises `stream` (no work of the request
+    /// is pending afterwards) and returns host and device time since `begin`.
+    fn finish(&self, stream: &CudaStream, t0: Instant) -> Result<RunTiming> {
+        self.end.record(stream).map_err(Error::driver("cuEventRecord"))?;
+        stream.synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
         let ms = self.start.elapsed_ms(&self.end).map_err(Error::driver("cuEventElapsedTime"))?;
         Ok(RunTiming { host: t0.elapsed(), device: Some(Duration::from_secs_f64(ms as f64 / 1000.0)) })
     }
@@ -116,8 +144,7 @@ pub(crate) struct GpuEngine {
     // stream is restored, then our stream and events are destroyed.
     _current: CurrentStream,
     stream: Arc<CudaStream>,
-    start: CudaEvent,
-    end: CudaEvent,
+    events: RequestEvents,
 }
 
 impl GpuEngine {
@@ -131,10 +158,7 @@ impl GpuEngine {
         // libtorch uses) and is kept alive by `self.stream`, which is dropped
         // after `_current` (field order) and synchronised first (Drop).
         let current = unsafe { CurrentStream::set(stream.cu_stream().cast(), gpu.ordinal() as i32) }?;
-        let ctx = gpu.context();
-        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT); // timing enabled
-        let start = ctx.new_event(timing).map_err(Error::driver("cuEventCreate"))?;
-        let end = ctx.new_event(timing).map_err(Error::driver("cuEventCreate"))?;
+        let events = RequestEvents::new(&gpu)?;
         if let Some((i, o)) = parts.managed {
             if !gpu.concurrent_managed_access() {
                 // Without concurrentManagedAccess the host may touch managed memory
@@ -147,38 +171,33 @@ impl GpuEngine {
                 }
             }
         }
+        // A device tensor of `t`'s shape and dtype.
+        let on_device = |t: &tch::Tensor| tch::Tensor::f_empty(t.size(), (t.kind(), tch::Device::Cuda(gpu.ordinal())));
         let path = match parts.mode {
-            Mode::GpuCopy => {
-                let opts = (parts.input.kind(), tch::Device::Cuda(gpu.ordinal()));
-                Path::Copy { d_in: tch::Tensor::f_empty(parts.input.size(), opts)?, d_out: tch::Tensor::f_empty(parts.output.size(), opts)? }
-            }
-            _ if parts.stage_input => {
-                let opts = (parts.input.kind(), tch::Device::Cuda(gpu.ordinal()));
-                Path::Staged { d_in: tch::Tensor::f_empty(parts.input.size(), opts)?, stage: Stage::new(&gpu)? }
-            }
+            Mode::GpuCopy => Path::Copy { d_in: on_device(&parts.input)?, d_out: on_device(&parts.output)? },
+            _ if parts.stage_input => Path::Staged { d_in: on_device(&parts.input)?, stage: Stage::new(&gpu)? },
             _ => Path::Direct,
         };
         tch::Cuda::cudnn_set_benchmark(true);
         let preprocess = parts.preprocess.as_ref().map(|_| Preprocess::new(&gpu)).transpose()?;
-        let mut engine = Self { captured: None, path, parts, preprocess, _current: current, stream, start, end };
+        let mut engine = Self { captured: None, path, parts, preprocess, _current: current, stream, events };
         // Warm-up: cuDNN autotuning, cuBLAS handles and the TorchScript
         // profiling executor's optimisation all happen here, not in a request.
-        // Graph mode keeps the last two outputs (same input): bit-identical
+        // Graph mode compares the last two outputs (same input): bit-identical
         // ones mean the model draws no random numbers that matter, so the graph
         // may be launched without libtorch's RNG bookkeeping.
         let graph_mode = engine.parts.capture;
-        let mut last: Option<tch::Tensor> = None;
-        let mut repeatable = true;
+        let mut before_last: Option<tch::Tensor> = None;
         for i in 0..engine.parts.warmup {
             engine.run()?;
-            if graph_mode && i + 2 >= engine.parts.warmup {
-                let out = engine.parts.output.f_detach_copy()?;
-                if let Some(prev) = last.replace(out.shallow_clone()) {
-                    repeatable = prev.f_equal(&out)?;
-                }
+            if graph_mode && i + 2 == engine.parts.warmup {
+                before_last = Some(engine.parts.output.f_detach_copy()?);
             }
         }
-        drop(last);
+        let repeatable = match before_last {
+            Some(prev) => prev.f_equal(&engine.parts.output)?,
+            None => true,
+        };
         let mut note = format!("{} warm-up runs on GPU {}", engine.parts.warmup, gpu.ordinal());
         if matches!(engine.path, Path::Staged { .. }) {
             note.push_str("; each request stages the input into device memory with a copy kernel first");
@@ -219,14 +238,7 @@ impl GpuEngine {
         if self.parts.managed.is_some() {
             return Ok(None);
         }
-        let ctx = self.parts.gpu.context();
-        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        Ok(Some(GraphLauncher {
-            exec: graph.raw_exec()?,
-            stream: self.stream.clone(),
-            start: ctx.new_event(timing).map_err(Error::driver("cuEventCreate"))?,
-            end: ctx.new_event(timing).map_err(Error::driver("cuEventCreate"))?,
-        }))
+        Ok(Some(GraphLauncher { exec: graph.raw_exec()?, stream: self.stream.clone(), events: RequestEvents::new(&self.parts.gpu)? }))
     }
 
     /// Captures a request's work (`enqueue`) on the session stream.
@@ -297,8 +309,7 @@ impl GpuEngine {
 
 impl Engine for GpuEngine {
     fn run(&mut self) -> Result<RunTiming> {
-        let t0 = Instant::now();
-        self.start.record(&self.stream).map_err(Error::driver("cuEventRecord"))?;
+        let t0 = self.events.begin(&self.stream)?;
         self.prefetch(Location::Device)?;
         match &mut self.captured {
             Some(Captured { graph, direct: true }) => graph.launch(&self.stream)?,
@@ -306,10 +317,7 @@ impl Engine for GpuEngine {
             None => self.enqueue()?,
         }
         self.prefetch(Location::Host)?;
-        self.end.record(&self.stream).map_err(Error::driver("cuEventRecord"))?;
-        self.stream.synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
-        let ms = self.start.elapsed_ms(&self.end).map_err(Error::driver("cuEventElapsedTime"))?;
-        Ok(RunTiming { host: t0.elapsed(), device: Some(Duration::from_secs_f64(ms as f64 / 1000.0)) })
+        self.events.finish(&self.stream, t0)
     }
 }
 

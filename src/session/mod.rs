@@ -163,7 +163,7 @@ impl<I: Element, O: Element> Session<I, O> {
                     for _ in 0..sp.warmup {
                         engine.run().map_err(|e| shape_error(&m, &sp, e))?;
                     }
-                    Ok((engine, String::new()))
+                    Ok((engine, ()))
                 })?;
                 Runner::Thread(w)
             } else {
@@ -250,15 +250,12 @@ impl<I: Element, O: Element> Session<I, O> {
             // Unless the spec asks for the session thread, a graph launched
             // directly is launched from the calling thread.
             let inline_launch = spec.dedicated_thread.is_none() && spec.pin_core.is_none();
-            let (tx, rx) = std::sync::mpsc::channel();
-            let (w, mut note) = Worker::spawn(name, spec.pin_core, spin, move || {
+            let (w, (mut note, launcher)) = Worker::spawn(name, spec.pin_core, spin, move || {
                 let (engine, note) = GpuEngine::build(parts)?;
                 let launcher = if inline_launch { engine.launcher()? } else { None };
-                let _ = tx.send(launcher);
-                Ok((engine, note))
+                Ok((engine, (note, launcher)))
             })
             .map_err(|e| shape_error(model, &spec, e))?;
-            let launcher = rx.try_recv().ok().flatten();
             if launcher.is_some() {
                 note.push_str("; requests launch it from the calling thread (no hand-off to the session thread)");
             }

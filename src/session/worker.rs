@@ -90,11 +90,13 @@ pub fn pin_to_core(core: usize) -> Result<()> {
 
 impl Worker {
     /// Starts a thread, pins it if asked, builds the engine there with
-    /// `init` (which also returns a note for the caller), and waits for that.
-    pub(crate) fn spawn<E, F>(name: String, core: Option<usize>, spin: Duration, init: F) -> Result<(Self, String)>
+    /// `init` (which also returns what the caller gets back: a note, a
+    /// launcher), and waits for that.
+    pub(crate) fn spawn<E, N, F>(name: String, core: Option<usize>, spin: Duration, init: F) -> Result<(Self, N)>
     where
         E: Engine + 'static,
-        F: FnOnce() -> Result<(E, String)> + Send + 'static,
+        N: Send + 'static,
+        F: FnOnce() -> Result<(E, N)> + Send + 'static,
     {
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot { cmd: Cmd::Idle, result: None }),
@@ -104,7 +106,7 @@ impl Worker {
             done: AtomicBool::new(false),
             spin,
         });
-        let (tx, rx) = std::sync::mpsc::channel::<Result<String>>();
+        let (tx, rx) = std::sync::mpsc::channel::<Result<N>>();
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name(name)
@@ -125,7 +127,7 @@ impl Worker {
             .map_err(|e| Error::Os { call: "spawning the session thread", source: e })?;
         let mut worker = Self { shared, thread: Some(thread) };
         match rx.recv() {
-            Ok(Ok(note)) => Ok((worker, note)),
+            Ok(Ok(back)) => Ok((worker, back)),
             Ok(Err(e)) => {
                 worker.join();
                 Err(e)
