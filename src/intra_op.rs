@@ -11,6 +11,13 @@
 //! core helps (`resnet18`: 14.6 ms with 1 thread against 8.8 ms in process
 //! with 2). So: one core fewer than the machine has for models whose forward
 //! pass is short, all cores for the others.
+//!
+//! Each thread that runs a forward pass has an OpenMP team of its own, of
+//! that many threads. A server whose sessions run K requests at once
+//! (`--workers K`; with `--grpc`, K sessions per model) shares the threads
+//! among them ([`shared_by`]): K teams of the full count would hold more
+//! threads than the machine has cores, and libgomp then stops spinning
+//! between parallel regions in every team (see [`on_passing_thread`]).
 
 use crate::error::Result;
 use crate::runtime::Model;
@@ -40,6 +47,12 @@ pub fn for_local_clients(forward: Duration) -> usize {
     } else {
         cores()
     }
+}
+
+/// `threads` shared among `concurrent` forward passes that run at once:
+/// `threads / concurrent`, at least 1.
+pub fn shared_by(threads: usize, concurrent: usize) -> usize {
+    (threads / concurrent.max(1)).max(1)
 }
 
 /// Time of a CPU forward pass of `model` on zeros of `input_shape`, with the
@@ -85,5 +98,14 @@ mod tests {
         assert_eq!(for_local_clients(SHORT_FORWARD), cores());
         assert_eq!(for_local_clients(Duration::from_millis(9)), cores());
         assert!(fewer_cores() >= 1 && fewer_cores() <= cores());
+    }
+
+    #[test]
+    fn concurrent_passes_share_the_threads() {
+        assert_eq!(shared_by(15, 1), 15);
+        assert_eq!(shared_by(15, 2), 7);
+        assert_eq!(shared_by(16, 4), 4);
+        assert_eq!(shared_by(1, 2), 1);
+        assert_eq!(shared_by(3, 0), 3);
     }
 }

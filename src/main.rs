@@ -75,8 +75,9 @@ enum Command {
         /// libtorch intra-op threads of this process. Default in `cpu` mode: one
         /// core fewer than the machine has when a forward pass is short (under
         /// 1.33 ms: clients on this machine spin on a core for such answers),
-        /// every core otherwise; other modes: libtorch's default. The log says
-        /// which and why (docs/ipc.md).
+        /// every core otherwise, divided among the sessions that run at once
+        /// (--workers; with --grpc, per model); other modes: libtorch's default.
+        /// The log says which and why (docs/ipc.md).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         intra_op_threads: Option<u32>,
         /// Shared memory: after each request, poll this many µs for the next
@@ -273,7 +274,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
 
 fn serve(opts: uminfer::ipc::ServeOptions, threads: Option<u32>) -> anyhow::Result<()> {
     let rt = Runtime::new();
-    choose_intra_op_threads(&rt, threads, opts.mode, std::slice::from_ref(&opts.model), &opts.input_shape)?;
+    choose_intra_op_threads(&rt, threads, opts.mode, std::slice::from_ref(&opts.model), &opts.input_shape, opts.workers)?;
     let service = format!("uminfer/{}", opts.name);
     let server = uminfer::ipc::Server::new(&rt, opts)?;
     // What a parent process waits for (as `serve --grpc` prints `grpc=ADDR`).
@@ -294,8 +295,9 @@ fn serve(opts: uminfer::ipc::ServeOptions, threads: Option<u32>) -> anyhow::Resu
 /// Sets this server process's libtorch intra-op threads: `explicit`, else in
 /// `cpu` mode the choice for clients on this machine
 /// ([`uminfer::intra_op::for_local_clients`] over the slowest model's forward
-/// pass), else libtorch's default; logs the result.
-fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice, models: &[PathBuf], input_shape: &[i64]) -> anyhow::Result<()> {
+/// pass, [shared](uminfer::intra_op::shared_by) by the `concurrent` sessions
+/// that may run at once), else libtorch's default; logs the result.
+fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice, models: &[PathBuf], input_shape: &[i64], concurrent: usize) -> anyhow::Result<()> {
     use uminfer::intra_op;
     let why = match explicit {
         Some(n) => {
@@ -307,12 +309,13 @@ fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice
             for m in models {
                 slowest = slowest.max(intra_op::time_forward(&rt.model(m)?, input_shape)?);
             }
-            let n = intra_op::for_local_clients(slowest);
+            let n = intra_op::shared_by(intra_op::for_local_clients(slowest), concurrent);
             tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
             format!(
-                "automatic: a forward pass takes {:.1} µs with libtorch's default threads; under {} µs a core is left to the clients",
+                "automatic: a forward pass takes {:.1} µs with libtorch's default threads; under {} µs a core is left to the clients; shared by {} session(s) that run at once",
                 slowest.as_secs_f64() * 1e6,
-                intra_op::SHORT_FORWARD.as_micros()
+                intra_op::SHORT_FORWARD.as_micros(),
+                concurrent.max(1)
             )
         }
         None => "libtorch's default".to_string(),
@@ -335,7 +338,7 @@ fn shm_options(name: Option<String>, models: Vec<uminfer::oip::ModelSource>) -> 
 fn serve_grpc(opts: uminfer::oip::GrpcOptions, threads: Option<u32>) -> anyhow::Result<()> {
     let rt = Runtime::new();
     let paths: Vec<PathBuf> = opts.models.iter().map(|m| m.path.clone()).collect();
-    choose_intra_op_threads(&rt, threads, opts.mode, &paths, &opts.input_shape)?;
+    choose_intra_op_threads(&rt, threads, opts.mode, &paths, &opts.input_shape, opts.sessions * paths.len())?;
     let server = uminfer::oip::GrpcServer::new(&rt, opts)?;
     server.run(|at| {
         use std::io::Write;

@@ -400,16 +400,18 @@ mod fuzz {
 
 /// The automatic choice follows the forward time the server measured and
 /// logged (on a loaded machine even `tiny` can take longer than
-/// `SHORT_FORWARD`: all cores then); `--intra-op-threads` overrides it.
+/// `SHORT_FORWARD`: all cores then), shared by the workers that run at once;
+/// `--intra-op-threads` overrides it.
 #[test]
 fn serve_leaves_a_core_to_its_clients_unless_told_otherwise() {
-    for extra in [&[][..], &["--intra-op-threads", "3"][..]] {
+    for extra in [&[][..], &["--workers", "2"][..], &["--intra-op-threads", "3"][..]] {
         let name = unique("threads");
         let server = ServerProcess::start(&name, "tiny.pt", extra);
         let out = connect(&name).infer(&SHAPE, &npy("tiny.input.npy")).unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
         assert!(common::max_abs_diff(&out.1, &npy("tiny.expected.npy")) <= 1e-5);
         let log = server.log();
-        let want = if extra.is_empty() {
+        let automatic = !extra.contains(&"--intra-op-threads");
+        let want = if automatic {
             let us = log
                 .split("a forward pass takes ")
                 .nth(1)
@@ -418,7 +420,9 @@ fn serve_leaves_a_core_to_its_clients_unless_told_otherwise() {
             let want = uminfer::intra_op::for_local_clients(std::time::Duration::from_secs_f64(us / 1e6));
             let rule = if us < uminfer::intra_op::SHORT_FORWARD.as_secs_f64() * 1e6 { uminfer::intra_op::fewer_cores() } else { uminfer::intra_op::cores() };
             assert_eq!(want, rule, "a forward pass of {us} µs");
-            want
+            let workers = if extra.contains(&"--workers") { 2 } else { 1 };
+            assert!(log.contains(&format!("shared by {workers} session(s)")), "{extra:?}: the log does not name {workers} session(s):\n{log}");
+            uminfer::intra_op::shared_by(want, workers)
         } else {
             3
         };
