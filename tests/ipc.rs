@@ -214,7 +214,7 @@ fn killed_server_is_noticed_and_a_restarted_one_serves_again() {
     server.signal(libc::SIGKILL);
     let _ = server.child.wait();
     let t = Instant::now();
-    let err = c.infer(&SHAPE, &input).err().expect("a dead server cannot answer");
+    let err = c.infer(&SHAPE, &input).expect_err("a dead server cannot answer");
     assert!(matches!(err, Error::ServerGone(_)), "{err}");
     assert!(t.elapsed() < Duration::from_secs(10), "noticed only after {:?}", t.elapsed());
     // A new server on the same name, without manual cleanup, serves the same client.

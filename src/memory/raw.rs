@@ -49,7 +49,7 @@ pub(crate) fn check_nonzero(bytes: usize) -> Result<()> {
 }
 
 fn check_align(ptr: NonNull<u8>) -> Result<()> {
-    if (ptr.as_ptr() as usize) % REGION_ALIGN != 0 {
+    if !(ptr.as_ptr() as usize).is_multiple_of(REGION_ALIGN) {
         return Err(Error::RegionSize(format!("allocation at {:p} is not {REGION_ALIGN}-byte aligned", ptr.as_ptr())));
     }
     Ok(())
