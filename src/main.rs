@@ -80,10 +80,12 @@ enum Command {
         /// The log says which and why (docs/ipc.md).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         intra_op_threads: Option<u32>,
-        /// Shared memory: after each request, poll this many µs for the next
-        /// before sleeping (catches back-to-back requests without a wake-up;
-        /// costs up to that much CPU per request, yielding to other threads).
-        #[arg(long, value_name = "US", default_value_t = 200, conflicts_with = "grpc")]
+        /// After each answer, poll this many µs for the next request before
+        /// sleeping (shared memory: the request port; --grpc: the network, on
+        /// the transport thread). Catches back-to-back requests without a
+        /// wake-up; costs up to that much CPU per answer, yielding to other
+        /// threads; 0 sleeps at once.
+        #[arg(long, value_name = "US", default_value_t = 200)]
         spin_us: u64,
     },
     /// The serialize-copy scheme's HTTP/JSON server (started by `bench`; prints
@@ -445,6 +447,7 @@ fn main() {
                 opts.input_shape = input_shape;
                 opts.metrics_addr = metrics;
                 opts.max_streams = max_streams;
+                opts.spin = std::time::Duration::from_micros(spin_us);
                 report_error(serve_grpc(opts, intra_op_threads))
             }
             (None, name) => report_error(shm_options(name, model).map(|mut opts| {

@@ -65,12 +65,7 @@ impl ServerProcess {
 
     /// CPU seconds (user + system) used so far, from /proc/PID/stat.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("/proc stat");
-        let after_comm = &stat[stat.rfind(')').expect("stat format") + 2..];
-        let f: Vec<&str> = after_comm.split_whitespace().collect();
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks
+        common::cpu_seconds(self.child.id())
     }
 }
 

@@ -9,7 +9,7 @@
 //! refusal), every error path as a clear gRPC status with the server still
 //! serving, a SIGTERM that lets the requests in flight finish, the
 //! Prometheus `/metrics` counters (moved by exactly the requests sent),
-//! the `--max-streams` bound per connection, and a small load run from
+//! the `--max-streams` bound per connection, no CPU used once idle, and a small load run from
 //! several client processes (`tests/oip_load.py`) with every answer checked.
 
 mod common;
@@ -182,6 +182,23 @@ fn tritonclient_sees_a_live_ready_server_and_each_models_metadata() {
     assert_eq!(lines(&out), ["metadata_tiny=ok", "metadata_resnet18=ok", "grpc_health=ok", "health=ok"]);
     let status = server.stop();
     assert!(status.success(), "the server did not stop cleanly on SIGTERM ({status}):\n{}", server.log());
+}
+
+/// The transport thread polls the network for `--spin-us` after each answer
+/// (`uminfer::oip::polling`), then sleeps: an idle server uses no CPU.
+#[test]
+fn idle_server_uses_no_cpu_after_answering() {
+    let py = require_python!();
+    let tiny = format!("tiny={}", model("tiny.pt"));
+    let mut server = GrpcServer::start("idle", &["--model", &tiny]);
+    let (x, y) = (model("tiny.input.npy"), model("tiny.expected.npy"));
+    server.run_client(&py, "infer", &["tiny", &x, &y]);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = common::cpu_seconds(server.child.id());
+    std::thread::sleep(Duration::from_secs(10));
+    let used = common::cpu_seconds(server.child.id()) - before;
+    let _ = writeln!(std::io::stderr(), "idle gRPC server used {used:.3} s of CPU in 10 s");
+    assert!(used < 0.1, "idle gRPC server used {used:.3} s of CPU in 10 s (limit 1%)\n{}", server.log());
 }
 
 #[test]

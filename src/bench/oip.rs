@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::ffi::{CString, OsString};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
+use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 /// The name the child serves the model under.
@@ -126,6 +127,8 @@ pub(crate) struct OipGrpc {
     output_len: usize,
     transport: Transport,
     threads: usize,
+    /// How long a request's client polls for the answer before it sleeps.
+    poll: Duration,
     /// Declared last: stopped after the client is gone.
     _server: ServerChild,
 }
@@ -174,7 +177,10 @@ impl OipGrpc {
             Transport::Raw { input: vec![0.0; input_len], output: Vec::new() }
         };
         let template = ModelInferRequest { model_name: MODEL.into(), inputs: vec![input], outputs: vec![output], ..Default::default() };
-        Ok(Self { rt, client, template, output_len, transport, threads, _server: server })
+        // As the shared-memory client: poll for short answers (the server was
+        // left a core for that), sleep at once for long ones.
+        let poll = if threads < crate::intra_op::cores() { crate::ipc::client::MAX_CLIENT_SPIN } else { Duration::ZERO };
+        Ok(Self { rt, client, template, output_len, transport, threads, poll, _server: server })
     }
 
     /// One request from the caller's input memory; the output is readable when it returns.
@@ -183,7 +189,22 @@ impl OipGrpc {
         if let Transport::Raw { input, .. } = &self.transport {
             req.raw_input_contents = vec![bytemuck::cast_slice(input).to_vec()];
         }
-        let resp: ModelInferResponse = self.rt.block_on(self.client.model_infer(req)).map_err(|e| grpc_err("ModelInfer", e))?.into_inner();
+        let (call, poll) = (self.client.model_infer(req), self.poll);
+        // Polling: each turn yields to tokio, whose current-thread runtime
+        // then checks the socket without blocking, and gives the CPU to any
+        // other thread that wants this core.
+        let answer = self.rt.block_on(async move {
+            tokio::pin!(call);
+            let start = Instant::now();
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut call => break r,
+                    _ = tokio::task::yield_now(), if start.elapsed() < poll => std::thread::yield_now(),
+                }
+            }
+        });
+        let resp: ModelInferResponse = answer.map_err(|e| grpc_err("ModelInfer", e))?.into_inner();
         match &mut self.transport {
             Transport::Raw { output, .. } => {
                 let [bytes] = resp.raw_output_contents.as_slice() else {
@@ -228,6 +249,7 @@ impl Scheme for OipGrpc {
         self.output()
     }
     fn threads(&self) -> String {
-        format!("{}; client: one tokio current-thread runtime", server_threads_note(self.threads))
+        let waits = if self.poll.is_zero() { "sleeping".to_string() } else { format!("polling up to {} µs", self.poll.as_micros()) };
+        format!("{}; client: one tokio current-thread runtime, {waits} for each answer", server_threads_note(self.threads))
     }
 }

@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How often the server's poll for the next request gives up the CPU.
-const YIELD_EVERY: Duration = Duration::from_micros(20);
+/// How often the server's poll for the next request gives up the CPU (the
+/// gRPC server's poller too).
+pub(crate) const YIELD_EVERY: Duration = Duration::from_micros(20);
 
 type Request = ActiveRequest<Ipc, [f32], RequestHeader, [f32], ResponseHeader>;
 

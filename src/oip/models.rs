@@ -143,6 +143,11 @@ impl Models {
         Ok(Self(map))
     }
 
+    /// Sessions of all models together: how many requests run at once at most.
+    pub fn sessions(&self) -> usize {
+        self.0.values().map(|m| m.pool.size()).sum()
+    }
+
     /// The model `name` at `version` ("" means the latest, the only one: "1").
     pub fn get(&self, name: &str, version: &str) -> Result<&Arc<ServedModel>, super::status::RequestError> {
         let m = self.0.get(name).ok_or_else(|| {

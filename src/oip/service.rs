@@ -1,7 +1,9 @@
 //! The `GRPCInferenceService` implementation: health, metadata, unary and
 //! streaming inference over the served models. Inference runs on tokio's
 //! blocking threads (one [`SessionPool`](crate::SessionPool) session per
-//! request), so the async threads stay free for the transport. A stream's
+//! request), so the transport thread stays free, except when the server has
+//! a single session: then the transport thread runs it itself, saving two
+//! thread wake-ups per request ([`polling`](super::polling)). A stream's
 //! requests run one after another, each answered in order with its request
 //! id; a refused request is answered in the stream (`error_message`, as
 //! Triton does) and the stream goes on. Every RPC this server does not offer
@@ -11,6 +13,7 @@
 
 use super::metrics::Metrics;
 use super::models::{Models, ServedModel, FP32, INPUT_NAME, OUTPUT_NAME, PLATFORM, VERSION};
+use super::polling::Polling;
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::model_infer_response::InferOutputTensor;
 use super::proto::model_metadata_response::TensorMetadata;
@@ -28,15 +31,27 @@ pub struct OipService {
     shm: Arc<Registry>,
     stopping: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    run: Runner,
+}
+
+/// Where inference runs, and who hears of each answer.
+#[derive(Clone)]
+struct Runner {
+    /// On the calling (transport) thread instead of a blocking thread.
+    inline: bool,
+    polling: Arc<Polling>,
 }
 
 impl OipService {
     /// Serves `models`; `stopping` turns true when shutdown begins: the
     /// server is no longer ready, new inference requests are refused with
     /// `UNAVAILABLE`, and each stream ends after the request it is running.
-    /// Inference requests are recorded in `metrics`.
-    pub fn new(models: Models, stopping: watch::Receiver<bool>, metrics: Arc<Metrics>) -> Self {
-        Self { models, shm: Arc::default(), stopping, metrics }
+    /// Inference requests are recorded in `metrics`, and each answer is told
+    /// to `polling`. With a single session among all models, inference runs
+    /// on the calling thread.
+    pub fn new(models: Models, stopping: watch::Receiver<bool>, metrics: Arc<Metrics>, polling: Arc<Polling>) -> Self {
+        let run = Runner { inline: models.sessions() == 1, polling };
+        Self { models, shm: Arc::default(), stopping, metrics, run }
     }
 
     fn accepting(&self) -> bool {
@@ -52,8 +67,8 @@ impl OipService {
 const STREAM_BUFFER: usize = 16;
 
 /// One inference request, unary or from a stream: refused with `UNAVAILABLE`
-/// once shutdown began, else run on a blocking thread; counted in `metrics`.
-async fn infer_request(models: &Models, shm: &Arc<Registry>, stopping: &watch::Receiver<bool>, metrics: &Metrics, req: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+/// once shutdown began, else run where `run` says; counted in `metrics`.
+async fn infer_request(models: &Models, shm: &Arc<Registry>, stopping: &watch::Receiver<bool>, metrics: &Metrics, run: &Runner, req: ModelInferRequest) -> Result<ModelInferResponse, Status> {
     let _in_flight = metrics.in_flight();
     let start = std::time::Instant::now();
     let model = models.get(&req.model_name, &req.model_version).cloned();
@@ -63,6 +78,9 @@ async fn infer_request(models: &Models, shm: &Arc<Registry>, stopping: &watch::R
             return Err(RequestError::ShuttingDown.into());
         }
         let m = model?;
+        if run.inline {
+            return infer(&req, &m, shm).map_err(Status::from);
+        }
         let shm = shm.clone();
         tokio::task::spawn_blocking(move || infer(&req, &m, &shm))
             .await
@@ -70,6 +88,7 @@ async fn infer_request(models: &Models, shm: &Arc<Registry>, stopping: &watch::R
             .map_err(Status::from)
     }
     .await;
+    run.polling.answered();
     match &result {
         Ok(_) => metrics.success(&labels, start.elapsed()),
         Err(status) => metrics.failure(&labels, status.code()),
@@ -168,13 +187,13 @@ impl GrpcInferenceService for OipService {
     }
 
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        infer_request(&self.models, &self.shm, &self.stopping, &self.metrics, r.into_inner()).await.map(Response::new)
+        infer_request(&self.models, &self.shm, &self.stopping, &self.metrics, &self.run, r.into_inner()).await.map(Response::new)
     }
 
     async fn model_stream_infer(&self, r: Request<Streaming<ModelInferRequest>>) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let mut inbound = r.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
-        let (models, shm, mut stopping, metrics) = (self.models.clone(), self.shm.clone(), self.stopping.clone(), self.metrics.clone());
+        let (models, shm, mut stopping, metrics, run) = (self.models.clone(), self.shm.clone(), self.stopping.clone(), self.metrics.clone(), self.run.clone());
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -191,7 +210,7 @@ impl GrpcInferenceService for OipService {
                     }
                 };
                 let (id, model_name) = (req.id.clone(), req.model_name.clone());
-                let answer = match infer_request(&models, &shm, &stopping, &metrics, req).await {
+                let answer = match infer_request(&models, &shm, &stopping, &metrics, &run, req).await {
                     Ok(resp) => ModelStreamInferResponse { error_message: String::new(), infer_response: Some(resp) },
                     // The id goes back with the error too, so that the client can match it.
                     Err(status) => ModelStreamInferResponse {

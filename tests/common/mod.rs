@@ -92,3 +92,13 @@ pub fn wait_or_kill(child: &mut std::process::Child, grace: std::time::Duration)
         }
     }
 }
+
+/// CPU time (user + system, seconds) process `pid` has used so far, from `/proc`.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    let after_comm = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks
+}
