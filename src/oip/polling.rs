@@ -6,9 +6,10 @@
 //! with more sessions they run on tokio's blocking threads, side by side).
 //!
 //! On the 2-core build machine a wake-up of a sleeping thread costs 25 µs or
-//! more; the `identity` model over gRPC with shared memory took 141 µs P50
-//! with a blocking thread and a sleeping transport, 72 µs with inference on
-//! the transport thread, 51–72 µs with polling as well (`docs/oip.md`).
+//! more; the `identity` model over gRPC with shared memory took 141–145 µs
+//! P50 with a blocking thread and a sleeping transport, 69–74 µs with
+//! inference on the transport thread (and a polling client), 50–77 µs with
+//! the transport polling as well (`docs/oip.md`).
 //!
 //! [`GrpcOptions::spin`]: super::GrpcOptions::spin
 
