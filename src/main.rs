@@ -212,6 +212,12 @@ struct BenchArgs {
     /// with a copy kernel first, and the model reads it there.
     #[arg(long)]
     stage_input: bool,
+    /// Session mode of the server processes of shm-ipc, oip-grpc and
+    /// oip-grpc-shm (`serve --mode`): cpu, gpu-copy, gpu-pinned, gpu-managed
+    /// or gpu-managed-graph. Those schemes are unavailable, with the doctor's
+    /// reason, where the mode is.
+    #[arg(long, default_value = "cpu")]
+    server_mode: uminfer::Mode,
     /// Core to pin the measuring thread to (-1: do not pin).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     core: i64,
@@ -249,6 +255,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         capture_graphs: a.capture_graphs,
         gpu_session_thread: a.gpu_session_thread,
         stage_input: a.stage_input,
+        server_mode: a.server_mode,
         warmup: a.warmup,
         warmup_time: std::time::Duration::try_from_secs_f64(a.warmup_secs).context("--warmup-secs must be a finite number of seconds, 0 or more")?,
         schemes: a.schemes.unwrap_or_else(|| bench::SCHEMES.iter().map(|s| s.to_string()).collect()),

@@ -1,5 +1,6 @@
 //! `uminfer bench` end to end (few requests): JSON schema, statuses (the
-//! gRPC schemes `oip-grpc` and `oip-grpc-shm` included), picture.
+//! gRPC schemes `oip-grpc` and `oip-grpc-shm` included), picture, the
+//! server processes' threads and session mode.
 
 mod common;
 
@@ -62,10 +63,13 @@ fn bench_runs_schemes_interleaved_and_writes_json_and_svg() {
         .map(|s| results.iter().find(|r| r["scheme"] == *s).unwrap()["threads"].as_str().unwrap())
         .collect();
     let (fewer, all) = (uminfer::intra_op::fewer_cores(), uminfer::intra_op::cores());
-    assert!(
-        notes.iter().all(|n| n.starts_with(&format!("server process: intra-op {fewer} ("))) || notes.iter().all(|n| n.starts_with(&format!("server process: intra-op {all} ("))),
-        "{notes:?}"
-    );
+    let why = if fewer < all { "cores - 1: a short forward pass, a core left to the client" } else { "all cores: a long forward pass" };
+    let short = format!("server process: intra-op {fewer} (--intra-op-threads {fewer}, {why})");
+    let long = format!("server process: intra-op {all} (--intra-op-threads {all}, all cores: a long forward pass)");
+    assert!(notes.iter().all(|n| n.starts_with(&short)) || notes.iter().all(|n| n.starts_with(&long)), "{notes:?} against {short:?} or {long:?}");
+    // The server schemes' processes run in --server-mode (default cpu).
+    assert_eq!(v["server_mode"], "cpu");
+    assert!(notes[1..].iter().all(|n| n.contains("; serve --mode cpu")), "{notes:?}");
 
     let picture = std::fs::read_to_string(&svg).unwrap();
     assert!(picture.starts_with("<svg") || picture.contains("<svg"), "not an SVG");
@@ -87,4 +91,48 @@ fn unknown_scheme_is_listed_as_unavailable_with_the_known_ones() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("teleport: unknown scheme teleport; known: serialize-copy"), "{stdout}");
+}
+
+/// `--server-mode`: the server schemes' processes run in that session mode;
+/// where it is unusable they are listed as unavailable with the doctor's
+/// reason. `shm-ipc` is a transport, not a session mode: refused.
+#[test]
+fn server_schemes_run_in_the_server_mode_or_say_why_not() {
+    let dir = std::env::temp_dir().join(format!("uminfer-bench-server-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bench.json");
+    let out = Command::new(common::uminfer_bin())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["bench", "--model"])
+        .arg(common::model_path("tiny.pt"))
+        .args(["--requests", "10", "--warmup", "2", "--warmup-secs", "0", "--schemes", "cpu-zero-copy,shm-ipc,oip-grpc-shm", "--server-mode", "gpu-managed-graph", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["server_mode"], "gpu-managed-graph");
+    for r in v["results"].as_array().unwrap() {
+        match (r["scheme"].as_str().unwrap(), common::gpu_unavailable()) {
+            ("cpu-zero-copy", _) => assert_eq!(r["status"], "ok", "{r}"),
+            (_, Some(_)) => {
+                assert_eq!(r["status"], "unavailable", "{r}");
+                assert!(r["reason"].as_str().unwrap().contains("mode gpu-managed-graph is not usable here"), "{r}");
+            }
+            (_, None) => {
+                assert_eq!(r["status"], "ok", "{r}");
+                assert!(r["threads"].as_str().unwrap().contains("; serve --mode gpu-managed-graph"), "{r}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let refused = Command::new(common::uminfer_bin())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["bench", "--schemes", "shm-ipc", "--server-mode", "shm-ipc"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("--server-mode shm-ipc is a transport, not a session mode"), "{stderr}");
 }

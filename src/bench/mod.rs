@@ -42,6 +42,9 @@ pub const SCHEMES: [&str; 12] = [
     "py-cuda-graph",
 ];
 
+/// The schemes whose server process runs in [`BenchOptions::server_mode`].
+pub const SERVER_SCHEMES: [&str; 3] = ["shm-ipc", "oip-grpc", "oip-grpc-shm"];
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -81,6 +84,9 @@ pub struct BenchOptions {
     pub gpu_session_thread: bool,
     /// GPU session schemes stage their input in device memory ([`SessionSpec::stage_input`](crate::session::SessionSpec::stage_input)).
     pub stage_input: bool,
+    /// Session mode of the `uminfer serve` processes of `shm-ipc`,
+    /// `oip-grpc` and `oip-grpc-shm` (`cpu`, or a GPU mode).
+    pub server_mode: Mode,
     /// Core the measuring thread is pinned to.
     pub core: Option<usize>,
     /// Show a progress bar on stderr (only drawn on a terminal).
@@ -122,6 +128,8 @@ pub struct BenchReport {
     pub gpu_session_thread: bool,
     /// Whether GPU session schemes staged their input in device memory (`--stage-input`).
     pub stage_input: bool,
+    /// Session mode of the server processes (`--server-mode`).
+    pub server_mode: String,
     pub warmup: usize,
     pub machine: Machine,
     pub results: Vec<SchemeResult>,
@@ -238,9 +246,13 @@ fn build(name: &str, cx: &Context<'_>) -> std::result::Result<Box<dyn Scheme>, S
         "cpu-zero-copy" => boxed(SessionScheme::build(rt, model, opts, out_shape, Mode::Cpu)),
         "shm-ipc" => {
             rt.check_mode(Mode::ShmIpc).map_err(|e| e.to_string())?;
-            boxed(ShmIpc::start(&opts.model, &opts.shape, server_threads()?))
+            rt.check_mode(opts.server_mode).map_err(|e| e.to_string())?;
+            boxed(ShmIpc::start(&opts.model, &opts.shape, server_threads()?, opts.server_mode))
         }
-        "oip-grpc" | "oip-grpc-shm" => boxed(oip::OipGrpc::start(&opts.model, &opts.shape, out_shape, name == "oip-grpc-shm", server_threads()?)),
+        "oip-grpc" | "oip-grpc-shm" => {
+            rt.check_mode(opts.server_mode).map_err(|e| e.to_string())?;
+            boxed(oip::OipGrpc::start(&opts.model, &opts.shape, out_shape, name == "oip-grpc-shm", server_threads()?, opts.server_mode))
+        }
         "gpu-copy" | "gpu-pinned" | "gpu-managed" | "gpu-managed-graph" => {
             let mode: Mode = name.parse()?;
             rt.check_mode(mode).map_err(|e| e.to_string())?;
@@ -264,6 +276,9 @@ fn build(name: &str, cx: &Context<'_>) -> std::result::Result<Box<dyn Scheme>, S
 
 /// Runs the comparison (progress is logged with `tracing`).
 pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
+    if opts.server_mode == Mode::ShmIpc {
+        return Err(crate::error::Error::Argument("--server-mode shm-ipc is a transport, not a session mode: give cpu, gpu-copy, gpu-pinned, gpu-managed or gpu-managed-graph".into()));
+    }
     let model = rt.model(&opts.model)?;
     let n = crate::memory::region::checked_numel(&opts.shape)?;
     let gpu = rt.check_mode(Mode::GpuCopy).is_ok();
@@ -284,7 +299,10 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
             Err(reason) => results.push(SchemeResult::without_samples(name, &model_name, Status::Unavailable, reason)),
             Ok(mut s) => {
                 // GPU convolutions may use TF32 (libtorch's default): a looser bound there.
-                let on_gpu = name.starts_with("gpu") || name == "py-cuda-graph" || (gpu && matches!(name.as_str(), "tch-naive" | "py-torchscript"));
+                let on_gpu = name.starts_with("gpu")
+                    || name == "py-cuda-graph"
+                    || (gpu && matches!(name.as_str(), "tch-naive" | "py-torchscript"))
+                    || (opts.server_mode.needs_gpu() && SERVER_SCHEMES.contains(&name.as_str()));
                 let tol = if on_gpu { 2e-2 } else { 1e-5 };
                 match s.check(&check_input) {
                     Ok(out) if max_rel_err(&out, &reference) <= tol => live.push((name.clone(), s, TimingRecorder::new())),
@@ -376,6 +394,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         capture_graphs: opts.capture_graphs,
         gpu_session_thread: opts.gpu_session_thread,
         stage_input: opts.stage_input,
+        server_mode: opts.server_mode.to_string(),
         warmup: opts.warmup,
         machine: machine(rt),
         results,

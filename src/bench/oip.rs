@@ -18,6 +18,7 @@ use crate::oip::proto::infer_parameter::ParameterChoice;
 use crate::oip::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use crate::oip::proto::{InferParameter, ModelInferRequest, ModelInferResponse, SystemSharedMemoryRegisterRequest};
 use crate::session::RunTiming;
+use crate::Mode;
 use std::collections::HashMap;
 use std::ffi::{CString, OsString};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -126,7 +127,8 @@ pub(crate) struct OipGrpc {
     template: ModelInferRequest,
     output_len: usize,
     transport: Transport,
-    threads: usize,
+    /// [`server_threads_note`] and the session mode, taken at start.
+    server: String,
     /// How long a request's client polls for the answer before it sleeps.
     poll: Duration,
     /// Declared last: stopped after the client is gone.
@@ -145,9 +147,9 @@ fn region_params(region: &str, byte_size: usize) -> HashMap<String, InferParamet
 impl OipGrpc {
     /// Starts `uminfer serve --grpc 127.0.0.1:0` on `model` and connects; with
     /// `shm`, creates and registers the two shared memory regions.
-    pub(crate) fn start(model: &Path, shape: &[i64], out_shape: &[i64], shm: bool, threads: usize) -> Result<Self> {
+    pub(crate) fn start(model: &Path, shape: &[i64], out_shape: &[i64], shm: bool, threads: usize, mode: Mode) -> Result<Self> {
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        let args = ["serve", "--grpc", "127.0.0.1:0", "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
+        let args = ["serve", "--grpc", "127.0.0.1:0", "--mode", mode.id(), "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
         let (server, addr) = ServerChild::start_reporting(args.into_iter().chain([OsString::from(format!("{MODEL}={}", model.display()))]), "grpc")?;
         let addr = addr.as_str();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -180,7 +182,8 @@ impl OipGrpc {
         // As the shared-memory client: poll for short answers (the server was
         // left a core for that), sleep at once for long ones.
         let poll = if threads < crate::intra_op::cores() { crate::ipc::client::MAX_CLIENT_SPIN } else { Duration::ZERO };
-        Ok(Self { rt, client, template, output_len, transport, threads, poll, _server: server })
+        let note = format!("{}; serve --mode {mode}", server_threads_note(threads));
+        Ok(Self { rt, client, template, output_len, transport, server: note, poll, _server: server })
     }
 
     /// One request from the caller's input memory; the output is readable when it returns.
@@ -250,6 +253,6 @@ impl Scheme for OipGrpc {
     }
     fn threads(&self) -> String {
         let waits = if self.poll.is_zero() { "sleeping".to_string() } else { format!("polling up to {} µs", self.poll.as_micros()) };
-        format!("{}; client: one tokio current-thread runtime, {waits} for each answer", server_threads_note(self.threads))
+        format!("{}; client: one tokio current-thread runtime, {waits} for each answer", self.server)
     }
 }

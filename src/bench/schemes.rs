@@ -63,6 +63,8 @@ pub(super) fn timed(request: impl FnOnce() -> Result<()>) -> Result<RunTiming> {
 
 /// The thread settings of a server process the bench started with
 /// `--intra-op-threads threads` ([`crate::intra_op::for_local_clients`]).
+/// Called when the scheme starts: once the measuring thread is pinned,
+/// [`cores`](crate::intra_op::cores) counts that thread's one core.
 pub(super) fn server_threads_note(threads: usize) -> String {
     let why = if threads < crate::intra_op::cores() { "cores - 1: a short forward pass, a core left to the client" } else { "all cores: a long forward pass" };
     format!("server process: intra-op {threads} (--intra-op-threads {threads}, {why})")
@@ -80,7 +82,8 @@ pub(crate) struct SerializeCopy {
     agent: ureq::Agent,
     input: Vec<f32>,
     output: Vec<f32>,
-    threads: usize,
+    /// [`server_threads_note`], taken at start.
+    server: String,
     _server: ServerChild,
 }
 
@@ -90,7 +93,7 @@ impl SerializeCopy {
         let args = ["bench-json-server", "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
         let (server, addr) = ServerChild::start_reporting(args.into_iter().chain([model.as_os_str().to_owned()]), "http")?;
         let n = shape.iter().product::<i64>() as usize;
-        Ok(Self { url: format!("http://{addr}/infer"), agent: ureq::Agent::new_with_defaults(), input: vec![0.0; n], output: Vec::new(), threads, _server: server })
+        Ok(Self { url: format!("http://{addr}/infer"), agent: ureq::Agent::new_with_defaults(), input: vec![0.0; n], output: Vec::new(), server: server_threads_note(threads), _server: server })
     }
 
     fn post(&mut self) -> Result<()> {
@@ -113,7 +116,7 @@ impl BufferScheme for SerializeCopy {
         &self.output
     }
     fn thread_settings(&self) -> String {
-        server_threads_note(self.threads)
+        self.server.clone()
     }
 }
 
@@ -214,19 +217,21 @@ pub(crate) struct ShmIpc {
     /// The next request, loaned and filled by `refresh`.
     next: Option<LoanedRequest>,
     output: Vec<f32>,
-    threads: usize,
+    /// [`server_threads_note`] and the session mode, taken at start.
+    server: String,
     /// Declared last: stopped after the client is gone.
     _server: ServerChild,
 }
 
 impl ShmIpc {
-    pub(crate) fn start(model: &Path, shape: &[i64], threads: usize) -> Result<Self> {
+    pub(crate) fn start(model: &Path, shape: &[i64], threads: usize, mode: Mode) -> Result<Self> {
         let name = format!("bench-{}", std::process::id());
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        let args = ["serve", "--name", &name, "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
+        let args = ["serve", "--name", &name, "--mode", mode.id(), "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
         let (server, _) = ServerChild::start_reporting(args.into_iter().chain([model.as_os_str().to_owned()]), "ipc")?;
         let client = Client::connect(&name, Duration::from_secs(10))?;
-        Ok(Self { client, shape: shape.to_vec(), next: None, output: Vec::new(), threads, _server: server })
+        let note = format!("{}; serve --mode {mode}", server_threads_note(threads));
+        Ok(Self { client, shape: shape.to_vec(), next: None, output: Vec::new(), server: note, _server: server })
     }
 
     /// Sends the request `refresh` prepared; the output goes to `self.output`.
@@ -262,7 +267,7 @@ impl Scheme for ShmIpc {
         Ok(self.output.clone())
     }
     fn threads(&self) -> String {
-        server_threads_note(self.threads)
+        self.server.clone()
     }
 }
 
