@@ -255,6 +255,73 @@ def system_shm(url, x_path, expected_path):
         shm.destroy_shared_memory_region(hout)
 
 
+def unregister_in_flight(url, x_path, expected_path, n):
+    """Sends n resnet18 requests at once, each with its input and output in
+    a system shared memory region of its own, and unregisters every region
+    as soon as the first answer is back (the other requests are queued or
+    running on the server). Every answer must then be right (the server
+    holds a region a request uses until that request ends) or, for a request
+    that reached the server after the unregistering, the clear
+    `is not registered` refusal. Prints how many right answers came after
+    the unregistering (the test wants some where requests can overlap it).
+    Then the server still serves."""
+    import os
+    import tritonclient.utils.shared_memory as shm
+
+    x, expected = np.load(x_path), np.load(expected_path)
+    nx, ny = x.nbytes, expected.nbytes
+    c = tg.InferenceServerClient(url)
+    c.unregister_system_shared_memory()
+    tag = f"uminfer-oip-uif-{os.getpid()}"
+    handles = []
+    first, done, lock, results = threading.Event(), threading.Event(), threading.Lock(), {}
+    try:
+        for k in range(n):
+            hin = shm.create_shared_memory_region(f"in{k}", f"/{tag}-in{k}", nx)
+            hout = shm.create_shared_memory_region(f"out{k}", f"/{tag}-out{k}", ny)
+            handles += [hin, hout]
+            shm.set_shared_memory_region(hin, [x])
+            c.register_system_shared_memory(f"in{k}", f"/{tag}-in{k}", nx)
+            c.register_system_shared_memory(f"out{k}", f"/{tag}-out{k}", ny)
+
+        def callback(result, error):
+            with lock:
+                key = result.get_response().id if error is None else None
+                results[key if key is not None else f"error{len(results)}"] = (time.monotonic(), result, error)
+                first.set()
+                if len(results) == n:
+                    done.set()
+
+        for k in range(n):
+            i = tg.InferInput("INPUT__0", list(x.shape), "FP32").set_shared_memory(f"in{k}", nx)
+            o = tg.InferRequestedOutput("OUTPUT__0")
+            o.set_shared_memory(f"out{k}", ny)
+            c.async_infer("resnet18", [i], callback, request_id=str(k), outputs=[o])
+        check(first.wait(120), "no answer to any of the requests")
+        c.unregister_system_shared_memory()
+        unregistered = time.monotonic()
+        check(not c.get_system_shared_memory_status(as_json=True).get("regions"), "regions left after unregistering all")
+        check(done.wait(120), f"only {len(results)} of {n} answers")
+        ok = ok_after = refused = 0
+        for key, (t, result, error) in results.items():
+            if error is not None:
+                check(error.status() == "StatusCode.INVALID_ARGUMENT" and "is not registered" in error.message(),
+                      f"error {error.status()} {error.message()}")
+                refused += 1
+                continue
+            k = int(key)
+            y = shm.get_contents_as_numpy(handles[2 * k + 1], np.float32, list(result.get_output("OUTPUT__0").shape))
+            close(y, expected, f"request {k}")
+            ok += 1
+            ok_after += t > unregistered
+        close(c.infer("resnet18", [raw_input(x)]).as_numpy("OUTPUT__0"), expected, "raw request afterwards")
+        print(f"answers={ok + refused}")
+        print(f"right_after_unregister={ok_after}")
+    finally:
+        for h in handles:
+            shm.destroy_shared_memory_region(h)
+
+
 def drain(url, x_path, expected_path, n):
     """Sends n requests at once and says so once the first answer is back
     (so the others have reached the server and are queued or running there,
@@ -363,4 +430,5 @@ if __name__ == "__main__":
     {"health": lambda: health(url, args), "infer": lambda: infer(url, *args), "errors": lambda: errors(url, *args),
      "stream": lambda: stream(url, *args), "shm": lambda: system_shm(url, *args),
      "drain": lambda: drain(url, args[0], args[1], int(args[2])), "count": lambda: count(url, *args),
-     "bounded": lambda: bounded(url, *args)}[mode]()
+     "bounded": lambda: bounded(url, *args),
+     "unregister_in_flight": lambda: unregister_in_flight(url, args[0], args[1], int(args[2]))}[mode]()

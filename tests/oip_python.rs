@@ -7,7 +7,8 @@
 //! answered under its id, Triton's system shared memory extension (inputs
 //! read from and outputs written to registered `/dev/shm` regions, and each
 //! refusal), every error path as a clear gRPC status with the server still
-//! serving, a SIGTERM that lets the requests in flight finish, the
+//! serving, unregistering regions that requests in flight use, a SIGTERM
+//! that lets the requests in flight finish, the
 //! Prometheus `/metrics` counters (moved by exactly the requests sent),
 //! the `--max-streams` bound per connection, no CPU used once idle, and a small load run from
 //! several client processes (`tests/oip_load.py`) with every answer checked.
@@ -275,6 +276,30 @@ fn tritonclient_system_shared_memory_inputs_and_outputs_and_refusals() {
         ]
     );
     assert!(server.is_running(), "the server died:\n{}", server.log());
+}
+
+/// Unregistering regions that requests in flight use is safe: with two
+/// sessions (requests on blocking threads, running while the unregister RPC
+/// is answered) those requests finish with right answers (the server holds
+/// a region until the request using it ends), later ones get a clear
+/// refusal, and the server keeps serving. With one session the transport
+/// thread runs each request before it reads the unregister RPC queued
+/// behind it: every answer right, none can overlap.
+#[test]
+fn unregistering_regions_in_use_lets_their_requests_finish() {
+    let py = require_python!();
+    for workers in ["2", "1"] {
+        let mut server = GrpcServer::start("unreg", &["--model", &model("resnet18.pt"), "--workers", workers]);
+        let out = server.run_client(&py, "unregister_in_flight", &[&model("resnet18.input.npy"), &model("resnet18.expected.npy"), "8"]);
+        let l = lines(&out);
+        assert_eq!(l.first(), Some(&"answers=8"), "--workers {workers}: {out}");
+        let after: usize = l.get(1).and_then(|s| s.strip_prefix("right_after_unregister=")?.parse().ok()).unwrap_or_else(|| panic!("{out}"));
+        let _ = writeln!(std::io::stderr(), "--workers {workers}: {} right answers after the regions were unregistered", after);
+        if workers == "2" {
+            assert!(after > 0, "--workers 2: no request finished after its regions were unregistered: {out}");
+        }
+        assert!(server.is_running(), "the server died:\n{}", server.log());
+    }
 }
 
 #[test]
