@@ -1,16 +1,31 @@
 //! How many libtorch intra-op threads a server process uses when its clients
 //! share the machine (`uminfer serve`, and the servers `uminfer bench` starts).
 //!
-//! A client that waits for a short request busy-waits on a core of its own
-//! (a wake-up from sleep costs 25–150 µs on the 2-core build machine, where
-//! the `tiny` model's forward pass is ~150 µs). A model that also wants that
-//! core stalls on it: with 2 intra-op threads beside a waiting client the
-//! server's forward pass took ~310 µs, with 1 ~190 µs. A long request is
-//! waited for asleep ([`crate::ipc::Client`] spins at most
-//! [`MAX_CLIENT_SPIN`](crate::ipc::client::MAX_CLIENT_SPIN)), and then every
-//! core helps (`resnet18`: 14.6 ms with 1 thread against 8.8 ms in process
-//! with 2). So: one core fewer than the machine has for models whose forward
-//! pass is short, all cores for the others.
+//! A client that waits for a short request polls (a wake-up from sleep costs
+//! 25–150 µs on the 2-core build machine, where the `tiny` model's forward
+//! pass is ~150 µs); a long request is waited for asleep
+//! ([`crate::ipc::Client`] polls at most
+//! [`MAX_CLIENT_SPIN`](crate::ipc::client::MAX_CLIENT_SPIN)).
+//!
+//! - **Shared memory** (`serve --name`, [`for_shm_clients`]): every core
+//!   unless the forward pass is tiny. Its client gives its core away at
+//!   every poll (`sched_yield`), so the server's second OpenMP thread can
+//!   run there: in `uminfer bench` (pinned client) `tiny` over shared memory
+//!   took 158–165 µs P50 with 2 intra-op threads against 148–153 µs in
+//!   process, and 178–189 µs with 1 (2 cores, three runs each,
+//!   2026-11-28); in criterion (unpinned client) 184 against 182 µs. A pass
+//!   under [`PARALLEL_WORTHWHILE`] gains nothing from a second thread and
+//!   pays for waking it: the `identity` model's round trip in criterion took
+//!   34 µs with 2 threads, 11 µs with 1. (An earlier measurement, `tiny` at
+//!   310 µs with 2 threads against 190 µs with 1, was taken while the
+//!   server's start-up probes still left OpenMP teams behind, see
+//!   [`on_passing_thread`].)
+//! - **gRPC** (`serve --grpc`): one core fewer than the machine has when the
+//!   forward pass is short ([`for_grpc_clients`]), every core otherwise.
+//!   With 2 threads beside a polling gRPC client `tiny` with system shared
+//!   memory took 421–427 µs against 234–242 µs with 1; a long pass wants
+//!   every core (`resnet18`: 14.6 ms with 1 thread against 8.8 ms in
+//!   process with 2).
 //!
 //! Each thread that runs a forward pass has an OpenMP team of its own, of
 //! that many threads. A server whose sessions run K requests at once
@@ -38,10 +53,25 @@ pub fn fewer_cores() -> usize {
     cores().saturating_sub(1).max(1)
 }
 
-/// The rule above: [`fewer_cores`] when `forward` (the model's forward pass
-/// with libtorch's default threads) is shorter than [`SHORT_FORWARD`], else
-/// [`cores`].
-pub fn for_local_clients(forward: Duration) -> usize {
+/// A forward pass shorter than this (timed with libtorch's default threads)
+/// is too short for a second intra-op thread to pay for its wake-up.
+pub const PARALLEL_WORTHWHILE: Duration = Duration::from_micros(50);
+
+/// The shared-memory rule above: [`fewer_cores`] when `forward` (the model's
+/// forward pass with libtorch's default threads) is shorter than
+/// [`PARALLEL_WORTHWHILE`], else [`cores`].
+pub fn for_shm_clients(forward: Duration) -> usize {
+    if forward < PARALLEL_WORTHWHILE {
+        fewer_cores()
+    } else {
+        cores()
+    }
+}
+
+/// The gRPC rule above: [`fewer_cores`] when `forward` (the model's forward
+/// pass with libtorch's default threads) is shorter than [`SHORT_FORWARD`],
+/// else [`cores`].
+pub fn for_grpc_clients(forward: Duration) -> usize {
     if forward < SHORT_FORWARD {
         fewer_cores()
     } else {
@@ -93,11 +123,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn short_forward_passes_leave_a_core_long_ones_take_all() {
-        assert_eq!(for_local_clients(Duration::from_micros(150)), fewer_cores());
-        assert_eq!(for_local_clients(SHORT_FORWARD), cores());
-        assert_eq!(for_local_clients(Duration::from_millis(9)), cores());
+    fn short_forward_passes_leave_a_core_to_grpc_clients_long_ones_take_all() {
+        assert_eq!(for_grpc_clients(Duration::from_micros(150)), fewer_cores());
+        assert_eq!(for_grpc_clients(SHORT_FORWARD), cores());
+        assert_eq!(for_grpc_clients(Duration::from_millis(9)), cores());
         assert!(fewer_cores() >= 1 && fewer_cores() <= cores());
+    }
+
+    #[test]
+    fn tiny_forward_passes_leave_a_core_to_shm_clients_others_take_all() {
+        assert_eq!(for_shm_clients(Duration::from_micros(6)), fewer_cores());
+        assert_eq!(for_shm_clients(PARALLEL_WORTHWHILE), cores());
+        assert_eq!(for_shm_clients(Duration::from_micros(150)), cores());
+        assert_eq!(for_shm_clients(Duration::from_millis(9)), cores());
     }
 
     #[test]

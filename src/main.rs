@@ -72,12 +72,12 @@ enum Command {
         /// SETTINGS_MAX_CONCURRENT_STREAMS).
         #[arg(long, value_name = "N", default_value_t = uminfer::oip::server::DEFAULT_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "name")]
         max_streams: u32,
-        /// libtorch intra-op threads of this process. Default in `cpu` mode: one
-        /// core fewer than the machine has when a forward pass is short (under
-        /// 1.33 ms: clients on this machine spin on a core for such answers),
-        /// every core otherwise, divided among the sessions that run at once
-        /// (--workers; with --grpc, per model); other modes: libtorch's default.
-        /// The log says which and why (docs/ipc.md).
+        /// libtorch intra-op threads of this process. Default in `cpu` mode:
+        /// every core, or one fewer when a forward pass is short (shared
+        /// memory: under 50 µs; with --grpc: under 1.33 ms, as its clients poll
+        /// on a core for such answers); divided among the sessions that run at
+        /// once (--workers; with --grpc, per model). Other modes: libtorch's
+        /// default. The log says which and why (docs/ipc.md).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         intra_op_threads: Option<u32>,
         /// After each answer, poll this many µs for the next request before
@@ -283,7 +283,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
 
 fn serve(opts: uminfer::ipc::ServeOptions, threads: Option<u32>) -> anyhow::Result<()> {
     let rt = Runtime::new();
-    choose_intra_op_threads(&rt, threads, opts.mode, std::slice::from_ref(&opts.model), &opts.input_shape, opts.workers)?;
+    choose_intra_op_threads(&rt, threads, opts.mode, Clients::SharedMemory, std::slice::from_ref(&opts.model), &opts.input_shape, opts.workers)?;
     let service = format!("uminfer/{}", opts.name);
     let server = uminfer::ipc::Server::new(&rt, opts)?;
     // What a parent process waits for (as `serve --grpc` prints `grpc=ADDR`).
@@ -301,13 +301,23 @@ fn serve(opts: uminfer::ipc::ServeOptions, threads: Option<u32>) -> anyhow::Resu
     Ok(())
 }
 
+/// Which clients a server process answers, for its thread choice
+/// ([`uminfer::intra_op`]).
+#[derive(Clone, Copy, PartialEq)]
+enum Clients {
+    SharedMemory,
+    Grpc,
+}
+
 /// Sets this server process's libtorch intra-op threads: `explicit`, else in
-/// `cpu` mode the choice for clients on this machine
-/// ([`uminfer::intra_op::for_local_clients`] over the slowest model's forward
-/// pass, [shared](uminfer::intra_op::shared_by) by the `concurrent` sessions
-/// that may run at once), else libtorch's default; logs the result.
-fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice, models: &[PathBuf], input_shape: &[i64], concurrent: usize) -> anyhow::Result<()> {
+/// `cpu` mode the choice for `clients` on this machine over the slowest
+/// model's forward pass ([`uminfer::intra_op::for_shm_clients`],
+/// [`uminfer::intra_op::for_grpc_clients`]),
+/// [shared](uminfer::intra_op::shared_by) by the `concurrent` sessions that
+/// may run at once; else libtorch's default. Logs the result.
+fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice, clients: Clients, models: &[PathBuf], input_shape: &[i64], concurrent: usize) -> anyhow::Result<()> {
     use uminfer::intra_op;
+    let shared = format!("shared by {} session(s) that run at once", concurrent.max(1));
     let why = match explicit {
         Some(n) => {
             tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
@@ -318,13 +328,16 @@ fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice
             for m in models {
                 slowest = slowest.max(intra_op::time_forward(&rt.model(m)?, input_shape)?);
             }
-            let n = intra_op::shared_by(intra_op::for_local_clients(slowest), concurrent);
-            tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
+            let (rule, under) = match clients {
+                Clients::SharedMemory => (intra_op::for_shm_clients(slowest), intra_op::PARALLEL_WORTHWHILE),
+                Clients::Grpc => (intra_op::for_grpc_clients(slowest), intra_op::SHORT_FORWARD),
+            };
+            tch::set_num_threads(i32::try_from(intra_op::shared_by(rule, concurrent)).unwrap_or(i32::MAX));
             format!(
-                "automatic: a forward pass takes {:.1} µs with libtorch's default threads; under {} µs a core is left to the clients; shared by {} session(s) that run at once",
+                "automatic: a forward pass takes {:.1} µs with libtorch's default threads; under {} µs a core is left to the {} clients, otherwise every core; {shared}",
                 slowest.as_secs_f64() * 1e6,
-                intra_op::SHORT_FORWARD.as_micros(),
-                concurrent.max(1)
+                under.as_micros(),
+                if clients == Clients::Grpc { "gRPC" } else { "shared-memory" },
             )
         }
         None => "libtorch's default".to_string(),
@@ -347,7 +360,7 @@ fn shm_options(name: Option<String>, models: Vec<uminfer::oip::ModelSource>) -> 
 fn serve_grpc(opts: uminfer::oip::GrpcOptions, threads: Option<u32>) -> anyhow::Result<()> {
     let rt = Runtime::new();
     let paths: Vec<PathBuf> = opts.models.iter().map(|m| m.path.clone()).collect();
-    choose_intra_op_threads(&rt, threads, opts.mode, &paths, &opts.input_shape, opts.sessions * paths.len())?;
+    choose_intra_op_threads(&rt, threads, opts.mode, Clients::Grpc, &paths, &opts.input_shape, opts.sessions * paths.len())?;
     let server = uminfer::oip::GrpcServer::new(&rt, opts)?;
     server.run(|at| {
         use std::io::Write;

@@ -394,11 +394,11 @@ mod fuzz {
 }
 
 /// The automatic choice follows the forward time the server measured and
-/// logged (on a loaded machine even `tiny` can take longer than
-/// `SHORT_FORWARD`: all cores then), shared by the workers that run at once;
-/// `--intra-op-threads` overrides it.
+/// logged: every core (shared-memory clients give their core away while they
+/// poll) unless the pass is under `PARALLEL_WORTHWHILE`, shared by the
+/// workers that run at once; `--intra-op-threads` overrides it.
 #[test]
-fn serve_leaves_a_core_to_its_clients_unless_told_otherwise() {
+fn serve_uses_every_core_shared_by_its_workers_unless_told_otherwise() {
     for extra in [&[][..], &["--workers", "2"][..], &["--intra-op-threads", "3"][..]] {
         let name = unique("threads");
         let server = ServerProcess::start(&name, "tiny.pt", extra);
@@ -412,12 +412,11 @@ fn serve_leaves_a_core_to_its_clients_unless_told_otherwise() {
                 .nth(1)
                 .and_then(|rest| rest.split(" µs").next()?.parse::<f64>().ok())
                 .unwrap_or_else(|| panic!("the log does not say how long a forward pass took:\n{log}"));
-            let want = uminfer::intra_op::for_local_clients(std::time::Duration::from_secs_f64(us / 1e6));
-            let rule = if us < uminfer::intra_op::SHORT_FORWARD.as_secs_f64() * 1e6 { uminfer::intra_op::fewer_cores() } else { uminfer::intra_op::cores() };
-            assert_eq!(want, rule, "a forward pass of {us} µs");
+            let rule = if us < uminfer::intra_op::PARALLEL_WORTHWHILE.as_secs_f64() * 1e6 { uminfer::intra_op::fewer_cores() } else { uminfer::intra_op::cores() };
+            assert_eq!(uminfer::intra_op::for_shm_clients(std::time::Duration::from_secs_f64(us / 1e6)), rule, "a forward pass of {us} µs");
             let workers = if extra.contains(&"--workers") { 2 } else { 1 };
-            assert!(log.contains(&format!("shared by {workers} session(s)")), "{extra:?}: the log does not name {workers} session(s):\n{log}");
-            uminfer::intra_op::shared_by(want, workers)
+            assert!(log.contains(&format!("a core is left to the shared-memory clients, otherwise every core; shared by {workers} session(s)")), "{extra:?}:\n{log}");
+            uminfer::intra_op::shared_by(rule, workers)
         } else {
             3
         };

@@ -186,12 +186,24 @@ fn tritonclient_sees_a_live_ready_server_and_each_models_metadata() {
 }
 
 /// The transport thread polls the network for `--spin-us` after each answer
-/// (`uminfer::oip::polling`), then sleeps: an idle server uses no CPU.
+/// (`uminfer::oip::polling`), then sleeps: an idle server uses no CPU. Its
+/// intra-op threads follow the forward time it measured and logged (one core
+/// fewer for a short pass; on a loaded machine even `tiny` can take longer
+/// than `SHORT_FORWARD`: every core then).
 #[test]
 fn idle_server_uses_no_cpu_after_answering() {
     let py = require_python!();
     let tiny = format!("tiny={}", model("tiny.pt"));
     let mut server = GrpcServer::start("idle", &["--model", &tiny]);
+    let log = server.log();
+    let us = log
+        .split("a forward pass takes ")
+        .nth(1)
+        .and_then(|rest| rest.split(" µs").next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("the log does not say how long a forward pass took:\n{log}"));
+    let want = if us < uminfer::intra_op::SHORT_FORWARD.as_secs_f64() * 1e6 { uminfer::intra_op::fewer_cores() } else { uminfer::intra_op::cores() };
+    assert_eq!(uminfer::intra_op::for_grpc_clients(std::time::Duration::from_secs_f64(us / 1e6)), want, "a forward pass of {us} µs");
+    assert!(log.contains(&format!("libtorch intra-op threads: {want} (automatic: a forward pass takes")), "want {want} threads:\n{log}");
     let (x, y) = (model("tiny.input.npy"), model("tiny.expected.npy"));
     server.run_client(&py, "infer", &["tiny", &x, &y]);
     std::thread::sleep(Duration::from_millis(500));

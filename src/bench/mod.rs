@@ -218,40 +218,43 @@ struct Context<'a> {
     opts: &'a BenchOptions,
     out_shape: &'a [i64],
     gpu: bool,
-    /// Intra-op threads of the server processes, chosen when the first one is built.
-    server_threads: std::cell::OnceCell<usize>,
+    /// The model's CPU forward pass, timed when the first server scheme is built.
+    forward: std::cell::OnceCell<Duration>,
 }
 
 impl Context<'_> {
-    /// The intra-op threads `uminfer serve` would choose for this model
-    /// ([`crate::intra_op::for_local_clients`]), timed once, on first use
-    /// (this process still has libtorch's default threads, as the rule's
-    /// timing wants).
-    fn server_threads(&self) -> Result<usize> {
-        if let Some(&n) = self.server_threads.get() {
-            return Ok(n);
+    /// The model's CPU forward pass with libtorch's default threads, timed
+    /// once, on first use (this process still has them, as the rules of
+    /// [`crate::intra_op`] want): the server processes get the intra-op
+    /// threads `uminfer serve` would choose from it.
+    fn forward(&self) -> std::result::Result<Duration, String> {
+        if let Some(&t) = self.forward.get() {
+            return Ok(t);
         }
-        let forward = crate::intra_op::time_forward(self.model, &self.opts.shape)?;
-        let n = crate::intra_op::for_local_clients(forward);
-        tracing::info!("a CPU forward pass takes {forward:?}: server processes get {n} intra-op threads");
-        Ok(*self.server_threads.get_or_init(|| n))
+        let t = crate::intra_op::time_forward(self.model, &self.opts.shape).map_err(|e| e.to_string())?;
+        tracing::info!(
+            "a CPU forward pass takes {t:?}: shared-memory server processes get {} intra-op threads, gRPC ones {}",
+            crate::intra_op::for_shm_clients(t),
+            crate::intra_op::for_grpc_clients(t)
+        );
+        Ok(*self.forward.get_or_init(|| t))
     }
 }
 
 fn build(name: &str, cx: &Context<'_>) -> std::result::Result<Box<dyn Scheme>, String> {
     let Context { rt, model, opts, out_shape, gpu, .. } = *cx;
-    let server_threads = || cx.server_threads().map_err(|e| e.to_string());
+    let all_cores = crate::intra_op::cores();
     match name {
-        "serialize-copy" => boxed(SerializeCopy::start(&opts.model, &opts.shape, server_threads()?)),
+        "serialize-copy" => boxed(SerializeCopy::start(&opts.model, &opts.shape, all_cores)),
         "cpu-zero-copy" => boxed(SessionScheme::build(rt, model, opts, out_shape, Mode::Cpu)),
         "shm-ipc" => {
             rt.check_mode(Mode::ShmIpc).map_err(|e| e.to_string())?;
             rt.check_mode(opts.server_mode).map_err(|e| e.to_string())?;
-            boxed(ShmIpc::start(&opts.model, &opts.shape, server_threads()?, opts.server_mode))
+            boxed(ShmIpc::start(&opts.model, &opts.shape, crate::intra_op::for_shm_clients(cx.forward()?), opts.server_mode))
         }
         "oip-grpc" | "oip-grpc-shm" => {
             rt.check_mode(opts.server_mode).map_err(|e| e.to_string())?;
-            boxed(oip::OipGrpc::start(&opts.model, &opts.shape, out_shape, name == "oip-grpc-shm", server_threads()?, opts.server_mode))
+            boxed(oip::OipGrpc::start(&opts.model, &opts.shape, out_shape, name == "oip-grpc-shm", crate::intra_op::for_grpc_clients(cx.forward()?), opts.server_mode))
         }
         "gpu-copy" | "gpu-pinned" | "gpu-managed" | "gpu-managed-graph" => {
             let mode: Mode = name.parse()?;
@@ -288,7 +291,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
     let out_shape = reference.size();
     let reference = Vec::<f32>::try_from(reference.flatten(0, -1))?;
     let model_name = opts.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let cx = Context { rt, model: &model, opts, out_shape: &out_shape, gpu, server_threads: std::cell::OnceCell::new() };
+    let cx = Context { rt, model: &model, opts, out_shape: &out_shape, gpu, forward: std::cell::OnceCell::new() };
 
     // Build and check every scheme.
     let mut results: Vec<SchemeResult> = Vec::new();

@@ -147,6 +147,9 @@ fn region_params(region: &str, byte_size: usize) -> HashMap<String, InferParamet
 impl OipGrpc {
     /// Starts `uminfer serve --grpc 127.0.0.1:0` on `model` and connects; with
     /// `shm`, creates and registers the two shared memory regions.
+    /// `threads`: [`crate::intra_op::for_grpc_clients`], taken before the
+    /// measuring thread is pinned (after, [`crate::intra_op::cores`] counts
+    /// that thread's one core).
     pub(crate) fn start(model: &Path, shape: &[i64], out_shape: &[i64], shm: bool, threads: usize, mode: Mode) -> Result<Self> {
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
         let args = ["serve", "--grpc", "127.0.0.1:0", "--mode", mode.id(), "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
@@ -182,7 +185,8 @@ impl OipGrpc {
         // As the shared-memory client: poll for short answers (the server was
         // left a core for that), sleep at once for long ones.
         let poll = if threads < crate::intra_op::cores() { crate::ipc::client::MAX_CLIENT_SPIN } else { Duration::ZERO };
-        let note = format!("{}; serve --mode {mode}", server_threads_note(threads));
+        let why = if threads < crate::intra_op::cores() { "cores - 1: a short forward pass, a core left to the polling client" } else { "all cores: a long forward pass" };
+        let note = format!("{}; serve --mode {mode}", server_threads_note(threads, why));
         Ok(Self { rt, client, template, output_len, transport, server: note, poll, _server: server })
     }
 

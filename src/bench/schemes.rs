@@ -62,11 +62,8 @@ pub(super) fn timed(request: impl FnOnce() -> Result<()>) -> Result<RunTiming> {
 }
 
 /// The thread settings of a server process the bench started with
-/// `--intra-op-threads threads` ([`crate::intra_op::for_local_clients`]).
-/// Called when the scheme starts: once the measuring thread is pinned,
-/// [`cores`](crate::intra_op::cores) counts that thread's one core.
-pub(super) fn server_threads_note(threads: usize) -> String {
-    let why = if threads < crate::intra_op::cores() { "cores - 1: a short forward pass, a core left to the client" } else { "all cores: a long forward pass" };
+/// `--intra-op-threads threads`, and why (`crate::intra_op`).
+pub(super) fn server_threads_note(threads: usize, why: &str) -> String {
     format!("server process: intra-op {threads} (--intra-op-threads {threads}, {why})")
 }
 
@@ -93,7 +90,7 @@ impl SerializeCopy {
         let args = ["bench-json-server", "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
         let (server, addr) = ServerChild::start_reporting(args.into_iter().chain([model.as_os_str().to_owned()]), "http")?;
         let n = shape.iter().product::<i64>() as usize;
-        Ok(Self { url: format!("http://{addr}/infer"), agent: ureq::Agent::new_with_defaults(), input: vec![0.0; n], output: Vec::new(), server: server_threads_note(threads), _server: server })
+        Ok(Self { url: format!("http://{addr}/infer"), agent: ureq::Agent::new_with_defaults(), input: vec![0.0; n], output: Vec::new(), server: server_threads_note(threads, "all cores: its client blocks"), _server: server })
     }
 
     fn post(&mut self) -> Result<()> {
@@ -230,7 +227,8 @@ impl ShmIpc {
         let args = ["serve", "--name", &name, "--mode", mode.id(), "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
         let (server, _) = ServerChild::start_reporting(args.into_iter().chain([model.as_os_str().to_owned()]), "ipc")?;
         let client = Client::connect(&name, Duration::from_secs(10))?;
-        let note = format!("{}; serve --mode {mode}", server_threads_note(threads));
+        let why = if threads < crate::intra_op::cores() { "cores - 1, as `uminfer serve` chooses: a tiny forward pass" } else { "all cores, as `uminfer serve` chooses: its client gives its core away while it polls" };
+        let note = format!("{}; serve --mode {mode}", server_threads_note(threads, why));
         Ok(Self { client, shape: shape.to_vec(), next: None, output: Vec::new(), server: note, _server: server })
     }
 
