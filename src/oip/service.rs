@@ -44,8 +44,9 @@ struct Runner {
 
 impl OipService {
     /// Serves `models`; `stopping` turns true when shutdown begins: the
-    /// server is no longer ready, new inference requests are refused with
-    /// `UNAVAILABLE`, and each stream ends after the request it is running.
+    /// server is no longer ready, a stream's next request is refused with
+    /// `UNAVAILABLE` and the stream ends after the request it is running
+    /// (new calls are refused by HTTP/2 itself, tonic's graceful shutdown).
     /// Inference requests are recorded in `metrics`, and each answer is told
     /// to `polling`. With a single session among all models, inference runs
     /// on the calling thread.
@@ -66,15 +67,19 @@ impl OipService {
 /// Responses a stream holds before its request loop waits for the client to read them.
 const STREAM_BUFFER: usize = 16;
 
-/// One inference request, unary or from a stream: refused with `UNAVAILABLE`
-/// once shutdown began, else run where `run` says; counted in `metrics`.
-async fn infer_request(models: &Models, shm: &Arc<Registry>, stopping: &watch::Receiver<bool>, metrics: &Metrics, run: &Runner, req: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+/// One inference request, unary or from a stream: run where `run` says;
+/// counted in `metrics`. A stream passes its `stopping` flag: once shutdown
+/// began its next request is refused with `UNAVAILABLE`. A unary request is
+/// always answered: after shutdown begins, HTTP/2 refuses new calls (GOAWAY)
+/// and every call the server has read is in flight, even one still waiting
+/// for the transport thread while it runs another request.
+async fn infer_request(models: &Models, shm: &Arc<Registry>, stopping: Option<&watch::Receiver<bool>>, metrics: &Metrics, run: &Runner, req: ModelInferRequest) -> Result<ModelInferResponse, Status> {
     let _in_flight = metrics.in_flight();
     let start = std::time::Instant::now();
     let model = models.get(&req.model_name, &req.model_version).cloned();
     let labels = model.as_ref().map(|m| m.labels()).unwrap_or_default();
     let result = async {
-        if *stopping.borrow() {
+        if stopping.is_some_and(|s| *s.borrow()) {
             return Err(RequestError::ShuttingDown.into());
         }
         let m = model?;
@@ -187,7 +192,7 @@ impl GrpcInferenceService for OipService {
     }
 
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        infer_request(&self.models, &self.shm, &self.stopping, &self.metrics, &self.run, r.into_inner()).await.map(Response::new)
+        infer_request(&self.models, &self.shm, None, &self.metrics, &self.run, r.into_inner()).await.map(Response::new)
     }
 
     async fn model_stream_infer(&self, r: Request<Streaming<ModelInferRequest>>) -> Result<Response<Self::ModelStreamInferStream>, Status> {
@@ -210,7 +215,7 @@ impl GrpcInferenceService for OipService {
                     }
                 };
                 let (id, model_name) = (req.id.clone(), req.model_name.clone());
-                let answer = match infer_request(&models, &shm, &stopping, &metrics, &run, req).await {
+                let answer = match infer_request(&models, &shm, Some(&stopping), &metrics, &run, req).await {
                     Ok(resp) => ModelStreamInferResponse { error_message: String::new(), infer_response: Some(resp) },
                     // The id goes back with the error too, so that the client can match it.
                     Err(status) => ModelStreamInferResponse {
