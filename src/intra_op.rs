@@ -61,18 +61,19 @@ pub const PARALLEL_WORTHWHILE: Duration = Duration::from_micros(50);
 /// forward pass with libtorch's default threads) is shorter than
 /// [`PARALLEL_WORTHWHILE`], else [`cores`].
 pub fn for_shm_clients(forward: Duration) -> usize {
-    if forward < PARALLEL_WORTHWHILE {
-        fewer_cores()
-    } else {
-        cores()
-    }
+    fewer_cores_under(PARALLEL_WORTHWHILE, forward)
 }
 
 /// The gRPC rule above: [`fewer_cores`] when `forward` (the model's forward
 /// pass with libtorch's default threads) is shorter than [`SHORT_FORWARD`],
 /// else [`cores`].
 pub fn for_grpc_clients(forward: Duration) -> usize {
-    if forward < SHORT_FORWARD {
+    fewer_cores_under(SHORT_FORWARD, forward)
+}
+
+/// [`fewer_cores`] when `forward` is shorter than `limit`, else [`cores`].
+fn fewer_cores_under(limit: Duration, forward: Duration) -> usize {
+    if forward < limit {
         fewer_cores()
     } else {
         cores()

@@ -184,8 +184,9 @@ impl OipGrpc {
         let template = ModelInferRequest { model_name: MODEL.into(), inputs: vec![input], outputs: vec![output], ..Default::default() };
         // As the shared-memory client: poll for short answers (the server was
         // left a core for that), sleep at once for long ones.
-        let poll = if threads < crate::intra_op::cores() { crate::ipc::client::MAX_CLIENT_SPIN } else { Duration::ZERO };
-        let why = if threads < crate::intra_op::cores() { "cores - 1: a short forward pass, a core left to the polling client" } else { "all cores: a long forward pass" };
+        let short = threads < crate::intra_op::cores();
+        let poll = if short { crate::ipc::client::MAX_CLIENT_SPIN } else { Duration::ZERO };
+        let why = if short { "cores - 1: a short forward pass, a core left to the polling client" } else { "all cores: a long forward pass" };
         let note = format!("{}; serve --mode {mode}", server_threads_note(threads, why));
         Ok(Self { rt, client, template, output_len, transport, server: note, poll, _server: server })
     }
