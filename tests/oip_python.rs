@@ -196,11 +196,7 @@ fn idle_server_uses_no_cpu_after_answering() {
     let tiny = format!("tiny={}", model("tiny.pt"));
     let mut server = GrpcServer::start("idle", &["--model", &tiny]);
     let log = server.log();
-    let us = log
-        .split("a forward pass takes ")
-        .nth(1)
-        .and_then(|rest| rest.split(" µs").next()?.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("the log does not say how long a forward pass took:\n{log}"));
+    let us = common::logged_forward_us(&log);
     let want = if us < uminfer::intra_op::SHORT_FORWARD.as_secs_f64() * 1e6 { uminfer::intra_op::fewer_cores() } else { uminfer::intra_op::cores() };
     assert_eq!(uminfer::intra_op::for_grpc_clients(std::time::Duration::from_secs_f64(us / 1e6)), want, "a forward pass of {us} µs");
     assert!(log.contains(&format!("libtorch intra-op threads: {want} (automatic: a forward pass takes")), "want {want} threads:\n{log}");
