@@ -84,12 +84,12 @@ async fn infer_request(models: &Models, shm: &Arc<Registry>, stopping: Option<&w
         }
         let m = model?;
         if run.inline {
-            return infer(&req, &m, shm).map_err(Status::from);
+            return caught(|| infer(&req, &m, shm))?.map_err(Status::from);
         }
         let shm = shm.clone();
-        tokio::task::spawn_blocking(move || infer(&req, &m, &shm))
+        tokio::task::spawn_blocking(move || caught(|| infer(&req, &m, &shm)))
             .await
-            .map_err(|e| Status::internal(format!("the inference task failed: {e}")))?
+            .map_err(|e| Status::internal(format!("the inference task failed: {e}")))??
             .map_err(Status::from)
     }
     .await;
@@ -99,6 +99,17 @@ async fn infer_request(models: &Models, shm: &Arc<Registry>, stopping: Option<&w
         Err(status) => metrics.failure(&labels, status.code()),
     }
     result
+}
+
+/// Runs `f` (inference, on the transport thread or a blocking thread),
+/// answering a panic in it with `INTERNAL` and the panic's message: the call
+/// fails, the connection and its other streams go on. The session checked
+/// out by `f` goes back to its pool while unwinding.
+fn caught<T>(f: impl FnOnce() -> T) -> Result<T, Status> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+        Status::internal(format!("the inference panicked: {}", what.as_deref().unwrap_or("(no message)")))
+    })
 }
 
 /// Runs one request on model `m` (blocking: takes a session from its pool).
@@ -260,5 +271,21 @@ impl GrpcInferenceService for OipService {
         cuda_shared_memory_unregister: CudaSharedMemoryUnregisterRequest => CudaSharedMemoryUnregisterResponse, "CudaSharedMemoryUnregister";
         trace_setting: TraceSettingRequest => TraceSettingResponse, "TraceSetting";
         log_settings: LogSettingsRequest => LogSettingsResponse, "LogSettings";
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::caught;
+
+    #[test]
+    fn a_panic_in_inline_inference_becomes_an_internal_status() {
+        assert_eq!(caught(|| 7).unwrap(), 7);
+        let status = caught(|| -> u32 { panic!("boom in the forward pass") }).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert_eq!(status.message(), "the inference panicked: boom in the forward pass");
+        let n = 3;
+        let formatted = caught(|| -> u32 { panic!("request {n} failed") }).unwrap_err();
+        assert_eq!(formatted.message(), "the inference panicked: request 3 failed");
     }
 }
