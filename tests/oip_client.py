@@ -139,13 +139,9 @@ def errors(url, x_path, expected_path):
     print("errors=ok")
 
 
-def stream(url, x_path, expected_path, n):
-    """Sends n requests on one ModelStreamInfer stream without waiting
-    (identity with a random input each, and tiny), plus one bad request in
-    the middle; checks that every answer matches its request id."""
-    x, expected, n = np.load(x_path), np.load(expected_path), int(n)
-    rng = np.random.default_rng(9)
-    sent = {}
+def stream_collector(n):
+    """A stream callback that keeps answers by request id and error
+    messages; `done` is set once n of them have come."""
     answers, errors, done, lock = {}, [], threading.Event(), threading.Lock()
 
     def callback(result, error):
@@ -154,9 +150,20 @@ def stream(url, x_path, expected_path, n):
                 errors.append(error.message())
             else:
                 answers[result.get_response().id] = result.as_numpy("OUTPUT__0")
-            if len(answers) + len(errors) == n + 1:
+            if len(answers) + len(errors) == n:
                 done.set()
 
+    return callback, answers, errors, done
+
+
+def stream(url, x_path, expected_path, n):
+    """Sends n requests on one ModelStreamInfer stream without waiting
+    (identity with a random input each, and tiny), plus one bad request in
+    the middle; checks that every answer matches its request id."""
+    x, expected, n = np.load(x_path), np.load(expected_path), int(n)
+    rng = np.random.default_rng(9)
+    sent = {}
+    callback, answers, errors, done = stream_collector(n + 1)
     c = tg.InferenceServerClient(url)
     c.start_stream(callback)
     for i in range(n):
@@ -322,6 +329,35 @@ def unregister_in_flight(url, x_path, expected_path, n):
             shm.destroy_shared_memory_region(h)
 
 
+def busy(url, name, x_path, expected_path, n):
+    """Sends n requests of model NAME on one ModelStreamInfer stream without
+    waiting and checks every answer against its request id; meanwhile a
+    second client calls ServerLive every 5 ms. Prints the number of answers
+    and the ServerLive latencies while the stream ran (for the log: the test
+    asserts on the server's metrics, not on times)."""
+    x, expected, n = np.load(x_path), np.load(expected_path), int(n)
+    callback, answers, errors, done = stream_collector(n)
+    c = tg.InferenceServerClient(url)
+    c.start_stream(callback)
+    for i in range(n):
+        c.async_stream_infer(name, [raw_input(x)], request_id=f"b-{i}")
+    health = tg.InferenceServerClient(url)
+    live_ms = []
+    while not done.wait(0.005):
+        t = time.monotonic()
+        check(health.is_server_live(), "ServerLive said not live")
+        live_ms.append((time.monotonic() - t) * 1e3)
+    c.stop_stream()
+    check(not errors, f"errors {errors}")
+    check(sorted(answers) == sorted(f"b-{i}" for i in range(n)), f"answered ids {sorted(answers)}")
+    for rid, y in answers.items():
+        close(y, expected, f"stream request {rid} ({name})")
+    live_ms.sort()
+    if live_ms:
+        print(f"server_live_during_stream_ms=p50 {live_ms[len(live_ms) // 2]:.2f} max {live_ms[-1]:.2f} ({len(live_ms)} calls)", file=sys.stderr)
+    print(f"busy_matched={len(answers)}")
+
+
 def drain(url, x_path, expected_path, n):
     """Sends n requests at once and says so once the first answer is back
     (so the others have reached the server and are queued or running there,
@@ -430,5 +466,5 @@ if __name__ == "__main__":
     {"health": lambda: health(url, args), "infer": lambda: infer(url, *args), "errors": lambda: errors(url, *args),
      "stream": lambda: stream(url, *args), "shm": lambda: system_shm(url, *args),
      "drain": lambda: drain(url, args[0], args[1], int(args[2])), "count": lambda: count(url, *args),
-     "bounded": lambda: bounded(url, *args),
+     "bounded": lambda: bounded(url, *args), "busy": lambda: busy(url, *args),
      "unregister_in_flight": lambda: unregister_in_flight(url, args[0], args[1], int(args[2]))}[mode]()

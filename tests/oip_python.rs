@@ -200,6 +200,7 @@ fn idle_server_uses_no_cpu_after_answering() {
     let want = if us < uminfer::intra_op::SHORT_FORWARD.as_secs_f64() * 1e6 { uminfer::intra_op::fewer_cores() } else { uminfer::intra_op::cores() };
     assert_eq!(uminfer::intra_op::for_grpc_clients(std::time::Duration::from_secs_f64(us / 1e6)), want, "a forward pass of {us} µs");
     assert!(log.contains(&format!("libtorch intra-op threads: {want} (automatic: a forward pass takes")), "want {want} threads:\n{log}");
+    assert!(log.contains("inference runs on the transport thread: one session, whose requests take"), "tiny's short requests run inline:\n{log}");
     let (x, y) = (model("tiny.input.npy"), model("tiny.expected.npy"));
     server.run_client(&py, "infer", &["tiny", &x, &y]);
     std::thread::sleep(Duration::from_millis(500));
@@ -376,6 +377,46 @@ fn metrics_count_every_request_by_model_mode_and_outcome() {
         assert_eq!(sample(&now, in_flight), Some(0.0), "{now}");
         assert!(sample(&now, r#"uminfer_inference_duration_seconds_sum{model="tiny",mode="cpu"}"#).is_some_and(|s| s > 0.0), "{now}");
     }
+}
+
+#[test]
+fn long_requests_run_off_the_transport_thread_so_metrics_answer_during_them() {
+    let py = require_python!();
+    let mut server = GrpcServer::start("long", &["--model", &model("resnet18.pt"), "--metrics", "127.0.0.1:0"]);
+    let url = server.metrics_url();
+    let log = server.log();
+    let took = log
+        .lines()
+        .find_map(|l| l.split("a request takes ").nth(1))
+        .and_then(|rest| rest.split(" µs").next())
+        .and_then(|us| us.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no request time logged:\n{log}"));
+    if took < uminfer::oip::service::INLINE_LIMIT.as_secs_f64() * 1e6 {
+        // A machine fast enough to run resnet18 in under 1 ms keeps it on the
+        // transport thread; what this test checks does not apply there.
+        let _ = writeln!(std::io::stderr(), "SKIPPED: resnet18 takes {took} µs here, under the inline limit");
+        return;
+    }
+    assert!(log.contains("inference runs on blocking threads: its requests take"), "{log}");
+    // A /metrics scrape is served by the transport thread: it can see a
+    // request in flight only while another thread runs that request (on the
+    // transport thread a request starts and ends within one task poll).
+    let (x, y) = (model("resnet18.input.npy"), model("resnet18.expected.npy"));
+    let mut busy = client(&py, "busy", &server.url, &["resnet18", &x, &y, "100"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting the venv python");
+    let (mut scrapes, mut in_flight_seen) = (0, 0);
+    while matches!(busy.try_wait(), Ok(None)) {
+        let now = scrape(&url);
+        scrapes += 1;
+        if sample(&now, "uminfer_inference_in_flight").is_some_and(|v| v >= 1.0) {
+            in_flight_seen += 1;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = common::finish(busy, PYTHON_DEADLINE);
+    let _ = writeln!(std::io::stderr(), "{}", text(&out.stderr).trim());
+    assert_eq!(lines(&server.check("busy", &out)), ["busy_matched=100"]);
+    let _ = writeln!(std::io::stderr(), "{in_flight_seen} of {scrapes} scrapes saw a request in flight");
+    assert!(in_flight_seen > 0, "none of {scrapes} /metrics scrapes during 100 streamed resnet18 requests saw one in flight\n{}", server.log());
 }
 
 #[test]

@@ -12,7 +12,7 @@
 //! | [`status`] | request errors and their gRPC status codes |
 //! | [`service`] | the `GRPCInferenceService` implementation |
 //! | [`metrics`] | Prometheus request metrics and the `/metrics` HTTP listener |
-//! | [`polling`] | the transport thread: inference on it for a lone session, polling after each answer |
+//! | [`polling`] | the transport thread: inference on it for a lone session with short requests, polling after each answer |
 //! | [`server`] | options, listening, the stream bound, graceful shutdown on SIGINT/SIGTERM |
 
 pub mod metrics;

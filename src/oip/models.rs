@@ -14,6 +14,7 @@ use crate::session::{ModeChoice, SessionPool, SessionSpec};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The name of the single input tensor (Triton's PyTorch-backend convention).
 pub const INPUT_NAME: &str = "INPUT__0";
@@ -68,7 +69,13 @@ pub struct ServedModel {
     pub mode: crate::Mode,
     /// The sessions that run it.
     pub pool: SessionPool,
+    /// How long one of its requests takes in a session after warm-up (the
+    /// fastest of [`TIMED_RUNS`], over the session's own regions).
+    pub request_time: Duration,
 }
+
+/// Requests timed per model at load.
+pub const TIMED_RUNS: usize = 3;
 
 impl ServedModel {
     /// Loads `source`, probes its output on zeros of `input_shape`, builds `sessions` sessions in `mode`.
@@ -91,12 +98,24 @@ impl ServedModel {
         }
         let spec = SessionSpec::new(input_shape, &output_shape).mode_choice(mode).dedicated_thread(true);
         let pool = SessionPool::new(rt, &model, spec, sessions.max(1))?;
-        let mode = {
-            let s = pool.checkout();
-            tracing::info!("model {} ({}): input {input_shape:?}, output {output_shape:?}, mode {}: {}", source.name, source.path.display(), s.mode(), s.note());
-            s.mode()
+        let (mode, request_time) = {
+            let mut s = pool.checkout();
+            let mut fastest = Duration::MAX;
+            for _ in 0..TIMED_RUNS {
+                fastest = fastest.min(s.run()?.host);
+            }
+            s.reset_timing();
+            tracing::info!(
+                "model {} ({}): input {input_shape:?}, output {output_shape:?}, mode {}: {}; a request takes {:.1} µs",
+                source.name,
+                source.path.display(),
+                s.mode(),
+                s.note(),
+                fastest.as_secs_f64() * 1e6
+            );
+            (s.mode(), fastest)
         };
-        Ok(Self { name: source.name.clone(), input_shape: input_shape.to_vec(), output_shape, mode, pool })
+        Ok(Self { name: source.name.clone(), input_shape: input_shape.to_vec(), output_shape, mode, pool, request_time })
     }
 
     /// Input elements per request.
@@ -146,6 +165,11 @@ impl Models {
     /// Sessions of all models together: how many requests run at once at most.
     pub fn sessions(&self) -> usize {
         self.0.values().map(|m| m.pool.size()).sum()
+    }
+
+    /// The longest [`ServedModel::request_time`] of all models.
+    pub fn slowest_request(&self) -> Duration {
+        self.0.values().map(|m| m.request_time).max().unwrap_or_default()
     }
 
     /// The model `name` at `version` ("" means the latest, the only one: "1").

@@ -2,8 +2,9 @@
 //! thread wake-up for each: it has one transport thread (HTTP/2 framing,
 //! protobuf), which polls the network for [`GrpcOptions::spin`] after each
 //! answer before it sleeps in `epoll`, and which runs the inference itself
-//! when the server has a single session (no hand-off to a blocking thread;
-//! with more sessions they run on tokio's blocking threads, side by side).
+//! when the server has a single session with short requests (no hand-off to
+//! a blocking thread; with more sessions, or long requests, they run on
+//! tokio's blocking threads, [`runs_inline`](super::service::runs_inline)).
 //!
 //! On the 2-core build machine a wake-up of a sleeping thread costs 25 µs or
 //! more; the `identity` model over gRPC with shared memory took 141–145 µs

@@ -2,8 +2,9 @@
 //! streaming inference over the served models. Inference runs on tokio's
 //! blocking threads (one [`SessionPool`](crate::SessionPool) session per
 //! request), so the transport thread stays free, except when the server has
-//! a single session: then the transport thread runs it itself, saving two
-//! thread wake-ups per request ([`polling`](super::polling)). A stream's
+//! a single session whose requests are short ([`runs_inline`]): then the
+//! transport thread runs it itself, saving two thread wake-ups per request
+//! ([`polling`](super::polling)). A stream's
 //! requests run one after another, each answered in order with its request
 //! id; a refused request is answered in the stream (`error_message`, as
 //! Triton does) and the stream goes on. Every RPC this server does not offer
@@ -34,6 +35,22 @@ pub struct OipService {
     run: Runner,
 }
 
+/// The longest request a lone session runs on the transport thread itself.
+/// While it runs, that thread serves nothing else: health checks, metadata,
+/// `/metrics` and the next frames of every connection wait, and behind a
+/// stream of requests they wait for several (`resnet18`, 8 ms a request on 2
+/// cores: `ServerLive` took 39 ms P50, 54 ms at most, during a stream). A
+/// longer request goes to a blocking thread, whose hand-off (25–100 µs of
+/// thread wake-ups on 2 cores) is under a tenth of it.
+pub const INLINE_LIMIT: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Whether inference runs on the transport thread: a single session among
+/// all models (nothing else to run side by side) whose requests take less
+/// than [`INLINE_LIMIT`] (`slowest`, measured at load).
+pub fn runs_inline(sessions: usize, slowest: std::time::Duration) -> bool {
+    sessions == 1 && slowest < INLINE_LIMIT
+}
+
 /// Where inference runs, and who hears of each answer.
 #[derive(Clone)]
 struct Runner {
@@ -48,10 +65,20 @@ impl OipService {
     /// `UNAVAILABLE` and the stream ends after the request it is running
     /// (new calls are refused by HTTP/2 itself, tonic's graceful shutdown).
     /// Inference requests are recorded in `metrics`, and each answer is told
-    /// to `polling`. With a single session among all models, inference runs
-    /// on the calling thread.
+    /// to `polling`. Inference runs on the calling thread when
+    /// [`runs_inline`] says so.
     pub fn new(models: Models, stopping: watch::Receiver<bool>, metrics: Arc<Metrics>, polling: Arc<Polling>) -> Self {
-        let run = Runner { inline: models.sessions() == 1, polling };
+        let (sessions, slowest) = (models.sessions(), models.slowest_request());
+        let inline = runs_inline(sessions, slowest);
+        let us = slowest.as_secs_f64() * 1e6;
+        if inline {
+            tracing::info!("inference runs on the transport thread: one session, whose requests take {us:.1} µs (under {} µs)", INLINE_LIMIT.as_micros());
+        } else if sessions == 1 {
+            tracing::info!("inference runs on blocking threads: its requests take {us:.1} µs, over {} µs, and would hold up health checks, metadata and /metrics", INLINE_LIMIT.as_micros());
+        } else {
+            tracing::info!("inference runs on blocking threads: {sessions} sessions run side by side");
+        }
+        let run = Runner { inline, polling };
         Self { models, shm: Arc::default(), stopping, metrics, run }
     }
 
@@ -276,7 +303,16 @@ impl GrpcInferenceService for OipService {
 
 #[cfg(test)]
 mod tests {
-    use super::caught;
+    use super::{caught, runs_inline, INLINE_LIMIT};
+
+    #[test]
+    fn only_a_lone_session_with_short_requests_runs_on_the_transport_thread() {
+        use std::time::Duration;
+        assert!(runs_inline(1, Duration::from_micros(150)));
+        assert!(!runs_inline(1, INLINE_LIMIT), "a request as long as the limit");
+        assert!(!runs_inline(1, Duration::from_millis(8)), "resnet18 on 2 cores");
+        assert!(!runs_inline(2, Duration::from_micros(150)), "two sessions run side by side");
+    }
 
     #[test]
     fn a_panic_in_inline_inference_becomes_an_internal_status() {
