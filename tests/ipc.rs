@@ -407,7 +407,7 @@ fn serve_uses_every_core_shared_by_its_workers_unless_told_otherwise() {
         let log = server.log();
         let automatic = !extra.contains(&"--intra-op-threads");
         let want = if automatic {
-            let us = common::logged_forward_us(&log);
+            let us = common::logged_us(&log, "a forward pass takes ");
             let rule = if us < uminfer::intra_op::PARALLEL_WORTHWHILE.as_secs_f64() * 1e6 { uminfer::intra_op::fewer_cores() } else { uminfer::intra_op::cores() };
             assert_eq!(uminfer::intra_op::for_shm_clients(std::time::Duration::from_secs_f64(us / 1e6)), rule, "a forward pass of {us} µs");
             let workers = if extra.contains(&"--workers") { 2 } else { 1 };

@@ -103,11 +103,12 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks
 }
 
-/// The forward time a server logged when it chose its intra-op threads
-/// (`a forward pass takes X µs`), in µs; panics with the log when absent.
-pub fn logged_forward_us(log: &str) -> f64 {
-    log.split("a forward pass takes ")
+/// The time a server logged after `phrase` (`"a forward pass takes "` when
+/// it chose its intra-op threads, `"a request takes "` when the gRPC server
+/// loaded a model), in µs; panics with the log when absent.
+pub fn logged_us(log: &str, phrase: &str) -> f64 {
+    log.split(phrase)
         .nth(1)
         .and_then(|rest| rest.split(" µs").next()?.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("the log does not say how long a forward pass took:\n{log}"))
+        .unwrap_or_else(|| panic!("the log has no time after {phrase:?}:\n{log}"))
 }
