@@ -68,6 +68,11 @@ enum Command {
         /// a free port). Prints `metrics=ADDR` on stdout after `grpc=ADDR`.
         #[arg(long, value_name = "ADDR", conflicts_with = "name")]
         metrics: Option<std::net::SocketAddr>,
+        /// With --grpc: also serve the protocol's REST/JSON form (Triton's HTTP
+        /// routes under /v2, binary tensor data included) on ADDR (port 0 picks a
+        /// free port). Prints `http=ADDR` on stdout after `grpc=ADDR` (and `metrics=`).
+        #[arg(long, value_name = "ADDR", conflicts_with = "name")]
+        http: Option<std::net::SocketAddr>,
         /// With --grpc: concurrent streams (RPCs) per client connection (HTTP/2
         /// SETTINGS_MAX_CONCURRENT_STREAMS).
         #[arg(long, value_name = "N", default_value_t = uminfer::oip::server::DEFAULT_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "name")]
@@ -355,8 +360,8 @@ fn shm_options(name: Option<String>, models: Vec<uminfer::oip::ModelSource>) -> 
     }
 }
 
-/// `serve --grpc`: the addresses go to stdout as `grpc=ADDR` (and
-/// `metrics=ADDR`) once listening.
+/// `serve --grpc`: the addresses go to stdout as `grpc=ADDR` (then
+/// `metrics=ADDR` and `http=ADDR`) once listening.
 fn serve_grpc(opts: uminfer::oip::GrpcOptions, threads: Option<u32>) -> anyhow::Result<()> {
     let rt = Runtime::new();
     let paths: Vec<PathBuf> = opts.models.iter().map(|m| m.path.clone()).collect();
@@ -368,6 +373,9 @@ fn serve_grpc(opts: uminfer::oip::GrpcOptions, threads: Option<u32>) -> anyhow::
         let _ = writeln!(out, "grpc={}", at.grpc);
         if let Some(metrics) = at.metrics {
             let _ = writeln!(out, "metrics={metrics}");
+        }
+        if let Some(http) = at.http {
+            let _ = writeln!(out, "http={http}");
         }
         let _ = out.flush();
     })?;
@@ -458,7 +466,7 @@ fn main() {
             report.exit_code()
         }
         Command::Run(a) => report_error(run(a)),
-        Command::Serve { name, grpc, model, mode, workers, max_bytes, input_shape, metrics, max_streams, intra_op_threads, spin_us } => match (grpc, name) {
+        Command::Serve { name, grpc, model, mode, workers, max_bytes, input_shape, metrics, http, max_streams, intra_op_threads, spin_us } => match (grpc, name) {
             (Some(addr), _) => {
                 let mut opts = uminfer::oip::GrpcOptions::new(addr, model);
                 opts.mode = mode;
@@ -466,6 +474,7 @@ fn main() {
                 opts.max_message_bytes = max_bytes;
                 opts.input_shape = input_shape;
                 opts.metrics_addr = metrics;
+                opts.http_addr = http;
                 opts.max_streams = max_streams;
                 opts.spin = std::time::Duration::from_micros(spin_us);
                 report_error(serve_grpc(opts, intra_op_threads))

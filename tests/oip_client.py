@@ -19,29 +19,13 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pbg
 from tritonclient.utils import InferenceServerException
 
-SHAPE = [1, 3, 128, 128]
-
-
-def fail(msg):
-    sys.exit(f"FAILED: {msg}")
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
+from oip_checks import SHAPE, check, close, expect_error, fail
 
 
 def raw_input(x, name="INPUT__0", datatype="FP32"):
     i = tg.InferInput(name, list(x.shape), datatype)
     i.set_data_from_numpy(x)
     return i
-
-
-def close(y, expected, what):
-    check(y.shape == expected.shape, f"{what}: shape {y.shape}, expected {expected.shape}")
-    diff = float(np.abs(y - expected).max())
-    check(diff <= 1e-5 * max(1.0, float(np.abs(expected).max())), f"{what}: max abs diff {diff}")
-    return diff
 
 
 def health(url, models):
@@ -185,17 +169,6 @@ def stream(url, x_path, expected_path, n):
     check(len(errors) == 1 and "[InvalidArgument]" in errors[0] and "shape [1, 3, 8, 8]" in errors[0], f"errors {errors}")
     print(f"stream_matched={len(answers)}")
     print("stream_errors=1")
-
-
-def expect_error(label, code, needle, call):
-    try:
-        call()
-    except InferenceServerException as e:
-        got_code, msg = e.status(), e.message()
-    else:
-        fail(f"{label}: no error")
-    check(got_code == str(code) and needle in msg, f"{label}: {got_code} {msg!r}, expected {code} containing {needle!r}")
-    print(f"{label}={got_code}")
 
 
 def system_shm(url, x_path, expected_path):

@@ -10,8 +10,10 @@
 //! serving, unregistering regions that requests in flight use, a SIGTERM
 //! that lets the requests in flight finish, the
 //! Prometheus `/metrics` counters (moved by exactly the requests sent),
-//! the `--max-streams` bound per connection, no CPU used once idle, and a small load run from
-//! several client processes (`tests/oip_load.py`) with every answer checked.
+//! the `--max-streams` bound per connection, no CPU used once idle, a small load run from
+//! several client processes (`tests/oip_load.py`) with every answer checked,
+//! and the REST/JSON form (`--http`) driven by `tritonclient[http]`
+//! (`tests/oip_http_client.py`).
 
 mod common;
 
@@ -33,7 +35,7 @@ fn python() -> Option<PathBuf> {
     if python.exists() {
         return Some(python);
     }
-    assert!(std::env::var_os("UMINFER_BIN").is_some(), "{} missing: run `bash ci/setup` (it installs tritonclient[grpc])", python.display());
+    assert!(std::env::var_os("UMINFER_BIN").is_some(), "{} missing: run `bash ci/setup` (it installs tritonclient[grpc,http])", python.display());
     None
 }
 
@@ -107,13 +109,18 @@ impl GrpcServer {
         server
     }
 
+    /// The address of the next stdout line, which must be `KEY=ADDR`.
+    fn reported(&self, key: &str) -> String {
+        let line = self.stdout.recv_timeout(START_DEADLINE).unwrap_or_default();
+        match line.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')) {
+            Some(addr) => addr.to_string(),
+            None => panic!("the server did not report its {key} address (stdout {line:?}); log:\n{}", self.log()),
+        }
+    }
+
     /// The `/metrics` URL from the `metrics=ADDR` line (started with `--metrics`).
     fn metrics_url(&self) -> String {
-        let line = self.stdout.recv_timeout(START_DEADLINE).unwrap_or_default();
-        match line.strip_prefix("metrics=") {
-            Some(addr) => format!("http://{addr}/metrics"),
-            None => panic!("the server did not report its metrics address (stdout {line:?}); log:\n{}", self.log()),
-        }
+        format!("http://{}/metrics", self.reported("metrics"))
     }
 
     fn log(&self) -> String {
@@ -417,6 +424,53 @@ fn long_requests_run_off_the_transport_thread_so_metrics_answer_during_them() {
     assert_eq!(lines(&server.check("busy", &out)), ["busy_matched=100"]);
     let _ = writeln!(std::io::stderr(), "{in_flight_seen} of {scrapes} scrapes saw a request in flight");
     assert!(in_flight_seen > 0, "none of {scrapes} /metrics scrapes during 100 streamed resnet18 requests saw one in flight\n{}", server.log());
+}
+
+/// The REST/JSON form (`--http`) driven by `tritonclient[http]`
+/// (`tests/oip_http_client.py`): health, metadata, both models with binary
+/// and JSON tensor data both ways, system shared memory, each refusal a
+/// clear HTTP status. Its requests go through the gRPC service: the metrics
+/// count exactly those that reached a model.
+#[test]
+fn tritonclient_http_speaks_the_rest_form_with_binary_and_json_data() {
+    let py = require_python!();
+    let tiny = format!("tiny={}", model("tiny.pt"));
+    let resnet = format!("resnet18={}", model("resnet18.pt"));
+    let mut server = GrpcServer::start("http", &["--model", &tiny, "--model", &resnet, "--metrics", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+    let metrics = server.metrics_url();
+    let http = server.reported("http");
+    let args = [http.as_str(), &model("tiny.input.npy"), &model("tiny.expected.npy"), &model("resnet18.input.npy"), &model("resnet18.expected.npy")];
+    let out = common::finish(script(&py, "oip_http_client.py", &args).spawn().expect("starting the venv python"), PYTHON_DEADLINE);
+    let out = server.check("oip_http_client.py", &out);
+    let mut want = vec!["health=ok".to_string()];
+    for name in ["tiny", "resnet18"] {
+        for (i, o) in [("binary", "binary"), ("binary", "json"), ("json", "binary"), ("json", "json")] {
+            want.push(format!("{name}_in_{i}_out_{o}_diff="));
+        }
+    }
+    for l in ["register_twice=409", "register_missing_key=400", "output_region_too_small=400", "unregistered_region=400", "status_of_unregistered=404", "shm=ok"] {
+        want.push(l.into());
+    }
+    for l in ["unknown_model=404", "wrong_shape=400", "wrong_dtype=400", "wrong_dtype_json=400", "wrong_input_name=400", "malformed_json=400"] {
+        want.push(l.into());
+    }
+    for l in ["header_length_past_body=400", "compressed=415", "unknown_route=404", "errors=ok", "http=ok"] {
+        want.push(l.into());
+    }
+    let got = lines(&out);
+    assert_eq!(got.len(), want.len(), "{out}");
+    for (g, w) in got.iter().zip(&want) {
+        assert!(if w.ends_with('=') { g.starts_with(w.as_str()) } else { g == w }, "line {g:?}, expected {w:?}:\n{out}");
+    }
+    // tiny: 4 ways + all outputs + shared memory + one after the refusals;
+    // resnet18: 4 ways + all outputs. Refused before a model: none counted.
+    let now = scrape(&metrics);
+    assert_eq!(sample(&now, r#"uminfer_inference_success_total{model="tiny",mode="cpu"}"#), Some(7.0), "{now}");
+    assert_eq!(sample(&now, r#"uminfer_inference_success_total{model="resnet18",mode="cpu"}"#), Some(5.0), "{now}");
+    assert_eq!(sample(&now, r#"uminfer_inference_failure_total{model="tiny",mode="cpu",code="InvalidArgument"}"#), Some(6.0), "{now}");
+    assert_eq!(sample(&now, r#"uminfer_inference_failure_total{model="",mode="",code="NotFound"}"#), Some(1.0), "{now}");
+    let status = server.stop();
+    assert!(status.success(), "the server did not stop cleanly on SIGTERM ({status}):\n{}", server.log());
 }
 
 #[test]

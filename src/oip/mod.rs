@@ -11,6 +11,8 @@
 //! | [`shm`] | Triton's system shared memory extension: registered `/dev/shm` regions |
 //! | [`status`] | request errors and their gRPC status codes |
 //! | [`service`] | the `GRPCInferenceService` implementation |
+//! | [`rest_codec`] | the REST/JSON form of inference requests and answers, binary tensor data |
+//! | [`rest`] | the REST routes (`--http`): health, metadata, inference, system shared memory |
 //! | [`metrics`] | Prometheus request metrics and the `/metrics` HTTP listener |
 //! | [`polling`] | the transport thread: inference on it for a lone session with short requests, polling after each answer |
 //! | [`server`] | options, listening, the stream bound, graceful shutdown on SIGINT/SIGTERM |
@@ -19,6 +21,8 @@ pub mod metrics;
 pub mod models;
 pub mod polling;
 pub mod proto;
+pub mod rest;
+pub mod rest_codec;
 pub mod server;
 pub mod service;
 pub mod shm;

@@ -39,6 +39,8 @@ pub struct GrpcOptions {
     pub max_message_bytes: usize,
     /// Where to serve Prometheus `/metrics` (HTTP/1); `None`: not served.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where to serve the protocol's REST/JSON form (HTTP/1, [`rest`](super::rest)); `None`: not served.
+    pub http_addr: Option<SocketAddr>,
     /// Concurrent HTTP/2 streams (RPCs) per client connection, advertised in
     /// the SETTINGS frame (`SETTINGS_MAX_CONCURRENT_STREAMS`): a client opens
     /// no more (gRPC clients queue further calls), and h2 refuses any more.
@@ -68,6 +70,25 @@ pub struct Listening {
     pub grpc: SocketAddr,
     /// The `/metrics` address, when served.
     pub metrics: Option<SocketAddr>,
+    /// The REST address, when served.
+    pub http: Option<SocketAddr>,
+}
+
+/// An HTTP/1 listener's address and its task, which ends (with the
+/// listener's result) once `stopping` turns true and its requests are answered.
+type HttpListener = (SocketAddr, tokio::task::JoinHandle<Result<()>>);
+
+/// Serves `router` on `at` until `stopping` turns true; `what` names it in
+/// the log and in errors.
+async fn serve_http(at: SocketAddr, what: &'static str, router: axum::Router, mut stopping: tokio::sync::watch::Receiver<bool>) -> Result<HttpListener> {
+    let err = move |doing: &str, e: &dyn std::fmt::Display| Error::Grpc(format!("{doing} {what} on {at}: {e}"));
+    let listener = tokio::net::TcpListener::bind(at).await.map_err(|e| err("listening for", &e))?;
+    let bound = listener.local_addr().map_err(|e| err("reading the address of", &e))?;
+    tracing::info!("serving {what} on http://{bound}");
+    let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    });
+    Ok((bound, tokio::spawn(async move { serve.await.map_err(|e| err("serving", &e)) })))
 }
 
 impl GrpcOptions {
@@ -83,6 +104,7 @@ impl GrpcOptions {
             sessions: 1,
             max_message_bytes: 64 << 20,
             metrics_addr: None,
+            http_addr: None,
             max_streams: DEFAULT_MAX_STREAMS,
             spin: std::time::Duration::from_micros(200),
         }
@@ -129,24 +151,19 @@ impl GrpcServer {
             let metrics = Arc::new(Metrics::default());
             let metrics_server = match self.opts.metrics_addr {
                 None => None,
-                Some(at) => {
-                    let listener = tokio::net::TcpListener::bind(at).await.map_err(|e| grpc(&format!("listening for /metrics on {at}"), &e))?;
-                    let bound = listener.local_addr().map_err(|e| grpc("reading the /metrics address", &e))?;
-                    let mut until = stopping.clone();
-                    let serve = axum::serve(listener, super::metrics::router(metrics.clone())).with_graceful_shutdown(async move {
-                        let _ = until.wait_for(|s| *s).await;
-                    });
-                    tracing::info!("serving Prometheus metrics on http://{bound}/metrics");
-                    Some((bound, tokio::spawn(async move { serve.await })))
-                }
+                Some(at) => Some(serve_http(at, "Prometheus /metrics", super::metrics::router(metrics.clone()), stopping.clone()).await?),
             };
             let polling = Arc::new(Polling::new(self.opts.spin));
             tokio::spawn({
                 let (polling, stopping) = (polling.clone(), stopping.clone());
                 async move { polling.run(stopping).await }
             });
-            let service = GrpcInferenceServiceServer::new(OipService::new(self.models, stopping, metrics, polling))
-                .max_decoding_message_size(self.opts.max_message_bytes);
+            let oip = OipService::new(self.models, stopping.clone(), metrics, polling);
+            let rest_server = match self.opts.http_addr {
+                None => None,
+                Some(at) => Some(serve_http(at, "the REST form", super::rest::router(oip.clone(), self.opts.max_message_bytes), stopping).await?),
+            };
+            let service = GrpcInferenceServiceServer::new(oip).max_decoding_message_size(self.opts.max_message_bytes);
             // `""` (the whole server) starts SERVING: every model is loaded by now.
             let (health, health_service) = tonic_health::server::health_reporter();
             health.set_serving::<GrpcInferenceServiceServer<OipService>>().await;
@@ -164,7 +181,7 @@ impl GrpcServer {
                 tracing::info!("termination requested: finishing the requests in flight");
             };
             tracing::info!("serving the Open Inference Protocol (gRPC) on {addr}");
-            on_listening(Listening { grpc: addr, metrics: metrics_server.as_ref().map(|(a, _)| *a) });
+            on_listening(Listening { grpc: addr, metrics: metrics_server.as_ref().map(|(a, _)| *a), http: rest_server.as_ref().map(|(a, _)| *a) });
             let served = tonic::transport::Server::builder()
                 .max_frame_size(MAX_FRAME_BYTES)
                 .max_concurrent_streams(self.opts.max_streams)
@@ -173,8 +190,8 @@ impl GrpcServer {
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
                 .map_err(|e| grpc("serving", &e));
-            if let Some((_, task)) = metrics_server {
-                task.await.map_err(|e| grpc("the /metrics task", &e))?.map_err(|e| grpc("serving /metrics", &e))?;
+            for (_, task) in metrics_server.into_iter().chain(rest_server) {
+                task.await.map_err(|e| grpc("an HTTP listener's task", &e))??;
             }
             served
         })

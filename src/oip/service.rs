@@ -26,7 +26,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
-/// The service state shared by all connections.
+/// The service state shared by all connections (and by the REST routes:
+/// clones share it).
+#[derive(Clone)]
 pub struct OipService {
     models: Models,
     shm: Arc<Registry>,

@@ -1,0 +1,263 @@
+//! The Open Inference Protocol's REST/JSON form (`uminfer serve --grpc
+//! --http ADDR`), the routes Triton serves on its HTTP port: health,
+//! server and model metadata, inference (JSON data, or Triton's binary
+//! tensor data extension, [`rest_codec`](super::rest_codec)) and the system
+//! shared memory extension. Every route calls the gRPC service itself, so
+//! both forms share the models, the registered regions, the metrics and the
+//! rules of where inference runs. A refused request is answered with an HTTP
+//! status and `{"error": "..."}`, as the protocol says.
+
+use super::proto::grpc_inference_service_server::GrpcInferenceService;
+use super::proto::*;
+use super::rest_codec::{decode_request, encode_response, RestBody};
+use super::service::OipService;
+use super::status::RequestError;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use tonic::{Code, Request, Status};
+
+/// The header that gives the JSON part's length when binary data follows.
+const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// A JSON body larger than this is decoded and encoded on a blocking thread:
+/// the transport thread would otherwise parse it (a 1×3×128×128 tensor is
+/// ~0.5 MB of JSON) while other requests, health checks and streams wait.
+const JSON_ON_TRANSPORT_LIMIT: usize = 64 << 10;
+
+/// The routes, over `svc`, accepting bodies up to `max_body` bytes (larger:
+/// 413 Payload Too Large).
+pub fn router(svc: OipService, max_body: usize) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata_version))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_version))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_version))
+        .route("/v2/systemsharedmemory/status", get(shm_status_all))
+        .route("/v2/systemsharedmemory/region/{region}/status", get(shm_status))
+        .route("/v2/systemsharedmemory/region/{region}/register", post(shm_register))
+        .route("/v2/systemsharedmemory/region/{region}/unregister", post(shm_unregister))
+        .route("/v2/systemsharedmemory/unregister", post(shm_unregister_all))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route: the Open Inference Protocol's REST routes start with /v2 (docs/oip.md lists them)") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(svc)
+}
+
+/// `{"error": message}` with `code`.
+fn error(code: StatusCode, message: &str) -> Response {
+    (code, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// The HTTP status of a refused gRPC call.
+fn refused(s: Status) -> Response {
+    let code = match s.code() {
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(code, s.message())
+}
+
+/// 200 when `yes`, else 400 (the protocol's boolean health answer).
+fn health(yes: bool) -> Response {
+    let code = if yes { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+    code.into_response()
+}
+
+fn json_response(v: Value) -> Response {
+    axum::Json(v).into_response()
+}
+
+async fn live(State(svc): State<OipService>) -> Response {
+    match svc.server_live(Request::new(ServerLiveRequest {})).await {
+        Ok(r) => health(r.into_inner().live),
+        Err(s) => refused(s),
+    }
+}
+
+async fn ready(State(svc): State<OipService>) -> Response {
+    match svc.server_ready(Request::new(ServerReadyRequest {})).await {
+        Ok(r) => health(r.into_inner().ready),
+        Err(s) => refused(s),
+    }
+}
+
+async fn server_metadata(State(svc): State<OipService>) -> Response {
+    match svc.server_metadata(Request::new(ServerMetadataRequest {})).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            let mut extensions = r.extensions;
+            extensions.push("binary_tensor_data".into());
+            json_response(json!({ "name": r.name, "version": r.version, "extensions": extensions }))
+        }
+        Err(s) => refused(s),
+    }
+}
+
+async fn model_metadata(State(svc): State<OipService>, Path(model): Path<String>) -> Response {
+    metadata(svc, model, String::new()).await
+}
+
+async fn model_metadata_version(State(svc): State<OipService>, Path((model, version)): Path<(String, String)>) -> Response {
+    metadata(svc, model, version).await
+}
+
+async fn metadata(svc: OipService, name: String, version: String) -> Response {
+    match svc.model_metadata(Request::new(ModelMetadataRequest { name, version })).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            let tensors = |ts: &[model_metadata_response::TensorMetadata]| -> Vec<Value> {
+                ts.iter().map(|t| json!({ "name": t.name, "datatype": t.datatype, "shape": t.shape })).collect()
+            };
+            json_response(json!({
+                "name": r.name,
+                "versions": r.versions,
+                "platform": r.platform,
+                "inputs": tensors(&r.inputs),
+                "outputs": tensors(&r.outputs),
+            }))
+        }
+        Err(s) => refused(s),
+    }
+}
+
+async fn model_ready(State(svc): State<OipService>, Path(model): Path<String>) -> Response {
+    readiness(svc, model, String::new()).await
+}
+
+async fn model_ready_version(State(svc): State<OipService>, Path((model, version)): Path<(String, String)>) -> Response {
+    readiness(svc, model, version).await
+}
+
+async fn readiness(svc: OipService, name: String, version: String) -> Response {
+    match svc.model_ready(Request::new(ModelReadyRequest { name, version })).await {
+        Ok(r) => health(r.into_inner().ready),
+        Err(s) => refused(s),
+    }
+}
+
+async fn infer(State(svc): State<OipService>, Path(model): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    run_infer(svc, model, String::new(), headers, body).await
+}
+
+async fn infer_version(State(svc): State<OipService>, Path((model, version)): Path<(String, String)>, headers: HeaderMap, body: Bytes) -> Response {
+    run_infer(svc, model, version, headers, body).await
+}
+
+/// Runs `f` on a blocking thread when `heavy`, else here.
+async fn off_transport_if<T: Send + 'static>(heavy: bool, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
+    if !heavy {
+        return Ok(f());
+    }
+    tokio::task::spawn_blocking(f).await.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &format!("the JSON task failed: {e}")))
+}
+
+async fn run_infer(svc: OipService, model: String, version: String, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING).filter(|e| e.as_bytes() != b"identity") {
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &format!("Content-Encoding {enc:?} is not supported: send the body uncompressed"));
+    }
+    let header_len = match headers.get(HEADER_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok())) {
+        None => None,
+        Some(Some(n)) => Some(n),
+        Some(None) => return error(StatusCode::BAD_REQUEST, "Inference-Header-Content-Length must be a byte count"),
+    };
+    let heavy = header_len.is_none() && body.len() > JSON_ON_TRANSPORT_LIMIT;
+    let mut req = match off_transport_if(heavy, move || decode_request(&model, &version, header_len, &body)).await {
+        Ok(Ok(req)) => req,
+        Ok(Err(e)) => return refused(e.into()),
+        Err(r) => return r,
+    };
+    let answer = match svc.model_infer(Request::new(std::mem::take(&mut req.message))).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return refused(s),
+    };
+    // A float takes ~4 bytes raw and up to ~16 in JSON.
+    let big_answer = answer.raw_output_contents.iter().map(Vec::len).sum::<usize>() > JSON_ON_TRANSPORT_LIMIT / 4;
+    let encoded = match off_transport_if(big_answer && req.json_outputs(), move || encode_response(&req, &answer)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return refused(e.into()),
+        Err(r) => return r,
+    };
+    body_response(encoded)
+}
+
+fn body_response(b: RestBody) -> Response {
+    match b.header_len {
+        None => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], b.body).into_response(),
+        Some(n) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")), (header::HeaderName::from_static(HEADER_LENGTH), HeaderValue::from(n))],
+            b.body,
+        )
+            .into_response(),
+    }
+}
+
+async fn shm_status_all(State(svc): State<OipService>) -> Response {
+    shm_status_of(svc, String::new()).await
+}
+
+async fn shm_status(State(svc): State<OipService>, Path(region): Path<String>) -> Response {
+    shm_status_of(svc, region).await
+}
+
+async fn shm_status_of(svc: OipService, name: String) -> Response {
+    match svc.system_shared_memory_status(Request::new(SystemSharedMemoryStatusRequest { name })).await {
+        Ok(r) => {
+            let mut regions: Vec<_> = r.into_inner().regions.into_values().collect();
+            regions.sort_by(|a, b| a.name.cmp(&b.name));
+            json_response(Value::Array(regions.iter().map(|r| json!({ "name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size })).collect()))
+        }
+        Err(s) => refused(s),
+    }
+}
+
+async fn shm_register(State(svc): State<OipService>, Path(name): Path<String>, body: Bytes) -> Response {
+    let parsed: Result<Value, _> = serde_json::from_slice(&body);
+    let field = |v: &Value, k: &str| v.get(k).cloned();
+    let (key, offset, byte_size) = match parsed {
+        Ok(v) => (field(&v, "key"), field(&v, "offset"), field(&v, "byte_size")),
+        Err(e) => return refused(RequestError::Invalid(format!("the registration's JSON does not parse: {e}")).into()),
+    };
+    let Some(Value::String(key)) = key else {
+        return refused(RequestError::Invalid("a registration needs a \"key\" string, the POSIX shared memory name (e.g. \"/my_region\")".into()).into());
+    };
+    let offset = match offset {
+        None => Some(0),
+        Some(v) => v.as_u64(),
+    };
+    let (Some(offset), Some(byte_size)) = (offset, byte_size.as_ref().and_then(Value::as_u64)) else {
+        return refused(RequestError::Invalid("a registration needs \"byte_size\" (and an optional \"offset\") as non-negative integers".into()).into());
+    };
+    match svc.system_shared_memory_register(Request::new(SystemSharedMemoryRegisterRequest { name, key, offset, byte_size })).await {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(s) => refused(s),
+    }
+}
+
+async fn shm_unregister(State(svc): State<OipService>, Path(name): Path<String>) -> Response {
+    unregister(svc, name).await
+}
+
+async fn shm_unregister_all(State(svc): State<OipService>) -> Response {
+    unregister(svc, String::new()).await
+}
+
+async fn unregister(svc: OipService, name: String) -> Response {
+    match svc.system_shared_memory_unregister(Request::new(SystemSharedMemoryUnregisterRequest { name })).await {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(s) => refused(s),
+    }
+}
