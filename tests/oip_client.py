@@ -46,6 +46,14 @@ def health(url, models):
                 [("OUTPUT__0", "FP32", [int(d) for d in out.split(",")])])
         check(got == want, f"metadata of {name}: {got}, expected {want}")
         print(f"metadata_{name}=ok")
+        cfg = c.get_model_config(name, as_json=True)["config"]
+        tensors = lambda ts: [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in ts]
+        got = (cfg["name"], cfg["platform"], cfg["backend"], int(cfg.get("max_batch_size", 0)), tensors(cfg["input"]), tensors(cfg["output"]),
+               [(g["kind"], int(g["count"])) for g in cfg["instance_group"]])
+        want = (name, "pytorch_libtorch", "pytorch", 0, [("INPUT__0", "TYPE_FP32", SHAPE)],
+                [("OUTPUT__0", "TYPE_FP32", [int(d) for d in out.split(",")])], [("KIND_CPU", 1)])
+        check(got == want, f"config of {name}: {got}, expected {want}")
+        print(f"config_{name}=ok")
     # grpc.health.v1.Health/Check, as a Kubernetes `grpc` probe sends it; the
     # two messages are encoded by hand (field 1: service name / status enum).
     check_rpc = grpc.insecure_channel(url).unary_unary(
@@ -117,7 +125,7 @@ def errors(url, x_path, expected_path):
     expect("wrong_input_name", SC.INVALID_ARGUMENT, 'missing input "INPUT__0"', lambda: c.infer("tiny", [raw_input(x, name="input")]))
     expect("unknown_output", SC.INVALID_ARGUMENT, 'no output "logits"',
            lambda: c.infer("tiny", [raw_input(x)], outputs=[tg.InferRequestedOutput("logits")]))
-    expect("unimplemented_rpc", SC.UNIMPLEMENTED, "ModelConfig", lambda: c.get_model_config("tiny"))
+    expect("unimplemented_rpc", SC.UNIMPLEMENTED, "RepositoryIndex", lambda: c.get_model_repository_index())
     big = np.zeros((1, 3, 1024, 1024), np.float32)
     expect("too_large", SC.OUT_OF_RANGE, "too large", lambda: c.infer("tiny", [raw_input(big)]))
     print("errors=ok")
@@ -408,6 +416,25 @@ def count(url, x_path, expected_path, n_ok, n_bad, n_stream):
     print("count=ok")
 
 
+def stats(url, name):
+    """Prints the ModelStatistics counts of `name` (key=value), after
+    checking that every phase's time is positive when it has a count, that
+    the last inference is recent, and that asking for every model includes it."""
+    c = tg.InferenceServerClient(url)
+    (m,) = c.get_inference_statistics(name, as_json=True)["model_stats"]
+    check(m["name"] == name and m["version"] == "1", f"statistics of {m.get('name')} version {m.get('version')}")
+    i = m["inference_stats"]
+    phases = ["success", "fail", "queue", "compute_input", "compute_infer", "compute_output"]
+    for p in phases:
+        count, ns = int(i.get(p, {}).get("count", 0)), int(i.get(p, {}).get("ns", 0))
+        check((count == 0) == (ns == 0), f"{p}: count {count}, ns {ns}")
+    check(abs(time.time() * 1000 - int(m["last_inference"])) < 600_000, f"last_inference {m['last_inference']} is not recent")
+    every = c.get_inference_statistics("", as_json=True)["model_stats"]
+    check(name in [s["name"] for s in every], f"{name} missing from every model's statistics {[s['name'] for s in every]}")
+    print(" ".join([f"inference_count={int(m.get('inference_count', 0))}", f"execution_count={int(m.get('execution_count', 0))}"]
+                   + [f"{p}={int(i.get(p, {}).get('count', 0))}" for p in phases]))
+
+
 def bounded(url, x_path, expected_path, expect):
     """Holds a stream open on the client's connection, then makes a unary
     call on the same connection with a 2 s deadline. Under --max-streams 1
@@ -439,5 +466,5 @@ if __name__ == "__main__":
     {"health": lambda: health(url, args), "infer": lambda: infer(url, *args), "errors": lambda: errors(url, *args),
      "stream": lambda: stream(url, *args), "shm": lambda: system_shm(url, *args),
      "drain": lambda: drain(url, args[0], args[1], int(args[2])), "count": lambda: count(url, *args),
-     "bounded": lambda: bounded(url, *args), "busy": lambda: busy(url, *args),
+     "bounded": lambda: bounded(url, *args), "stats": lambda: stats(url, *args), "busy": lambda: busy(url, *args),
      "unregister_in_flight": lambda: unregister_in_flight(url, args[0], args[1], int(args[2]))}[mode]()

@@ -54,6 +54,11 @@ def health_and_metadata(c):
                 [{"name": "OUTPUT__0", "datatype": "FP32", "shape": out}])
         check(got == want, f"metadata of {name}: {got}, expected {want}")
         check(c.get_model_metadata(name, model_version="1")["name"] == name, f"metadata of {name} version 1")
+        cfg = c.get_model_config(name)
+        got = (cfg["name"], cfg["platform"], cfg["max_batch_size"], cfg["input"], cfg["output"], cfg["instance_group"])
+        want = (name, "pytorch_libtorch", 0, [{"name": "INPUT__0", "data_type": "TYPE_FP32", "dims": SHAPE}],
+                [{"name": "OUTPUT__0", "data_type": "TYPE_FP32", "dims": out}], [{"name": name, "kind": "KIND_CPU", "count": 1}])
+        check(got == want, f"config of {name}: {got}, expected {want}")
     print("health=ok")
 
 
@@ -135,6 +140,21 @@ def errors(c, url, x, expected):
     print("errors=ok")
 
 
+def statistics(c):
+    """Prints each model's ModelStatistics counts, checked against the
+    statistics of every model at once."""
+    every = {m["name"]: m for m in c.get_inference_statistics()["model_stats"]}
+    check(sorted(every) == ["resnet18", "tiny"], f"statistics of every model: {sorted(every)}")
+    for name in ("tiny", "resnet18"):
+        (m,) = c.get_inference_statistics(name)["model_stats"]
+        check(m == every[name], f"statistics of {name} alone and among all differ: {m} {every[name]}")
+        i = m["inference_stats"]
+        check(i["compute_infer"]["ns"] > 0 and i["success"]["ns"] >= i["compute_infer"]["ns"], f"{name} times {i}")
+        print(f"stats_{name}=inference_count {m['inference_count']} success {i['success']['count']} fail {i['fail']['count']} "
+              f"compute_infer {i['compute_infer']['count']}")
+    expect_error("stats_unknown_model", 404, "no model named", lambda: c.get_inference_statistics("nope"))
+
+
 if __name__ == "__main__":
     url, tiny_x, tiny_y, resnet_x, resnet_y = sys.argv[1:]
     tiny = np.load(tiny_x), np.load(tiny_y)
@@ -145,4 +165,5 @@ if __name__ == "__main__":
     infer_all_ways(c, "resnet18", *resnet)
     system_shm(c, *tiny)
     errors(c, url, *tiny)
+    statistics(c)
     print("http=ok")

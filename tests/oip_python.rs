@@ -187,7 +187,7 @@ fn tritonclient_sees_a_live_ready_server_and_each_models_metadata() {
     let resnet = format!("resnet18={}", model("resnet18.pt"));
     let mut server = GrpcServer::start("health", &["--model", &tiny, "--model", &resnet]);
     let out = server.run_client(&py, "health", &["tiny:1,10", "resnet18:1,1000"]);
-    assert_eq!(lines(&out), ["metadata_tiny=ok", "metadata_resnet18=ok", "grpc_health=ok", "health=ok"]);
+    assert_eq!(lines(&out), ["metadata_tiny=ok", "config_tiny=ok", "metadata_resnet18=ok", "config_resnet18=ok", "grpc_health=ok", "health=ok"]);
     let status = server.stop();
     assert!(status.success(), "the server did not stop cleanly on SIGTERM ({status}):\n{}", server.log());
 }
@@ -388,6 +388,14 @@ fn metrics_count_every_request_by_model_mode_and_outcome() {
         assert_eq!(sample(&now, unknown), Some(n), "{now}");
         assert_eq!(sample(&now, in_flight), Some(0.0), "{now}");
         assert!(sample(&now, r#"uminfer_inference_duration_seconds_sum{model="tiny",mode="cpu"}"#).is_some_and(|s| s > 0.0), "{now}");
+        // Triton's ModelStatistics agree: every good request ran each phase
+        // once; the bad ones failed; the unknown model is no model's.
+        let stats = server.run_client(&py, "stats", &["tiny"]);
+        let (good, bad) = (12 * round, 3 * round);
+        let want = format!(
+            "inference_count={good} execution_count={good} success={good} fail={bad} queue={good} compute_input={good} compute_infer={good} compute_output={good}"
+        );
+        assert_eq!(stats.trim(), want);
     }
 }
 
@@ -427,7 +435,8 @@ fn long_requests_run_off_the_transport_thread_so_metrics_answer_during_them() {
 }
 
 /// The REST/JSON form (`--http`) driven by `tritonclient[http]`
-/// (`tests/oip_http_client.py`): health, metadata, both models with binary
+/// (`tests/oip_http_client.py`): health, metadata, configuration and
+/// statistics, both models with binary
 /// and JSON tensor data both ways, system shared memory, each refusal a
 /// clear HTTP status. Its requests go through the gRPC service: the metrics
 /// count exactly those that reached a model.
@@ -454,7 +463,17 @@ fn tritonclient_http_speaks_the_rest_form_with_binary_and_json_data() {
     for l in ["unknown_model=404", "wrong_shape=400", "wrong_dtype=400", "wrong_dtype_json=400", "wrong_input_name=400", "malformed_json=400"] {
         want.push(l.into());
     }
-    for l in ["header_length_past_body=400", "compressed=415", "unknown_route=404", "errors=ok", "http=ok"] {
+    // ModelStatistics count what the metrics below count.
+    for l in [
+        "header_length_past_body=400",
+        "compressed=415",
+        "unknown_route=404",
+        "errors=ok",
+        "stats_tiny=inference_count 7 success 7 fail 6 compute_infer 7",
+        "stats_resnet18=inference_count 5 success 5 fail 0 compute_infer 5",
+        "stats_unknown_model=404",
+        "http=ok",
+    ] {
         want.push(l.into());
     }
     let got = lines(&out);

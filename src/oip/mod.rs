@@ -9,6 +9,7 @@
 //! | [`models`] | the served models: a [`SessionPool`](crate::SessionPool) each, metadata |
 //! | [`tensors`] | request validation: FP32 inputs from raw bytes, typed contents or shared memory |
 //! | [`shm`] | Triton's system shared memory extension: registered `/dev/shm` regions |
+//! | [`stats`] | Triton's per-model inference statistics (`ModelStatistics`) |
 //! | [`status`] | request errors and their gRPC status codes |
 //! | [`service`] | the `GRPCInferenceService` implementation |
 //! | [`rest_codec`] | the REST/JSON form of inference requests and answers, binary tensor data |
@@ -26,6 +27,7 @@ pub mod rest_codec;
 pub mod server;
 pub mod service;
 pub mod shm;
+pub mod stats;
 pub mod status;
 pub mod tensors;
 

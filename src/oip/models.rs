@@ -72,6 +72,8 @@ pub struct ServedModel {
     /// How long one of its requests takes in a session after warm-up (the
     /// fastest of [`TIMED_RUNS`], over the session's own regions).
     pub request_time: Duration,
+    /// Its requests' statistics (`ModelStatistics`).
+    pub stats: super::stats::ModelStats,
 }
 
 /// Requests timed per model at load.
@@ -115,7 +117,7 @@ impl ServedModel {
             );
             (s.mode(), fastest)
         };
-        Ok(Self { name: source.name.clone(), input_shape: input_shape.to_vec(), output_shape, mode, pool, request_time })
+        Ok(Self { name: source.name.clone(), input_shape: input_shape.to_vec(), output_shape, mode, pool, request_time, stats: Default::default() })
     }
 
     /// Input elements per request.
@@ -170,6 +172,11 @@ impl Models {
     /// The longest [`ServedModel::request_time`] of all models.
     pub fn slowest_request(&self) -> Duration {
         self.0.values().map(|m| m.request_time).max().unwrap_or_default()
+    }
+
+    /// Every model, by name.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<ServedModel>> {
+        self.0.values()
     }
 
     /// The model `name` at `version` ("" means the latest, the only one: "1").

@@ -1,6 +1,6 @@
 //! The Open Inference Protocol's REST/JSON form (`uminfer serve --grpc
 //! --http ADDR`), the routes Triton serves on its HTTP port: health,
-//! server and model metadata, inference (JSON data, or Triton's binary
+//! server and model metadata, model configuration and statistics, inference (JSON data, or Triton's binary
 //! tensor data extension, [`rest_codec`](super::rest_codec)) and the system
 //! shared memory extension. Every route calls the gRPC service itself, so
 //! both forms share the models, the registered regions, the metrics and the
@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use tonic::{Code, Request, Status};
 
 /// The header that gives the JSON part's length when binary data follows.
@@ -36,17 +37,22 @@ pub fn router(svc: OipService, max_body: usize) -> Router {
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
-        .route("/v2/models/{model}", get(model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(model_metadata_version))
-        .route("/v2/models/{model}/ready", get(model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_version))
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{model}", get(metadata))
+        .route("/v2/models/{model}/versions/{version}", get(metadata))
+        .route("/v2/models/{model}/ready", get(readiness))
+        .route("/v2/models/{model}/versions/{version}/ready", get(readiness))
+        .route("/v2/models/{model}/config", get(config))
+        .route("/v2/models/{model}/versions/{version}/config", get(config))
+        .route("/v2/models/{model}/stats", get(stats))
+        .route("/v2/models/{model}/versions/{version}/stats", get(stats))
         .route("/v2/models/{model}/infer", post(infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer_version))
-        .route("/v2/systemsharedmemory/status", get(shm_status_all))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .route("/v2/systemsharedmemory/status", get(shm_status))
         .route("/v2/systemsharedmemory/region/{region}/status", get(shm_status))
         .route("/v2/systemsharedmemory/region/{region}/register", post(shm_register))
         .route("/v2/systemsharedmemory/region/{region}/unregister", post(shm_unregister))
-        .route("/v2/systemsharedmemory/unregister", post(shm_unregister_all))
+        .route("/v2/systemsharedmemory/unregister", post(shm_unregister))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route: the Open Inference Protocol's REST routes start with /v2 (docs/oip.md lists them)") })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(svc)
@@ -107,15 +113,15 @@ async fn server_metadata(State(svc): State<OipService>) -> Response {
     }
 }
 
-async fn model_metadata(State(svc): State<OipService>, Path(model): Path<String>) -> Response {
-    metadata(svc, model, String::new()).await
+/// The model and version of a `/v2/models/{model}[/versions/{version}]` route.
+type ModelPath = Path<HashMap<String, String>>;
+
+fn model_and_version(Path(mut p): ModelPath) -> (String, String) {
+    (p.remove("model").unwrap_or_default(), p.remove("version").unwrap_or_default())
 }
 
-async fn model_metadata_version(State(svc): State<OipService>, Path((model, version)): Path<(String, String)>) -> Response {
-    metadata(svc, model, version).await
-}
-
-async fn metadata(svc: OipService, name: String, version: String) -> Response {
+async fn metadata(State(svc): State<OipService>, path: ModelPath) -> Response {
+    let (name, version) = model_and_version(path);
     match svc.model_metadata(Request::new(ModelMetadataRequest { name, version })).await {
         Ok(r) => {
             let r = r.into_inner();
@@ -134,27 +140,77 @@ async fn metadata(svc: OipService, name: String, version: String) -> Response {
     }
 }
 
-async fn model_ready(State(svc): State<OipService>, Path(model): Path<String>) -> Response {
-    readiness(svc, model, String::new()).await
-}
-
-async fn model_ready_version(State(svc): State<OipService>, Path((model, version)): Path<(String, String)>) -> Response {
-    readiness(svc, model, version).await
-}
-
-async fn readiness(svc: OipService, name: String, version: String) -> Response {
+async fn readiness(State(svc): State<OipService>, path: ModelPath) -> Response {
+    let (name, version) = model_and_version(path);
     match svc.model_ready(Request::new(ModelReadyRequest { name, version })).await {
         Ok(r) => health(r.into_inner().ready),
         Err(s) => refused(s),
     }
 }
 
-async fn infer(State(svc): State<OipService>, Path(model): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    run_infer(svc, model, String::new(), headers, body).await
+async fn config(State(svc): State<OipService>, path: ModelPath) -> Response {
+    let (name, version) = model_and_version(path);
+    match svc.model_config(Request::new(ModelConfigRequest { name, version })).await {
+        Ok(r) => json_response(r.into_inner().config.map(|c| config_json(&c)).unwrap_or_default()),
+        Err(s) => refused(s),
+    }
 }
 
-async fn infer_version(State(svc): State<OipService>, Path((model, version)): Path<(String, String)>, headers: HeaderMap, body: Bytes) -> Response {
-    run_infer(svc, model, version, headers, body).await
+/// The configuration as Triton's REST form writes it (protobuf's JSON names).
+fn config_json(c: &ModelConfig) -> Value {
+    let data_type = |t: i32| DataType::try_from(t).map(|t| t.as_str_name()).unwrap_or("TYPE_INVALID");
+    json!({
+        "name": c.name,
+        "platform": c.platform,
+        "backend": c.backend,
+        "max_batch_size": c.max_batch_size,
+        "input": c.input.iter().map(|i| json!({ "name": i.name, "data_type": data_type(i.data_type), "dims": i.dims })).collect::<Vec<_>>(),
+        "output": c.output.iter().map(|o| json!({ "name": o.name, "data_type": data_type(o.data_type), "dims": o.dims })).collect::<Vec<_>>(),
+        "instance_group": c.instance_group.iter().map(|g| {
+            let kind = model_instance_group::Kind::try_from(g.kind).map(|k| k.as_str_name()).unwrap_or("KIND_AUTO");
+            json!({ "name": g.name, "kind": kind, "count": g.count })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+async fn stats(State(svc): State<OipService>, path: ModelPath) -> Response {
+    let (name, version) = model_and_version(path);
+    statistics(svc, name, version).await
+}
+
+async fn all_stats(State(svc): State<OipService>) -> Response {
+    statistics(svc, String::new(), String::new()).await
+}
+
+async fn statistics(svc: OipService, name: String, version: String) -> Response {
+    match svc.model_statistics(Request::new(ModelStatisticsRequest { name, version })).await {
+        Ok(r) => {
+            let d = |d: &Option<StatisticDuration>| d.as_ref().map_or(json!({ "count": 0, "ns": 0 }), |d| json!({ "count": d.count, "ns": d.ns }));
+            let models: Vec<Value> = r
+                .into_inner()
+                .model_stats
+                .iter()
+                .map(|m| {
+                    let i = m.inference_stats.unwrap_or_default();
+                    json!({
+                        "name": m.name,
+                        "version": m.version,
+                        "last_inference": m.last_inference,
+                        "inference_count": m.inference_count,
+                        "execution_count": m.execution_count,
+                        "inference_stats": {
+                            "success": d(&i.success), "fail": d(&i.fail), "queue": d(&i.queue),
+                            "compute_input": d(&i.compute_input), "compute_infer": d(&i.compute_infer),
+                            "compute_output": d(&i.compute_output), "cache_hit": d(&i.cache_hit), "cache_miss": d(&i.cache_miss),
+                        },
+                        "batch_stats": [],
+                    })
+                })
+                .collect();
+            json_response(json!({ "model_stats": models }))
+        }
+        Err(s) => refused(s),
+    }
 }
 
 /// Runs `f` on a blocking thread when `heavy`, else here.
@@ -165,7 +221,8 @@ async fn off_transport_if<T: Send + 'static>(heavy: bool, f: impl FnOnce() -> T 
     tokio::task::spawn_blocking(f).await.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &format!("the JSON task failed: {e}")))
 }
 
-async fn run_infer(svc: OipService, model: String, version: String, headers: HeaderMap, body: Bytes) -> Response {
+async fn infer(State(svc): State<OipService>, path: ModelPath, headers: HeaderMap, body: Bytes) -> Response {
+    let (model, version) = model_and_version(path);
     if let Some(enc) = headers.get(header::CONTENT_ENCODING).filter(|e| e.as_bytes() != b"identity") {
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &format!("Content-Encoding {enc:?} is not supported: send the body uncompressed"));
     }
@@ -205,15 +262,15 @@ fn body_response(b: RestBody) -> Response {
     }
 }
 
-async fn shm_status_all(State(svc): State<OipService>) -> Response {
-    shm_status_of(svc, String::new()).await
+/// The region of a `/v2/systemsharedmemory[/region/{region}]/...` route ("" when none: every region).
+type RegionPath = Option<Path<HashMap<String, String>>>;
+
+fn region(path: RegionPath) -> String {
+    path.and_then(|Path(mut p)| p.remove("region")).unwrap_or_default()
 }
 
-async fn shm_status(State(svc): State<OipService>, Path(region): Path<String>) -> Response {
-    shm_status_of(svc, region).await
-}
-
-async fn shm_status_of(svc: OipService, name: String) -> Response {
+async fn shm_status(State(svc): State<OipService>, path: RegionPath) -> Response {
+    let name = region(path);
     match svc.system_shared_memory_status(Request::new(SystemSharedMemoryStatusRequest { name })).await {
         Ok(r) => {
             let mut regions: Vec<_> = r.into_inner().regions.into_values().collect();
@@ -247,15 +304,8 @@ async fn shm_register(State(svc): State<OipService>, Path(name): Path<String>, b
     }
 }
 
-async fn shm_unregister(State(svc): State<OipService>, Path(name): Path<String>) -> Response {
-    unregister(svc, name).await
-}
-
-async fn shm_unregister_all(State(svc): State<OipService>) -> Response {
-    unregister(svc, String::new()).await
-}
-
-async fn unregister(svc: OipService, name: String) -> Response {
+async fn shm_unregister(State(svc): State<OipService>, path: RegionPath) -> Response {
+    let name = region(path);
     match svc.system_shared_memory_unregister(Request::new(SystemSharedMemoryUnregisterRequest { name })).await {
         Ok(_) => StatusCode::OK.into_response(),
         Err(s) => refused(s),

@@ -20,9 +20,11 @@ use super::proto::model_infer_response::InferOutputTensor;
 use super::proto::model_metadata_response::TensorMetadata;
 use super::proto::*;
 use super::shm::Registry;
+use super::stats::Phases;
 use super::status::{unimplemented_rpc, RequestError};
 use super::tensors;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -107,6 +109,7 @@ async fn infer_request(models: &Models, shm: &Arc<Registry>, stopping: Option<&w
     let start = std::time::Instant::now();
     let model = models.get(&req.model_name, &req.model_version).cloned();
     let labels = model.as_ref().map(|m| m.labels()).unwrap_or_default();
+    let known = model.as_ref().ok().cloned();
     let result = async {
         if stopping.is_some_and(|s| *s.borrow()) {
             return Err(RequestError::ShuttingDown.into());
@@ -123,9 +126,16 @@ async fn infer_request(models: &Models, shm: &Arc<Registry>, stopping: Option<&w
     }
     .await;
     run.polling.answered();
+    let took = start.elapsed();
     match &result {
-        Ok(_) => metrics.success(&labels, start.elapsed()),
+        Ok(_) => metrics.success(&labels, took),
         Err(status) => metrics.failure(&labels, status.code()),
+    }
+    if let Some(m) = known {
+        match &result {
+            Ok(_) => m.stats.success(took),
+            Err(_) => m.stats.failure(took),
+        }
     }
     result
 }
@@ -145,11 +155,17 @@ fn caught<T>(f: impl FnOnce() -> T) -> Result<T, Status> {
 /// The output goes into the response, or into the shared memory region the
 /// request names for it.
 pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result<ModelInferResponse, RequestError> {
+    let received = Instant::now();
     let target = tensors::output(&req.outputs, m, shm)?;
     let x = tensors::input(req, m, shm)?;
     let n = m.output_len();
     let mut y = Vec::<f32>::with_capacity(n);
-    m.pool.checkout().run_on(&x.values(), &mut y.spare_capacity_mut()[..n])?;
+    let checked = Instant::now();
+    let mut session = m.pool.checkout();
+    let started = Instant::now();
+    session.run_on(&x.values(), &mut y.spare_capacity_mut()[..n])?;
+    drop(session);
+    let ran = Instant::now();
     // SAFETY: `run_on` returned Ok, which guarantees that all `n` slots of the
     // spare capacity (n <= capacity) were initialised.
     unsafe { y.set_len(n) };
@@ -161,6 +177,7 @@ pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result
         }
         None => vec![bytes],
     };
+    m.stats.record_phases(Phases { compute_input: checked - received, queue: started - checked, compute_infer: ran - started, compute_output: ran.elapsed() });
     Ok(ModelInferResponse {
         model_name: m.name.clone(),
         model_version: VERSION.into(),
@@ -231,6 +248,46 @@ impl GrpcInferenceService for OipService {
         }))
     }
 
+    /// The configuration Triton would show for the model: platform and
+    /// backend, no batching (`max_batch_size` 0: shapes include the batch
+    /// dimension), one FP32 input and output with their shapes, and one
+    /// instance group of the model's sessions (CPU or GPU by its mode).
+    async fn model_config(&self, r: Request<ModelConfigRequest>) -> Result<Response<ModelConfigResponse>, Status> {
+        let r = r.into_inner();
+        let m = self.model(&r.name, &r.version)?;
+        let fp32 = DataType::TypeFp32 as i32;
+        let gpu = m.mode != crate::Mode::Cpu;
+        let kind = if gpu { model_instance_group::Kind::Gpu } else { model_instance_group::Kind::Cpu };
+        let config = ModelConfig {
+            name: m.name.clone(),
+            platform: PLATFORM.into(),
+            backend: "pytorch".into(),
+            max_batch_size: 0,
+            input: vec![ModelInput { name: INPUT_NAME.into(), data_type: fp32, dims: m.input_shape.clone(), ..Default::default() }],
+            output: vec![ModelOutput { name: OUTPUT_NAME.into(), data_type: fp32, dims: m.output_shape.clone(), ..Default::default() }],
+            instance_group: vec![ModelInstanceGroup {
+                name: m.name.clone(),
+                kind: kind as i32,
+                count: i32::try_from(m.pool.size()).unwrap_or(i32::MAX),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        Ok(Response::new(ModelConfigResponse { config: Some(config) }))
+    }
+
+    /// The statistics of model `name` (every model when `name` is empty).
+    async fn model_statistics(&self, r: Request<ModelStatisticsRequest>) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let r = r.into_inner();
+        let model_stats = if r.name.is_empty() {
+            self.models.all().map(|m| m.stats.to_proto(&m.name, VERSION)).collect()
+        } else {
+            let m = self.model(&r.name, &r.version)?;
+            vec![m.stats.to_proto(&m.name, VERSION)]
+        };
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
+    }
+
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         infer_request(&self.models, &self.shm, None, &self.metrics, &self.run, r.into_inner()).await.map(Response::new)
     }
@@ -290,8 +347,6 @@ impl GrpcInferenceService for OipService {
     }
 
     unimplemented_rpcs! {
-        model_config: ModelConfigRequest => ModelConfigResponse, "ModelConfig";
-        model_statistics: ModelStatisticsRequest => ModelStatisticsResponse, "ModelStatistics";
         repository_index: RepositoryIndexRequest => RepositoryIndexResponse, "RepositoryIndex";
         repository_model_load: RepositoryModelLoadRequest => RepositoryModelLoadResponse, "RepositoryModelLoad";
         repository_model_unload: RepositoryModelUnloadRequest => RepositoryModelUnloadResponse, "RepositoryModelUnload";
