@@ -54,6 +54,11 @@ def health(url, models):
                 [("OUTPUT__0", "TYPE_FP32", [int(d) for d in out.split(",")])], [("KIND_CPU", 1)])
         check(got == want, f"config of {name}: {got}, expected {want}")
         print(f"config_{name}=ok")
+    index = c.get_model_repository_index(as_json=True)["models"]
+    got = sorted((m["name"], m["version"], m["state"]) for m in index)
+    want = sorted((spec.split(":")[0], "1", "READY") for spec in models)
+    check(got == want, f"repository index {got}, expected {want}")
+    print("repository_index=ok")
     # grpc.health.v1.Health/Check, as a Kubernetes `grpc` probe sends it; the
     # two messages are encoded by hand (field 1: service name / status enum).
     check_rpc = grpc.insecure_channel(url).unary_unary(
@@ -125,7 +130,7 @@ def errors(url, x_path, expected_path):
     expect("wrong_input_name", SC.INVALID_ARGUMENT, 'missing input "INPUT__0"', lambda: c.infer("tiny", [raw_input(x, name="input")]))
     expect("unknown_output", SC.INVALID_ARGUMENT, 'no output "logits"',
            lambda: c.infer("tiny", [raw_input(x)], outputs=[tg.InferRequestedOutput("logits")]))
-    expect("unimplemented_rpc", SC.UNIMPLEMENTED, "RepositoryIndex", lambda: c.get_model_repository_index())
+    expect("unimplemented_rpc", SC.UNIMPLEMENTED, "LogSettings", lambda: c.get_log_settings())
     big = np.zeros((1, 3, 1024, 1024), np.float32)
     expect("too_large", SC.OUT_OF_RANGE, "too large", lambda: c.infer("tiny", [raw_input(big)]))
     print("errors=ok")

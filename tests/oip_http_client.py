@@ -59,6 +59,8 @@ def health_and_metadata(c):
         want = (name, "pytorch_libtorch", 0, [{"name": "INPUT__0", "data_type": "TYPE_FP32", "dims": SHAPE}],
                 [{"name": "OUTPUT__0", "data_type": "TYPE_FP32", "dims": out}], [{"name": name, "kind": "KIND_CPU", "count": 1}])
         check(got == want, f"config of {name}: {got}, expected {want}")
+    index = sorted((m["name"], m["version"], m["state"]) for m in c.get_model_repository_index())
+    check(index == [("resnet18", "1", "READY"), ("tiny", "1", "READY")], f"repository index {index}")
     print("health=ok")
 
 

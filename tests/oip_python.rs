@@ -187,7 +187,7 @@ fn tritonclient_sees_a_live_ready_server_and_each_models_metadata() {
     let resnet = format!("resnet18={}", model("resnet18.pt"));
     let mut server = GrpcServer::start("health", &["--model", &tiny, "--model", &resnet]);
     let out = server.run_client(&py, "health", &["tiny:1,10", "resnet18:1,1000"]);
-    assert_eq!(lines(&out), ["metadata_tiny=ok", "config_tiny=ok", "metadata_resnet18=ok", "config_resnet18=ok", "grpc_health=ok", "health=ok"]);
+    assert_eq!(lines(&out), ["metadata_tiny=ok", "config_tiny=ok", "metadata_resnet18=ok", "config_resnet18=ok", "repository_index=ok", "grpc_health=ok", "health=ok"]);
     let status = server.stop();
     assert!(status.success(), "the server did not stop cleanly on SIGTERM ({status}):\n{}", server.log());
 }

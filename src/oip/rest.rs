@@ -38,6 +38,7 @@ pub fn router(svc: OipService, max_body: usize) -> Router {
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
         .route("/v2/models/stats", get(all_stats))
+        .route("/v2/repository/index", post(repository_index))
         .route("/v2/models/{model}", get(metadata))
         .route("/v2/models/{model}/versions/{version}", get(metadata))
         .route("/v2/models/{model}/ready", get(readiness))
@@ -259,6 +260,32 @@ fn body_response(b: RestBody) -> Response {
             b.body,
         )
             .into_response(),
+    }
+}
+
+/// `POST /v2/repository/index`, body `{"ready": bool}` (optional): the
+/// served models as `[{"name", "version", "state", "reason"}]`.
+async fn repository_index(State(svc): State<OipService>, body: Bytes) -> Response {
+    let ready = if body.is_empty() {
+        Ok(false)
+    } else {
+        serde_json::from_slice::<Value>(&body)
+            .map_err(|e| format!("the index request's JSON does not parse: {e}"))
+            .and_then(|v| match v.get("ready") {
+                None => Ok(false),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(other) => Err(format!("\"ready\" must be a boolean, not {other}")),
+            })
+    };
+    let ready = match ready {
+        Ok(r) => r,
+        Err(e) => return refused(RequestError::Invalid(e).into()),
+    };
+    match svc.repository_index(Request::new(RepositoryIndexRequest { repository_name: String::new(), ready })).await {
+        Ok(r) => json_response(Value::Array(
+            r.into_inner().models.iter().map(|m| json!({ "name": m.name, "version": m.version, "state": m.state, "reason": m.reason })).collect(),
+        )),
+        Err(s) => refused(s),
     }
 }
 

@@ -288,6 +288,32 @@ impl GrpcInferenceService for OipService {
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }
 
+    /// The served models: each `READY` while the server accepts requests,
+    /// `UNAVAILABLE` once shutdown began (with `ready`, only the ready ones).
+    /// Models come from `--model`, not from a repository: a repository name
+    /// is refused.
+    async fn repository_index(&self, r: Request<RepositoryIndexRequest>) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let r = r.into_inner();
+        if !r.repository_name.is_empty() {
+            return Err(RequestError::Invalid(format!(
+                "repository {:?}: uminfer serves the models given by --model, not a repository; send an empty repository name",
+                r.repository_name
+            ))
+            .into());
+        }
+        let accepting = self.accepting();
+        let (state, reason) = if accepting { ("READY", "") } else { ("UNAVAILABLE", "the server is shutting down") };
+        let models = if r.ready && !accepting {
+            vec![]
+        } else {
+            self.models
+                .all()
+                .map(|m| repository_index_response::ModelIndex { name: m.name.clone(), version: VERSION.into(), state: state.into(), reason: reason.into() })
+                .collect()
+        };
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         infer_request(&self.models, &self.shm, None, &self.metrics, &self.run, r.into_inner()).await.map(Response::new)
     }
@@ -347,7 +373,6 @@ impl GrpcInferenceService for OipService {
     }
 
     unimplemented_rpcs! {
-        repository_index: RepositoryIndexRequest => RepositoryIndexResponse, "RepositoryIndex";
         repository_model_load: RepositoryModelLoadRequest => RepositoryModelLoadResponse, "RepositoryModelLoad";
         repository_model_unload: RepositoryModelUnloadRequest => RepositoryModelUnloadResponse, "RepositoryModelUnload";
         cuda_shared_memory_status: CudaSharedMemoryStatusRequest => CudaSharedMemoryStatusResponse, "CudaSharedMemoryStatus";
