@@ -77,6 +77,11 @@ enum Command {
         /// SETTINGS_MAX_CONCURRENT_STREAMS).
         #[arg(long, value_name = "N", default_value_t = uminfer::oip::server::DEFAULT_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "name")]
         max_streams: u32,
+        /// With --grpc: inference calls in flight and inference streams open at once
+        /// across all connections (gRPC and REST); beyond it a call is refused with
+        /// RESOURCE_EXHAUSTED (REST: 429). Health, metadata and /metrics are never refused.
+        #[arg(long, value_name = "N", default_value_t = uminfer::oip::server::DEFAULT_MAX_CALLS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), conflicts_with = "name")]
+        max_calls: usize,
         /// libtorch intra-op threads of this process. Default in `cpu` mode:
         /// every core, or one fewer when a forward pass is short (shared
         /// memory: under 50 µs; with --grpc: under 1.33 ms, as its clients poll
@@ -466,7 +471,7 @@ fn main() {
             report.exit_code()
         }
         Command::Run(a) => report_error(run(a)),
-        Command::Serve { name, grpc, model, mode, workers, max_bytes, input_shape, metrics, http, max_streams, intra_op_threads, spin_us } => match (grpc, name) {
+        Command::Serve { name, grpc, model, mode, workers, max_bytes, input_shape, metrics, http, max_streams, max_calls, intra_op_threads, spin_us } => match (grpc, name) {
             (Some(addr), _) => {
                 let mut opts = uminfer::oip::GrpcOptions::new(addr, model);
                 opts.mode = mode;
@@ -476,6 +481,7 @@ fn main() {
                 opts.metrics_addr = metrics;
                 opts.http_addr = http;
                 opts.max_streams = max_streams;
+                opts.max_calls = max_calls;
                 opts.spin = std::time::Duration::from_micros(spin_us);
                 report_error(serve_grpc(opts, intra_op_threads))
             }

@@ -440,6 +440,57 @@ def stats(url, name):
                    + [f"{p}={int(i.get(p, {}).get('count', 0))}" for p in phases]))
 
 
+def admission(url, http, x_path, expected_path):
+    """Under --max-calls 1: while one client's stream is open, another
+    client's unary call, stream and REST inference are refused with
+    RESOURCE_EXHAUSTED (429), its health and metadata calls are answered;
+    once the stream closes, its unary call is answered."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    x, expected = np.load(x_path), np.load(expected_path)
+    holder, other = tg.InferenceServerClient(url), tg.InferenceServerClient(url)
+    answered = threading.Event()
+    holder.start_stream(lambda result, error: answered.set())
+    holder.async_stream_infer("tiny", [raw_input(x)], request_id="holder")
+    check(answered.wait(60), "the holder's stream was not answered")
+    expect_error("unary_while_full", "StatusCode.RESOURCE_EXHAUSTED", "--max-calls", lambda: other.infer("tiny", [raw_input(x)]))
+    check(other.is_server_live() and other.is_server_ready(), "health refused while full")
+    check(other.get_model_metadata("tiny", as_json=True)["name"] == "tiny", "metadata refused while full")
+    print("health_while_full=answered")
+    errors = []
+    got_error = threading.Event()
+    other.start_stream(lambda result, error: (errors.append(error), got_error.set()))
+    try:
+        other.async_stream_infer("tiny", [raw_input(x)], request_id="refused")
+    except InferenceServerException:
+        pass  # refused before the request went out: the callback has the reason
+    check(got_error.wait(60), "the second stream got no answer")
+    e = errors[0]
+    check(isinstance(e, InferenceServerException) and e.status() == "StatusCode.RESOURCE_EXHAUSTED" and "--max-calls" in e.message(),
+          f"second stream: {e!r}")
+    print("stream_while_full=StatusCode.RESOURCE_EXHAUSTED")
+    other.stop_stream()
+    body = json.dumps({"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": SHAPE, "data": x.ravel().tolist()}]}).encode()
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"http://{http}/v2/models/tiny/infer", data=body, method="POST"), timeout=30)
+        fail("a REST inference was answered while full")
+    except urllib.error.HTTPError as e:
+        check(e.code == 429 and "--max-calls" in json.loads(e.read())["error"], f"REST while full: {e.code}")
+    print("rest_while_full=429")
+    holder.stop_stream()
+    deadline = time.time() + 10
+    while True:  # the holder's stream ends on the server shortly after the client closes it
+        try:
+            close(other.infer("tiny", [raw_input(x)]).as_numpy("OUTPUT__0"), expected, "unary call after the stream closed")
+            break
+        except InferenceServerException as e:
+            check(e.status() == "StatusCode.RESOURCE_EXHAUSTED" and time.time() < deadline, f"after the stream closed: {e.status()} {e.message()}")
+            time.sleep(0.05)
+    print("after_stream_closed=answered")
+
+
 def bounded(url, x_path, expected_path, expect):
     """Holds a stream open on the client's connection, then makes a unary
     call on the same connection with a 2 s deadline. Under --max-streams 1
@@ -471,5 +522,5 @@ if __name__ == "__main__":
     {"health": lambda: health(url, args), "infer": lambda: infer(url, *args), "errors": lambda: errors(url, *args),
      "stream": lambda: stream(url, *args), "shm": lambda: system_shm(url, *args),
      "drain": lambda: drain(url, args[0], args[1], int(args[2])), "count": lambda: count(url, *args),
-     "bounded": lambda: bounded(url, *args), "stats": lambda: stats(url, *args), "busy": lambda: busy(url, *args),
+     "bounded": lambda: bounded(url, *args), "stats": lambda: stats(url, *args), "admission": lambda: admission(url, *args), "busy": lambda: busy(url, *args),
      "unregister_in_flight": lambda: unregister_in_flight(url, args[0], args[1], int(args[2]))}[mode]()

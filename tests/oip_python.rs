@@ -492,6 +492,35 @@ fn tritonclient_http_speaks_the_rest_form_with_binary_and_json_data() {
     assert!(status.success(), "the server did not stop cleanly on SIGTERM ({status}):\n{}", server.log());
 }
 
+/// `--max-calls 1`: an open stream holds the only permit; other inference
+/// calls (unary, stream, REST) are refused at once with RESOURCE_EXHAUSTED
+/// (429), health and metadata still answer, and the refusals are counted.
+#[test]
+fn max_calls_bounds_inference_across_connections_and_refuses_beyond_it() {
+    let py = require_python!();
+    let tiny = format!("tiny={}", model("tiny.pt"));
+    let mut server = GrpcServer::start("admission", &["--model", &tiny, "--max-calls", "1", "--metrics", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+    let metrics = server.metrics_url();
+    let http = server.reported("http");
+    let (x, y) = (model("tiny.input.npy"), model("tiny.expected.npy"));
+    let out = server.run_client(&py, "admission", &[&http, &x, &y]);
+    assert_eq!(
+        lines(&out),
+        [
+            "unary_while_full=StatusCode.RESOURCE_EXHAUSTED",
+            "health_while_full=answered",
+            "stream_while_full=StatusCode.RESOURCE_EXHAUSTED",
+            "rest_while_full=429",
+            "after_stream_closed=answered"
+        ]
+    );
+    let now = scrape(&metrics);
+    let unary = sample(&now, r#"uminfer_inference_failure_total{model="tiny",mode="cpu",code="ResourceExhausted"}"#).unwrap_or(0.0);
+    let stream = sample(&now, r#"uminfer_inference_failure_total{model="",mode="",code="ResourceExhausted"}"#);
+    assert!(unary >= 2.0, "the unary and REST refusals (and retries after the stream closed) counted under tiny:\n{now}");
+    assert_eq!(stream, Some(1.0), "the refused stream, under no model:\n{now}");
+}
+
 #[test]
 fn max_streams_bounds_the_streams_of_a_connection() {
     let py = require_python!();

@@ -73,6 +73,7 @@ fn refused(s: Status) -> Response {
         Code::PermissionDenied => StatusCode::FORBIDDEN,
         Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
         Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(code, s.message())

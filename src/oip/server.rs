@@ -45,6 +45,10 @@ pub struct GrpcOptions {
     /// the SETTINGS frame (`SETTINGS_MAX_CONCURRENT_STREAMS`): a client opens
     /// no more (gRPC clients queue further calls), and h2 refuses any more.
     pub max_streams: u32,
+    /// Inference calls in flight and inference streams open at once across
+    /// all connections (unary and REST inference, `ModelStreamInfer`); beyond
+    /// it a call is refused with `RESOURCE_EXHAUSTED`.
+    pub max_calls: usize,
     /// How long the transport thread polls the network after each answer
     /// before it sleeps ([`polling`](super::polling)); zero: it sleeps at once.
     pub spin: std::time::Duration,
@@ -56,6 +60,9 @@ pub const LIVENESS: &str = "liveness";
 
 /// The default of [`GrpcOptions::max_streams`] (hyper's own default).
 pub const DEFAULT_MAX_STREAMS: u32 = 200;
+
+/// The default of [`GrpcOptions::max_calls`].
+pub const DEFAULT_MAX_CALLS: usize = 1024;
 
 /// The largest HTTP/2 DATA frame clients may send (advertised in SETTINGS):
 /// 1 MiB instead of the protocol's default 16 KiB, so that a 196 KB tensor
@@ -106,6 +113,7 @@ impl GrpcOptions {
             metrics_addr: None,
             http_addr: None,
             max_streams: DEFAULT_MAX_STREAMS,
+            max_calls: DEFAULT_MAX_CALLS,
             spin: std::time::Duration::from_micros(200),
         }
     }
@@ -138,6 +146,9 @@ impl GrpcServer {
             .thread_name("uminfer-grpc")
             .build()
             .map_err(|e| Error::Os { call: "starting the gRPC runtime", source: e })?;
+        if self.opts.max_calls == 0 {
+            return Err(Error::Argument("--max-calls 0 would refuse every inference call: expected at least 1".into()));
+        }
         if self.opts.max_streams == 0 {
             return Err(Error::Argument("--max-streams 0 would refuse every request: expected at least 1".into()));
         }
@@ -158,7 +169,7 @@ impl GrpcServer {
                 let (polling, stopping) = (polling.clone(), stopping.clone());
                 async move { polling.run(stopping).await }
             });
-            let oip = OipService::new(self.models, stopping.clone(), metrics, polling);
+            let oip = OipService::new(self.models, stopping.clone(), metrics, polling, self.opts.max_calls);
             let rest_server = match self.opts.http_addr {
                 None => None,
                 Some(at) => Some(serve_http(at, "the REST form", super::rest::router(oip.clone(), self.opts.max_message_bytes), stopping).await?),

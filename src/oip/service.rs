@@ -37,6 +37,35 @@ pub struct OipService {
     stopping: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     run: Runner,
+    calls: Admission,
+}
+
+/// The server-wide bound on inference calls (`--max-calls`): a unary
+/// inference holds a permit while it runs, an inference stream while it is
+/// open. Beyond the bound a call is refused at once with
+/// `RESOURCE_EXHAUSTED`, so that waiting calls cannot pile up (each would
+/// hold a blocking thread, or a session's queue); health, metadata and
+/// `/metrics` are never refused, so that probes still answer under load.
+#[derive(Clone)]
+struct Admission {
+    permits: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl Admission {
+    fn new(max: usize) -> Self {
+        Self { permits: Arc::new(tokio::sync::Semaphore::new(max)), max }
+    }
+
+    /// A permit, or `RESOURCE_EXHAUSTED` saying why.
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "the server is at its bound of {} inference calls in flight or streams open (--max-calls); retry later",
+                self.max
+            ))
+        })
+    }
 }
 
 /// The longest request a lone session runs on the transport thread itself.
@@ -71,7 +100,9 @@ impl OipService {
     /// Inference requests are recorded in `metrics`, and each answer is told
     /// to `polling`. Inference runs on the calling thread when
     /// [`runs_inline`] says so.
-    pub fn new(models: Models, stopping: watch::Receiver<bool>, metrics: Arc<Metrics>, polling: Arc<Polling>) -> Self {
+    /// At most `max_calls` inference calls run or streams are open at once
+    /// ([`Admission`]).
+    pub fn new(models: Models, stopping: watch::Receiver<bool>, metrics: Arc<Metrics>, polling: Arc<Polling>, max_calls: usize) -> Self {
         let (sessions, slowest) = (models.sessions(), models.slowest_request());
         let inline = runs_inline(sessions, slowest);
         let us = slowest.as_secs_f64() * 1e6;
@@ -83,7 +114,7 @@ impl OipService {
             tracing::info!("inference runs on blocking threads: {sessions} sessions run side by side");
         }
         let run = Runner { inline, polling };
-        Self { models, shm: Arc::default(), stopping, metrics, run }
+        Self { models, shm: Arc::default(), stopping, metrics, run, calls: Admission::new(max_calls) }
     }
 
     fn accepting(&self) -> bool {
@@ -315,14 +346,20 @@ impl GrpcInferenceService for OipService {
     }
 
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        let _permit = self.calls.admit().inspect_err(|s| {
+            let labels = self.model(&r.get_ref().model_name, &r.get_ref().model_version).map(|m| m.labels()).unwrap_or_default();
+            self.metrics.failure(&labels, s.code());
+        })?;
         infer_request(&self.models, &self.shm, None, &self.metrics, &self.run, r.into_inner()).await.map(Response::new)
     }
 
     async fn model_stream_infer(&self, r: Request<Streaming<ModelInferRequest>>) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let permit = self.calls.admit().inspect_err(|s| self.metrics.failure(&Default::default(), s.code()))?;
         let mut inbound = r.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
         let (models, shm, mut stopping, metrics, run) = (self.models.clone(), self.shm.clone(), self.stopping.clone(), self.metrics.clone(), self.run.clone());
         tokio::spawn(async move {
+            let _permit = permit; // held while the stream is open
             loop {
                 let next = tokio::select! {
                     biased;
