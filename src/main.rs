@@ -61,9 +61,10 @@ enum Command {
         /// Largest request payload in bytes (with --grpc: largest request message).
         #[arg(long, default_value_t = 64 << 20)]
         max_bytes: usize,
-        /// The model's input shape, comma-separated (with --grpc: every model's).
-        #[arg(long, default_value = "1,3,128,128", value_delimiter = ',')]
-        input_shape: Vec<i64>,
+        /// The model's input shape, comma-separated (default 1,3,128,128). With --grpc:
+        /// every model's, and NAME=DIMS (repeatable) gives model NAME a shape of its own.
+        #[arg(long, value_name = "[NAME=]DIMS")]
+        input_shape: Vec<uminfer::oip::InputShape>,
         /// With --grpc: serve Prometheus metrics on http://ADDR/metrics (port 0 picks
         /// a free port). Prints `metrics=ADDR` on stdout after `grpc=ADDR`.
         #[arg(long, value_name = "ADDR", conflicts_with = "name")]
@@ -293,7 +294,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
 
 fn serve(opts: uminfer::ipc::ServeOptions, threads: Option<u32>) -> anyhow::Result<()> {
     let rt = Runtime::new();
-    choose_intra_op_threads(&rt, threads, opts.mode, Clients::SharedMemory, std::slice::from_ref(&opts.model), &opts.input_shape, opts.workers)?;
+    choose_intra_op_threads(&rt, threads, opts.mode, Clients::SharedMemory, &[(opts.model.clone(), &opts.input_shape)], opts.workers)?;
     let service = format!("uminfer/{}", opts.name);
     let server = uminfer::ipc::Server::new(&rt, opts)?;
     // What a parent process waits for (as `serve --grpc` prints `grpc=ADDR`).
@@ -325,7 +326,7 @@ enum Clients {
 /// [`uminfer::intra_op::for_grpc_clients`]),
 /// [shared](uminfer::intra_op::shared_by) by the `concurrent` sessions that
 /// may run at once; else libtorch's default. Logs the result.
-fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice, clients: Clients, models: &[PathBuf], input_shape: &[i64], concurrent: usize) -> anyhow::Result<()> {
+fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice, clients: Clients, models: &[(PathBuf, &[i64])], concurrent: usize) -> anyhow::Result<()> {
     use uminfer::intra_op;
     let shared = format!("shared by {} session(s) that run at once", concurrent.max(1));
     let why = match explicit {
@@ -335,8 +336,8 @@ fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice
         }
         None if mode == ModeChoice::Fixed(uminfer::Mode::Cpu) => {
             let mut slowest = std::time::Duration::ZERO;
-            for m in models {
-                slowest = slowest.max(intra_op::time_forward(&rt.model(m)?, input_shape)?);
+            for (path, input_shape) in models {
+                slowest = slowest.max(intra_op::time_forward(&rt.model(path)?, input_shape)?);
             }
             let (rule, under) = match clients {
                 Clients::SharedMemory => (intra_op::for_shm_clients(slowest), intra_op::PARALLEL_WORTHWHILE),
@@ -369,8 +370,8 @@ fn shm_options(name: Option<String>, models: Vec<uminfer::oip::ModelSource>) -> 
 /// `metrics=ADDR` and `http=ADDR`) once listening.
 fn serve_grpc(opts: uminfer::oip::GrpcOptions, threads: Option<u32>) -> anyhow::Result<()> {
     let rt = Runtime::new();
-    let paths: Vec<PathBuf> = opts.models.iter().map(|m| m.path.clone()).collect();
-    choose_intra_op_threads(&rt, threads, opts.mode, Clients::Grpc, &paths, &opts.input_shape, opts.sessions * paths.len())?;
+    let models: Vec<(PathBuf, &[i64])> = opts.models.iter().map(|m| (m.path.clone(), opts.input_shapes.of(&m.name))).collect();
+    choose_intra_op_threads(&rt, threads, opts.mode, Clients::Grpc, &models, opts.sessions * models.len())?;
     let server = uminfer::oip::GrpcServer::new(&rt, opts)?;
     server.run(|at| {
         use std::io::Write;
@@ -472,26 +473,31 @@ fn main() {
         }
         Command::Run(a) => report_error(run(a)),
         Command::Serve { name, grpc, model, mode, workers, max_bytes, input_shape, metrics, http, max_streams, max_calls, intra_op_threads, spin_us } => match (grpc, name) {
-            (Some(addr), _) => {
+            (Some(addr), _) => report_error(uminfer::oip::InputShapes::new(&input_shape, &model).map_err(Into::into).and_then(|input_shapes| {
                 let mut opts = uminfer::oip::GrpcOptions::new(addr, model);
                 opts.mode = mode;
                 opts.sessions = workers;
                 opts.max_message_bytes = max_bytes;
-                opts.input_shape = input_shape;
+                opts.input_shapes = input_shapes;
                 opts.metrics_addr = metrics;
                 opts.http_addr = http;
                 opts.max_streams = max_streams;
                 opts.max_calls = max_calls;
                 opts.spin = std::time::Duration::from_micros(spin_us);
-                report_error(serve_grpc(opts, intra_op_threads))
-            }
+                serve_grpc(opts, intra_op_threads)
+            })),
             (None, name) => report_error(shm_options(name, model).map(|mut opts| {
                 opts.mode = mode;
                 opts.workers = workers;
                 opts.spin = std::time::Duration::from_micros(spin_us);
                 opts.max_bytes = max_bytes;
-                opts.input_shape = input_shape;
                 opts
+            }).and_then(|opts| {
+                match input_shape.as_slice() {
+                    [] => Ok(opts),
+                    [uminfer::oip::InputShape { model: None, dims }] => Ok(uminfer::ipc::ServeOptions { input_shape: dims.clone(), ..opts }),
+                    _ => bail!("shared-memory serving takes one --input-shape DIMS (NAME=DIMS is for --grpc with several models)"),
+                }
             }).and_then(|opts| serve(opts, intra_op_threads))),
         },
         Command::Bench(a) => report_error(bench(a)),

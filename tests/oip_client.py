@@ -491,6 +491,28 @@ def admission(url, http, x_path, expected_path):
     print("after_stream_closed=answered")
 
 
+def shapes(url, x_path, expected_path, identity_shape):
+    """`tiny` at the default shape beside `identity` at a shape of its own
+    (`--input-shape identity=DIMS`): each model's metadata and config show its
+    shape, each answers at its shape (identity returns its random input), and
+    each refuses the other's shape."""
+    x, expected = np.load(x_path), np.load(expected_path)
+    dims = [int(d) for d in identity_shape.split(",")]
+    c = tg.InferenceServerClient(url)
+    for name, shape in (("tiny", SHAPE), ("identity", dims)):
+        m = c.get_model_metadata(name, as_json=True)
+        check([int(d) for d in m["inputs"][0]["shape"]] == shape, f"{name} metadata input {m['inputs'][0]}")
+        cfg = c.get_model_config(name, as_json=True)["config"]
+        check([int(d) for d in cfg["input"][0]["dims"]] == shape, f"{name} config input {cfg['input'][0]}")
+    close(c.infer("tiny", [raw_input(x)]).as_numpy("OUTPUT__0"), expected, "tiny at the default shape")
+    r = np.random.default_rng(7).standard_normal(dims).astype(np.float32)
+    close(c.infer("identity", [raw_input(r)]).as_numpy("OUTPUT__0"), r, "identity at its own shape")
+    expect_error("identity_at_tiny_shape", "StatusCode.INVALID_ARGUMENT", f"takes one FP32 input \"INPUT__0\" of shape {dims}",
+                 lambda: c.infer("identity", [raw_input(x)]))
+    expect_error("tiny_at_identity_shape", "StatusCode.INVALID_ARGUMENT", f"of shape {SHAPE}", lambda: c.infer("tiny", [raw_input(r)]))
+    print("shapes=ok")
+
+
 def bounded(url, x_path, expected_path, expect):
     """Holds a stream open on the client's connection, then makes a unary
     call on the same connection with a 2 s deadline. Under --max-streams 1
@@ -522,5 +544,5 @@ if __name__ == "__main__":
     {"health": lambda: health(url, args), "infer": lambda: infer(url, *args), "errors": lambda: errors(url, *args),
      "stream": lambda: stream(url, *args), "shm": lambda: system_shm(url, *args),
      "drain": lambda: drain(url, args[0], args[1], int(args[2])), "count": lambda: count(url, *args),
-     "bounded": lambda: bounded(url, *args), "stats": lambda: stats(url, *args), "admission": lambda: admission(url, *args), "busy": lambda: busy(url, *args),
+     "bounded": lambda: bounded(url, *args), "stats": lambda: stats(url, *args), "admission": lambda: admission(url, *args), "shapes": lambda: shapes(url, *args), "busy": lambda: busy(url, *args),
      "unregister_in_flight": lambda: unregister_in_flight(url, args[0], args[1], int(args[2]))}[mode]()

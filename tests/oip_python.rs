@@ -492,6 +492,20 @@ fn tritonclient_http_speaks_the_rest_form_with_binary_and_json_data() {
     assert!(status.success(), "the server did not stop cleanly on SIGTERM ({status}):\n{}", server.log());
 }
 
+/// `--input-shape identity=1,3,32,32` beside the default shape for `tiny`:
+/// each model has, shows and enforces its own input shape.
+#[test]
+fn each_model_can_have_an_input_shape_of_its_own() {
+    let py = require_python!();
+    let tiny = format!("tiny={}", model("tiny.pt"));
+    let identity = format!("identity={}", model("identity.pt"));
+    let mut server = GrpcServer::start("shapes", &["--model", &tiny, "--model", &identity, "--input-shape", "identity=1,3,32,32"]);
+    assert!(server.log().contains("input [1, 3, 32, 32], output [1, 3, 32, 32]"), "identity's shape in the log:\n{}", server.log());
+    let (x, y) = (model("tiny.input.npy"), model("tiny.expected.npy"));
+    let out = server.run_client(&py, "shapes", &[&x, &y, "1,3,32,32"]);
+    assert_eq!(lines(&out), ["identity_at_tiny_shape=StatusCode.INVALID_ARGUMENT", "tiny_at_identity_shape=StatusCode.INVALID_ARGUMENT", "shapes=ok"]);
+}
+
 /// `--max-calls 1`: an open stream holds the only permit; other inference
 /// calls (unary, stream, REST) are refused at once with RESOURCE_EXHAUSTED
 /// (429), health and metadata still answer, and the refusals are counted.

@@ -31,5 +31,5 @@ pub mod stats;
 pub mod status;
 pub mod tensors;
 
-pub use models::{ModelSource, Models, ServedModel};
+pub use models::{InputShape, InputShapes, ModelSource, Models, ServedModel};
 pub use server::{GrpcOptions, GrpcServer, Listening};

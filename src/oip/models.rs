@@ -27,6 +27,80 @@ pub const VERSION: &str = "1";
 /// The platform reported in model metadata (Triton's name for TorchScript).
 pub const PLATFORM: &str = "pytorch_libtorch";
 
+/// An `--input-shape`: `DIMS` (comma-separated, every model's) or
+/// `NAME=DIMS` (model NAME's, over the default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputShape {
+    /// The model it is for; `None`: every model without a shape of its own.
+    pub model: Option<String>,
+    /// The dimensions, batch included.
+    pub dims: Vec<i64>,
+}
+
+impl std::str::FromStr for InputShape {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (model, dims) = match s.split_once('=') {
+            Some((name, dims)) => (Some(name.to_string()), dims),
+            None => (None, s),
+        };
+        let dims = dims
+            .split(',')
+            .map(|d| d.trim().parse::<i64>().ok().filter(|&d| d > 0))
+            .collect::<Option<Vec<i64>>>()
+            .ok_or_else(|| format!("{s:?}: expected positive comma-separated dimensions such as 1,3,128,128, or NAME=1,3,224,224 for one model"))?;
+        Ok(Self { model, dims })
+    }
+}
+
+/// The input shape of every model: a default and per-model shapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputShapes {
+    default: Vec<i64>,
+    by_model: BTreeMap<String, Vec<i64>>,
+}
+
+impl Default for InputShapes {
+    /// `1×3×128×128` for every model.
+    fn default() -> Self {
+        Self { default: vec![1, 3, 128, 128], by_model: BTreeMap::new() }
+    }
+}
+
+impl InputShapes {
+    /// `shapes` over the default: at most one without a model name (every
+    /// model's), at most one per model, each naming one of `models`.
+    pub fn new(shapes: &[InputShape], models: &[ModelSource]) -> Result<Self> {
+        let mut out = Self::default();
+        let mut bare = false;
+        for s in shapes {
+            match &s.model {
+                None if bare => return Err(Error::Argument("--input-shape DIMS is given twice; give it once (and NAME=DIMS for a model of another shape)".into())),
+                None => {
+                    bare = true;
+                    out.default = s.dims.clone();
+                }
+                Some(name) if !models.iter().any(|m| &m.name == name) => {
+                    let served: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+                    return Err(Error::Argument(format!("--input-shape {name}=...: no model named {name:?} is served (served: {})", served.join(", "))));
+                }
+                Some(name) => {
+                    if out.by_model.insert(name.clone(), s.dims.clone()).is_some() {
+                        return Err(Error::Argument(format!("--input-shape {name}=... is given twice")));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The input shape of model `name`.
+    pub fn of(&self, name: &str) -> &[i64] {
+        self.by_model.get(name).unwrap_or(&self.default)
+    }
+}
+
 /// A model to serve: the name clients use and its TorchScript file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelSource {
@@ -142,7 +216,7 @@ pub struct Models(BTreeMap<String, Arc<ServedModel>>);
 
 impl Models {
     /// Loads every source; two sources of the same name are refused.
-    pub fn load(rt: &Runtime, sources: &[ModelSource], input_shape: &[i64], mode: ModeChoice, sessions: usize) -> Result<Self> {
+    pub fn load(rt: &Runtime, sources: &[ModelSource], shapes: &InputShapes, mode: ModeChoice, sessions: usize) -> Result<Self> {
         let mut map = BTreeMap::new();
         for s in sources {
             let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
@@ -156,7 +230,7 @@ impl Models {
             if map.contains_key(&s.name) {
                 return Err(Error::Argument(format!("model name {} is given twice; name each --model NAME=PATH differently", s.name)));
             }
-            map.insert(s.name.clone(), Arc::new(ServedModel::load(rt, s, input_shape, mode, sessions)?));
+            map.insert(s.name.clone(), Arc::new(ServedModel::load(rt, s, shapes.of(&s.name), mode, sessions)?));
         }
         if map.is_empty() {
             return Err(Error::Argument("no model to serve: give at least one --model NAME=PATH".into()));
@@ -203,5 +277,23 @@ mod tests {
         let bare: ModelSource = "models/resnet18.pt".parse().unwrap();
         assert_eq!((bare.name.as_str(), bare.path.to_str()), ("resnet18", Some("models/resnet18.pt")));
         assert!("tiny=".parse::<ModelSource>().is_err());
+    }
+
+    #[test]
+    fn input_shapes_default_to_every_model_and_override_by_name() {
+        use super::{InputShape, InputShapes};
+        let models: Vec<ModelSource> = ["tiny=a.pt", "big=b.pt"].iter().map(|s| s.parse().unwrap()).collect();
+        let parse = |v: &[&str]| v.iter().map(|s| s.parse::<InputShape>().unwrap()).collect::<Vec<_>>();
+        let none = InputShapes::new(&[], &models).unwrap();
+        assert_eq!((none.of("tiny"), none.of("big")), (&[1, 3, 128, 128][..], &[1, 3, 128, 128][..]));
+        let some = InputShapes::new(&parse(&["1,3,64,64", "big=1,3,224,224"]), &models).unwrap();
+        assert_eq!((some.of("tiny"), some.of("big")), (&[1, 3, 64, 64][..], &[1, 3, 224, 224][..]));
+        let err = |v: &[&str]| InputShapes::new(&parse(v), &models).unwrap_err().to_string();
+        assert!(err(&["nope=1,2"]).contains("no model named \"nope\" is served (served: tiny, big)"));
+        assert!(err(&["1,2", "1,3"]).contains("given twice"));
+        assert!(err(&["big=1,2", "big=1,3"]).contains("given twice"));
+        for bad in ["", "1,,3", "1,-3", "tiny=x", "0"] {
+            assert!(bad.parse::<InputShape>().is_err(), "{bad:?}");
+        }
     }
 }

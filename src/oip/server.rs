@@ -29,8 +29,8 @@ pub struct GrpcOptions {
     pub addr: SocketAddr,
     /// The models, by protocol name.
     pub models: Vec<ModelSource>,
-    /// The declared input shape of every model.
-    pub input_shape: Vec<i64>,
+    /// The declared input shape of each model.
+    pub input_shapes: super::models::InputShapes,
     /// Session mode.
     pub mode: ModeChoice,
     /// Sessions per model (requests to one model run this many at a time).
@@ -106,7 +106,7 @@ impl GrpcOptions {
         Self {
             addr,
             models,
-            input_shape: vec![1, 3, 128, 128],
+            input_shapes: Default::default(),
             mode: ModeChoice::Fixed(crate::Mode::Cpu),
             sessions: 1,
             max_message_bytes: 64 << 20,
@@ -128,7 +128,7 @@ pub struct GrpcServer {
 impl GrpcServer {
     /// Loads every model and builds its sessions (errors name the model).
     pub fn new(rt: &Runtime, opts: GrpcOptions) -> Result<Self> {
-        let models = Models::load(rt, &opts.models, &opts.input_shape, opts.mode, opts.sessions)?;
+        let models = Models::load(rt, &opts.models, &opts.input_shapes, opts.mode, opts.sessions)?;
         Ok(Self { opts, models })
     }
 
