@@ -1,8 +1,8 @@
 //! The Open Inference Protocol's REST/JSON form (`uminfer serve --grpc
-//! --http ADDR`), the routes Triton serves on its HTTP port: health,
-//! server and model metadata, model configuration and statistics, inference (JSON data, or Triton's binary
-//! tensor data extension, [`rest_codec`](super::rest_codec)) and the system
-//! shared memory extension. Every route calls the gRPC service itself, so
+//! --http ADDR`), the routes Triton serves on its HTTP port: health, server
+//! and model metadata, model configuration, statistics and the repository
+//! index, inference (JSON data, or Triton's binary tensor data extension,
+//! [`rest_codec`](super::rest_codec)) and the system shared memory extension. Every route calls the gRPC service itself, so
 //! both forms share the models, the registered regions, the metrics and the
 //! rules of where inference runs. A refused request is answered with an HTTP
 //! status and `{"error": "..."}`, as the protocol says.
@@ -37,7 +37,7 @@ pub fn router(svc: OipService, max_body: usize) -> Router {
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
-        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/stats", get(stats))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/models/{model}", get(metadata))
         .route("/v2/models/{model}/versions/{version}", get(metadata))
@@ -115,14 +115,21 @@ async fn server_metadata(State(svc): State<OipService>) -> Response {
     }
 }
 
-/// The model and version of a `/v2/models/{model}[/versions/{version}]` route.
-type ModelPath = Path<HashMap<String, String>>;
+/// The parameters of a route: `model` and `version` of
+/// `/v2/models[/{model}[/versions/{version}]]/...`, `region` of
+/// `/v2/systemsharedmemory[/region/{region}]/...`; none on a route without them.
+type Params = Option<Path<HashMap<String, String>>>;
 
-fn model_and_version(Path(mut p): ModelPath) -> (String, String) {
-    (p.remove("model").unwrap_or_default(), p.remove("version").unwrap_or_default())
+/// Parameter `key`, "" when the route has none (every model, every region).
+fn param(p: &mut Params, key: &str) -> String {
+    p.as_mut().and_then(|Path(p)| p.remove(key)).unwrap_or_default()
 }
 
-async fn metadata(State(svc): State<OipService>, path: ModelPath) -> Response {
+fn model_and_version(mut p: Params) -> (String, String) {
+    (param(&mut p, "model"), param(&mut p, "version"))
+}
+
+async fn metadata(State(svc): State<OipService>, path: Params) -> Response {
     let (name, version) = model_and_version(path);
     match svc.model_metadata(Request::new(ModelMetadataRequest { name, version })).await {
         Ok(r) => {
@@ -142,7 +149,7 @@ async fn metadata(State(svc): State<OipService>, path: ModelPath) -> Response {
     }
 }
 
-async fn readiness(State(svc): State<OipService>, path: ModelPath) -> Response {
+async fn readiness(State(svc): State<OipService>, path: Params) -> Response {
     let (name, version) = model_and_version(path);
     match svc.model_ready(Request::new(ModelReadyRequest { name, version })).await {
         Ok(r) => health(r.into_inner().ready),
@@ -150,7 +157,7 @@ async fn readiness(State(svc): State<OipService>, path: ModelPath) -> Response {
     }
 }
 
-async fn config(State(svc): State<OipService>, path: ModelPath) -> Response {
+async fn config(State(svc): State<OipService>, path: Params) -> Response {
     let (name, version) = model_and_version(path);
     match svc.model_config(Request::new(ModelConfigRequest { name, version })).await {
         Ok(r) => json_response(r.into_inner().config.map(|c| config_json(&c)).unwrap_or_default()),
@@ -175,16 +182,9 @@ fn config_json(c: &ModelConfig) -> Value {
     })
 }
 
-async fn stats(State(svc): State<OipService>, path: ModelPath) -> Response {
+/// The statistics of a model, or of every model (`/v2/models/stats`).
+async fn stats(State(svc): State<OipService>, path: Params) -> Response {
     let (name, version) = model_and_version(path);
-    statistics(svc, name, version).await
-}
-
-async fn all_stats(State(svc): State<OipService>) -> Response {
-    statistics(svc, String::new(), String::new()).await
-}
-
-async fn statistics(svc: OipService, name: String, version: String) -> Response {
     match svc.model_statistics(Request::new(ModelStatisticsRequest { name, version })).await {
         Ok(r) => {
             let d = |d: &Option<StatisticDuration>| d.as_ref().map_or(json!({ "count": 0, "ns": 0 }), |d| json!({ "count": d.count, "ns": d.ns }));
@@ -223,7 +223,7 @@ async fn off_transport_if<T: Send + 'static>(heavy: bool, f: impl FnOnce() -> T 
     tokio::task::spawn_blocking(f).await.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &format!("the JSON task failed: {e}")))
 }
 
-async fn infer(State(svc): State<OipService>, path: ModelPath, headers: HeaderMap, body: Bytes) -> Response {
+async fn infer(State(svc): State<OipService>, path: Params, headers: HeaderMap, body: Bytes) -> Response {
     let (model, version) = model_and_version(path);
     if let Some(enc) = headers.get(header::CONTENT_ENCODING).filter(|e| e.as_bytes() != b"identity") {
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &format!("Content-Encoding {enc:?} is not supported: send the body uncompressed"));
@@ -290,15 +290,8 @@ async fn repository_index(State(svc): State<OipService>, body: Bytes) -> Respons
     }
 }
 
-/// The region of a `/v2/systemsharedmemory[/region/{region}]/...` route ("" when none: every region).
-type RegionPath = Option<Path<HashMap<String, String>>>;
-
-fn region(path: RegionPath) -> String {
-    path.and_then(|Path(mut p)| p.remove("region")).unwrap_or_default()
-}
-
-async fn shm_status(State(svc): State<OipService>, path: RegionPath) -> Response {
-    let name = region(path);
+async fn shm_status(State(svc): State<OipService>, mut path: Params) -> Response {
+    let name = param(&mut path, "region");
     match svc.system_shared_memory_status(Request::new(SystemSharedMemoryStatusRequest { name })).await {
         Ok(r) => {
             let mut regions: Vec<_> = r.into_inner().regions.into_values().collect();
@@ -332,8 +325,8 @@ async fn shm_register(State(svc): State<OipService>, Path(name): Path<String>, b
     }
 }
 
-async fn shm_unregister(State(svc): State<OipService>, path: RegionPath) -> Response {
-    let name = region(path);
+async fn shm_unregister(State(svc): State<OipService>, mut path: Params) -> Response {
+    let name = param(&mut path, "region");
     match svc.system_shared_memory_unregister(Request::new(SystemSharedMemoryUnregisterRequest { name })).await {
         Ok(_) => StatusCode::OK.into_response(),
         Err(s) => refused(s),

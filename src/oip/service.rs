@@ -189,12 +189,13 @@ pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result
     let received = Instant::now();
     let target = tensors::output(&req.outputs, m, shm)?;
     let x = tensors::input(req, m, shm)?;
+    let values = x.values(); // decodes an unaligned input here, as compute_input
     let n = m.output_len();
     let mut y = Vec::<f32>::with_capacity(n);
     let checked = Instant::now();
     let mut session = m.pool.checkout();
     let started = Instant::now();
-    session.run_on(&x.values(), &mut y.spare_capacity_mut()[..n])?;
+    session.run_on(&values, &mut y.spare_capacity_mut()[..n])?;
     drop(session);
     let ran = Instant::now();
     // SAFETY: `run_on` returned Ok, which guarantees that all `n` slots of the
