@@ -1,11 +1,14 @@
-"""Bounded load run of `uminfer serve --grpc` with Triton's own client
-(tritonclient[grpc]) from several processes at once, every answer checked.
+"""Bounded load run of `uminfer serve --grpc` with Triton's own clients
+(tritonclient[grpc], and tritonclient[http] for the REST form) from several
+processes at once, every answer checked.
 
-    python tests/oip_load.py URL MODELS_DIR REQUESTS_PER_PROCESS [PROCESSES_PER_KIND]
+    python tests/oip_load.py URL MODELS_DIR REQUESTS_PER_PROCESS [PROCESSES_PER_KIND [HTTP_URL]]
 
 The server must serve `tiny` and `identity`. Four kinds of client process,
 PROCESSES_PER_KIND of each (default 1): unary and streaming, each with the
-tensors in the messages (raw) or in system shared memory regions. Requests
+tensors in the messages (raw) or in system shared memory regions; with
+HTTP_URL (the server's --http address) two more: REST calls with binary
+tensor data (raw) or shared memory. Requests
 alternate between `identity` (a fresh random input: the answer must be that
 input) and `tiny` (models/tiny.input.npy: the answer must equal
 models/tiny.expected.npy). A stream keeps WINDOW requests in flight, matched
@@ -23,6 +26,7 @@ import numpy as np
 
 WINDOW = 4
 KINDS = [("unary", "raw"), ("unary", "shm"), ("stream", "raw"), ("stream", "shm")]
+HTTP_KINDS = [("http", "raw"), ("http", "shm")]
 
 
 def worker(url, models_dir, n, api, transport, tag, out):
@@ -34,8 +38,12 @@ def worker(url, models_dir, n, api, transport, tag, out):
 
 
 def run(url, models_dir, n, api, transport, tag):
-    import tritonclient.grpc as tg
+    """`url` is the gRPC address, or the REST one for api "http"."""
+    import tritonclient.grpc
+    import tritonclient.http
     import tritonclient.utils.shared_memory as shm
+
+    tg = tritonclient.http if api == "http" else tritonclient.grpc
 
     x = np.load(os.path.join(models_dir, "tiny.input.npy"))
     expected = np.load(os.path.join(models_dir, "tiny.expected.npy"))
@@ -78,7 +86,7 @@ def run(url, models_dir, n, api, transport, tag):
             errors.append(f"request {i}: wrong answer")
 
     start = time.perf_counter()
-    if api == "unary":
+    if api in ("unary", "http"):
         for i in range(n):
             model, want, inputs, outputs = request(i, 0)
             t = time.perf_counter()
@@ -134,10 +142,12 @@ def run(url, models_dir, n, api, transport, tag):
 def main():
     url, models_dir, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     per_kind = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    http = sys.argv[5] if len(sys.argv) > 5 else None
+    kinds = [(api, t, url) for api, t in KINDS] + ([(api, t, http) for api, t in HTTP_KINDS] if http else [])
     ctx = mp.get_context("spawn")  # gRPC must not be forked
     out = ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(url, models_dir, n, api, transport, f"uminfer-load-{os.getpid()}-{api}-{transport}-{k}", out))
-             for api, transport in KINDS for k in range(per_kind)]
+    procs = [ctx.Process(target=worker, args=(at, models_dir, n, api, transport, f"uminfer-load-{os.getpid()}-{api}-{transport}-{k}", out))
+             for api, transport, at in kinds for k in range(per_kind)]
     start = time.perf_counter()
     for p in procs:
         p.start()
@@ -149,7 +159,7 @@ def main():
           f"alternating identity (random input) and tiny; stream window {WINDOW}")
     print(f"{'kind':<14} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     total_err, all_lat = 0, []
-    for kind in [f"{a}-{t}" for a, t in KINDS]:
+    for kind in [f"{a}-{t}" for a, t, _ in kinds]:
         rows = [r for r in results if r[0] == kind]
         reqs = sum(r[1] for r in rows)
         errs = [e for r in rows for e in r[2]]

@@ -552,13 +552,14 @@ fn max_streams_bounds_the_streams_of_a_connection() {
 #[test]
 fn load_run_from_several_tritonclient_processes_has_no_errors() {
     let py = require_python!();
-    let mut server = GrpcServer::start("load", &["--workers", "2", "--model", &model("tiny.pt"), "--model", &model("identity.pt")]);
+    let mut server = GrpcServer::start("load", &["--workers", "2", "--model", &model("tiny.pt"), "--model", &model("identity.pt"), "--http", "127.0.0.1:0"]);
+    let http = server.reported("http");
     let models = common::model_path("tiny.pt").parent().expect("the models directory").display().to_string();
-    // Four processes (unary and stream, raw and shared memory), 20 requests each.
-    let out = common::finish(script(&py, "oip_load.py", &[&server.url, &models, "20"]).spawn().expect("starting the venv python"), PYTHON_DEADLINE);
+    // Six processes (gRPC unary and stream, REST; raw and shared memory), 20 requests each.
+    let out = common::finish(script(&py, "oip_load.py", &[&server.url, &models, "20", "1", &http]).spawn().expect("starting the venv python"), PYTHON_DEADLINE);
     let report = server.check("load", &out);
     assert!(report.lines().any(|l| l == "errors=0"), "{report}");
-    for kind in ["unary-raw", "unary-shm", "stream-raw", "stream-shm"] {
+    for kind in ["unary-raw", "unary-shm", "stream-raw", "stream-shm", "http-raw", "http-shm"] {
         assert!(report.lines().any(|l| l.split_whitespace().take(3).eq([kind, "20", "0"])), "{kind} row missing or with errors:\n{report}");
     }
 }
