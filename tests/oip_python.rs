@@ -326,8 +326,27 @@ fn unregistering_regions_in_use_lets_their_requests_finish() {
 #[test]
 fn sigterm_lets_requests_in_flight_finish_then_the_server_exits_cleanly() {
     let py = require_python!();
-    let mut server = GrpcServer::start("drain", &["--model", &model("resnet18.pt")]);
-    let mut child = client(&py, "drain", &server.url, &[&model("resnet18.input.npy"), &model("resnet18.expected.npy"), "32"])
+    let server = GrpcServer::start("drain", &["--model", &model("resnet18.pt")]);
+    let url = server.url.clone();
+    drain_after_sigterm(&py, server, &url, "grpc");
+}
+
+/// The same through the REST form: REST calls in flight at SIGTERM are
+/// answered, and the server exits cleanly.
+#[test]
+fn sigterm_lets_rest_requests_in_flight_finish_too() {
+    let py = require_python!();
+    let server = GrpcServer::start("drain-http", &["--model", &model("resnet18.pt"), "--http", "127.0.0.1:0"]);
+    let http = server.reported("http");
+    drain_after_sigterm(&py, server, &http, "http");
+}
+
+/// Sends 32 `resnet18` requests `via` gRPC or REST to `url`, SIGTERMs the
+/// server once the first is answered, and checks that the rest are answered
+/// correctly (or refused as arriving after shutdown began), at least one of
+/// them after the signal, and that the server exits 0.
+fn drain_after_sigterm(py: &PathBuf, mut server: GrpcServer, url: &str, via: &str) {
+    let mut child = client(py, "drain", url, &[&model("resnet18.input.npy"), &model("resnet18.expected.npy"), "32", via])
         .spawn()
         .expect("starting the venv python");
     let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
