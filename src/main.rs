@@ -486,19 +486,18 @@ fn main() {
                 opts.spin = std::time::Duration::from_micros(spin_us);
                 serve_grpc(opts, intra_op_threads)
             })),
-            (None, name) => report_error(shm_options(name, model).map(|mut opts| {
+            (None, name) => report_error(shm_options(name, model).and_then(|mut opts| {
                 opts.mode = mode;
                 opts.workers = workers;
                 opts.spin = std::time::Duration::from_micros(spin_us);
                 opts.max_bytes = max_bytes;
-                opts
-            }).and_then(|opts| {
                 match input_shape.as_slice() {
-                    [] => Ok(opts),
-                    [uminfer::oip::InputShape { model: None, dims }] => Ok(uminfer::ipc::ServeOptions { input_shape: dims.clone(), ..opts }),
+                    [] => {}
+                    [uminfer::oip::InputShape { model: None, dims }] => opts.input_shape = dims.clone(),
                     _ => bail!("shared-memory serving takes one --input-shape DIMS (NAME=DIMS is for --grpc with several models)"),
                 }
-            }).and_then(|opts| serve(opts, intra_op_threads))),
+                serve(opts, intra_op_threads)
+            })),
         },
         Command::Bench(a) => report_error(bench(a)),
         Command::BenchJsonServer { model, input_shape, intra_op_threads } => {

@@ -142,6 +142,12 @@ impl GrpcServer {
         common::wait_or_kill(&mut self.child, Duration::from_secs(30))
     }
 
+    /// [`stop`](Self::stop), which must end in exit status 0.
+    fn stop_cleanly(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "the server did not exit cleanly after SIGTERM ({status}):\n{}", self.log());
+    }
+
     /// Runs a client to completion; panics with both sides' output when it fails.
     fn run_client(&mut self, python: &PathBuf, mode: &str, args: &[&str]) -> String {
         let out = common::finish(client(python, mode, &self.url, args).spawn().expect("starting the venv python"), PYTHON_DEADLINE);
@@ -176,6 +182,11 @@ fn model(name: &str) -> String {
     common::model_path(name).display().to_string()
 }
 
+/// `NAME=PATH` of the reference model `models/NAME.pt`, for `--model`.
+fn served(name: &str) -> String {
+    format!("{name}={}", model(&format!("{name}.pt")))
+}
+
 fn lines(stdout: &str) -> Vec<&str> {
     stdout.lines().collect()
 }
@@ -183,13 +194,12 @@ fn lines(stdout: &str) -> Vec<&str> {
 #[test]
 fn tritonclient_sees_a_live_ready_server_and_each_models_metadata() {
     let py = require_python!();
-    let tiny = format!("tiny={}", model("tiny.pt"));
-    let resnet = format!("resnet18={}", model("resnet18.pt"));
+    let tiny = served("tiny");
+    let resnet = served("resnet18");
     let mut server = GrpcServer::start("health", &["--model", &tiny, "--model", &resnet]);
     let out = server.run_client(&py, "health", &["tiny:1,10", "resnet18:1,1000"]);
     assert_eq!(lines(&out), ["metadata_tiny=ok", "config_tiny=ok", "metadata_resnet18=ok", "config_resnet18=ok", "repository_index=ok", "grpc_health=ok", "health=ok"]);
-    let status = server.stop();
-    assert!(status.success(), "the server did not stop cleanly on SIGTERM ({status}):\n{}", server.log());
+    server.stop_cleanly();
 }
 
 /// The transport thread polls the network for `--spin-us` after each answer
@@ -200,7 +210,7 @@ fn tritonclient_sees_a_live_ready_server_and_each_models_metadata() {
 #[test]
 fn idle_server_uses_no_cpu_after_answering() {
     let py = require_python!();
-    let tiny = format!("tiny={}", model("tiny.pt"));
+    let tiny = served("tiny");
     let mut server = GrpcServer::start("idle", &["--model", &tiny]);
     let log = server.log();
     let us = common::logged_us(&log, "a forward pass takes ");
@@ -226,7 +236,7 @@ fn idle_server_uses_no_cpu_after_answering() {
 #[test]
 fn tritonclient_infers_tiny_and_resnet18_equal_to_pytorch() {
     let py = require_python!();
-    let tiny = format!("tiny={}", model("tiny.pt"));
+    let tiny = served("tiny");
     let mut server = GrpcServer::start("infer", &["--model", &tiny, "--model", &model("resnet18.pt")]);
     for name in ["tiny", "resnet18"] {
         let (x, y) = (model(&format!("{name}.input.npy")), model(&format!("{name}.expected.npy")));
@@ -363,8 +373,7 @@ fn drain_after_sigterm(py: &PathBuf, mut server: GrpcServer, url: &str, via: &st
     let out = Output { stdout: rest.into_bytes(), ..out };
     let said = server.check("drain", &out);
     assert!(said.trim().starts_with("ok_after_signal="), "{said}");
-    let status = server.stop();
-    assert!(status.success(), "the server did not exit cleanly after SIGTERM ({status}):\n{}", server.log());
+    server.stop_cleanly();
     let log = server.log();
     assert!(log.contains("finishing the requests in flight"), "{log}");
 }
@@ -462,8 +471,8 @@ fn long_requests_run_off_the_transport_thread_so_metrics_answer_during_them() {
 #[test]
 fn tritonclient_http_speaks_the_rest_form_with_binary_and_json_data() {
     let py = require_python!();
-    let tiny = format!("tiny={}", model("tiny.pt"));
-    let resnet = format!("resnet18={}", model("resnet18.pt"));
+    let tiny = served("tiny");
+    let resnet = served("resnet18");
     let mut server = GrpcServer::start("http", &["--model", &tiny, "--model", &resnet, "--metrics", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
     let metrics = server.metrics_url();
     let http = server.reported("http");
@@ -507,8 +516,7 @@ fn tritonclient_http_speaks_the_rest_form_with_binary_and_json_data() {
     assert_eq!(sample(&now, r#"uminfer_inference_success_total{model="resnet18",mode="cpu"}"#), Some(5.0), "{now}");
     assert_eq!(sample(&now, r#"uminfer_inference_failure_total{model="tiny",mode="cpu",code="InvalidArgument"}"#), Some(6.0), "{now}");
     assert_eq!(sample(&now, r#"uminfer_inference_failure_total{model="",mode="",code="NotFound"}"#), Some(1.0), "{now}");
-    let status = server.stop();
-    assert!(status.success(), "the server did not stop cleanly on SIGTERM ({status}):\n{}", server.log());
+    server.stop_cleanly();
 }
 
 /// `--input-shape identity=1,3,32,32` beside the default shape for `tiny`:
@@ -516,8 +524,8 @@ fn tritonclient_http_speaks_the_rest_form_with_binary_and_json_data() {
 #[test]
 fn each_model_can_have_an_input_shape_of_its_own() {
     let py = require_python!();
-    let tiny = format!("tiny={}", model("tiny.pt"));
-    let identity = format!("identity={}", model("identity.pt"));
+    let tiny = served("tiny");
+    let identity = served("identity");
     let mut server = GrpcServer::start("shapes", &["--model", &tiny, "--model", &identity, "--input-shape", "identity=1,3,32,32"]);
     assert!(server.log().contains("input [1, 3, 32, 32], output [1, 3, 32, 32]"), "identity's shape in the log:\n{}", server.log());
     let (x, y) = (model("tiny.input.npy"), model("tiny.expected.npy"));
@@ -531,7 +539,7 @@ fn each_model_can_have_an_input_shape_of_its_own() {
 #[test]
 fn max_calls_bounds_inference_across_connections_and_refuses_beyond_it() {
     let py = require_python!();
-    let tiny = format!("tiny={}", model("tiny.pt"));
+    let tiny = served("tiny");
     let mut server = GrpcServer::start("admission", &["--model", &tiny, "--max-calls", "1", "--metrics", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
     let metrics = server.metrics_url();
     let http = server.reported("http");
