@@ -16,7 +16,7 @@ use crate::memory::{Attach, Location};
 use crate::mode::Mode;
 use crate::ops::{Preprocess, PreprocessParams, Stage};
 use crate::shim::{copy_tensor, launch_exec, CudaGraph, CurrentStream, TorchModule};
-use cudarc::driver::{CudaEvent, CudaStream};
+use cudarc::driver::{result, CudaEvent, CudaStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,7 +77,7 @@ struct Captured {
 /// graph (no prefetches).
 pub(crate) struct GraphLauncher {
     exec: cudarc::driver::sys::CUgraphExec,
-    stream: Arc<CudaStream>,
+    /// Its own pair of events on the session's stream.
     events: RequestEvents,
 }
 
@@ -92,43 +92,64 @@ unsafe impl Send for GraphLauncher {}
 impl GraphLauncher {
     /// One request: the graph between two timing events, then a stream synchronisation.
     pub(crate) fn run(&mut self) -> Result<RunTiming> {
-        let t0 = self.events.begin(&self.stream)?;
+        let t0 = self.events.begin()?;
         // SAFETY: `exec` is alive and launched by this thread only (see the
         // `Send` impl above); `begin` has bound the stream's context here.
-        unsafe { launch_exec(self.exec, &self.stream) }?;
-        self.events.finish(&self.stream, t0)
+        unsafe { launch_exec(self.exec, &self.events.stream) }?;
+        self.events.finish(t0)
     }
 }
 
 /// The two timing events that bracket every request on a session's stream.
+///
+/// The per-request calls go through cudarc's `result` layer: one context
+/// check, two `cuEventRecord`, `cuStreamSynchronize` and
+/// `cuEventElapsedTime`. cudarc's safe `record`/`elapsed_ms` would re-bind
+/// the context before each call and synchronise both events again after the
+/// stream (about 13 driver calls a request instead of 5 around the launch);
+/// the invariants they check hold here by construction (see `new`).
 struct RequestEvents {
     start: CudaEvent,
     end: CudaEvent,
+    stream: Arc<CudaStream>,
 }
 
 impl RequestEvents {
-    fn new(gpu: &Gpu) -> Result<Self> {
+    /// Two timing events in `stream`'s context, for requests on `stream`.
+    fn new(stream: &Arc<CudaStream>) -> Result<Self> {
         let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT); // timing enabled
-        let ctx = gpu.context();
+        let ctx = stream.context();
         Ok(Self {
             start: ctx.new_event(timing).map_err(Error::driver("cuEventCreate"))?,
             end: ctx.new_event(timing).map_err(Error::driver("cuEventCreate"))?,
+            stream: stream.clone(),
         })
     }
 
-    /// Records the start event on `stream`; returns the host clock's start.
-    fn begin(&self, stream: &CudaStream) -> Result<Instant> {
+    /// Binds the stream's context to the calling thread (a no-op when it is
+    /// current already), records the start event; returns the host clock's start.
+    fn begin(&self) -> Result<Instant> {
         let t0 = Instant::now();
-        self.start.record(stream).map_err(Error::driver("cuEventRecord"))?;
+        self.stream.context().bind_to_thread().map_err(Error::driver("cuCtxSetCurrent"))?;
+        // SAFETY: `start` and `stream` are live (owned by `self`) and belong
+        // to the same context (`new`), which is now current on this thread.
+        unsafe { result::event::record(self.start.cu_event(), self.stream.cu_stream()) }.map_err(Error::driver("cuEventRecord"))?;
         Ok(t0)
     }
 
-    /// Records the end event, synchronises `stream` (no work of the request
+    /// Records the end event, synchronises the stream (no work of the request
     /// is pending afterwards) and returns host and device time since `begin`.
-    fn finish(&self, stream: &CudaStream, t0: Instant) -> Result<RunTiming> {
-        self.end.record(stream).map_err(Error::driver("cuEventRecord"))?;
-        stream.synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
-        let ms = self.start.elapsed_ms(&self.end).map_err(Error::driver("cuEventElapsedTime"))?;
+    /// Call on the thread that called `begin` (whose current context it bound).
+    fn finish(&self, t0: Instant) -> Result<RunTiming> {
+        let (stream, start, end) = (self.stream.cu_stream(), self.start.cu_event(), self.end.cu_event());
+        // SAFETY: as in `begin`; `begin` bound their context on this thread.
+        unsafe { result::event::record(end, stream) }.map_err(Error::driver("cuEventRecord"))?;
+        // SAFETY: `stream` is live and its context current.
+        unsafe { result::stream::synchronize(stream) }.map_err(Error::driver("cuStreamSynchronize"))?;
+        // SAFETY: both events are live timing events (created without
+        // DISABLE_TIMING) of the current context, recorded on `stream` before
+        // the synchronisation above, so both have completed.
+        let ms = unsafe { result::event::elapsed(start, end) }.map_err(Error::driver("cuEventElapsedTime"))?;
         Ok(RunTiming { host: t0.elapsed(), device: Some(Duration::from_secs_f64(ms as f64 / 1000.0)) })
     }
 }
@@ -158,7 +179,7 @@ impl GpuEngine {
         // libtorch uses) and is kept alive by `self.stream`, which is dropped
         // after `_current` (field order) and synchronised first (Drop).
         let current = unsafe { CurrentStream::set(stream.cu_stream().cast(), gpu.ordinal() as i32) }?;
-        let events = RequestEvents::new(&gpu)?;
+        let events = RequestEvents::new(&stream)?;
         if let Some((i, o)) = parts.managed {
             if !gpu.concurrent_managed_access() {
                 // Without concurrentManagedAccess the host may touch managed memory
@@ -238,7 +259,7 @@ impl GpuEngine {
         if self.parts.managed.is_some() {
             return Ok(None);
         }
-        Ok(Some(GraphLauncher { exec: graph.raw_exec()?, stream: self.stream.clone(), events: RequestEvents::new(&self.parts.gpu)? }))
+        Ok(Some(GraphLauncher { exec: graph.raw_exec()?, events: RequestEvents::new(&self.stream)? }))
     }
 
     /// Captures a request's work (`enqueue`) on the session stream.
@@ -309,7 +330,7 @@ impl GpuEngine {
 
 impl Engine for GpuEngine {
     fn run(&mut self) -> Result<RunTiming> {
-        let t0 = self.events.begin(&self.stream)?;
+        let t0 = self.events.begin()?;
         self.prefetch(Location::Device)?;
         match &mut self.captured {
             Some(Captured { graph, direct: true }) => graph.launch(&self.stream)?,
@@ -317,7 +338,7 @@ impl Engine for GpuEngine {
             None => self.enqueue()?,
         }
         self.prefetch(Location::Host)?;
-        self.events.finish(&self.stream, t0)
+        self.events.finish(t0)
     }
 }
 
