@@ -140,3 +140,56 @@ fn server_schemes_run_in_the_server_mode_or_say_why_not() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("--server-mode shm-ipc is a transport, not a session mode"), "{stderr}");
 }
+
+/// `ci/ipc-gpu-choice.py` (issue #5's question for GPU servers) reads the
+/// bench's JSON files: the hop `T` from a real `identity` run here, and its
+/// verdict both ways from GPU runs written by this test (numbers chosen
+/// around the real `T`, to check the rule, not measured).
+#[test]
+fn ipc_gpu_choice_reads_bench_runs_and_applies_its_rule() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let venv = root.join(".venv/bin/python");
+    let python = if venv.exists() { venv } else { "python3".into() }; // a GPU bundle carries no venv
+    let dir = std::env::temp_dir().join(format!("uminfer-ipc-choice-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(common::uminfer_bin())
+        .current_dir(&root)
+        .args(["bench", "--model"])
+        .arg(common::model_path("identity.pt"))
+        .args(["--requests", "20", "--warmup", "2", "--warmup-secs", "0", "--schemes", "cpu-zero-copy,shm-ipc", "--json"])
+        .arg(dir.join("identity.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("identity.json")).unwrap()).unwrap();
+    let p50 = |s: &str| v["results"].as_array().unwrap().iter().find(|r| r["scheme"] == s).unwrap()["p50_us"].as_f64().unwrap();
+    let t = p50("shm-ipc") - p50("cpu-zero-copy");
+    let choose = || {
+        let out = Command::new(&python).arg(root.join("ci/ipc-gpu-choice.py")).arg(&dir).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, text) = choose();
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains(&format!("T = {t:8.1} us  shared-memory hop (identity.json")), "T = {t:.1} expected:\n{text}");
+    assert!(text.contains("C = missing") && text.contains("R = missing") && text.contains("verdict: not enough runs"), "{text}");
+
+    // GPU runs as ci/gpu-run writes them: a copying server beside the
+    // in-process graph session, and the captured registered-memory proxies.
+    let run = |file: &str, server: &str, capture: bool, results: &[(&str, f64)]| {
+        let results: Vec<_> = results.iter().map(|(s, p)| serde_json::json!({"scheme": s, "status": "ok", "p50_us": p})).collect();
+        let doc = serde_json::json!({"schema_version": 1, "model": "/bundle/models/tiny.pt", "server_mode": server,
+            "capture_graphs": capture, "stage_input": false, "results": results});
+        std::fs::write(dir.join(file), doc.to_string()).unwrap();
+    };
+    run("tiny-server.json", "gpu-managed-graph", false, &[("shm-ipc", 70.0 + t), ("gpu-managed-graph", 50.0)]);
+    run("tiny-captured.json", "cpu", true, &[("gpu-copy", 66.0), ("gpu-pinned", 71.0)]);
+    let (code, text) = choose();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("R =     66.0 us  best registered variant, in process (tiny-captured.json: gpu-copy --capture-graphs)"), "{text}");
+    assert!(text.contains("verdict: registering might save up to 4.0 us"), "{text}");
+    run("tiny-captured.json", "cpu", true, &[("gpu-copy", 75.0), ("gpu-pinned", 71.0)]);
+    let (code, text) = choose();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("(tiny-captured.json: gpu-pinned --capture-graphs)") && text.contains("verdict: copy."), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
