@@ -142,7 +142,7 @@ fn server_schemes_run_in_the_server_mode_or_say_why_not() {
 }
 
 /// `ci/ipc-gpu-choice.py` (issue #5's question for GPU servers) reads the
-/// bench's JSON files: the hop `T` from a real `identity` run here, and its
+/// bench's JSON files: the hop `T` from a real small-shape `identity` run here, and its
 /// verdict both ways from GPU runs written by this test (numbers chosen
 /// around the real `T`, to check the rule, not measured).
 #[test]
@@ -156,7 +156,7 @@ fn ipc_gpu_choice_reads_bench_runs_and_applies_its_rule() {
         .current_dir(&root)
         .args(["bench", "--model"])
         .arg(common::model_path("identity.pt"))
-        .args(["--requests", "20", "--warmup", "2", "--warmup-secs", "0", "--schemes", "cpu-zero-copy,shm-ipc", "--json"])
+        .args(["--requests", "20", "--warmup", "2", "--warmup-secs", "0", "--schemes", "cpu-zero-copy,shm-ipc", "--shape", "1,3,1,1", "--json"])
         .arg(dir.join("identity.json"))
         .output()
         .unwrap();
@@ -168,6 +168,10 @@ fn ipc_gpu_choice_reads_bench_runs_and_applies_its_rule() {
         let out = Command::new(&python).arg(root.join("ci/ipc-gpu-choice.py")).arg(&dir).output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
     };
+    // An identity run at the full 196 KB does not count for T.
+    let full = serde_json::json!({"schema_version": 1, "model": "/bundle/models/identity.pt", "shape": [1, 3, 128, 128], "server_mode": "cpu",
+        "results": [{"scheme": "cpu-zero-copy", "status": "ok", "p50_us": 1.0}, {"scheme": "shm-ipc", "status": "ok", "p50_us": 0.5}]});
+    std::fs::write(dir.join("identity-full.json"), full.to_string()).unwrap();
     let (code, text) = choose();
     assert_eq!(code, Some(3), "{text}");
     assert!(text.contains(&format!("T = {t:8.1} us  shared-memory hop (identity.json")), "T = {t:.1} expected:\n{text}");
