@@ -272,6 +272,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         schemes: a.schemes.unwrap_or_else(|| bench::SCHEMES.iter().map(|s| s.to_string()).collect()),
         python: a.python,
         core: usize::try_from(a.core).ok(),
+        server_exe: std::env::current_exe().context("finding this uminfer binary (the bench starts it as its servers)")?,
         progress: true,
     };
     let report = bench::run(&rt, &opts)?;

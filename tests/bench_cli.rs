@@ -197,3 +197,49 @@ fn ipc_gpu_choice_reads_bench_runs_and_applies_its_rule() {
     assert!(text.contains("(tiny-captured.json: gpu-pinned --capture-graphs)") && text.contains("verdict: copy."), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// State and parent of process `pid` from `/proc/PID/stat` (`None` once it is gone).
+fn state_and_parent(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    Some((f[0].chars().next()?, f[1].parse().ok()?))
+}
+
+/// A bench killed outright (SIGKILL: no Drop runs) takes its server
+/// processes with it: the kernel sends them SIGTERM (PR_SET_PDEATHSIG).
+#[test]
+fn killed_bench_leaves_no_server_behind() {
+    let mut bench = Command::new(common::uminfer_bin())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["bench", "--model"])
+        .arg(common::model_path("tiny.pt"))
+        .args(["--requests", "1000000", "--warmup-secs", "0", "--schemes", "shm-ipc,serialize-copy"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let children = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| state_and_parent(pid).is_some_and(|(_, parent)| parent == bench.id()))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let servers = loop {
+        let c = children();
+        if c.len() >= 2 {
+            break c; // both servers started: the bench is measuring
+        }
+        assert!(std::time::Instant::now() < deadline, "the bench did not start its two servers");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    bench.kill().unwrap();
+    bench.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // Gone, or a zombie waiting for a reaper that is not ours to be.
+    while servers.iter().any(|&pid| state_and_parent(pid).is_some_and(|(state, _)| state != 'Z')) {
+        assert!(std::time::Instant::now() < deadline, "server processes {servers:?} outlived their bench by 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -21,7 +21,7 @@ use crate::mode::Mode;
 use crate::runtime::Runtime;
 use schemes::{PyPeer, Scheme, SerializeCopy, SessionScheme, ShmIpc, TchNaive};
 use serde::Serialize;
-use crate::session::TimingRecorder;
+use crate::session::{RunTiming, TimingRecorder};
 use stats::{add_ratios, SchemeResult, Status};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -89,6 +89,9 @@ pub struct BenchOptions {
     pub server_mode: Mode,
     /// Core the measuring thread is pinned to.
     pub core: Option<usize>,
+    /// The `uminfer` binary the server schemes start (`serve`,
+    /// `bench-json-server`): the running one for `uminfer bench`.
+    pub server_exe: PathBuf,
     /// Show a progress bar on stderr (only drawn on a terminal).
     pub progress: bool,
 }
@@ -210,19 +213,86 @@ fn boxed<S: Scheme + 'static>(r: Result<S>) -> std::result::Result<Box<dyn Schem
     r.map(|s| Box::new(s) as Box<dyn Scheme>).map_err(|e| e.to_string())
 }
 
-/// Builds a scheme, or says why it is unavailable. `gpu`: a GPU is usable here.
-/// What a scheme is built from.
-struct Context<'a> {
+/// What the schemes are built from and checked against: the model, the
+/// options, the CPU eager answer to one input. `uminfer bench` and the
+/// criterion bench `schemes` (`benches/schemes.rs`) both start here.
+pub struct Bench<'a> {
     rt: &'a Runtime,
-    model: &'a crate::runtime::Model,
+    model: crate::runtime::Model,
     opts: &'a BenchOptions,
-    out_shape: &'a [i64],
+    out_shape: Vec<i64>,
+    /// A GPU is usable here.
     gpu: bool,
     /// The model's CPU forward pass, timed when the first server scheme is built.
     forward: std::cell::OnceCell<Duration>,
+    /// The input of the correctness check, and the CPU eager answer to it.
+    check_input: Vec<f32>,
+    reference: Vec<f32>,
+    model_name: String,
+    /// The inputs requests get, drawn once.
+    inputs: std::sync::Arc<InputPool>,
 }
 
-impl Context<'_> {
+/// One scheme, built and checked against the CPU eager answer
+/// ([`Bench::prepare`]), for a harness of its own.
+pub struct PreparedScheme {
+    scheme: Box<dyn Scheme>,
+    inputs: std::sync::Arc<InputPool>,
+    seed: u64,
+}
+
+impl PreparedScheme {
+    /// One request on the next input, written into the scheme's input memory
+    /// first, outside the timing: the returned time is the request's alone.
+    pub fn request(&mut self) -> Result<RunTiming> {
+        self.seed += 1;
+        self.scheme.refresh(self.seed, self.inputs.get(self.seed))?;
+        self.scheme.request()
+    }
+
+    /// The scheme's thread settings (as in the bench's JSON `threads`).
+    pub fn threads(&self) -> String {
+        self.scheme.threads()
+    }
+}
+
+impl<'a> Bench<'a> {
+    /// Loads the model and computes the CPU eager answer the schemes are checked against.
+    pub fn new(rt: &'a Runtime, opts: &'a BenchOptions) -> Result<Self> {
+        if opts.server_mode == Mode::ShmIpc {
+            return Err(crate::error::Error::Argument("--server-mode shm-ipc is a transport, not a session mode: give cpu, gpu-copy, gpu-pinned, gpu-managed or gpu-managed-graph".into()));
+        }
+        let model = rt.model(&opts.model)?;
+        let n = crate::memory::region::checked_numel(&opts.shape)?;
+        let gpu = rt.check_mode(Mode::GpuCopy).is_ok();
+        let mut check_input = vec![0f32; n];
+        random_input(12345, n, &mut check_input);
+        let reference = model.forward_cpu(&tch::Tensor::from_slice(&check_input).view(opts.shape.as_slice()))?;
+        let out_shape = reference.size();
+        let reference = Vec::<f32>::try_from(reference.flatten(0, -1))?;
+        let model_name = opts.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let inputs = std::sync::Arc::new(InputPool::new(n));
+        Ok(Self { rt, model, opts, out_shape, gpu, forward: std::cell::OnceCell::new(), check_input, reference, model_name, inputs })
+    }
+
+    /// Builds scheme `name` and checks its answer against CPU eager; or says
+    /// why it is unavailable (this machine cannot run it) or failed (a wrong
+    /// answer, an error).
+    pub fn prepare(&self, name: &str) -> std::result::Result<PreparedScheme, (Status, String)> {
+        let mut s = build(name, self).map_err(|reason| (Status::Unavailable, reason))?;
+        // GPU convolutions may use TF32 (libtorch's default): a looser bound there.
+        let on_gpu = name.starts_with("gpu")
+            || name == "py-cuda-graph"
+            || (self.gpu && matches!(name, "tch-naive" | "py-torchscript"))
+            || (self.opts.server_mode.needs_gpu() && SERVER_SCHEMES.contains(&name));
+        let tol = if on_gpu { 2e-2 } else { 1e-5 };
+        match s.check(&self.check_input) {
+            Ok(out) if max_rel_err(&out, &self.reference) <= tol => Ok(PreparedScheme { scheme: s, inputs: self.inputs.clone(), seed: 0 }),
+            Ok(out) => Err((Status::Failed, format!("wrong answer: relative error {} against CPU eager (limit {tol})", max_rel_err(&out, &self.reference)))),
+            Err(e) => Err((Status::Failed, format!("check run failed: {e}"))),
+        }
+    }
+
     /// The model's CPU forward pass with libtorch's default threads, timed
     /// once, on first use (this process still has them, as the rules of
     /// [`crate::intra_op`] want): the server processes get the intra-op
@@ -231,7 +301,7 @@ impl Context<'_> {
         if let Some(&t) = self.forward.get() {
             return Ok(t);
         }
-        let t = crate::intra_op::time_forward(self.model, &self.opts.shape).map_err(|e| e.to_string())?;
+        let t = crate::intra_op::time_forward(&self.model, &self.opts.shape).map_err(|e| e.to_string())?;
         tracing::info!(
             "a CPU forward pass takes {t:?}: shared-memory server processes get {} intra-op threads, gRPC ones {}",
             crate::intra_op::for_shm_clients(t),
@@ -241,20 +311,20 @@ impl Context<'_> {
     }
 }
 
-fn build(name: &str, cx: &Context<'_>) -> std::result::Result<Box<dyn Scheme>, String> {
-    let Context { rt, model, opts, out_shape, gpu, .. } = *cx;
+fn build(name: &str, cx: &Bench<'_>) -> std::result::Result<Box<dyn Scheme>, String> {
+    let Bench { rt, ref model, opts, ref out_shape, gpu, .. } = *cx;
     let all_cores = crate::intra_op::cores();
     match name {
-        "serialize-copy" => boxed(SerializeCopy::start(&opts.model, &opts.shape, all_cores)),
+        "serialize-copy" => boxed(SerializeCopy::start(&opts.server_exe, &opts.model, &opts.shape, all_cores)),
         "cpu-zero-copy" => boxed(SessionScheme::build(rt, model, opts, out_shape, Mode::Cpu)),
         "shm-ipc" => {
             rt.check_mode(Mode::ShmIpc).map_err(|e| e.to_string())?;
             rt.check_mode(opts.server_mode).map_err(|e| e.to_string())?;
-            boxed(ShmIpc::start(&opts.model, &opts.shape, crate::intra_op::for_shm_clients(cx.forward()?), opts.server_mode))
+            boxed(ShmIpc::start(&opts.server_exe, &opts.model, &opts.shape, crate::intra_op::for_shm_clients(cx.forward()?), opts.server_mode))
         }
         "oip-grpc" | "oip-grpc-shm" => {
             rt.check_mode(opts.server_mode).map_err(|e| e.to_string())?;
-            boxed(oip::OipGrpc::start(&opts.model, &opts.shape, out_shape, name == "oip-grpc-shm", crate::intra_op::for_grpc_clients(cx.forward()?), opts.server_mode))
+            boxed(oip::OipGrpc::start(&opts.server_exe, &opts.model, &opts.shape, out_shape, name == "oip-grpc-shm", crate::intra_op::for_grpc_clients(cx.forward()?), opts.server_mode))
         }
         "gpu-copy" | "gpu-pinned" | "gpu-managed" | "gpu-managed-graph" => {
             let mode: Mode = name.parse()?;
@@ -279,45 +349,17 @@ fn build(name: &str, cx: &Context<'_>) -> std::result::Result<Box<dyn Scheme>, S
 
 /// Runs the comparison (progress is logged with `tracing`).
 pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
-    if opts.server_mode == Mode::ShmIpc {
-        return Err(crate::error::Error::Argument("--server-mode shm-ipc is a transport, not a session mode: give cpu, gpu-copy, gpu-pinned, gpu-managed or gpu-managed-graph".into()));
-    }
-    let model = rt.model(&opts.model)?;
-    let n = crate::memory::region::checked_numel(&opts.shape)?;
-    let gpu = rt.check_mode(Mode::GpuCopy).is_ok();
-    let mut check_input = vec![0f32; n];
-    random_input(12345, n, &mut check_input);
-    let reference = model.forward_cpu(&tch::Tensor::from_slice(&check_input).view(opts.shape.as_slice()))?;
-    let out_shape = reference.size();
-    let reference = Vec::<f32>::try_from(reference.flatten(0, -1))?;
-    let model_name = opts.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let cx = Context { rt, model: &model, opts, out_shape: &out_shape, gpu, forward: std::cell::OnceCell::new() };
+    let bench = Bench::new(rt, opts)?;
+    let model_name = bench.model_name.as_str();
 
     // Build and check every scheme.
     let mut results: Vec<SchemeResult> = Vec::new();
-    let mut live: Vec<(String, Box<dyn Scheme>, TimingRecorder)> = Vec::new();
+    let mut live: Vec<(String, PreparedScheme, TimingRecorder)> = Vec::new();
     for name in &opts.schemes {
         tracing::info!("preparing {name}");
-        match build(name, &cx) {
-            Err(reason) => results.push(SchemeResult::without_samples(name, &model_name, Status::Unavailable, reason)),
-            Ok(mut s) => {
-                // GPU convolutions may use TF32 (libtorch's default): a looser bound there.
-                let on_gpu = name.starts_with("gpu")
-                    || name == "py-cuda-graph"
-                    || (gpu && matches!(name.as_str(), "tch-naive" | "py-torchscript"))
-                    || (opts.server_mode.needs_gpu() && SERVER_SCHEMES.contains(&name.as_str()));
-                let tol = if on_gpu { 2e-2 } else { 1e-5 };
-                match s.check(&check_input) {
-                    Ok(out) if max_rel_err(&out, &reference) <= tol => live.push((name.clone(), s, TimingRecorder::new())),
-                    Ok(out) => results.push(SchemeResult::without_samples(
-                        name,
-                        &model_name,
-                        Status::Failed,
-                        format!("wrong answer: relative error {} against CPU eager (limit {tol})", max_rel_err(&out, &reference)),
-                    )),
-                    Err(e) => results.push(SchemeResult::without_samples(name, &model_name, Status::Failed, format!("check run failed: {e}"))),
-                }
-            }
+        match bench.prepare(name) {
+            Ok(s) => live.push((name.clone(), s, TimingRecorder::new())),
+            Err((status, reason)) => results.push(SchemeResult::without_samples(name, model_name, status, reason)),
         }
     }
 
@@ -334,7 +376,6 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let inputs = InputPool::new(n);
     let mut failed: Vec<(String, String)> = Vec::new();
     let warm_start = Instant::now();
     let mut round: u64 = 0;
@@ -347,9 +388,8 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         for j in 0..live.len() {
             let idx = (j + round as usize) % live.len();
             let (name, scheme, timing) = &mut live[idx];
-            for k in 0..this_burst {
-                let seed = round * burst + k + 1;
-                match scheme.refresh(seed, inputs.get(seed)).and_then(|_| scheme.request()) {
+            for _ in 0..this_burst {
+                match scheme.request() {
                     Ok(t) if !warming => timing.record(t),
                     Ok(_) => {}
                     Err(e) => {
@@ -375,10 +415,10 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
     }
     bar.finish_and_clear();
     for (name, s, timing) in &live {
-        results.push(SchemeResult::measured(name, &model_name, s.threads(), timing));
+        results.push(SchemeResult::measured(name, model_name, s.threads(), timing));
     }
     for (name, reason) in failed {
-        results.push(SchemeResult::without_samples(&name, &model_name, Status::Failed, reason));
+        results.push(SchemeResult::without_samples(&name, model_name, Status::Failed, reason));
     }
     results.sort_by_key(|r| SCHEMES.iter().position(|s| *s == r.scheme).unwrap_or(usize::MAX));
     add_ratios(&mut results);

@@ -150,10 +150,10 @@ impl OipGrpc {
     /// `threads`: [`crate::intra_op::for_grpc_clients`], taken before the
     /// measuring thread is pinned (after, [`crate::intra_op::cores`] counts
     /// that thread's one core).
-    pub(crate) fn start(model: &Path, shape: &[i64], out_shape: &[i64], shm: bool, threads: usize, mode: Mode) -> Result<Self> {
+    pub(crate) fn start(exe: &Path, model: &Path, shape: &[i64], out_shape: &[i64], shm: bool, threads: usize, mode: Mode) -> Result<Self> {
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
         let args = ["serve", "--grpc", "127.0.0.1:0", "--mode", mode.id(), "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
-        let (server, addr) = ServerChild::start_reporting(args.into_iter().chain([OsString::from(format!("{MODEL}={}", model.display()))]), "grpc")?;
+        let (server, addr) = ServerChild::start_reporting(exe, args.into_iter().chain([OsString::from(format!("{MODEL}={}", model.display()))]), "grpc")?;
         let addr = addr.as_str();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -12,6 +12,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 
@@ -85,10 +86,10 @@ pub(crate) struct SerializeCopy {
 }
 
 impl SerializeCopy {
-    pub(crate) fn start(model: &Path, shape: &[i64], threads: usize) -> Result<Self> {
+    pub(crate) fn start(exe: &Path, model: &Path, shape: &[i64], threads: usize) -> Result<Self> {
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
         let args = ["bench-json-server", "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
-        let (server, addr) = ServerChild::start_reporting(args.into_iter().chain([model.as_os_str().to_owned()]), "http")?;
+        let (server, addr) = ServerChild::start_reporting(exe, args.into_iter().chain([model.as_os_str().to_owned()]), "http")?;
         let n = shape.iter().product::<i64>() as usize;
         Ok(Self { url: format!("http://{addr}/infer"), agent: ureq::Agent::new_with_defaults(), input: vec![0.0; n], output: Vec::new(), server: server_threads_note(threads, "all cores: its client blocks"), _server: server })
     }
@@ -166,23 +167,35 @@ impl Scheme for SessionScheme {
 pub(super) struct ServerChild(pub(super) Child);
 
 impl ServerChild {
-    /// Starts this binary with `args` and reads the first line it prints,
-    /// `KEY=VALUE` (a server's address, once it listens): returns the child
-    /// and VALUE. The child's log goes to the bench's stderr.
-    pub(super) fn start_reporting(args: impl IntoIterator<Item = OsString>, key: &str) -> Result<(Self, String)> {
-        let exe = std::env::current_exe().map_err(|e| Error::Os { call: "finding the uminfer binary", source: e })?;
+    /// Starts the `uminfer` binary `exe` with `args` and reads the first line
+    /// it prints, `KEY=VALUE` (a server's address, once it listens): returns
+    /// the child and VALUE. The child's log goes to the bench's stderr.
+    pub(super) fn start_reporting(exe: &Path, args: impl IntoIterator<Item = OsString>, key: &str) -> Result<(Self, String)> {
         let args: Vec<OsString> = args.into_iter().collect();
         let what = args.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();
-        let mut child = Self(
-            Command::new(exe)
-                .args(&args)
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .map_err(|source| Error::Os { call: "starting a uminfer server process", source })?,
-        );
+        let mut cmd = Command::new(exe);
+        cmd.args(&args).env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        // A bench killed outright (SIGKILL, or SIGTERM to it alone) runs no
+        // Drop: its servers get SIGTERM from the kernel instead of staying
+        // behind. (The signal follows the thread that started the child; the
+        // bench starts its servers from the thread that runs it throughout.)
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the child between fork and exec and
+        // calls only prctl(2) and getppid(2), both async-signal-safe; it
+        // allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The bench may have died before the prctl took effect.
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            })
+        };
+        let mut child = Self(cmd.spawn().map_err(|source| Error::Os { call: "starting a uminfer server process", source })?);
         let stdout = child.0.stdout.take().ok_or_else(|| Error::Session(format!("uminfer {what}: no stdout pipe")))?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).map_err(|source| Error::Os { call: "reading a server process's first line", source })?;
@@ -223,11 +236,11 @@ pub(crate) struct ShmIpc {
 }
 
 impl ShmIpc {
-    pub(crate) fn start(model: &Path, shape: &[i64], threads: usize, mode: Mode) -> Result<Self> {
+    pub(crate) fn start(exe: &Path, model: &Path, shape: &[i64], threads: usize, mode: Mode) -> Result<Self> {
         let name = format!("bench-{}", std::process::id());
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
         let args = ["serve", "--name", &name, "--mode", mode.id(), "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
-        let (server, _) = ServerChild::start_reporting(args.into_iter().chain([model.as_os_str().to_owned()]), "ipc")?;
+        let (server, _) = ServerChild::start_reporting(exe, args.into_iter().chain([model.as_os_str().to_owned()]), "ipc")?;
         let client = Client::connect(&name, Duration::from_secs(10))?;
         let why = if threads < crate::intra_op::cores() { "cores - 1, as `uminfer serve` chooses: a tiny forward pass" } else { "all cores, as `uminfer serve` chooses: its client gives its core away while it polls" };
         let note = format!("{}; serve --mode {mode}", server_threads_note(threads, why));
