@@ -24,9 +24,13 @@ use uminfer::bench::stats::Status;
 use uminfer::bench::{Bench, BenchOptions, SCHEMES};
 use uminfer::Runtime;
 
+/// `uminfer bench`'s options on `tiny`. `UMINFER_MODELS_DIR` and
+/// `UMINFER_BIN` point elsewhere than this checkout's `models/` and cargo's
+/// `uminfer` (a GPU host runs this bench from `ci/gpu-bundle`'s folder).
 fn options() -> BenchOptions {
+    let models = std::env::var_os("UMINFER_MODELS_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"), PathBuf::from);
     BenchOptions {
-        model: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny.pt"),
+        model: models.join("tiny.pt"),
         shape: vec![1, 3, 128, 128],
         // Criterion decides how many requests; these only steer `uminfer bench`'s own loop.
         requests: 0,
@@ -44,7 +48,7 @@ fn options() -> BenchOptions {
         stage_input: false,
         server_mode: uminfer::Mode::Cpu,
         core: Some(0),
-        server_exe: PathBuf::from(env!("CARGO_BIN_EXE_uminfer")),
+        server_exe: std::env::var_os("UMINFER_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_uminfer")), PathBuf::from),
         progress: false,
     }
 }
@@ -52,7 +56,7 @@ fn options() -> BenchOptions {
 fn schemes(c: &mut Criterion) {
     let rt = Runtime::new();
     let opts = options();
-    let bench = Bench::new(&rt, &opts).expect("loading models/tiny.pt (run `bash ci/setup` first)");
+    let bench = Bench::new(&rt, &opts).unwrap_or_else(|e| panic!("loading {} (run `bash ci/setup` first): {e}", opts.model.display()));
     let mut ready = Vec::new();
     for name in SCHEMES {
         match bench.prepare(name) {
