@@ -1,6 +1,7 @@
 //! `uminfer bench`: every scheme side by side on one model, interleaved
 //! round-robin in one run, each checked against the CPU eager result before
-//! it is timed.
+//! it is timed. [`Bench::prepare`] gives one scheme, built and checked, to
+//! another harness (the criterion bench `benches/schemes.rs`).
 //!
 //! | module | holds |
 //! |---|---|
