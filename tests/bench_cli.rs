@@ -206,14 +206,15 @@ fn state_and_parent(pid: u32) -> Option<(char, u32)> {
 }
 
 /// A bench killed outright (SIGKILL: no Drop runs) takes its server
-/// processes with it: the kernel sends them SIGTERM (PR_SET_PDEATHSIG).
+/// processes with it: the kernel sends them SIGTERM (PR_SET_PDEATHSIG); its
+/// Python peer ends when its standard input closes.
 #[test]
 fn killed_bench_leaves_no_server_behind() {
     let mut bench = Command::new(common::uminfer_bin())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["bench", "--model"])
         .arg(common::model_path("tiny.pt"))
-        .args(["--requests", "1000000", "--warmup-secs", "0", "--schemes", "shm-ipc,serialize-copy"])
+        .args(["--requests", "1000000", "--warmup-secs", "0", "--schemes", "shm-ipc,serialize-copy,py-torchscript"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -228,10 +229,10 @@ fn killed_bench_leaves_no_server_behind() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let servers = loop {
         let c = children();
-        if c.len() >= 2 {
-            break c; // both servers started: the bench is measuring
+        if c.len() >= 3 {
+            break c; // both servers and the peer started
         }
-        assert!(std::time::Instant::now() < deadline, "the bench did not start its two servers");
+        assert!(std::time::Instant::now() < deadline, "the bench did not start its two servers and its Python peer");
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     bench.kill().unwrap();
@@ -239,7 +240,7 @@ fn killed_bench_leaves_no_server_behind() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     // Gone, or a zombie waiting for a reaper that is not ours to be.
     while servers.iter().any(|&pid| state_and_parent(pid).is_some_and(|(state, _)| state != 'Z')) {
-        assert!(std::time::Instant::now() < deadline, "server processes {servers:?} outlived their bench by 30 s");
+        assert!(std::time::Instant::now() < deadline, "child processes {servers:?} outlived their bench by 30 s");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
