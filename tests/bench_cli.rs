@@ -198,10 +198,9 @@ fn ipc_gpu_choice_reads_bench_runs_and_applies_its_rule() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// State and parent of process `pid` from `/proc/PID/stat` (`None` once it is gone).
+/// State and parent of process `pid` (`None` once it is gone).
 fn state_and_parent(pid: u32) -> Option<(char, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let f = common::proc_stat(pid)?;
     Some((f[0].chars().next()?, f[1].parse().ok()?))
 }
 

@@ -93,11 +93,17 @@ pub fn wait_or_kill(child: &mut std::process::Child, grace: std::time::Duration)
     }
 }
 
+/// The fields of `/proc/PID/stat` after the command name (`[0]` the state,
+/// `[1]` the parent pid, `[11]`/`[12]` user/system ticks), or `None` once
+/// the process is gone.
+pub fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat[stat.rfind(')')? + 2..].split_whitespace().map(String::from).collect())
+}
+
 /// CPU time (user + system, seconds) process `pid` has used so far, from `/proc`.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
-    let after_comm = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    let f = proc_stat(pid).expect("/proc stat of a live process");
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks
