@@ -86,9 +86,21 @@ pub fn shared_by(threads: usize, concurrent: usize) -> usize {
     (threads / concurrent.max(1)).max(1)
 }
 
+/// How many passes [`time_forward`] times: at least the first count, at
+/// most the second, and in between until [`PROBE_TIME`] went into them.
+pub const PROBE_PASSES: std::ops::RangeInclusive<u32> = 5..=200;
+/// See [`PROBE_PASSES`].
+pub const PROBE_TIME: Duration = Duration::from_millis(20);
+
 /// Time of a CPU forward pass of `model` on zeros of `input_shape`, with the
-/// process's current threads: the fastest of 5 after 3 untimed passes (the
-/// fastest, since other load on the machine only ever adds time).
+/// process's current threads: the fastest of [`PROBE_PASSES`] passes (as
+/// many as fit in [`PROBE_TIME`]) after 3 untimed ones. The fastest, since
+/// other load on the machine only ever adds time; many, because a process's
+/// first passes are slow for longer than 3 passes (TorchScript's profiling
+/// runs, an OpenMP team starting): on the 2-core Intel machine the
+/// `identity` model's fastest of 5 was 57–841 µs in 5 server starts out of
+/// 24 (7.6–16.5 µs in the others), which gave it a second thread it pays
+/// for on every request.
 ///
 /// The passes run on a thread of their own that ends afterwards, taking its
 /// OpenMP team with it: see [`on_passing_thread`].
@@ -98,14 +110,23 @@ pub fn time_forward(model: &Model, input_shape: &[i64]) -> Result<Duration> {
         for _ in 0..3 {
             drop(model.forward_cpu(&x)?);
         }
-        let mut fastest = Duration::MAX;
-        for _ in 0..5 {
+        let (mut fastest, mut spent, mut passes) = (Duration::MAX, Duration::ZERO, 0);
+        while probe_more(passes, spent) {
             let t = Instant::now();
             drop(model.forward_cpu(&x)?);
-            fastest = fastest.min(t.elapsed());
+            let took = t.elapsed();
+            fastest = fastest.min(took);
+            spent += took;
+            passes += 1;
         }
         Ok(fastest)
     })
+}
+
+/// Whether [`time_forward`] times another pass after `passes` that took
+/// `spent` in all.
+fn probe_more(passes: u32, spent: Duration) -> bool {
+    passes < *PROBE_PASSES.start() || (passes < *PROBE_PASSES.end() && spent < PROBE_TIME)
 }
 
 /// Runs `f` (CPU forward passes made once, at start: probes, timing) on a
@@ -137,6 +158,19 @@ mod tests {
         assert_eq!(for_shm_clients(PARALLEL_WORTHWHILE), cores());
         assert_eq!(for_shm_clients(Duration::from_micros(150)), cores());
         assert_eq!(for_shm_clients(Duration::from_millis(9)), cores());
+    }
+
+    #[test]
+    fn the_probe_times_at_least_5_passes_at_most_200_and_between_fills_its_time() {
+        // A slow model (8 ms a pass, like resnet18 on 2 cores): 5 passes, though they take 40 ms.
+        assert!(probe_more(4, Duration::from_millis(32)));
+        assert!(!probe_more(5, Duration::from_millis(40)));
+        // A middling one (150 µs, like tiny): passes until 20 ms went into them...
+        assert!(probe_more(100, Duration::from_millis(15)));
+        assert!(!probe_more(134, PROBE_TIME));
+        // ...a fast one (10 µs, like identity): never more than 200.
+        assert!(probe_more(199, Duration::from_millis(2)));
+        assert!(!probe_more(200, Duration::from_millis(2)));
     }
 
     #[test]
