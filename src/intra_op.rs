@@ -86,21 +86,41 @@ pub fn shared_by(threads: usize, concurrent: usize) -> usize {
     (threads / concurrent.max(1)).max(1)
 }
 
-/// How many passes [`time_forward`] times: at least the first count, at
+/// How many passes [`fastest_pass`] times: at least the first count, at
 /// most the second, and in between until [`PROBE_TIME`] went into them.
 pub const PROBE_PASSES: std::ops::RangeInclusive<u32> = 5..=200;
 /// See [`PROBE_PASSES`].
 pub const PROBE_TIME: Duration = Duration::from_millis(20);
 
-/// Time of a CPU forward pass of `model` on zeros of `input_shape`, with the
-/// process's current threads: the fastest of [`PROBE_PASSES`] passes (as
-/// many as fit in [`PROBE_TIME`]) after 3 untimed ones. The fastest, since
+/// The fastest of [`PROBE_PASSES`] runs of `pass` (as many as fit in
+/// [`PROBE_TIME`]); `pass` returns how long it took. The fastest, since
 /// other load on the machine only ever adds time; many, because a process's
-/// first passes are slow for longer than 3 passes (TorchScript's profiling
-/// runs, an OpenMP team starting): on the 2-core Intel machine the
-/// `identity` model's fastest of 5 was 57–841 µs in 5 server starts out of
-/// 24 (7.6–16.5 µs in the others), which gave it a second thread it pays
-/// for on every request.
+/// first passes are slow for longer than a few passes (TorchScript's
+/// profiling runs, an OpenMP team starting): on the 2-core Intel machine the
+/// `identity` model's fastest of 5 after 3 untimed passes was 57–841 µs in
+/// 5 server starts out of 24 (7.6–16.5 µs in the others), which gave it a
+/// second thread it pays for on every request. The start-up decisions that
+/// depend on a pass's time ([`time_forward`], the gRPC server's inline
+/// limit) all measure it so.
+pub fn fastest_pass(mut pass: impl FnMut() -> Result<Duration>) -> Result<Duration> {
+    let (mut fastest, mut spent, mut passes) = (Duration::MAX, Duration::ZERO, 0);
+    while probe_more(passes, spent) {
+        let took = pass()?;
+        fastest = fastest.min(took);
+        spent += took;
+        passes += 1;
+    }
+    Ok(fastest)
+}
+
+/// Whether [`fastest_pass`] runs another pass after `passes` that took
+/// `spent` in all.
+fn probe_more(passes: u32, spent: Duration) -> bool {
+    passes < *PROBE_PASSES.start() || (passes < *PROBE_PASSES.end() && spent < PROBE_TIME)
+}
+
+/// Time of a CPU forward pass of `model` on zeros of `input_shape`, with the
+/// process's current threads: [`fastest_pass`] after 3 untimed passes.
 ///
 /// The passes run on a thread of their own that ends afterwards, taking its
 /// OpenMP team with it: see [`on_passing_thread`].
@@ -110,23 +130,12 @@ pub fn time_forward(model: &Model, input_shape: &[i64]) -> Result<Duration> {
         for _ in 0..3 {
             drop(model.forward_cpu(&x)?);
         }
-        let (mut fastest, mut spent, mut passes) = (Duration::MAX, Duration::ZERO, 0);
-        while probe_more(passes, spent) {
+        fastest_pass(|| {
             let t = Instant::now();
             drop(model.forward_cpu(&x)?);
-            let took = t.elapsed();
-            fastest = fastest.min(took);
-            spent += took;
-            passes += 1;
-        }
-        Ok(fastest)
+            Ok(t.elapsed())
+        })
     })
-}
-
-/// Whether [`time_forward`] times another pass after `passes` that took
-/// `spent` in all.
-fn probe_more(passes: u32, spent: Duration) -> bool {
-    passes < *PROBE_PASSES.start() || (passes < *PROBE_PASSES.end() && spent < PROBE_TIME)
 }
 
 /// Runs `f` (CPU forward passes made once, at start: probes, timing) on a
@@ -171,6 +180,19 @@ mod tests {
         // ...a fast one (10 µs, like identity): never more than 200.
         assert!(probe_more(199, Duration::from_millis(2)));
         assert!(!probe_more(200, Duration::from_millis(2)));
+    }
+
+    #[test]
+    fn fastest_pass_keeps_the_fastest_and_stops_at_an_error() {
+        let mut took = [300u64, 40, 90, 12, 70, 55].into_iter().cycle().map(Duration::from_micros);
+        assert_eq!(fastest_pass(|| Ok(took.next().unwrap())).unwrap(), Duration::from_micros(12));
+        let mut calls = 0;
+        let failed = fastest_pass(|| {
+            calls += 1;
+            if calls == 3 { Err(crate::error::Error::Session("third pass failed".into())) } else { Ok(Duration::from_micros(5)) }
+        });
+        assert!(failed.is_err_and(|e| e.to_string().contains("third pass failed")));
+        assert_eq!(calls, 3);
     }
 
     #[test]

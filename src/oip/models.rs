@@ -143,15 +143,12 @@ pub struct ServedModel {
     pub mode: crate::Mode,
     /// The sessions that run it.
     pub pool: SessionPool,
-    /// How long one of its requests takes in a session after warm-up (the
-    /// fastest of [`TIMED_RUNS`], over the session's own regions).
+    /// How long one of its requests takes in a session after warm-up
+    /// ([`crate::intra_op::fastest_pass`], over the session's own regions).
     pub request_time: Duration,
     /// Its requests' statistics (`ModelStatistics`).
     pub stats: super::stats::ModelStats,
 }
-
-/// Requests timed per model at load.
-pub const TIMED_RUNS: usize = 3;
 
 impl ServedModel {
     /// Loads `source`, probes its output on zeros of `input_shape`, builds `sessions` sessions in `mode`.
@@ -176,10 +173,7 @@ impl ServedModel {
         let pool = SessionPool::new(rt, &model, spec, sessions.max(1))?;
         let (mode, request_time) = {
             let mut s = pool.checkout();
-            let mut fastest = Duration::MAX;
-            for _ in 0..TIMED_RUNS {
-                fastest = fastest.min(s.run()?.host);
-            }
+            let fastest = crate::intra_op::fastest_pass(|| Ok(s.run()?.host))?;
             s.reset_timing();
             tracing::info!(
                 "model {} ({}): input {input_shape:?}, output {output_shape:?}, mode {}: {}; a request takes {:.1} µs",
