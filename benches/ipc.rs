@@ -30,7 +30,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 use uminfer::doctor::{self, probe::ProbeOptions};
 use uminfer::ipc::Client;
-use uminfer::{Runtime, Session, SessionSpec};
+use uminfer::{Runtime, TypedSession, SessionSpec};
 
 const SHAPE: [i64; 4] = [1, 3, 128, 128];
 const N: usize = 3 * 128 * 128;
@@ -156,7 +156,7 @@ fn http_json(c: &mut Criterion) {
 fn in_process(c: &mut Criterion) {
     let rt = runtime();
     let m = rt.model(model("tiny.pt")).expect("model");
-    let mut s: Session = rt.session(&m, SessionSpec::new(&SHAPE, &[1, 10])).expect("session");
+    let mut s: TypedSession = rt.typed_session(&m, SessionSpec::new().input_shape(&SHAPE)).expect("session");
     let x = input();
     pinned(|| {
         c.bench_function("in_process_cpu_session/tiny", |b| {

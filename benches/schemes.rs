@@ -30,8 +30,10 @@ use uminfer::Runtime;
 fn options() -> BenchOptions {
     let models = std::env::var_os("UMINFER_MODELS_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"), PathBuf::from);
     BenchOptions {
-        model: models.join("tiny.pt"),
-        shape: vec![1, 3, 128, 128],
+        models: vec![models.join("tiny.pt")],
+        inputs: Vec::new(),
+        input_ranges: Vec::new(),
+        sample_inputs: None,
         // Criterion decides how many requests; these only steer `uminfer bench`'s own loop.
         requests: 0,
         burst: 1,
@@ -56,7 +58,8 @@ fn options() -> BenchOptions {
 fn schemes(c: &mut Criterion) {
     let rt = Runtime::new();
     let opts = options();
-    let bench = Bench::new(&rt, &opts).unwrap_or_else(|e| panic!("loading {} (run `bash ci/setup` first): {e}", opts.model.display()));
+    let model = &opts.models[0];
+    let bench = Bench::new(&rt, &opts, model).unwrap_or_else(|e| panic!("loading {} (run `bash ci/setup` first): {e}", model.display()));
     let mut ready = Vec::new();
     for name in SCHEMES {
         match bench.prepare(name) {

@@ -40,7 +40,7 @@ def runs(folder):
             doc = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if doc.get("schema_version") == 1 and "results" in doc:
+        if doc.get("schema_version") == 2 and "results" in doc and doc.get("models"):
             yield path.name, doc
 
 
@@ -56,14 +56,18 @@ SMALL = 1024
 
 
 def elements(doc):
-    n = 1
-    for d in doc.get("shape", []):
-        n *= d
-    return n
+    """Input elements of the run's (first) model, all inputs together."""
+    total = 0
+    for i in doc["models"][0]["inputs"]:
+        n = 1
+        for d in i["shape"]:
+            n *= d
+        total += n
+    return total
 
 
 def model_is(doc, name):
-    return pathlib.Path(doc["model"]).stem == name
+    return pathlib.Path(doc["models"][0]["path"]).name == name + ".pt"
 
 
 def main(folder):

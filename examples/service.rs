@@ -1,16 +1,19 @@
 //! A service embedding uminfer: one `SessionPool` shared by several request
 //! threads, each checking results against the model's own eager output.
+//! Any model whose inputs are recorded (the reference models are) works:
+//! the inputs are drawn per dtype, inside each input's recorded value range.
 //!
 //! ```sh
 //! cargo run --release --example service -- [MODEL] [MODE] [SESSIONS] [THREADS] [REQUESTS]
-//! cargo run --release --example service -- models/tiny.pt cpu 2 4 200
+//! cargo run --release --example service -- models/encoder.pt cpu 2 4 200
 //! ```
 //! MODE is `auto` by default (the fastest mode this machine can run).
 
 use anyhow::{bail, Context};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use uminfer::session::ModeChoice;
+use uminfer::host_tensor::{fill_random, HostTensor};
+use uminfer::session::{ModeChoice, TensorMut, TensorRef};
 use uminfer::{Runtime, SessionPool, SessionSpec};
 
 fn main() -> anyhow::Result<()> {
@@ -25,36 +28,46 @@ fn main() -> anyhow::Result<()> {
 
     let rt = Runtime::new();
     let model = rt.model(&model_path)?;
-    let input_shape = [1i64, 3, 128, 128];
-    let probe = model.forward_cpu(&tch::Tensor::zeros(input_shape, (tch::Kind::Float, tch::Device::Cpu)))?;
-    let spec = SessionSpec::new(&input_shape, &probe.size()).mode_choice(mode).calibration_runs(10);
-    let pool: SessionPool = SessionPool::new(&rt, &model, spec, sessions)?;
+    // The outputs (names, dtypes, shapes) are found when the sessions are built.
+    let pool = SessionPool::new(&rt, &model, SessionSpec::new().mode_choice(mode).calibration_runs(10), sessions)?;
     {
         let s = pool.checkout();
         eprintln!("{} sessions in mode {}: {}", pool.size(), s.mode(), s.note());
     }
-    let n_in: usize = input_shape.iter().product::<i64>() as usize;
-    let n_out: usize = probe.numel();
+    let ranges: Vec<Option<(i64, i64)>> = model.inputs()?.iter().map(|i| i.range).collect();
     let mismatches = AtomicU64::new(0);
     let start = Instant::now();
     std::thread::scope(|sc| -> anyhow::Result<()> {
         let mut handles = Vec::new();
         for t in 0..threads {
-            let (pool, model, mismatches) = (&pool, &model, &mismatches);
+            let (pool, model, ranges, mismatches) = (&pool, &model, &ranges, &mismatches);
             handles.push(sc.spawn(move || -> anyhow::Result<()> {
-                let mut input = vec![0f32; n_in];
-                let mut output = vec![0f32; n_out];
+                // This thread's request and response memory, reused.
+                let mut inputs = pool.inputs().iter().map(|i| HostTensor::zeros(&i.name, i.dtype, &i.shape)).collect::<uminfer::Result<Vec<_>>>()?;
+                let mut outputs: Vec<Vec<u8>> = pool.outputs().iter().map(|o| vec![0u8; o.byte_len()]).collect();
                 for i in 0..requests {
-                    let v = ((t * requests + i) % 97) as f32 / 97.0;
-                    input.iter_mut().enumerate().for_each(|(j, x)| *x = v * ((j % 13) as f32 / 13.0));
-                    pool.infer(&input, &mut output)?;
+                    for (k, x) in inputs.iter_mut().enumerate() {
+                        let mut bytes = x.bytes().to_vec();
+                        fill_random(x.dtype, ranges[k], (t * requests + i) as u64, &mut bytes);
+                        *x = HostTensor::new(&x.name, x.dtype, &x.shape, bytes)?;
+                    }
+                    let ins: Vec<TensorRef> = inputs.iter().map(|x| TensorRef::from_bytes(x.dtype, x.bytes())).collect::<uminfer::Result<_>>()?;
+                    let mut outs: Vec<TensorMut> = outputs
+                        .iter_mut()
+                        .zip(pool.outputs())
+                        // SAFETY: a Vec<u8> is initialised, and viewing initialised bytes as
+                        // MaybeUninit claims nothing more.
+                        .map(|(o, info)| TensorMut::from_bytes(info.dtype, unsafe { &mut *(o.as_mut_slice() as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) }))
+                        .collect::<uminfer::Result<_>>()?;
+                    pool.infer(&ins, &mut outs)?;
+                    drop(outs);
                     if i % 50 == 0 {
                         // Spot-check against an eager run on a copy.
-                        let want = model.forward_cpu(&tch::Tensor::from_slice(&input).view(input_shape))?;
-                        let want = Vec::<f32>::try_from(want.flatten(0, -1))?;
-                        let scale = want.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
-                        if output.iter().zip(&want).any(|(a, b)| (a - b).abs() / scale > 1e-3) {
-                            mismatches.fetch_add(1, Ordering::Relaxed);
+                        for (got, want) in outputs.iter().zip(model.run_cpu(&inputs)?) {
+                            let got = HostTensor::new(&want.name, want.dtype, &want.shape, got.clone())?;
+                            if got.check_close(&want, 1e-3).is_err() {
+                                mismatches.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
                 }

@@ -89,6 +89,22 @@ pub enum Error {
     #[error("session: {0}")]
     Session(String),
 
+    /// A session's declarations do not fit the model's inputs.
+    #[error("model {}: {source}", path.display())]
+    Signature {
+        path: PathBuf,
+        #[source]
+        source: crate::model::signature::SignatureError,
+    },
+
+    /// A tensor accessed or given with another dtype than the session's.
+    #[error("tensor `{tensor}` holds {expected}, not {given}")]
+    DType { tensor: String, expected: crate::dtype::DType, given: crate::dtype::DType },
+
+    /// A tensor name or index the session does not have.
+    #[error("the session has no {side} {given}; its {side}s: {known}")]
+    NoSuchTensor { side: &'static str, given: String, known: String },
+
     /// CUDA graph capture failed (and eager fallback was not allowed).
     #[error("CUDA graph capture failed: {0}; allow eager fallback with SessionSpec::allow_eager_fallback(true) to run without a graph")]
     Capture(String),

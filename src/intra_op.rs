@@ -35,7 +35,7 @@
 //! between parallel regions in every team (see [`on_passing_thread`]).
 
 use crate::error::Result;
-use crate::runtime::Model;
+use crate::model::{Model, TensorInfo};
 use std::time::{Duration, Instant};
 
 /// A forward pass shorter than this (timed with libtorch's default threads)
@@ -119,20 +119,22 @@ fn probe_more(passes: u32, spent: Duration) -> bool {
     passes < *PROBE_PASSES.start() || (passes < *PROBE_PASSES.end() && spent < PROBE_TIME)
 }
 
-/// Time of a CPU forward pass of `model` on zeros of `input_shape`, with the
-/// process's current threads: [`fastest_pass`] after 3 untimed passes.
+/// Time of a CPU forward pass of `model` on zeros of `inputs` (the
+/// session's inputs, in the model's order), with the process's current
+/// threads: [`fastest_pass`] after 3 untimed passes.
 ///
 /// The passes run on a thread of their own that ends afterwards, taking its
 /// OpenMP team with it: see [`on_passing_thread`].
-pub fn time_forward(model: &Model, input_shape: &[i64]) -> Result<Duration> {
+pub fn time_forward(model: &Model, inputs: &[TensorInfo]) -> Result<Duration> {
     on_passing_thread(|| {
-        let x = tch::Tensor::f_zeros(input_shape, (tch::Kind::Float, tch::Device::Cpu))?;
+        let loaded = model.loaded(tch::Device::Cpu)?;
+        let xs = inputs.iter().map(|i| Ok(tch::Tensor::f_zeros(&i.shape, (i.dtype.kind(), tch::Device::Cpu))?)).collect::<Result<Vec<_>>>()?;
         for _ in 0..3 {
-            drop(model.forward_cpu(&x)?);
+            drop(loaded.forward(&xs)?);
         }
         fastest_pass(|| {
             let t = Instant::now();
-            drop(model.forward_cpu(&x)?);
+            drop(loaded.forward(&xs)?);
             Ok(t.elapsed())
         })
     })

@@ -9,15 +9,18 @@
 //! |---|---|
 //! | [`ipc`] | shared-memory transport on iceoryx2: `uminfer serve`, [`ipc::Client`] |
 //! | [`oip`] | Open Inference Protocol (KServe v2) gRPC endpoint: `uminfer serve --grpc` |
-//! | [`runtime`] | [`Runtime`](runtime::Runtime) (startup probe, mode gate) and [`Model`](runtime::Model) |
-//! | [`session`] | [`Session`](session::Session), [`SessionPool`](session::SessionPool): requests over zero-copy regions, CUDA graphs, timing |
+//! | [`runtime`] | [`Runtime`](runtime::Runtime): startup probe, mode gate, the door to models and sessions |
+//! | [`model`] | [`Model`](model::Model): TorchScript files and AOTInductor packages, their signatures |
+//! | [`session`] | [`Session`](session::Session) (named tensors of any dtype), [`TypedSession`](session::TypedSession), [`SessionPool`](session::SessionPool): requests over zero-copy regions, CUDA graphs, timing |
+//! | [`dtype`] | [`DType`](dtype::DType): the element types, and their names in libtorch, NumPy and the protocol |
+//! | [`host_tensor`] | [`HostTensor`](host_tensor::HostTensor): owned named tensors, `.npy` / `.npz` files |
 //! | [`bench`] | `uminfer bench`: every scheme side by side, statistics, table, JSON, SVG |
 //! | [`doctor`] | startup diagnostics: facts, checks, usable modes |
 //! | [`mode`] | the execution modes and their ids |
 //! | [`cuda`] | the CUDA driver and NVRTC through cudarc, loaded at run time |
 //! | [`kernels`] | the CUDA kernels of `kernels/*.cu`, embedded |
 //! | [`ops`] | preprocess (u8 HWC → normalised f32 NCHW) and postprocess (softmax, top-k) kernels with CPU references |
-//! | [`shim`] | what tch lacks, from the C++ shim: streams, CUDA graphs, libtorch facts |
+//! | [`shim`] | what tch lacks, from the C++ shim: models of any signature, streams, CUDA graphs, libtorch facts |
 //! | [`memory`] | zero-copy regions (host, managed, pinned-mapped), views, pool |
 //! | [`intra_op`] | libtorch intra-op threads of server processes whose clients share the machine |
 //! | [`malloc_tuning`] | glibc malloc thresholds that keep freed memory for the next request |
@@ -32,7 +35,9 @@ pub mod bench;
 pub mod build_info;
 pub mod cuda;
 pub mod doctor;
+pub mod dtype;
 pub mod error;
+pub mod host_tensor;
 pub mod intra_op;
 pub mod ipc;
 pub mod kernels;
@@ -40,6 +45,7 @@ pub mod loaded_libs;
 pub mod malloc_tuning;
 pub mod memory;
 pub mod mode;
+pub mod model;
 pub mod oip;
 pub mod ops;
 pub mod runtime;
@@ -48,6 +54,8 @@ mod torch_version;
 pub mod shim;
 
 pub use error::{Error, Result};
+pub use dtype::DType;
 pub use mode::Mode;
-pub use runtime::{Model, Runtime};
-pub use session::{Session, SessionPool, SessionSpec};
+pub use model::Model;
+pub use runtime::Runtime;
+pub use session::{Session, SessionPool, SessionSpec, TypedSession};

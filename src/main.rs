@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use uminfer::doctor::{self, probe::ProbeOptions, render};
 use uminfer::session::ModeChoice;
-use uminfer::{Runtime, Session, SessionSpec};
+use uminfer::{Runtime, SessionSpec};
 
 #[derive(Parser)]
 #[command(name = "uminfer", version, about = "Zero-copy low-latency libtorch inference runtime")]
@@ -27,11 +27,17 @@ enum Command {
         /// Skip the GPU smoke tests (managed-memory round trip).
         #[arg(long)]
         no_smoke: bool,
+        /// Also diagnose this model: its signature, whether it loads, and
+        /// which modes can run it here (and why not).
+        #[arg(long)]
+        model: Option<PathBuf>,
     },
-    /// Run a TorchScript model on a .npy input through a session; write the output as .npy.
+    /// Run a model (TorchScript .pt or AOTInductor .pt2) on inputs from .npy /
+    /// .npz files through a session; write its outputs (.npy, or .npz for several).
     ///
-    /// Shape and dtype come from the input file (float32) and are checked
-    /// against the model. With --repeat N, prints the timing summary.
+    /// Dtypes and shapes come from the input files and are checked against
+    /// the model. With --repeat N, prints the timing summary. --describe
+    /// prints the model's signature instead.
     Run(RunArgs),
     /// Serve a model over shared memory (iceoryx2) as endpoint `uminfer/NAME`,
     /// or, with --grpc, models over the Open Inference Protocol (KServe v2 gRPC).
@@ -134,15 +140,26 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// TorchScript model file.
+    /// Model file: TorchScript (.pt) or an AOTInductor package (.pt2).
     #[arg(long)]
     model: PathBuf,
-    /// Input tensor (.npy, float32).
+    /// Inputs: NAME=FILE.npy (repeat, one per input), FILE.npy for a model
+    /// with one input, or FILE.npz holding every input under its name.
+    /// bfloat16 inputs take float32 files (converted; NumPy has no bf16).
+    #[arg(long, value_name = "[NAME=]FILE", required_unless_present = "describe")]
+    input: Vec<InputArg>,
+    /// Where to write the outputs: FILE.npy for a model with one output,
+    /// FILE.npz for several (each under its name; bf16 as float32).
+    #[arg(long, required_unless_present = "describe")]
+    output: Option<PathBuf>,
+    /// Print the model's signature (inputs as it records them; outputs from
+    /// one run on zeros) and exit; with --json as JSON.
     #[arg(long)]
-    input: PathBuf,
-    /// Where to write the output tensor (.npy).
-    #[arg(long)]
-    output: PathBuf,
+    describe: bool,
+    /// With --describe: declare an input the model does not record,
+    /// NAME=DTYPE:DIMS (e.g. input_ids=int64:1,128). Repeatable.
+    #[arg(long, value_name = "NAME=DTYPE:DIMS")]
+    input_spec: Vec<uminfer::model::InputDecl>,
     /// cpu, gpu-copy, gpu-pinned, gpu-managed, gpu-managed-graph or auto.
     #[arg(long, default_value = "cpu")]
     mode: ModeChoice,
@@ -155,19 +172,51 @@ struct RunArgs {
     /// Warm-up runs at build (at least 3).
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// Print the timing summary as JSON.
+    /// Print the timing summary (or the signature) as JSON.
     #[arg(long)]
     json: bool,
 }
 
+/// `--input [NAME=]FILE`.
+#[derive(Clone, Debug)]
+struct InputArg {
+    name: Option<String>,
+    path: PathBuf,
+}
+
+impl std::str::FromStr for InputArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.split_once('=') {
+            Some((name, path)) if !name.is_empty() && !name.contains('/') => Self { name: Some(name.into()), path: path.into() },
+            _ => Self { name: None, path: s.into() },
+        })
+    }
+}
+
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// tiny, resnet18, identity (from models/) or a TorchScript path.
+    /// Model: tiny, resnet18, identity, encoder, heads, dtypes (models/NAME.pt),
+    /// a file in models/ (tiny.pt2), or a path. Repeat to run several
+    /// models side by side in one interleaved run.
     #[arg(long, default_value = "tiny")]
-    model: String,
-    /// Input shape, comma-separated.
-    #[arg(long, default_value = "1,3,128,128", value_delimiter = ',')]
-    shape: Vec<i64>,
+    model: Vec<String>,
+    /// The shape of a one-input model's input, comma-separated (its dtype:
+    /// the model's, or float32 when the model records none). Default: what
+    /// the model records.
+    #[arg(long, value_delimiter = ',')]
+    shape: Option<Vec<i64>>,
+    /// Declare an input: NAME=DTYPE:DIMS (e.g. input_ids=int64:1,128). Repeatable.
+    #[arg(long, value_name = "NAME=DTYPE:DIMS")]
+    input_spec: Vec<uminfer::model::InputDecl>,
+    /// Draw integer input NAME's values in [LOW, HIGH) (token ids must stay
+    /// inside the vocabulary). Default: the range the model records, else [0, 2).
+    #[arg(long, value_name = "NAME=LOW..HIGH", value_parser = uminfer::bench::parse_input_range)]
+    input_range: Vec<(String, (i64, i64))>,
+    /// Sample inputs (.npz, each input under its name) for every request
+    /// and the check, instead of random draws.
+    #[arg(long, value_name = "FILE.npz")]
+    inputs: Option<PathBuf>,
     /// Timed requests per scheme (default: 1000, or 100 for resnet18).
     #[arg(long)]
     requests: Option<usize>,
@@ -240,12 +289,23 @@ struct BenchArgs {
     plot: Option<PathBuf>,
 }
 
+/// A bench model argument: a reference name (`models/NAME.pt`), a file in
+/// `models/`, or a path.
+fn model_path(arg: &str) -> PathBuf {
+    let in_models = PathBuf::from("models").join(arg);
+    let reference = PathBuf::from(format!("models/{arg}.pt"));
+    if !arg.contains('/') && !arg.contains('.') && reference.exists() {
+        reference
+    } else if !arg.contains('/') && in_models.exists() {
+        in_models
+    } else {
+        PathBuf::from(arg)
+    }
+}
+
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
     use uminfer::bench::{self, BenchOptions};
-    let model = match a.model.as_str() {
-        "tiny" | "resnet18" | "identity" => PathBuf::from(format!("models/{}.pt", a.model)),
-        path => PathBuf::from(path),
-    };
+    let models: Vec<PathBuf> = a.model.iter().map(|m| model_path(m)).collect();
     let rt = Runtime::new();
     println!("Execution modes on this machine (uminfer doctor):");
     for m in uminfer::Mode::ALL {
@@ -253,10 +313,16 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
             println!("  {:<18} {:<9} {}", m.id(), if v.usable { "usable" } else { "unusable" }, v.reason);
         }
     }
-    let requests = a.requests.unwrap_or(if a.model.contains("resnet") { 100 } else { 1000 });
+    let requests = a.requests.unwrap_or(if a.model.iter().any(|m| m.contains("resnet")) { 100 } else { 1000 });
+    let mut inputs = a.input_spec;
+    if let Some(shape) = a.shape {
+        inputs.push(uminfer::model::InputDecl { name: None, dtype: None, shape: Some(shape) });
+    }
     let opts = BenchOptions {
-        model: model.clone(),
-        shape: a.shape,
+        models,
+        inputs,
+        input_ranges: a.input_range,
+        sample_inputs: a.inputs,
         requests,
         burst: a.burst.unwrap_or((requests / 10).clamp(1, 100)),
         settle: std::time::Duration::try_from_secs_f64(a.settle_ms / 1e3).context("--settle-ms must be a finite number of milliseconds, 0 or more")?,
@@ -278,15 +344,19 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let report = bench::run(&rt, &opts)?;
     let order = if report.burst == 1 { "interleaved".to_string() } else { format!("interleaved in bursts of {}", report.burst) };
     let gpus = if report.machine.gpus.is_empty() { String::new() } else { format!(", {}", report.machine.gpus.join(", ")) };
-    println!("\n{} — {} timed requests per scheme, {order}; {} ({} cores){gpus}", model.display(), requests, report.machine.cpu, report.machine.cores);
+    let labels: Vec<&str> = report.models.iter().map(|m| m.label.as_str()).collect();
+    println!("\n{} — {} timed requests per scheme, {order}; {} ({} cores){gpus}", labels.join(" + "), requests, report.machine.cpu, report.machine.cores);
+    for m in &report.models {
+        let list = |ts: &[uminfer::model::TensorInfo]| ts.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+        println!("  {} ({}): inputs {} ({}); outputs {}", m.label, m.format, list(&m.inputs), m.input_source, list(&m.outputs));
+    }
     print!("{}", bench::stats::table(&report.results));
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;
         tracing::info!("wrote {}", p.display());
     }
     if let Some(p) = &a.plot {
-        let name = model.file_name().map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into_owned());
-        let title = format!("{name} latency, {} ({} cores){gpus}", report.machine.cpu, report.machine.cores);
+        let title = format!("{} latency, {} ({} cores){gpus}", labels.join(" + "), report.machine.cpu, report.machine.cores);
         bench::plot::cdf_svg(&report.results, &title, p)?;
         tracing::info!("wrote {}", p.display());
     }
@@ -338,7 +408,10 @@ fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice
         None if mode == ModeChoice::Fixed(uminfer::Mode::Cpu) => {
             let mut slowest = std::time::Duration::ZERO;
             for (path, input_shape) in models {
-                slowest = slowest.max(intra_op::time_forward(&rt.model(path)?, input_shape)?);
+                // The front ends carry one float32 input (shared-memory protocol v1, the gRPC endpoint).
+                let model = rt.model(path)?;
+                let inputs = model.resolve(&[uminfer::model::InputDecl { name: None, dtype: Some(uminfer::DType::F32), shape: Some(input_shape.to_vec()) }], None)?;
+                slowest = slowest.max(intra_op::time_forward(&model, &inputs)?);
             }
             let (rule, under) = match clients {
                 Clients::SharedMemory => (intra_op::for_shm_clients(slowest), intra_op::PARALLEL_WORTHWHILE),
@@ -390,49 +463,98 @@ fn serve_grpc(opts: uminfer::oip::GrpcOptions, threads: Option<u32>) -> anyhow::
     Ok(())
 }
 
-/// A float32 `.npy` file: its shape and values (other dtypes are refused).
+/// A float32 `.npy` file: its shape and values (the shared-memory
+/// protocol v1 carries float32).
 fn read_f32_npy(path: &std::path::Path) -> anyhow::Result<(Vec<i64>, Vec<f32>)> {
-    let x = tch::Tensor::read_npy(path).with_context(|| format!("reading {}", path.display()))?;
-    if x.kind() != tch::Kind::Float {
-        bail!("{}: dtype {:?}; this command takes float32 .npy files", path.display(), x.kind());
-    }
-    Ok((x.size(), Vec::<f32>::try_from(x.flatten(0, -1)).context("reading the values")?))
-}
-
-fn write_f32_npy(path: &std::path::Path, shape: &[i64], data: &[f32]) -> anyhow::Result<()> {
-    tch::Tensor::from_slice(data).view(shape).write_npy(path).with_context(|| format!("writing {}", path.display()))
+    let t = uminfer::host_tensor::read_npy(path)?;
+    let values = t.to_vec::<f32>().with_context(|| format!("{}: `uminfer infer` sends float32 tensors", path.display()))?;
+    Ok((t.shape, values))
 }
 
 fn infer(name: &str, input: &std::path::Path, output: &std::path::Path, timeout: f64) -> anyhow::Result<()> {
     let (shape, data) = read_f32_npy(input)?;
     let mut client = uminfer::ipc::Client::connect(name, std::time::Duration::from_secs_f64(timeout))?;
     let (out_shape, y) = client.infer(&shape, &data)?;
-    write_f32_npy(output, &out_shape, &y)
+    uminfer::host_tensor::write_npy(output, &uminfer::host_tensor::HostTensor::from_values("output", &out_shape, &y)?)?;
+    Ok(())
+}
+
+/// The tensors of `--input` arguments: named `.npy` files, a lone `.npy`
+/// (named after its stem; a one-input model takes it whatever the name), `.npz` files.
+fn read_inputs(args: &[InputArg]) -> anyhow::Result<Vec<uminfer::host_tensor::HostTensor>> {
+    let mut out = Vec::new();
+    for a in args {
+        if a.path.extension().is_some_and(|e| e == "npz") {
+            anyhow::ensure!(a.name.is_none(), "--input {}={}: an .npz holds its inputs under their own names; give it without NAME=", a.name.as_deref().unwrap_or(""), a.path.display());
+            out.extend(uminfer::host_tensor::read_npz(&a.path)?);
+        } else {
+            let mut t = uminfer::host_tensor::read_npy(&a.path)?;
+            if let Some(n) = &a.name {
+                t.name.clone_from(n);
+            }
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `outputs` to `path`: one output as `.npy`, several (or any) as `.npz`.
+fn write_outputs(path: &std::path::Path, outputs: &[uminfer::host_tensor::HostTensor]) -> anyhow::Result<()> {
+    if path.extension().is_some_and(|e| e == "npz") {
+        uminfer::host_tensor::write_npz(path, outputs)?;
+    } else {
+        let [only] = outputs else {
+            let names: Vec<&str> = outputs.iter().map(|t| t.name.as_str()).collect();
+            bail!("the model has {} outputs ({}): give --output FILE.npz", outputs.len(), names.join(", "));
+        };
+        uminfer::host_tensor::write_npy(path, only)?;
+    }
+    for t in outputs.iter().filter(|t| t.dtype == uminfer::DType::Bf16) {
+        tracing::info!("output `{}` is bf16: written as float32 (NumPy has no bfloat16)", t.name);
+    }
+    Ok(())
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
-    let (shape, data) = read_f32_npy(&a.input)?;
     let rt = Runtime::new();
     let model = rt.model(&a.model)?;
-    // The model's output shape and dtype, from one eager CPU run on a copy.
-    let probe = model.forward_cpu(&tch::Tensor::from_slice(&data).view(shape.as_slice()))?;
-    if probe.kind() != tch::Kind::Float {
-        bail!("the model returns {:?}; `uminfer run` handles float32 outputs", probe.kind());
+    if a.describe {
+        let fitted = if a.input.is_empty() { None } else { Some(model.fit_inputs(read_inputs(&a.input)?)?) };
+        let decls = fitted.map_or(a.input_spec, |f| f.decls());
+        let d = model.describe(&decls);
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&d)?);
+        } else {
+            print!("{d}");
+        }
+        return Ok(());
     }
-    let spec = SessionSpec::new(&shape, &probe.size()).mode_choice(a.mode).device(a.device).warmup(a.warmup);
-    let mut session: Session = rt.session(&model, spec)?;
+    let output = a.output.context("--output is required")?;
+    let fitted = model.fit_inputs(read_inputs(&a.input)?)?;
+    for n in &fitted.notes {
+        tracing::info!("{n}");
+    }
+    let mut spec = SessionSpec::new().mode_choice(a.mode).device(a.device).warmup(a.warmup);
+    for d in fitted.decls() {
+        spec = spec.declare(d);
+    }
+    let mut session = rt.session(&model, spec)?;
     tracing::info!("mode {}: {}", session.mode(), session.note());
-    session.input_mut().copy_from_slice(&data);
+    for t in &fitted.tensors {
+        session.write_input(t)?;
+    }
     for _ in 0..a.repeat.max(1) {
         session.run()?;
     }
-    write_f32_npy(&a.output, &probe.size(), session.output())?;
+    let outputs = (0..session.outputs().len()).map(|i| session.read_output(i)).collect::<uminfer::Result<Vec<_>>>()?;
+    write_outputs(&output, &outputs)?;
     let timing = session.timing().context("no request was timed")?;
     if a.json {
-        let v = serde_json::json!({ "mode": session.mode(), "note": session.note(), "output": a.output, "timing": timing });
+        let v = serde_json::json!({ "mode": session.mode(), "note": session.note(), "output": output, "outputs": session.outputs(), "timing": timing });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("mode {} ({}), output {:?} written to {}", session.mode(), session.note(), probe.size(), a.output.display());
+        let shapes: Vec<String> = session.outputs().iter().map(|o| o.to_string()).collect();
+        println!("mode {} ({}), outputs {} written to {}", session.mode(), session.note(), shapes.join(", "), output.display());
         let line = |label: &str, t: &uminfer::session::Summary| {
             println!("{label:<6} n={} p50={:.1}µs p90={:.1}µs p99={:.1}µs mean={:.1}µs std={:.1}µs", t.count, t.p50_us, t.p90_us, t.p99_us, t.mean_us, t.std_us)
         };
@@ -455,6 +577,14 @@ fn report_error(r: anyhow::Result<()>) -> i32 {
 }
 
 fn main() {
+    // A package that does not record its inputs checks every run's inputs
+    // itself (the library refuses such packages otherwise). Set before any
+    // thread exists: setenv is not thread-safe.
+    if std::env::var_os(uminfer::model::AOTI_CHECK_INPUTS).is_none() {
+        // SAFETY: the process is single-threaded here (nothing has started a
+        // thread yet), so no other thread reads the environment meanwhile.
+        unsafe { std::env::set_var(uminfer::model::AOTI_CHECK_INPUTS, "1") };
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -462,15 +592,28 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Doctor { json, no_smoke } => {
+        Command::Doctor { json, no_smoke, model } => {
             let report = doctor::diagnose(ProbeOptions { smoke_tests: !no_smoke });
-            if json {
-                println!("{}", render::json(&report));
-            } else {
-                let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-                print!("{}", render::text(&report, color));
+            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            match model {
+                None => {
+                    if json {
+                        println!("{}", render::json(&report));
+                    } else {
+                        print!("{}", render::text(&report, color));
+                    }
+                    report.exit_code()
+                }
+                Some(path) => {
+                    let m = doctor::model::diagnose_model(&report, &path);
+                    if json {
+                        println!("{}", render::model_json(&report, &m));
+                    } else {
+                        print!("{}", render::model_text(&report, &m, color));
+                    }
+                    m.exit_code(&report)
+                }
             }
-            report.exit_code()
         }
         Command::Run(a) => report_error(run(a)),
         Command::Serve { name, grpc, model, mode, workers, max_bytes, input_shape, metrics, http, max_streams, max_calls, intra_op_threads, spin_us } => match (grpc, name) {

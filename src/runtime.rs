@@ -1,15 +1,15 @@
-//! [`Runtime`] and [`Model`]: the entry point a service embeds.
+//! [`Runtime`]: the entry point a service embeds.
 //!
 //! The runtime runs the doctor's probe once and refuses execution modes it
 //! found unusable, quoting its reason; a model file is opened once per
-//! runtime and loaded per device on demand.
+//! runtime ([`Model`]) and loaded per device on demand.
 
 use crate::doctor::{self, probe::ProbeOptions, Report};
 use crate::error::{Error, Result};
 use crate::memory::Element;
 use crate::mode::Mode;
-use crate::session::{Session, SessionSpec};
-use crate::shim::TorchModule;
+use crate::model::{MachineView, Model};
+use crate::session::{Session, SessionSpec, TypedSession};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -55,70 +55,39 @@ impl Runtime {
             .collect()
     }
 
-    /// Opens a TorchScript model (loaded onto each device when a session
-    /// first needs it). A file this runtime (or a clone of it) has opened
-    /// before is not read again: the same [`Model`], with the modules already
-    /// loaded, comes back. A file that failed to open is tried again.
+    /// Opens a model: a TorchScript file or an AOTInductor package (see
+    /// [`Model`]; loaded onto each device when a session first needs it). A
+    /// file this runtime (or a clone of it) has opened before is not read
+    /// again: the same [`Model`], with its loaded copies, comes back. A file
+    /// that failed to open is tried again.
     pub fn model(&self, path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
         let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         if let Some(m) = self.models.lock().get(&key) {
             return Ok(m.clone());
         }
-        let model = Model { path: path.to_path_buf(), modules: Arc::new(Mutex::new(HashMap::new())) };
-        model.module(tch::Device::Cpu)?; // fail early on a missing file or one that is not TorchScript
+        let torch = &self.report.facts.torch;
+        let machine = MachineView {
+            torch_version: torch.runtime_version.clone().unwrap_or_else(|| torch.build_version.clone()),
+            capabilities: self.report.facts.devices.iter().map(|d| d.compute_capability).collect(),
+        };
+        let model = Model::open(path, machine)?;
         Ok(self.models.lock().entry(key).or_insert(model).clone())
     }
 
-    /// Builds a session (see [`Session`]).
-    pub fn session<I: Element, O: Element>(&self, model: &Model, spec: SessionSpec) -> Result<Session<I, O>> {
+    /// Builds a session over any signature (see [`Session`]).
+    pub fn session(&self, model: &Model, spec: SessionSpec) -> Result<Session> {
         Session::build(self, model, spec)
+    }
+
+    /// Builds a session of one input of `I` and one output of `O` (see [`TypedSession`]).
+    pub fn typed_session<I: Element, O: Element>(&self, model: &Model, spec: SessionSpec) -> Result<TypedSession<I, O>> {
+        TypedSession::build(self, model, spec)
     }
 }
 
 impl Default for Runtime {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// A TorchScript model file, loaded at most once per device and shared by sessions.
-#[derive(Clone)]
-pub struct Model {
-    path: PathBuf,
-    modules: Arc<Mutex<HashMap<DeviceKey, Arc<TorchModule>>>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum DeviceKey {
-    Cpu,
-    Cuda(usize),
-}
-
-impl Model {
-    /// The model file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The module on `device`, loading it there on first use.
-    pub fn module(&self, device: tch::Device) -> Result<Arc<TorchModule>> {
-        let key = match device {
-            tch::Device::Cuda(i) => DeviceKey::Cuda(i),
-            _ => DeviceKey::Cpu,
-        };
-        let mut modules = self.modules.lock();
-        if let Some(m) = modules.get(&key) {
-            return Ok(m.clone());
-        }
-        let m = Arc::new(TorchModule::load(&self.path, device)?);
-        modules.insert(key, m.clone());
-        Ok(m)
-    }
-
-    /// Runs the model once on the CPU over `input` (a copy, eager): the
-    /// reference result, and the way to learn the output shape and dtype.
-    pub fn forward_cpu(&self, input: &tch::Tensor) -> Result<tch::Tensor> {
-        self.module(tch::Device::Cpu)?.forward(input).map_err(|e| Error::Model { path: self.path.clone(), message: e.to_string() })
     }
 }

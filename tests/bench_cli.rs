@@ -29,7 +29,8 @@ fn bench_runs_schemes_interleaved_and_writes_json_and_svg() {
     assert!(doctor_at < table_at, "{stdout}");
 
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["schema_version"], 2);
+    assert_eq!(v["models"][0]["inputs"][0]["shape"], serde_json::json!([1, 3, 128, 128]));
     assert!(v["machine"]["cpu"].is_string() && v["machine"]["cores"].as_u64().unwrap() >= 1);
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), 8);
@@ -169,7 +170,7 @@ fn ipc_gpu_choice_reads_bench_runs_and_applies_its_rule() {
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
     };
     // An identity run at the full 196 KB does not count for T.
-    let full = serde_json::json!({"schema_version": 1, "model": "/bundle/models/identity.pt", "shape": [1, 3, 128, 128], "server_mode": "cpu",
+    let full = serde_json::json!({"schema_version": 2, "models": [{"path": "/bundle/models/identity.pt", "inputs": [{"name": "x", "dtype": "f32", "shape": [1, 3, 128, 128]}]}], "server_mode": "cpu",
         "results": [{"scheme": "cpu-zero-copy", "status": "ok", "p50_us": 1.0}, {"scheme": "shm-ipc", "status": "ok", "p50_us": 0.5}]});
     std::fs::write(dir.join("identity-full.json"), full.to_string()).unwrap();
     let (code, text) = choose();
@@ -181,7 +182,7 @@ fn ipc_gpu_choice_reads_bench_runs_and_applies_its_rule() {
     // in-process graph session, and the captured registered-memory proxies.
     let run = |file: &str, server: &str, capture: bool, results: &[(&str, f64)]| {
         let results: Vec<_> = results.iter().map(|(s, p)| serde_json::json!({"scheme": s, "status": "ok", "p50_us": p})).collect();
-        let doc = serde_json::json!({"schema_version": 1, "model": "/bundle/models/tiny.pt", "server_mode": server,
+        let doc = serde_json::json!({"schema_version": 2, "models": [{"path": "/bundle/models/tiny.pt", "inputs": [{"name": "x", "dtype": "f32", "shape": [1, 3, 128, 128]}]}], "server_mode": server,
             "capture_graphs": capture, "stage_input": false, "results": results});
         std::fs::write(dir.join(file), doc.to_string()).unwrap();
     };
@@ -242,4 +243,46 @@ fn killed_bench_leaves_no_server_behind() {
         assert!(std::time::Instant::now() < deadline, "child processes {servers:?} outlived their bench by 30 s");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Any model, several in one run: the encoder (two int64 inputs, a tuple
+/// out) and a package beside each other; schemes that cannot carry a model
+/// say why; token ids drawn inside `--input-range`.
+#[test]
+fn bench_runs_any_signature_and_several_models_side_by_side() {
+    let dir = std::env::temp_dir().join(format!("uminfer-bench-any-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bench.json");
+    let out = Command::new(common::uminfer_bin())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["bench", "--model"])
+        .arg(common::model_path("encoder.pt"))
+        .arg("--model")
+        .arg(common::model_path("tiny.pt2"))
+        .args(["--requests", "20", "--warmup", "2", "--warmup-secs", "0", "--input-range", "input_ids=0..50"])
+        .args(["--schemes", "cpu-zero-copy,shm-ipc,tch-naive,py-torchscript,py-onnxruntime", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("encoder.pt (TorchScript): inputs input_ids: i64 [1, 32], attention_mask: i64 [1, 32] (random (input_ids in (0, 50), attention_mask in (0, 2)))"), "{stdout}");
+    assert!(stdout.contains("\nmodel      scheme") && stdout.contains("\ntiny.pt2   cpu-zero-copy"), "a model column when several models run:\n{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["models"].as_array().unwrap().len(), 2);
+    assert_eq!(v["models"][1]["format"], "aoti");
+    let row = |model: &str, scheme: &str| v["results"].as_array().unwrap().iter().find(|r| r["model"] == model && r["scheme"] == scheme).unwrap_or_else(|| panic!("no {scheme} on {model}")).clone();
+    for scheme in ["cpu-zero-copy", "tch-naive", "py-torchscript", "py-onnxruntime"] {
+        let r = row("encoder.pt", scheme);
+        assert_eq!(r["status"], "ok", "{r}");
+        assert_eq!(r["samples"], 20, "{r}");
+    }
+    assert_eq!(row("tiny.pt2", "cpu-zero-copy")["status"], "ok");
+    let shm = row("encoder.pt", "shm-ipc");
+    assert!(shm["status"] == "unavailable" && shm["reason"].as_str().unwrap().contains("carries one float32 tensor each way"), "{shm}");
+    for scheme in ["tch-naive", "py-torchscript", "py-onnxruntime"] {
+        let r = row("tiny.pt2", scheme);
+        assert!(r["status"] == "unavailable" && r["reason"].as_str().unwrap().contains("is an AOTInductor package"), "{r}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -101,3 +101,30 @@ fn no_panic_with_ld_library_path_on_an_empty_directory() {
     let env = v["checks"].as_array().unwrap().iter().find(|c| c["id"] == "env.vars").unwrap();
     assert!(env["message"].as_str().unwrap().contains(empty.to_str().unwrap()));
 }
+
+/// `doctor --model`: the machine report plus the model's signature and a
+/// verdict per mode; a file that is no model exits 2.
+#[test]
+fn doctor_diagnoses_a_model_and_refuses_a_file_that_is_none() {
+    let model = common::model_path("encoder.pt");
+    let out = doctor(&["--no-smoke", "--json", "--model", model.to_str().unwrap()], &[]);
+    let v = json_report(&out);
+    assert_schema(&v);
+    let m = &v["model"];
+    let inputs = m["facts"]["inputs"]["Ok"].as_array().expect("inputs");
+    assert_eq!(inputs.iter().map(|i| i["name"].as_str().unwrap()).collect::<Vec<_>>(), ["input_ids", "attention_mask"]);
+    assert_eq!(m["modes"]["cpu"]["usable"], true, "{m}");
+    assert_eq!(m["modes"]["shm-ipc"]["usable"], false, "{m}");
+    assert_ne!(out.status.code(), Some(2));
+
+    let text = doctor(&["--no-smoke", "--model", model.to_str().unwrap()], &[("NO_COLOR", "1")]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("input attention_mask i64 [1, 32], values in [0, 2)") && text.contains("output output__1     f32 [1, 64]"), "{text}");
+
+    let junk = std::env::temp_dir().join(format!("uminfer-doctor-junk-{}.pt", std::process::id()));
+    std::fs::write(&junk, b"no model").unwrap();
+    let out = doctor(&["--no-smoke", "--model", junk.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("neither a TorchScript file nor an AOTInductor package"));
+    let _ = std::fs::remove_file(junk);
+}

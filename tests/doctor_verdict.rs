@@ -1,58 +1,14 @@
 //! The doctor's verdict and checks over synthetic machines (pure logic, no GPU needed).
 
+mod common;
+
 use uminfer::doctor::facts::*;
 use uminfer::doctor::{Report, Status};
-use uminfer::shim::TorchInfo;
 use uminfer::Mode;
 
 /// An H100 host where everything works.
 fn healthy_gpu_host() -> Facts {
-    Facts {
-        torch: TorchFacts {
-            info: TorchInfo {
-                compiled_version: "2.11.0".into(),
-                cuda_build_loaded: true,
-                cuda_available: true,
-                device_count: 1,
-                cudart_version: Some(13000),
-                cudnn_version: Some(91900),
-                cudnn_runtime_version: Some(91900),
-                cxx11_abi: 1,
-                error: None,
-            },
-            runtime_version: Some("2.11.0+cu130".into()),
-            build_version: "2.11.0+cu130".into(),
-            cuda_library_on_disk: true,
-            libraries: vec![],
-        },
-        driver: DriverFacts { load_error: None, version: Some(13000), device_count: Some(1) },
-        devices: vec![DeviceFacts {
-            ordinal: 0,
-            name: "NVIDIA H100 80GB HBM3".into(),
-            uuid: "GPU-00000000-0000-0000-0000-000000000000".into(),
-            compute_capability: (9, 0),
-            total_memory: 80 << 30,
-            free_memory: Some(79 << 30),
-            compute_mode: 0,
-            mig: false,
-            managed_memory: true,
-            concurrent_managed_access: true,
-            pageable_memory_access: false,
-            direct_managed_mem_access_from_host: false,
-            unified_addressing: true,
-            can_map_host_memory: true,
-            memory_pools_supported: true,
-            smoke: Some(Ok(())),
-            errors: vec![],
-        }],
-        nvrtc: NvrtcFacts {
-            loaded: Ok(uminfer::cuda::nvrtc::NvrtcInfo { version: (13, 0), library: None, builtins: None }),
-            kernels: vec![("smoke".into(), Ok(900))],
-            prebuilt_by_nvcc: false,
-        },
-        shm: ShmFacts { present: true, write_error: None, free_bytes: Some(1 << 30) },
-        env: EnvFacts { vars: vec![], os: "Ubuntu 24.04".into(), glibc: "2.39".into() },
-    }
+    common::gpu_host((9, 0), "NVIDIA H100 80GB HBM3")
 }
 
 fn usable(r: &Report, m: Mode) -> bool {

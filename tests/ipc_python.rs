@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use uminfer::doctor::{self, probe::ProbeOptions};
-use uminfer::{Mode, Runtime, Session, SessionSpec};
+use uminfer::{Mode, Runtime, SessionSpec, TypedSession};
 
 /// Longest a Python client may run (a loaded 2-core machine starts numpy slowly).
 const PYTHON_DEADLINE: Duration = Duration::from_secs(120);
@@ -151,7 +151,7 @@ fn npy(path: &Path) -> (Vec<i64>, Vec<f32>) {
 fn in_process_tiny(input: &[f32]) -> Vec<f32> {
     let rt = Runtime::from_report(doctor::diagnose(ProbeOptions { smoke_tests: false }));
     let model = rt.model(common::model_path("tiny.pt")).expect("loading tiny.pt in process");
-    let mut s: Session = rt.session(&model, SessionSpec::new(&[1, 3, 128, 128], &[1, 10]).mode(Mode::Cpu)).expect("CPU session for tiny.pt");
+    let mut s: TypedSession = rt.typed_session(&model, SessionSpec::new().input_shape(&[1, 3, 128, 128]).mode(Mode::Cpu)).expect("CPU session for tiny.pt");
     s.input_mut().copy_from_slice(input);
     s.run().expect("in-process run of tiny.pt");
     s.output().to_vec()

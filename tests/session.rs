@@ -7,7 +7,8 @@ use tch::{Device, Tensor};
 use uminfer::doctor::{self, probe::ProbeOptions};
 use uminfer::memory::RegionKind;
 use uminfer::session::{GraphLaunch, ManagedPlacement};
-use uminfer::{Error, Mode, Model, Runtime, Session, SessionPool, SessionSpec};
+use uminfer::session::{TensorMut, TensorRef};
+use uminfer::{DType, Error, Mode, Model, Runtime, SessionPool, SessionSpec, TypedSession};
 
 const INPUT: [i64; 4] = [1, 3, 128, 128];
 
@@ -29,8 +30,8 @@ fn random_input(seed: u64, n: usize) -> Vec<f32> {
 /// Eager reference on `device`, over a copied tensor.
 fn reference(model: &Model, input: &[f32], device: Device) -> Vec<f32> {
     let t = Tensor::from_slice(input).view(INPUT).to_device(device);
-    let out = model.module(device).unwrap().forward(&t).unwrap();
-    Vec::<f32>::try_from(out.to_device(Device::Cpu).flatten(0, -1)).unwrap()
+    let out = model.loaded(device).unwrap().forward(&[t]).unwrap();
+    Vec::<f32>::try_from(out[0].to_device(Device::Cpu).flatten(0, -1)).unwrap()
 }
 
 fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
@@ -55,9 +56,10 @@ fn matches_eager(mode: Mode, model_name: &str, classes: i64, requests: u64) {
     let rt = runtime();
     let model = rt.model(common::model_path(model_name)).unwrap();
     let device = if mode == Mode::Cpu { Device::Cpu } else { Device::Cuda(0) };
-    let spec = SessionSpec::new(&INPUT, &[1, classes]).mode(mode);
-    let mut s: Session = rt.session(&model, spec).unwrap();
+    let spec = SessionSpec::new().input_shape(&INPUT).mode(mode);
+    let mut s: TypedSession = rt.typed_session(&model, spec).unwrap();
     assert_eq!(s.mode(), mode);
+    assert_eq!(s.output_shape(), [1, classes], "{mode}: the output shape found at build");
     eprintln!("{mode}: {}", s.note());
     let (tin, _) = s.tensor_addresses();
     let region_addr = s.input_region().device_ptr().map(|p| p as usize).unwrap_or(s.input_region().as_ptr() as usize);
@@ -111,7 +113,7 @@ per_mode! {
 fn cpu_session_equals_pytorch_reference_output() {
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
-    let mut s: Session = rt.session(&model, SessionSpec::new(&INPUT, &[1, 10])).unwrap();
+    let mut s: TypedSession = rt.typed_session(&model, SessionSpec::new().input_shape(&INPUT)).unwrap();
     let input = Tensor::read_npy(common::model_path("tiny.input.npy")).unwrap();
     let expected = Vec::<f32>::try_from(Tensor::read_npy(common::model_path("tiny.expected.npy")).unwrap().flatten(0, -1)).unwrap();
     s.input_mut().copy_from_slice(&Vec::<f32>::try_from(input.flatten(0, -1)).unwrap());
@@ -124,7 +126,7 @@ fn graph_replay_sees_input_changed_in_place_many_times() {
     require_gpu!();
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
-    let mut s: Session = rt.session(&model, SessionSpec::new(&INPUT, &[1, 10]).mode(Mode::GpuManagedGraph)).unwrap();
+    let mut s: TypedSession = rt.typed_session(&model, SessionSpec::new().input_shape(&INPUT).mode(Mode::GpuManagedGraph)).unwrap();
     assert!(s.note().contains("captured"), "{}", s.note());
     for seed in 0..10_000u64 {
         let x = random_input(seed, s.input().len());
@@ -142,8 +144,8 @@ fn graph_replay_sees_input_changed_in_place_many_times() {
 fn auto_picks_a_usable_mode_and_says_why() {
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
-    let spec = SessionSpec::new(&INPUT, &[1, 10]).mode_choice(uminfer::session::ModeChoice::Auto).calibration_runs(5);
-    let s: Session = rt.session(&model, spec).unwrap();
+    let spec = SessionSpec::new().input_shape(&INPUT).mode_choice(uminfer::session::ModeChoice::Auto).calibration_runs(5);
+    let s: TypedSession = rt.typed_session(&model, spec).unwrap();
     assert!(rt.check_mode(s.mode()).is_ok());
     assert!(s.note().starts_with(&format!("auto picked {}", s.mode())), "{}", s.note());
     if common::gpu_unavailable().is_some() {
@@ -156,7 +158,7 @@ fn auto_picks_a_usable_mode_and_says_why() {
 fn cpu_session_on_a_pinned_dedicated_thread() {
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
-    let mut s: Session = rt.session(&model, SessionSpec::new(&INPUT, &[1, 10]).pin_core(0)).unwrap();
+    let mut s: TypedSession = rt.typed_session(&model, SessionSpec::new().input_shape(&INPUT).pin_core(0)).unwrap();
     let x = random_input(7, s.input().len());
     s.input_mut().copy_from_slice(&x);
     s.run().unwrap();
@@ -171,7 +173,7 @@ fn cpu_session_on_a_pinned_dedicated_thread() {
 fn run_on_with_dedicated_threads_from_several_callers() {
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
-    let pool: SessionPool = SessionPool::new(&rt, &model, SessionSpec::new(&INPUT, &[1, 10]).dedicated_thread(true), 2).unwrap();
+    let pool: SessionPool = SessionPool::new(&rt, &model, SessionSpec::new().input_shape(&INPUT).dedicated_thread(true), 2).unwrap();
     let inputs: Vec<Vec<f32>> = (0..4).map(|k| random_input(300 + k, 3 * 128 * 128)).collect();
     let refs: Vec<Vec<f32>> = inputs.iter().map(|x| reference(&model, x, Device::Cpu)).collect();
     std::thread::scope(|sc| {
@@ -180,7 +182,7 @@ fn run_on_with_dedicated_threads_from_several_callers() {
             sc.spawn(move || {
                 for i in 0..25 {
                     let mut out = [std::mem::MaybeUninit::new(f32::NAN); 10];
-                    pool.checkout().run_on(x, &mut out).unwrap();
+                    pool.checkout().run_on(&[TensorRef::new(x)], &mut [TensorMut::uninit(&mut out)]).unwrap();
                     // SAFETY: run_on returned Ok, so every slot was written.
                     let got: Vec<f32> = out.iter().map(|v| unsafe { v.assume_init() }).collect();
                     assert!(max_rel_err(&got, want) <= 1e-5, "thread {t} request {i}: {got:?} vs {want:?}");
@@ -195,7 +197,7 @@ fn run_on_with_dedicated_threads_from_several_callers() {
 fn pool_under_threads(mode: Mode, device: Device, per_thread: usize) -> (SessionPool, Vec<Vec<f32>>) {
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
-    let pool: SessionPool = SessionPool::new(&rt, &model, SessionSpec::new(&INPUT, &[1, 10]).mode(mode), 3).unwrap();
+    let pool: SessionPool = SessionPool::new(&rt, &model, SessionSpec::new().input_shape(&INPUT).mode(mode), 3).unwrap();
     let inputs: Vec<Vec<f32>> = (0..8).map(|k| random_input(100 + k, 3 * 128 * 128)).collect();
     let refs: Vec<Vec<f32>> = inputs.iter().map(|x| reference(&model, x, device)).collect();
     let served = std::sync::atomic::AtomicUsize::new(0);
@@ -207,7 +209,7 @@ fn pool_under_threads(mode: Mode, device: Device, per_thread: usize) -> (Session
                 for i in 0..per_thread {
                     let k = (t * 7 + i) % inputs.len();
                     out.fill(f32::NAN);
-                    pool.infer(&inputs[k], &mut out).unwrap();
+                    pool.infer(&[TensorRef::new(&inputs[k])], &mut [TensorMut::new(&mut out)]).unwrap();
                     assert!(max_rel_err(&out, &refs[k]) <= 1e-5, "{mode}: thread {t} request {i} got another request's result");
                     served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -223,7 +225,7 @@ fn pool_serves_many_threads_without_mixing_results() {
     let (pool, inputs) = pool_under_threads(Mode::Cpu, Device::Cpu, 15);
     assert_eq!(pool.size(), 3);
     let mut out = vec![0f32; 9];
-    assert!(matches!(pool.infer(&inputs[0], &mut out), Err(Error::Session(_))));
+    assert!(matches!(pool.infer(&[TensorRef::new(&inputs[0])], &mut [TensorMut::new(&mut out)]), Err(Error::Session(_))));
 }
 
 #[test]
@@ -242,18 +244,16 @@ fn errors_are_typed_and_say_what_to_do() {
     assert!(matches!(err, Error::Model { .. }) && err.to_string().contains("TorchScript"), "{err}");
 
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
-    let wrong_out = rt.session::<f32, f32>(&model, SessionSpec::new(&INPUT, &[1, 1000])).err().unwrap();
-    assert!(wrong_out.to_string().contains("[1, 10]") && wrong_out.to_string().contains("[1, 1000]"), "{wrong_out}");
-    let wrong_in = rt.session::<f32, f32>(&model, SessionSpec::new(&[1, 3, 128], &[1, 10])).err().unwrap();
+    let wrong_in = rt.typed_session::<f32, f32>(&model, SessionSpec::new().input_shape(&[1, 3, 128])).err().unwrap();
     assert!(matches!(wrong_in, Error::Session(_)), "{wrong_in}");
-    let wrong_dtype = rt.session::<f32, i64>(&model, SessionSpec::new(&INPUT, &[1, 10])).err().unwrap();
-    assert!(wrong_dtype.to_string().contains("dtype"), "{wrong_dtype}");
-    let empty = rt.session::<f32, f32>(&model, SessionSpec::new(&[1, 0, 128, 128], &[1, 10])).err().unwrap();
-    assert!(empty.to_string().contains("positive"), "{empty}");
-    let shm = rt.session::<f32, f32>(&model, SessionSpec::new(&INPUT, &[1, 10]).mode(Mode::ShmIpc)).err().unwrap();
+    let wrong_dtype = rt.typed_session::<f32, i64>(&model, SessionSpec::new().input_shape(&INPUT)).err().unwrap();
+    assert!(wrong_dtype.to_string().contains("returns one i64 output") && wrong_dtype.to_string().contains("output__0: f32 [1, 10]"), "{wrong_dtype}");
+    let empty = rt.typed_session::<f32, f32>(&model, SessionSpec::new().input_shape(&[1, 0, 128, 128])).err().unwrap();
+    assert!(matches!(empty, Error::Signature { .. }) && empty.to_string().contains("positive"), "{empty}");
+    let shm = rt.typed_session::<f32, f32>(&model, SessionSpec::new().input_shape(&INPUT).mode(Mode::ShmIpc)).err().unwrap();
     assert!(shm.to_string().contains("transport"), "{shm}");
     if common::gpu_unavailable().is_some() {
-        let gpu = rt.session::<f32, f32>(&model, SessionSpec::new(&INPUT, &[1, 10]).mode(Mode::GpuManagedGraph)).err().unwrap();
+        let gpu = rt.typed_session::<f32, f32>(&model, SessionSpec::new().input_shape(&INPUT).mode(Mode::GpuManagedGraph)).err().unwrap();
         assert!(matches!(gpu, Error::ModeUnusable { mode: Mode::GpuManagedGraph, .. }), "{gpu}");
         assert!(gpu.to_string().contains("no CUDA driver"), "{gpu}");
     }
@@ -263,9 +263,9 @@ fn errors_are_typed_and_say_what_to_do() {
 fn wrong_input_dtype_fails_at_build_with_libtorchs_reason() {
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
-    let err = rt.session::<i32, f32>(&model, SessionSpec::new(&INPUT, &[1, 10])).err().unwrap();
+    let err = rt.session(&model, SessionSpec::new().input("x", DType::I32, &INPUT)).err().unwrap();
     assert!(matches!(err, Error::Session(_)), "{err}");
-    assert!(err.to_string().contains("tiny.pt"), "{err}");
+    assert!(err.to_string().contains("tiny.pt") && err.to_string().contains("x: i32 [1, 3, 128, 128]"), "{err}");
 }
 
 /// A raw u8 HWC image through a session with preprocessing equals the CPU
@@ -275,8 +275,8 @@ fn preprocessed_matches_reference(mode: Mode, device: Device) {
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
     let params = PreprocessParams::new(128, 128, 3, &[0.485, 0.456, 0.406], &[0.229, 0.224, 0.225]).unwrap();
-    let spec = SessionSpec::new(&INPUT, &[1, 10]).mode(mode).preprocess(params);
-    let mut s: Session = rt.session(&model, spec).unwrap();
+    let spec = SessionSpec::new().input_shape(&INPUT).mode(mode).preprocess(params);
+    let mut s: TypedSession = rt.typed_session(&model, spec).unwrap();
     for seed in 0..5u64 {
         let image: Vec<u8> = random_input(seed, params.len()).iter().map(|x| ((x + 1.0) * 127.5) as u8).collect();
         s.raw_input_mut().unwrap().copy_from_slice(&image);
@@ -298,7 +298,7 @@ fn cpu_session_preprocesses_raw_images() {
 /// 50 requests of fresh random inputs (seeds from `first_seed`) into a GPU
 /// session over `tiny`, each output poisoned first and then equal to eager
 /// mode on the GPU within 1e-5.
-fn tiny_gpu_requests_match_eager(s: &mut Session, model: &Model, first_seed: u64, what: &str) {
+fn tiny_gpu_requests_match_eager(s: &mut TypedSession, model: &Model, first_seed: u64, what: &str) {
     for seed in first_seed..first_seed + 50 {
         let x = random_input(seed, s.input().len());
         s.input_mut().copy_from_slice(&x);
@@ -323,8 +323,8 @@ fn every_managed_placement_matches_eager() {
         (ManagedPlacement::Pinned, "pinned-mapped host memory", RegionKind::PinnedMapped),
     ];
     for (mode, (placement, says, kind)) in [Mode::GpuManaged, Mode::GpuManagedGraph].into_iter().flat_map(|m| placements.map(|p| (m, p))) {
-        let spec = SessionSpec::new(&INPUT, &[1, 10]).mode(mode).managed_placement(placement);
-        let mut s: Session = rt.session(&model, spec).unwrap();
+        let spec = SessionSpec::new().input_shape(&INPUT).mode(mode).managed_placement(placement);
+        let mut s: TypedSession = rt.typed_session(&model, spec).unwrap();
         assert!(s.note().contains(says), "{mode} {placement}: {}", s.note());
         assert_eq!((s.input_region().kind(), s.output_region().kind()), (kind, kind), "{mode} {placement}");
         tiny_gpu_requests_match_eager(&mut s, &model, 500, &format!("{mode} {placement}"));
@@ -349,9 +349,9 @@ fn a_model_is_opened_once_per_runtime() {
     let a = rt.model(&path).unwrap();
     let dotted = path.parent().unwrap().join(".").join("tiny.pt");
     let b = rt.clone().model(&dotted).unwrap();
-    assert!(std::sync::Arc::ptr_eq(&a.module(Device::Cpu).unwrap(), &b.module(Device::Cpu).unwrap()), "tiny.pt was loaded twice");
+    assert!(std::sync::Arc::ptr_eq(&a.loaded(Device::Cpu).unwrap(), &b.loaded(Device::Cpu).unwrap()), "tiny.pt was loaded twice");
     let other = runtime().model(&path).unwrap();
-    assert!(!std::sync::Arc::ptr_eq(&a.module(Device::Cpu).unwrap(), &other.module(Device::Cpu).unwrap()), "two runtimes share a module");
+    assert!(!std::sync::Arc::ptr_eq(&a.loaded(Device::Cpu).unwrap(), &other.loaded(Device::Cpu).unwrap()), "two runtimes share a module");
 }
 
 #[test]
@@ -375,11 +375,11 @@ fn graph_launched_either_way_matches_eager() {
         (GraphLaunch::Direct, true, "launched directly"),
         (GraphLaunch::Libtorch, false, "replayed through libtorch (as asked)"),
     ] {
-        let mut spec = SessionSpec::new(&INPUT, &[1, 10]).mode(Mode::GpuManagedGraph).graph_launch(launch);
+        let mut spec = SessionSpec::new().input_shape(&INPUT).mode(Mode::GpuManagedGraph).graph_launch(launch);
         if session_thread {
             spec = spec.dedicated_thread(true);
         }
-        let mut s: Session = rt.session(&model, spec).unwrap();
+        let mut s: TypedSession = rt.typed_session(&model, spec).unwrap();
         assert!(s.note().contains(says), "{launch}: {}", s.note());
         // Only a direct launch without a request for the session thread runs from the caller's.
         assert_eq!(s.note().contains(caller), launch == GraphLaunch::Direct && !session_thread, "{launch}, session thread {session_thread}: {}", s.note());
@@ -395,8 +395,8 @@ fn every_gpu_mode_captured_into_a_graph_matches_eager() {
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
     for mode in [Mode::GpuCopy, Mode::GpuPinned, Mode::GpuManaged] {
-        let spec = SessionSpec::new(&INPUT, &[1, 10]).mode(mode).capture_graph(true);
-        let mut s: Session = rt.session(&model, spec).unwrap();
+        let spec = SessionSpec::new().input_shape(&INPUT).mode(mode).capture_graph(true);
+        let mut s: TypedSession = rt.typed_session(&model, spec).unwrap();
         assert!(s.note().contains("captured into a CUDA graph, launched directly"), "{mode}: {}", s.note());
         tiny_gpu_requests_match_eager(&mut s, &model, 800, &format!("{mode} captured"));
     }
@@ -410,8 +410,8 @@ fn staged_input_matches_eager() {
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
     for mode in [Mode::GpuPinned, Mode::GpuManaged, Mode::GpuManagedGraph] {
-        let spec = SessionSpec::new(&INPUT, &[1, 10]).mode(mode).stage_input(true);
-        let mut s: Session = rt.session(&model, spec).unwrap();
+        let spec = SessionSpec::new().input_shape(&INPUT).mode(mode).stage_input(true);
+        let mut s: TypedSession = rt.typed_session(&model, spec).unwrap();
         assert!(s.note().contains("stages the input into device memory"), "{mode}: {}", s.note());
         tiny_gpu_requests_match_eager(&mut s, &model, 1000, &format!("{mode} staged"));
     }
@@ -425,8 +425,8 @@ fn graph_of_a_model_drawing_random_numbers_is_replayed_through_libtorch() {
     require_gpu!();
     let rt = runtime();
     let model = rt.model(common::model_path("noisy.pt")).unwrap();
-    let spec = SessionSpec::new(&INPUT, &[1, 3]).mode(Mode::GpuManagedGraph);
-    let mut s: Session = rt.session(&model, spec).unwrap();
+    let spec = SessionSpec::new().input_shape(&INPUT).mode(Mode::GpuManagedGraph);
+    let mut s: TypedSession = rt.typed_session(&model, spec).unwrap();
     assert!(s.note().contains("replayed through libtorch (two warm-up runs on the same input differed"), "{}", s.note());
     let x = random_input(900, s.input().len());
     s.input_mut().copy_from_slice(&x);
@@ -456,8 +456,8 @@ fn preprocessing_needs_a_matching_f32_input() {
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
     let params = PreprocessParams::new(64, 64, 3, &[0.5; 3], &[0.5; 3]).unwrap();
-    let err = rt.session::<f32, f32>(&model, SessionSpec::new(&INPUT, &[1, 10]).preprocess(params)).err().unwrap();
+    let err = rt.typed_session::<f32, f32>(&model, SessionSpec::new().input_shape(&INPUT).preprocess(params)).err().unwrap();
     assert!(err.to_string().contains("[1, 3, 64, 64]"), "{err}");
-    let mut plain: Session = rt.session(&model, SessionSpec::new(&INPUT, &[1, 10])).unwrap();
+    let mut plain: TypedSession = rt.typed_session(&model, SessionSpec::new().input_shape(&INPUT)).unwrap();
     assert!(matches!(plain.raw_input_mut(), Err(Error::Session(_))));
 }

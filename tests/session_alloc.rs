@@ -7,7 +7,7 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use uminfer::doctor::{self, probe::ProbeOptions};
-use uminfer::{Runtime, Session, SessionSpec};
+use uminfer::{Runtime, SessionSpec, TypedSession};
 
 struct Counting;
 static COUNTING: AtomicBool = AtomicBool::new(false);
@@ -42,7 +42,7 @@ static GLOBAL: Counting = Counting;
 fn cpu_run_allocates_nothing() {
     let rt = Runtime::from_report(doctor::diagnose(ProbeOptions { smoke_tests: false }));
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
-    let mut s: Session = rt.session(&model, SessionSpec::new(&[1, 3, 128, 128], &[1, 10])).unwrap();
+    let mut s: TypedSession = rt.typed_session(&model, SessionSpec::new().input_shape(&[1, 3, 128, 128])).unwrap();
     let mut checksum = 0.0f32;
     COUNTING.store(true, Ordering::SeqCst);
     for i in 0..200 {

@@ -26,7 +26,7 @@ use std::sync::Arc;
 /// time, until the process is killed.
 pub fn run(model: &Path, shape: &[i64]) -> Result<()> {
     let rt = Runtime::new();
-    let module = rt.model(model)?.module(tch::Device::Cpu)?;
+    let module = rt.model(model)?.loaded(tch::Device::Cpu)?;
     let n = crate::memory::region::checked_numel(shape)?;
     let shape: Arc<[i64]> = shape.into();
     let infer = move |body: String| -> std::result::Result<String, String> {
@@ -35,8 +35,11 @@ pub fn run(model: &Path, shape: &[i64]) -> Result<()> {
             return Err(format!("{} values, expected {n}", v.len()));
         }
         let x = tch::Tensor::from_slice(&v).view(&*shape);
-        let y = module.forward(&x).map_err(|e| e.to_string())?;
-        let out = Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| e.to_string())?;
+        let y = match module.forward(&[x]).map_err(|e| e.to_string())?.as_slice() {
+            [y] => y.flatten(0, -1),
+            more => return Err(format!("the model returned {} tensors; this server answers with one", more.len())),
+        };
+        let out = Vec::<f32>::try_from(y).map_err(|e| e.to_string())?;
         serde_json::to_string(&out).map_err(|e| e.to_string())
     };
     let app = axum::Router::new()

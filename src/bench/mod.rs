@@ -1,11 +1,12 @@
-//! `uminfer bench`: every scheme side by side on one model, interleaved
-//! round-robin in one run, each checked against the CPU eager result before
-//! it is timed. [`Bench::prepare`] gives one scheme, built and checked, to
-//! another harness (the criterion bench `benches/schemes.rs`).
+//! `uminfer bench`: every scheme side by side on one or more models,
+//! interleaved round-robin in one run, each checked against the CPU eager
+//! result before it is timed. Inputs of any signature: drawn per dtype and
+//! value range, or a sample file. [`Bench::prepare`] gives one scheme, built
+//! and checked, to another harness (the criterion bench `benches/schemes.rs`).
 //!
 //! | module | holds |
 //! |---|---|
-//! | `schemes` | the schemes: serialize-copy, cpu-zero-copy, shm-ipc, GPU session modes, tch-naive, Python peers |
+//! | `schemes` | the schemes: serialize-copy, cpu-zero-copy, shm-ipc, GPU session modes, tch-naive, Python peers (TorchScript, CUDA graph, ONNX Runtime) |
 //! | [`json_server`] | serialize-copy's HTTP/JSON server process (`uminfer bench-json-server`) |
 //! | `oip` | the Open Inference Protocol schemes: oip-grpc, oip-grpc-shm (a `serve --grpc` child, a tonic client) |
 //! | [`stats`] | per-scheme statistics (hdrhistogram), ratios, the table |
@@ -17,18 +18,22 @@ pub mod plot;
 mod schemes;
 pub mod stats;
 
-use crate::error::Result;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::host_tensor::{fill_random, HostTensor};
 use crate::mode::Mode;
+use crate::model::{InputDecl, TensorInfo};
 use crate::runtime::Runtime;
+use crate::session::{RunTiming, TimingRecorder};
+use crate::shim::Format;
 use schemes::{PyPeer, Scheme, SerializeCopy, SessionScheme, ShmIpc, TchNaive};
 use serde::Serialize;
-use crate::session::{RunTiming, TimingRecorder};
 use stats::{add_ratios, SchemeResult, Status};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Every scheme, in table order.
-pub const SCHEMES: [&str; 12] = [
+pub const SCHEMES: [&str; 13] = [
     "serialize-copy",
     "cpu-zero-copy",
     "shm-ipc",
@@ -41,6 +46,7 @@ pub const SCHEMES: [&str; 12] = [
     "tch-naive",
     "py-torchscript",
     "py-cuda-graph",
+    "py-onnxruntime",
 ];
 
 /// The schemes whose server process runs in [`BenchOptions::server_mode`].
@@ -49,10 +55,20 @@ pub const SERVER_SCHEMES: [&str; 3] = ["shm-ipc", "oip-grpc", "oip-grpc-shm"];
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Model file.
-    pub model: PathBuf,
-    /// Input shape.
-    pub shape: Vec<i64>,
+    /// Model files (TorchScript or AOTInductor packages), run side by side.
+    pub models: Vec<PathBuf>,
+    /// What is declared of the models' inputs (their dtypes and shapes where
+    /// a model does not record them); the same for every model. A
+    /// declaration without a name or dtype (`--shape`) is the only input's
+    /// shape, of the model's dtype or float32 when it records none.
+    pub inputs: Vec<InputDecl>,
+    /// Value ranges `[low, high)` of integer inputs, by name, over the
+    /// models' own (token ids must stay inside the vocabulary); each applies
+    /// to every model that has the input.
+    pub input_ranges: Vec<(String, (i64, i64))>,
+    /// Sample inputs (`.npz`, by input name): every request and the check
+    /// use them instead of random draws.
+    pub sample_inputs: Option<PathBuf>,
     /// Timed requests per scheme.
     pub requests: usize,
     /// Requests a scheme runs back to back in its turn (1: strict
@@ -108,13 +124,27 @@ pub struct Machine {
     pub os: String,
 }
 
+/// One model of a run, as the schemes saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchModel {
+    /// The file, as given.
+    pub path: String,
+    /// Its label in the results (the file name).
+    pub label: String,
+    pub format: Format,
+    pub inputs: Vec<TensorInfo>,
+    pub outputs: Vec<TensorInfo>,
+    /// How its inputs were made: `random` draws (with each integer input's
+    /// range) or the sample file.
+    pub input_source: String,
+}
+
 /// The JSON document of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub schema_version: u32,
     pub command: String,
-    pub model: String,
-    pub shape: Vec<i64>,
+    pub models: Vec<BenchModel>,
     pub requests: usize,
     /// Requests per scheme per turn (see [`BenchOptions::burst`]).
     pub burst: usize,
@@ -139,6 +169,9 @@ pub struct BenchReport {
     pub results: Vec<SchemeResult>,
 }
 
+/// Version of [`BenchReport`]'s JSON (2: several models, named inputs of any dtype).
+pub const SCHEMA_VERSION: u32 = 2;
+
 fn machine(rt: &Runtime) -> Machine {
     let f = &rt.report().facts;
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -162,74 +195,81 @@ const INPUT_POOL_BYTES: usize = 64 << 20;
 /// Most pre-drawn inputs.
 const INPUT_POOL_LEN: usize = 32;
 
+/// A request's inputs, one tensor per model input, in the model's order.
+pub type Sample = Vec<HostTensor>;
+
 /// Inputs drawn before the run, so that the bench's own work between two
-/// requests is one copy (~10 µs for 196 KB) rather than drawing 49 152
+/// requests is a copy (~10 µs for 196 KB) rather than drawing 49 152
 /// random numbers: a long gap lets a server that spins briefly for the next
 /// request fall asleep, and the scheme would pay a wake-up the harness caused.
-/// Consecutive requests get different inputs (at least 2 in the pool).
-struct InputPool(Vec<Vec<f32>>);
+/// Consecutive requests get different inputs (at least 2 in the pool) unless
+/// a sample file gives the one input.
+struct InputPool(Vec<Sample>);
 
 impl InputPool {
-    fn new(n: usize) -> Self {
-        let len = (INPUT_POOL_BYTES / (n * std::mem::size_of::<f32>()).max(1)).clamp(2, INPUT_POOL_LEN);
-        Self(
-            (0..len as u64)
-                .map(|i| {
-                    let mut v = vec![0f32; n];
-                    random_input(i + 1, n, &mut v);
-                    v
-                })
-                .collect(),
-        )
+    fn random(inputs: &[TensorInfo], ranges: &[Option<(i64, i64)>]) -> Result<Self> {
+        let bytes: usize = inputs.iter().map(TensorInfo::byte_len).sum();
+        let len = (INPUT_POOL_BYTES / bytes.max(1)).clamp(2, INPUT_POOL_LEN);
+        Ok(Self((1..=len as u64).map(|seed| random_sample(inputs, ranges, seed)).collect::<Result<_>>()?))
     }
 
     /// The input of request `seed`.
-    fn get(&self, seed: u64) -> &[f32] {
+    fn get(&self, seed: u64) -> &[HostTensor] {
         &self.0[(seed % self.0.len() as u64) as usize]
     }
 }
 
-/// Fresh pseudo-random input for round `seed`.
-fn random_input(seed: u64, n: usize, out: &mut [f32]) {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for v in out.iter_mut().take(n) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *v = (x >> 40) as f32 / (1u64 << 24) as f32;
-    }
+/// Fresh pseudo-random inputs for round `seed`: floats in [0, 1), integers
+/// in their range ([0, 2) without one), bools 0 or 1.
+fn random_sample(inputs: &[TensorInfo], ranges: &[Option<(i64, i64)>], seed: u64) -> Result<Sample> {
+    inputs
+        .iter()
+        .zip(ranges)
+        .enumerate()
+        .map(|(i, (info, range))| {
+            let mut t = HostTensor::zeros(&info.name, info.dtype, &info.shape)?;
+            fill_random(info.dtype, *range, seed.wrapping_mul(31).wrapping_add(i as u64), t.bytes_mut());
+            Ok(t)
+        })
+        .collect()
 }
 
-fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
-    if got.len() != want.len() {
-        return f32::INFINITY;
+/// Parses `NAME=LOW..HIGH` (`input_ids=0..1000`): input NAME's integer
+/// values are drawn in `[LOW, HIGH)`.
+pub fn parse_input_range(s: &str) -> std::result::Result<(String, (i64, i64)), String> {
+    let usage = || format!("{s:?}: expected NAME=LOW..HIGH, e.g. input_ids=0..1000 (values in [LOW, HIGH))");
+    let (name, range) = s.split_once('=').filter(|(n, _)| !n.is_empty()).ok_or_else(usage)?;
+    let (lo, hi) = range.split_once("..").ok_or_else(usage)?;
+    let (lo, hi) = (lo.trim().parse::<i64>().map_err(|_| usage())?, hi.trim().parse::<i64>().map_err(|_| usage())?);
+    if lo >= hi {
+        return Err(format!("{s:?}: the range [{lo}, {hi}) is empty"));
     }
-    let scale = want.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
-    // A NaN on either side is an infinite error: f32::max would drop it, and
-    // a scheme answering NaN would pass the check.
-    got.iter().zip(want).map(|(a, b)| (a - b).abs()).map(|d| if d.is_nan() { f32::INFINITY } else { d }).fold(0.0, f32::max) / scale
+    Ok((name.to_string(), (lo, hi)))
 }
 
 fn boxed<S: Scheme + 'static>(r: Result<S>) -> std::result::Result<Box<dyn Scheme>, String> {
     r.map(|s| Box::new(s) as Box<dyn Scheme>).map_err(|e| e.to_string())
 }
 
-/// What the schemes are built from and checked against: the model, the
-/// options, the CPU eager answer to one input. `uminfer bench` and the
-/// criterion bench `schemes` (`benches/schemes.rs`) both start here.
+/// What the schemes of one model are built from and checked against: the
+/// model, its inputs and outputs, the options, the CPU eager answer to one
+/// sample. `uminfer bench` and the criterion bench `schemes`
+/// (`benches/schemes.rs`) both start here.
 pub struct Bench<'a> {
     rt: &'a Runtime,
-    model: crate::runtime::Model,
+    model: crate::model::Model,
     opts: &'a BenchOptions,
-    out_shape: Vec<i64>,
+    /// The model as the results name it, with its inputs and outputs.
+    entry: BenchModel,
+    /// Value ranges of the inputs, in their order.
+    ranges: Vec<Option<(i64, i64)>>,
     /// A GPU is usable here.
     gpu: bool,
     /// The model's CPU forward pass, timed when the first server scheme is built.
     forward: std::cell::OnceCell<Duration>,
     /// The input of the correctness check, and the CPU eager answer to it.
-    check_input: Vec<f32>,
-    reference: Vec<f32>,
-    model_name: String,
+    check_input: Sample,
+    reference: Vec<HostTensor>,
     /// The inputs requests get, drawn once.
     inputs: std::sync::Arc<InputPool>,
 }
@@ -257,23 +297,71 @@ impl PreparedScheme {
     }
 }
 
-impl<'a> Bench<'a> {
-    /// Loads the model and computes the CPU eager answer the schemes are checked against.
-    pub fn new(rt: &'a Runtime, opts: &'a BenchOptions) -> Result<Self> {
-        if opts.server_mode == Mode::ShmIpc {
-            return Err(crate::error::Error::Argument("--server-mode shm-ipc is a transport, not a session mode: give cpu, gpu-copy, gpu-pinned, gpu-managed or gpu-managed-graph".into()));
+/// Whether `got` is `want` (in order, names aside): float outputs within
+/// `tol` relative, the rest exactly. A Python peer gives bf16 outputs as
+/// float32; the JSON and shared-memory schemes give values without a shape
+/// (a flat tensor of the right length is compared by its values).
+fn check_outputs(got: &[HostTensor], want: &[HostTensor], tol: f64) -> std::result::Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("{} outputs, expected {}", got.len(), want.len()));
+    }
+    for (g, w) in got.iter().zip(want) {
+        let mut g = if w.dtype == DType::Bf16 && g.dtype == DType::F32 { g.converted(DType::Bf16).map_err(|e| e.to_string())? } else { g.clone() };
+        if g.shape.len() == 1 && g.numel() == w.numel() {
+            g.shape.clone_from(&w.shape);
         }
-        let model = rt.model(&opts.model)?;
-        let n = crate::memory::region::checked_numel(&opts.shape)?;
+        g.check_close(w, tol)?;
+    }
+    Ok(())
+}
+
+impl<'a> Bench<'a> {
+    /// Loads `model`, fits the inputs (declared, drawn, or the sample file)
+    /// and computes the CPU eager answer the schemes are checked against.
+    pub fn new(rt: &'a Runtime, opts: &'a BenchOptions, model_path: &Path) -> Result<Self> {
+        if opts.server_mode == Mode::ShmIpc {
+            return Err(Error::Argument("--server-mode shm-ipc is a transport, not a session mode: give cpu, gpu-copy, gpu-pinned, gpu-managed or gpu-managed-graph".into()));
+        }
+        let model = rt.model(model_path)?;
         let gpu = rt.check_mode(Mode::GpuCopy).is_ok();
-        let mut check_input = vec![0f32; n];
-        random_input(12345, n, &mut check_input);
-        let reference = model.forward_cpu(&tch::Tensor::from_slice(&check_input).view(opts.shape.as_slice()))?;
-        let out_shape = reference.size();
-        let reference = Vec::<f32>::try_from(reference.flatten(0, -1))?;
-        let model_name = opts.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let inputs = std::sync::Arc::new(InputPool::new(n));
-        Ok(Self { rt, model, opts, out_shape, gpu, forward: std::cell::OnceCell::new(), check_input, reference, model_name, inputs })
+        let (infos, sample) = match &opts.sample_inputs {
+            Some(file) => {
+                let fitted = model.fit_inputs(crate::host_tensor::read_npz(file)?)?;
+                for n in &fitted.notes {
+                    tracing::info!("{}: {n}", model_path.display());
+                }
+                (model.resolve(&fitted.decls(), None)?, Some(fitted.tensors))
+            }
+            // `--shape` alone: float32 where the model records no dtype.
+            None => (model.resolve(&opts.inputs, opts.inputs.iter().any(|d| d.name.is_none() && d.dtype.is_none()).then_some(DType::F32))?, None),
+        };
+        let model_inputs = model.inputs()?;
+        let mut ranges: Vec<Option<(i64, i64)>> = model_inputs.iter().map(|m| m.range).collect();
+        // A range applies to every model with that input (`run` refuses one no model has).
+        for (name, range) in &opts.input_ranges {
+            if let Some(i) = model_inputs.iter().position(|m| &m.name == name) {
+                ranges[i] = Some(*range);
+            }
+        }
+        let (check_input, inputs, input_source) = match sample {
+            Some(s) => (s.clone(), InputPool(vec![s]), format!("sample file {}", opts.sample_inputs.as_ref().map(|p| p.display().to_string()).unwrap_or_default())),
+            None => {
+                let drawn: Vec<String> = infos.iter().zip(&ranges).filter(|(i, _)| !i.dtype.is_float() && i.dtype != DType::Bool).map(|(i, r)| format!("{} in {:?}", i.name, r.unwrap_or((0, 2)))).collect();
+                let source = if drawn.is_empty() { "random".to_string() } else { format!("random ({})", drawn.join(", ")) };
+                (random_sample(&infos, &ranges, 12345)?, InputPool::random(&infos, &ranges)?, source)
+            }
+        };
+        // The reference: CPU eager (a GPU package's: on the GPU, eager).
+        let reference = model.run_eager(model.reference_device(), &check_input)?;
+        let outputs = reference.iter().map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }).collect();
+        let label = model_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| model_path.display().to_string());
+        let entry = BenchModel { path: model_path.display().to_string(), label, format: model.format(), inputs: infos, outputs, input_source };
+        Ok(Self { rt, model, opts, entry, ranges, gpu, forward: std::cell::OnceCell::new(), check_input, reference, inputs: std::sync::Arc::new(inputs) })
+    }
+
+    /// The model as the results describe it.
+    pub fn model(&self) -> &BenchModel {
+        &self.entry
     }
 
     /// Builds scheme `name` and checks its answer against CPU eager; or says
@@ -286,11 +374,36 @@ impl<'a> Bench<'a> {
             || name == "py-cuda-graph"
             || (self.gpu && matches!(name, "tch-naive" | "py-torchscript"))
             || (self.opts.server_mode.needs_gpu() && SERVER_SCHEMES.contains(&name));
-        let tol = if on_gpu { 2e-2 } else { 1e-5 };
+        let tol = if on_gpu { 2e-2 } else if name == "py-onnxruntime" { 1e-4 } else { 1e-5 };
         match s.check(&self.check_input) {
-            Ok(out) if max_rel_err(&out, &self.reference) <= tol => Ok(PreparedScheme { scheme: s, inputs: self.inputs.clone(), seed: 0 }),
-            Ok(out) => Err((Status::Failed, format!("wrong answer: relative error {} against CPU eager (limit {tol})", max_rel_err(&out, &self.reference)))),
+            Ok(out) => match check_outputs(&out, &self.reference, tol) {
+                Ok(()) => Ok(PreparedScheme { scheme: s, inputs: self.inputs.clone(), seed: 0 }),
+                Err(e) => Err((Status::Failed, format!("wrong answer against CPU eager: {e}"))),
+            },
             Err(e) => Err((Status::Failed, format!("check run failed: {e}"))),
+        }
+    }
+
+    /// `Ok` when the model takes one float32 input and returns one float32
+    /// output, which is what the serving schemes carry until protocol v2.
+    fn one_f32(&self, what: &str) -> std::result::Result<(), String> {
+        let f32_only = |ts: &[TensorInfo]| matches!(ts, [t] if t.dtype == DType::F32);
+        if f32_only(&self.entry.inputs) && f32_only(&self.entry.outputs) {
+            return Ok(());
+        }
+        Err(format!(
+            "{what} carries one float32 tensor each way; {} takes {} and returns {}",
+            self.entry.label,
+            crate::session::tensor_ref::list(&self.entry.inputs),
+            crate::session::tensor_ref::list(&self.entry.outputs)
+        ))
+    }
+
+    /// `Ok` for a TorchScript model (what tch and the Python peers load).
+    fn torchscript(&self, who: &str) -> std::result::Result<(), String> {
+        match self.model.format() {
+            Format::TorchScript => Ok(()),
+            Format::Aoti => Err(format!("{who} loads TorchScript files; {} is an AOTInductor package", self.entry.label)),
         }
     }
 
@@ -302,7 +415,7 @@ impl<'a> Bench<'a> {
         if let Some(&t) = self.forward.get() {
             return Ok(t);
         }
-        let t = crate::intra_op::time_forward(&self.model, &self.opts.shape).map_err(|e| e.to_string())?;
+        let t = crate::intra_op::time_forward(&self.model, &self.entry.inputs).map_err(|e| e.to_string())?;
         tracing::info!(
             "a CPU forward pass takes {t:?}: shared-memory server processes get {} intra-op threads, gRPC ones {}",
             crate::intra_op::for_shm_clients(t),
@@ -313,36 +426,51 @@ impl<'a> Bench<'a> {
 }
 
 fn build(name: &str, cx: &Bench<'_>) -> std::result::Result<Box<dyn Scheme>, String> {
-    let Bench { rt, ref model, opts, ref out_shape, gpu, .. } = *cx;
+    let Bench { rt, ref model, opts, ref entry, gpu, .. } = *cx;
     let all_cores = crate::intra_op::cores();
+    let path = model.path();
+    let shape = || entry.inputs[0].shape.clone();
     match name {
-        "serialize-copy" => boxed(SerializeCopy::start(&opts.server_exe, &opts.model, &opts.shape, all_cores)),
-        "cpu-zero-copy" => boxed(SessionScheme::build(rt, model, opts, out_shape, Mode::Cpu)),
+        "serialize-copy" => {
+            cx.one_f32("serialize-copy")?;
+            cx.torchscript("serialize-copy's JSON server")?;
+            boxed(SerializeCopy::start(&opts.server_exe, path, &shape(), all_cores))
+        }
+        "cpu-zero-copy" => boxed(SessionScheme::build(rt, model, opts, &entry.inputs, Mode::Cpu)),
         "shm-ipc" => {
+            cx.one_f32("the shared-memory protocol v1")?;
             rt.check_mode(Mode::ShmIpc).map_err(|e| e.to_string())?;
             rt.check_mode(opts.server_mode).map_err(|e| e.to_string())?;
-            boxed(ShmIpc::start(&opts.server_exe, &opts.model, &opts.shape, crate::intra_op::for_shm_clients(cx.forward()?), opts.server_mode))
+            boxed(ShmIpc::start(&opts.server_exe, path, &shape(), crate::intra_op::for_shm_clients(cx.forward()?), opts.server_mode))
         }
         "oip-grpc" | "oip-grpc-shm" => {
+            cx.one_f32("the Open Inference Protocol endpoint")?;
             rt.check_mode(opts.server_mode).map_err(|e| e.to_string())?;
-            boxed(oip::OipGrpc::start(&opts.server_exe, &opts.model, &opts.shape, out_shape, name == "oip-grpc-shm", crate::intra_op::for_grpc_clients(cx.forward()?), opts.server_mode))
+            let out = entry.outputs[0].shape.clone();
+            boxed(oip::OipGrpc::start(&opts.server_exe, path, &shape(), &out, name == "oip-grpc-shm", crate::intra_op::for_grpc_clients(cx.forward()?), opts.server_mode))
         }
         "gpu-copy" | "gpu-pinned" | "gpu-managed" | "gpu-managed-graph" => {
             let mode: Mode = name.parse()?;
             rt.check_mode(mode).map_err(|e| e.to_string())?;
-            boxed(SessionScheme::build(rt, model, opts, out_shape, mode))
+            boxed(SessionScheme::build(rt, model, opts, &entry.inputs, mode))
         }
         "tch-naive" => {
+            cx.torchscript("tch")?;
             let dev = if gpu { tch::Device::Cuda(0) } else { tch::Device::Cpu };
-            boxed(TchNaive::load(&opts.model, &opts.shape, dev))
+            boxed(TchNaive::load(path, dev))
         }
-        "py-torchscript" | "py-cuda-graph" => {
+        "py-torchscript" | "py-cuda-graph" | "py-onnxruntime" => {
+            cx.torchscript("the Python peer")?;
             if name == "py-cuda-graph" && !gpu {
                 return Err(rt.check_mode(Mode::GpuCopy).err().map(|e| format!("needs a GPU: {e}")).unwrap_or_default());
             }
             let python = schemes::find_python(opts.python.as_deref())?;
-            let (mode, dev) = if name == "py-cuda-graph" { ("cuda-graph", "cuda:0") } else { ("torchscript", if gpu { "cuda:0" } else { "cpu" }) };
-            boxed(PyPeer::start(&python, &opts.model, mode, &opts.shape, dev))
+            let (mode, dev) = match name {
+                "py-cuda-graph" => ("cuda-graph", "cuda:0"),
+                "py-onnxruntime" => ("onnxruntime", "cpu"),
+                _ => ("torchscript", if gpu { "cuda:0" } else { "cpu" }),
+            };
+            PyPeer::start(&python, path, mode, &entry.inputs, &cx.ranges, dev).map(|p| Box::new(p) as Box<dyn Scheme>)
         }
         other => Err(format!("unknown scheme {other}; known: {}", SCHEMES.join(", "))),
     }
@@ -350,17 +478,28 @@ fn build(name: &str, cx: &Bench<'_>) -> std::result::Result<Box<dyn Scheme>, Str
 
 /// Runs the comparison (progress is logged with `tracing`).
 pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
-    let bench = Bench::new(rt, opts)?;
-    let model_name = bench.model_name.as_str();
+    let benches = opts.models.iter().map(|m| Bench::new(rt, opts, m)).collect::<Result<Vec<_>>>()?;
+    if benches.is_empty() {
+        return Err(Error::Argument("no model to bench".into()));
+    }
+    for (name, _) in &opts.input_ranges {
+        if !benches.iter().any(|b| b.entry.inputs.iter().any(|i| &i.name == name)) {
+            let known: Vec<String> = benches.iter().map(|b| format!("{}: {}", b.entry.label, b.entry.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "))).collect();
+            return Err(Error::Argument(format!("--input-range {name}: no model has an input `{name}` ({})", known.join("; "))));
+        }
+    }
 
-    // Build and check every scheme.
+    // Build and check every scheme of every model.
     let mut results: Vec<SchemeResult> = Vec::new();
-    let mut live: Vec<(String, PreparedScheme, TimingRecorder)> = Vec::new();
-    for name in &opts.schemes {
-        tracing::info!("preparing {name}");
-        match bench.prepare(name) {
-            Ok(s) => live.push((name.clone(), s, TimingRecorder::new())),
-            Err((status, reason)) => results.push(SchemeResult::without_samples(name, model_name, status, reason)),
+    let mut live: Vec<(String, String, PreparedScheme, TimingRecorder)> = Vec::new();
+    for bench in &benches {
+        let label = &bench.entry.label;
+        for name in &opts.schemes {
+            tracing::info!("preparing {name} on {label}");
+            match bench.prepare(name) {
+                Ok(s) => live.push((name.clone(), label.clone(), s, TimingRecorder::new())),
+                Err((status, reason)) => results.push(SchemeResult::without_samples(name, label, status, reason)),
+            }
         }
     }
 
@@ -377,7 +516,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut failed: Vec<(String, String)> = Vec::new();
+    let mut failed: Vec<(String, String, String)> = Vec::new();
     let warm_start = Instant::now();
     let mut round: u64 = 0;
     let mut timed = 0usize;
@@ -388,13 +527,13 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         let mut dead: Vec<usize> = Vec::new();
         for j in 0..live.len() {
             let idx = (j + round as usize) % live.len();
-            let (name, scheme, timing) = &mut live[idx];
+            let (name, label, scheme, timing) = &mut live[idx];
             for _ in 0..this_burst {
                 match scheme.request() {
                     Ok(t) if !warming => timing.record(t),
                     Ok(_) => {}
                     Err(e) => {
-                        failed.push((name.clone(), format!("failed during the run: {e}")));
+                        failed.push((name.clone(), label.clone(), format!("failed during the run: {e}")));
                         dead.push(idx);
                         break;
                     }
@@ -415,20 +554,20 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         bar.inc(this_burst);
     }
     bar.finish_and_clear();
-    for (name, s, timing) in &live {
-        results.push(SchemeResult::measured(name, model_name, s.threads(), timing));
+    for (name, label, s, timing) in &live {
+        results.push(SchemeResult::measured(name, label, s.threads(), timing));
     }
-    for (name, reason) in failed {
-        results.push(SchemeResult::without_samples(&name, model_name, Status::Failed, reason));
+    for (name, label, reason) in failed {
+        results.push(SchemeResult::without_samples(&name, &label, Status::Failed, reason));
     }
-    results.sort_by_key(|r| SCHEMES.iter().position(|s| *s == r.scheme).unwrap_or(usize::MAX));
+    let model_order = |label: &str| benches.iter().position(|b| b.entry.label == label).unwrap_or(usize::MAX);
+    results.sort_by_key(|r| (model_order(&r.model), SCHEMES.iter().position(|s| *s == r.scheme).unwrap_or(usize::MAX)));
     add_ratios(&mut results);
     drop(live); // stops servers and peers
     Ok(BenchReport {
-        schema_version: 1,
+        schema_version: SCHEMA_VERSION,
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        model: opts.model.display().to_string(),
-        shape: opts.shape.clone(),
+        models: benches.iter().map(|b| b.entry.clone()).collect(),
         requests: opts.requests,
         burst: burst as usize,
         settle_ms: opts.settle.as_secs_f64() * 1e3,
@@ -447,9 +586,39 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_nan_answer_fails_the_check() {
-        assert_eq!(super::max_rel_err(&[1.0, f32::NAN], &[1.0, 2.0]), f32::INFINITY);
-        assert!(super::max_rel_err(&[1.0, 2.0], &[1.0, 2.0]) == 0.0);
+        let t = |v: &[f32]| HostTensor::from_values("output__0", &[v.len() as i64], v).unwrap();
+        assert!(check_outputs(&[t(&[1.0, f32::NAN])], &[t(&[1.0, 2.0])], 1e-5).is_err());
+        assert!(check_outputs(&[t(&[1.0, 2.0])], &[t(&[1.0, 2.0])], 0.0).is_ok());
+    }
+
+    #[test]
+    fn outputs_are_compared_in_order_and_a_peer_may_give_bf16_as_float32() {
+        let want = HostTensor::from_values("output__0", &[2], &[half::bf16::from_f32(1.5), half::bf16::from_f32(-2.0)]).unwrap();
+        let as_f32 = HostTensor::from_values("out", &[2], &[1.5f32, -2.0]).unwrap();
+        assert!(check_outputs(std::slice::from_ref(&as_f32), std::slice::from_ref(&want), 0.0).is_ok());
+        assert!(check_outputs(&[as_f32.clone(), as_f32], &[want], 0.0).unwrap_err().contains("2 outputs, expected 1"));
+    }
+
+    #[test]
+    fn input_ranges_parse_as_half_open_intervals() {
+        assert_eq!(parse_input_range("input_ids=0..1000").unwrap(), ("input_ids".to_string(), (0, 1000)));
+        assert_eq!(parse_input_range("t=-5..5").unwrap().1, (-5, 5));
+        assert!(parse_input_range("t=5..5").unwrap_err().contains("empty"));
+        assert!(parse_input_range("t=0-9").unwrap_err().contains("NAME=LOW..HIGH"));
+    }
+
+    #[test]
+    fn drawn_integers_stay_in_their_ranges() {
+        let infos = [TensorInfo { name: "input_ids".into(), dtype: DType::I64, shape: vec![1, 64] }, TensorInfo { name: "mask".into(), dtype: DType::I64, shape: vec![1, 64] }];
+        let s = random_sample(&infos, &[Some((0, 1000)), None], 3).unwrap();
+        assert!(s[0].to_vec::<i64>().unwrap().iter().all(|v| (0..1000).contains(v)));
+        assert!(s[0].to_vec::<i64>().unwrap().iter().any(|&v| v > 1));
+        assert!(s[1].to_vec::<i64>().unwrap().iter().all(|v| (0..2).contains(v)));
+        let pool = InputPool::random(&infos, &[None, None]).unwrap();
+        assert_ne!(pool.get(1), pool.get(2), "consecutive requests get different inputs");
     }
 }

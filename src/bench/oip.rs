@@ -10,7 +10,8 @@
 //!   region parameters, the server reads the input in place and writes the
 //!   output into the output region.
 
-use super::schemes::{server_threads_note, timed, Scheme, ServerChild};
+use super::schemes::{copy_f32, server_threads_note, timed, Scheme, ServerChild};
+use crate::host_tensor::HostTensor;
 use crate::error::{Error, Result};
 use crate::oip::models::{FP32, INPUT_NAME, OUTPUT_NAME};
 use crate::oip::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -73,9 +74,8 @@ impl ShmObject {
         Ok(Self { key: key.to_string(), map })
     }
 
-    /// Copies `data` to the start of the object; refused when it does not fit.
-    fn write(&self, data: &[f32]) -> Result<()> {
-        let bytes: &[u8] = bytemuck::cast_slice(data);
+    /// Copies `bytes` to the start of the object; refused when they do not fit.
+    fn write(&self, bytes: &[u8]) -> Result<()> {
         if bytes.len() > self.map.len() {
             return Err(Error::Argument(format!("{} bytes of input do not fit shared memory object {} ({} bytes)", bytes.len(), self.key, self.map.len())));
         }
@@ -240,21 +240,23 @@ impl OipGrpc {
 }
 
 impl Scheme for OipGrpc {
-    fn refresh(&mut self, _: u64, data: &[f32]) -> Result<()> {
+    fn refresh(&mut self, _: u64, sample: &[HostTensor]) -> Result<()> {
         match &mut self.transport {
-            Transport::Raw { input, .. } if input.len() == data.len() => input.copy_from_slice(data),
-            Transport::Raw { input, .. } => return Err(Error::Argument(format!("{} input values for a model taking {}", data.len(), input.len()))),
-            Transport::Shm { input, .. } => input.write(data)?,
+            Transport::Raw { input, .. } => copy_f32(sample, input),
+            Transport::Shm { input, .. } => match sample {
+                [t] if t.dtype == crate::dtype::DType::F32 => input.write(t.bytes()),
+                _ => Err(Error::Argument("this scheme takes one float32 tensor".into())),
+            },
         }
-        Ok(())
     }
     fn request(&mut self) -> Result<RunTiming> {
         timed(|| self.once())
     }
-    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
-        self.refresh(0, input)?;
+    fn check(&mut self, sample: &[HostTensor]) -> Result<Vec<HostTensor>> {
+        self.refresh(0, sample)?;
         self.once()?;
-        self.output()
+        let out = self.output()?;
+        Ok(vec![HostTensor::from_values("output__0", &[out.len() as i64], &out)?])
     }
     fn threads(&self) -> String {
         let waits = if self.poll.is_zero() { "sleeping".to_string() } else { format!("polling up to {} µs", self.poll.as_micros()) };

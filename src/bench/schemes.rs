@@ -2,11 +2,13 @@
 //! reads its input from, and times one request from "the input is in that
 //! memory" to "the output is readable by the caller".
 
-use crate::error::{Error, Result};
 use super::BenchOptions;
+use crate::error::{Error, Result};
+use crate::host_tensor::HostTensor;
 use crate::ipc::{Client, LoanedRequest};
 use crate::mode::Mode;
-use crate::runtime::{Model, Runtime};
+use crate::model::{Model, TensorInfo};
+use crate::runtime::Runtime;
 use crate::session::{RunTiming, Session, SessionSpec};
 use std::io::{BufRead, BufReader, Write};
 use std::ffi::OsString;
@@ -18,37 +20,51 @@ use std::time::{Duration, Instant};
 
 /// A way of running the model, measured side by side with the others.
 pub(crate) trait Scheme {
-    /// Writes this round's input into the scheme's caller memory (untimed).
-    fn refresh(&mut self, seed: u64, data: &[f32]) -> Result<()>;
+    /// Writes this round's inputs (one per model input, in its order) into
+    /// the scheme's caller memory (untimed).
+    fn refresh(&mut self, seed: u64, sample: &[HostTensor]) -> Result<()>;
     /// One timed request.
     fn request(&mut self) -> Result<RunTiming>;
-    /// Runs `input` once and returns the output (the correctness check).
-    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>>;
+    /// Runs `sample` once and returns the outputs in the model's order (the
+    /// correctness check).
+    fn check(&mut self, sample: &[HostTensor]) -> Result<Vec<HostTensor>>;
     /// Thread settings the scheme runs with.
     fn threads(&self) -> String;
 }
 
-/// A scheme whose caller memory is a plain buffer it copies from: one
-/// request is `once()`, from that buffer to its output buffer.
+/// The float32 values of a sample of one float32 tensor into `dst` (the
+/// schemes that carry one float32 tensor, checked by `Bench::one_f32`).
+pub(super) fn copy_f32(sample: &[HostTensor], dst: &mut [f32]) -> Result<()> {
+    let dst: &mut [u8] = bytemuck::cast_slice_mut(dst);
+    match sample {
+        [t] if t.dtype == crate::dtype::DType::F32 && t.bytes().len() == dst.len() => {
+            dst.copy_from_slice(t.bytes());
+            Ok(())
+        }
+        _ => Err(Error::Argument(format!("this scheme takes one float32 tensor of {} bytes", dst.len()))),
+    }
+}
+
+/// A scheme whose caller memory is a plain float32 buffer it copies from:
+/// one request is `once()`, from that buffer to its output buffer.
 trait BufferScheme {
     fn input_buf(&mut self) -> &mut [f32];
     fn once(&mut self) -> Result<()>;
-    fn output_buf(&self) -> &[f32];
+    fn output(&self) -> Result<HostTensor>;
     fn thread_settings(&self) -> String;
 }
 
 impl<T: BufferScheme> Scheme for T {
-    fn refresh(&mut self, _: u64, data: &[f32]) -> Result<()> {
-        self.input_buf().copy_from_slice(data);
-        Ok(())
+    fn refresh(&mut self, _: u64, sample: &[HostTensor]) -> Result<()> {
+        copy_f32(sample, self.input_buf())
     }
     fn request(&mut self) -> Result<RunTiming> {
         timed(|| self.once())
     }
-    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
-        self.input_buf().copy_from_slice(input);
+    fn check(&mut self, sample: &[HostTensor]) -> Result<Vec<HostTensor>> {
+        copy_f32(sample, self.input_buf())?;
         self.once()?;
-        Ok(self.output_buf().to_vec())
+        Ok(vec![self.output()?])
     }
     fn threads(&self) -> String {
         self.thread_settings()
@@ -110,8 +126,8 @@ impl BufferScheme for SerializeCopy {
     fn once(&mut self) -> Result<()> {
         self.post()
     }
-    fn output_buf(&self) -> &[f32] {
-        &self.output
+    fn output(&self) -> Result<HostTensor> {
+        HostTensor::from_values("output__0", &[self.output.len() as i64], &self.output)
     }
     fn thread_settings(&self) -> String {
         self.server.clone()
@@ -119,14 +135,17 @@ impl BufferScheme for SerializeCopy {
 }
 
 /// `cpu-zero-copy` and the GPU session modes: a [`Session`]; the caller's
-/// memory is the session's input region.
+/// memory is the session's input regions.
 pub(crate) struct SessionScheme {
     pub(crate) session: Session,
 }
 
 impl SessionScheme {
-    pub(crate) fn build(rt: &Runtime, model: &Model, opts: &BenchOptions, out: &[i64], mode: Mode) -> Result<Self> {
-        let mut spec = SessionSpec::new(&opts.shape, out).mode(mode).warmup(5).managed_placement(opts.managed_placement).graph_launch(opts.graph_launch).capture_graph(opts.capture_graphs).stage_input(opts.stage_input);
+    pub(crate) fn build(rt: &Runtime, model: &Model, opts: &BenchOptions, inputs: &[TensorInfo], mode: Mode) -> Result<Self> {
+        let mut spec = SessionSpec::new().mode(mode).warmup(5).managed_placement(opts.managed_placement).graph_launch(opts.graph_launch).capture_graph(opts.capture_graphs).stage_input(opts.stage_input);
+        for i in inputs {
+            spec = spec.input(&i.name, i.dtype, &i.shape);
+        }
         if let Some(spin) = opts.spin {
             spec = spec.spin(spin);
         }
@@ -138,20 +157,19 @@ impl SessionScheme {
 }
 
 impl Scheme for SessionScheme {
-    fn refresh(&mut self, _: u64, data: &[f32]) -> Result<()> {
-        self.session.input_mut().copy_from_slice(data);
-        Ok(())
+    fn refresh(&mut self, _: u64, sample: &[HostTensor]) -> Result<()> {
+        sample.iter().try_for_each(|t| self.session.write_input(t))
     }
     fn request(&mut self) -> Result<RunTiming> {
         let t = Instant::now();
         let r = self.session.run()?;
-        std::hint::black_box(self.session.output()[0]);
+        std::hint::black_box(self.session.output_bytes(0)?.first().copied());
         Ok(RunTiming { host: t.elapsed(), device: r.device })
     }
-    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
-        self.session.input_mut().copy_from_slice(input);
+    fn check(&mut self, sample: &[HostTensor]) -> Result<Vec<HostTensor>> {
+        self.refresh(0, sample)?;
         self.session.run()?;
-        Ok(self.session.output().to_vec())
+        (0..self.session.outputs().len()).map(|i| self.session.read_output(i)).collect()
     }
     fn threads(&self) -> String {
         let mode = self.session.mode();
@@ -255,105 +273,127 @@ impl ShmIpc {
 }
 
 impl Scheme for ShmIpc {
-    fn refresh(&mut self, _: u64, data: &[f32]) -> Result<()> {
+    fn refresh(&mut self, _: u64, sample: &[HostTensor]) -> Result<()> {
         let req = match &mut self.next {
             Some(req) => req,
             empty => empty.insert(self.client.loan(&self.shape)?),
         };
-        let buf = req.data_mut();
-        if buf.len() != data.len() {
-            return Err(Error::Ipc(format!("shm-ipc: {} input elements for a request of {}", data.len(), buf.len())));
-        }
-        buf.copy_from_slice(data);
-        Ok(())
+        copy_f32(sample, req.data_mut())
     }
     fn request(&mut self) -> Result<RunTiming> {
         timed(|| self.round_trip(|out| std::hint::black_box(out.first().copied())).map(drop))
     }
-    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
-        self.refresh(0, input)?;
-        self.round_trip(<[f32]>::to_vec)
+    fn check(&mut self, sample: &[HostTensor]) -> Result<Vec<HostTensor>> {
+        self.refresh(0, sample)?;
+        let out = self.round_trip(<[f32]>::to_vec)?;
+        Ok(vec![HostTensor::from_values("output__0", &[out.len() as i64], &out)?])
     }
     fn threads(&self) -> String {
         self.server.clone()
     }
 }
 
-/// `tch-naive`: what a tch user writes today.
+/// `tch-naive`: what a tch user writes today: each input copied into a
+/// tensor and moved to the device, `forward_is`, the outputs moved back and
+/// copied out.
 pub(crate) struct TchNaive {
     module: tch::CModule,
     device: tch::Device,
-    shape: Vec<i64>,
-    input: Vec<f32>,
-    output: Vec<f32>,
+    inputs: Vec<HostTensor>,
+    outputs: Vec<HostTensor>,
+}
+
+/// The tensors of `v`, flattened in order (tuples, lists, dict values).
+fn flatten_ivalue(v: tch::IValue, out: &mut Vec<tch::Tensor>) -> Result<()> {
+    match v {
+        tch::IValue::Tensor(t) => out.push(t),
+        tch::IValue::Tuple(vs) | tch::IValue::GenericList(vs) => vs.into_iter().try_for_each(|v| flatten_ivalue(v, out))?,
+        tch::IValue::TensorList(ts) => out.extend(ts),
+        tch::IValue::GenericDict(kvs) => kvs.into_iter().try_for_each(|(_, v)| flatten_ivalue(v, out))?,
+        other => return Err(Error::Session(format!("tch-naive: the model returned {other:?} among its outputs"))),
+    }
+    Ok(())
 }
 
 impl TchNaive {
-    pub(crate) fn load(path: &Path, shape: &[i64], device: tch::Device) -> Result<Self> {
+    pub(crate) fn load(path: &Path, device: tch::Device) -> Result<Self> {
         let mut module = tch::CModule::load_on_device(path, device)?;
         module.set_eval();
-        let n = shape.iter().product::<i64>() as usize;
-        Ok(Self { module, device, shape: shape.to_vec(), input: vec![0.0; n], output: Vec::new() })
+        Ok(Self { module, device, inputs: Vec::new(), outputs: Vec::new() })
     }
 
     fn forward(&mut self) -> Result<()> {
         let _guard = tch::no_grad_guard();
-        let x = tch::Tensor::from_slice(&self.input).view(self.shape.as_slice()).to_device(self.device);
-        let y = self.module.forward_ts(&[x])?.to_device(tch::Device::Cpu);
-        self.output = Vec::<f32>::try_from(y.flatten(0, -1))?;
+        let xs = self.inputs.iter().map(|t| Ok(tch::IValue::Tensor(t.to_tensor()?.to_device(self.device)))).collect::<Result<Vec<_>>>()?;
+        let mut ys = Vec::new();
+        flatten_ivalue(self.module.forward_is(&xs)?, &mut ys)?;
+        self.outputs = ys.iter().enumerate().map(|(i, y)| HostTensor::from_tensor(&format!("output__{i}"), y)).collect::<Result<_>>()?;
         Ok(())
     }
 }
 
-impl BufferScheme for TchNaive {
-    fn input_buf(&mut self) -> &mut [f32] {
-        &mut self.input
+impl Scheme for TchNaive {
+    fn refresh(&mut self, _: u64, sample: &[HostTensor]) -> Result<()> {
+        self.inputs.clear();
+        self.inputs.extend_from_slice(sample);
+        Ok(())
     }
-    fn once(&mut self) -> Result<()> {
-        self.forward()
+    fn request(&mut self) -> Result<RunTiming> {
+        timed(|| self.forward())
     }
-    fn output_buf(&self) -> &[f32] {
-        &self.output
+    fn check(&mut self, sample: &[HostTensor]) -> Result<Vec<HostTensor>> {
+        self.refresh(0, sample)?;
+        self.forward()?;
+        Ok(self.outputs.clone())
     }
-    fn thread_settings(&self) -> String {
+    fn threads(&self) -> String {
         format!("{}; device {:?}", threads_here(), self.device)
     }
 }
 
-/// `py-torchscript` / `py-cuda-graph`: a Python process with torch, driven
-/// one request at a time (`peer.py`); it times itself and reports.
+/// `py-torchscript` / `py-cuda-graph` / `py-onnxruntime`: a Python process
+/// with torch (and ONNX Runtime), driven one request at a time
+/// (`peer.py`); it times itself and reports.
 pub(crate) struct PyPeer {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     ready: String,
     seed: u64,
-    shape: Vec<i64>,
     dir: PathBuf,
 }
 
 impl PyPeer {
-    pub(crate) fn start(python: &Path, model: &Path, mode: &str, shape: &[i64], device: &str) -> Result<Self> {
+    /// Starts the peer on `model` in `mode` over `inputs` (drawn in
+    /// `ranges`); `Err` with the peer's reason when it cannot run the model.
+    pub(crate) fn start(python: &Path, model: &Path, mode: &str, inputs: &[TensorInfo], ranges: &[Option<(i64, i64)>], device: &str) -> std::result::Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("uminfer-bench-{}-{mode}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let script = dir.join("peer.py");
-        std::fs::write(&script, include_str!("peer.py")).map_err(|e| Error::Io { path: script.clone(), source: e })?;
-        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        std::fs::write(&script, include_str!("peer.py")).map_err(|e| format!("{}: {e}", script.display()))?;
+        let spec: Vec<serde_json::Value> = inputs
+            .iter()
+            .zip(ranges)
+            .map(|(i, r)| serde_json::json!({"name": i.name, "dtype": i.dtype.torch_name(), "shape": i.shape, "range": r}))
+            .collect();
         let mut child = Command::new(python)
             .arg(&script)
-            .args(["--mode", mode, "--shape", &dims.join(","), "--device", device, "--model"])
+            .args(["--mode", mode, "--device", device, "--inputs-json", &serde_json::Value::from(spec).to_string(), "--model"])
             .arg(model)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| Error::Os { call: "starting the Python peer", source: e })?;
+            .map_err(|e| format!("starting the Python peer: {e}"))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err(Error::Session("Python peer without pipes".into()));
+            return Err("Python peer without pipes".into());
         };
-        let mut peer = Self { child, stdin, stdout: BufReader::new(stdout), ready: String::new(), seed: 0, shape: shape.to_vec(), dir };
-        let line = peer.line()?;
-        peer.ready = line.strip_prefix("ready ").ok_or_else(|| Error::Session(format!("Python peer said {line:?}")))?.to_string();
+        let mut peer = Self { child, stdin, stdout: BufReader::new(stdout), ready: String::new(), seed: 0, dir };
+        let line = peer.line().map_err(|e| e.to_string())?;
+        if let Some(why) = line.strip_prefix("unavailable ") {
+            return Err(format!("the Python peer cannot run it: {why}"));
+        }
+        peer.ready = line.strip_prefix("ready ").ok_or_else(|| format!("Python peer said {line:?}"))?.to_string();
         Ok(peer)
     }
 
@@ -373,8 +413,8 @@ impl PyPeer {
 }
 
 impl Scheme for PyPeer {
-    fn refresh(&mut self, seed: u64, _: &[f32]) -> Result<()> {
-        self.seed = seed; // the peer makes its own fresh input from the seed, untimed
+    fn refresh(&mut self, seed: u64, _: &[HostTensor]) -> Result<()> {
+        self.seed = seed; // the peer makes its own fresh inputs from the seed, untimed
         Ok(())
     }
     fn request(&mut self) -> Result<RunTiming> {
@@ -383,14 +423,14 @@ impl Scheme for PyPeer {
         let ns: u64 = line.strip_prefix("t ").and_then(|v| v.parse().ok()).ok_or_else(|| Error::Session(format!("Python peer said {line:?}")))?;
         Ok(RunTiming { host: Duration::from_nanos(ns), device: None })
     }
-    fn check(&mut self, input: &[f32]) -> Result<Vec<f32>> {
-        let (inp, out) = (self.dir.join("check-in.npy"), self.dir.join("check-out.npy"));
-        tch::Tensor::from_slice(input).view(self.shape.as_slice()).write_npy(&inp)?;
+    fn check(&mut self, sample: &[HostTensor]) -> Result<Vec<HostTensor>> {
+        let (inp, out) = (self.dir.join("check-in.npz"), self.dir.join("check-out.npz"));
+        crate::host_tensor::write_npz(&inp, sample)?;
         let reply = self.send(&format!("check {} {}", inp.display(), out.display()))?;
         if reply != "ok" {
             return Err(Error::Session(format!("Python peer said {reply:?}")));
         }
-        Ok(Vec::<f32>::try_from(tch::Tensor::read_npy(&out)?.flatten(0, -1))?)
+        crate::host_tensor::read_npz(&out)
     }
     fn threads(&self) -> String {
         format!("python: intra-op / device {}", self.ready)

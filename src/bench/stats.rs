@@ -80,22 +80,27 @@ impl SchemeResult {
     }
 }
 
-/// Fills the P50 ratios against `cpu-zero-copy` and `serialize-copy`.
+/// Fills the P50 ratios against `cpu-zero-copy` and `serialize-copy` of the same model.
 pub fn add_ratios(results: &mut [SchemeResult]) {
-    let p50 = |name: &str, rs: &[SchemeResult]| rs.iter().find(|r| r.scheme == name).and_then(|r| r.p50_us);
-    let (cpu, ser) = (p50("cpu-zero-copy", results), p50("serialize-copy", results));
-    for r in results.iter_mut() {
+    let p50 = |name: &str, model: &str, rs: &[SchemeResult]| rs.iter().find(|r| r.scheme == name && r.model == model).and_then(|r| r.p50_us);
+    let refs: Vec<(Option<f64>, Option<f64>)> = results.iter().map(|r| (p50("cpu-zero-copy", &r.model, results), p50("serialize-copy", &r.model, results))).collect();
+    for (r, (cpu, ser)) in results.iter_mut().zip(refs) {
         r.p50_vs_cpu_zero_copy = r.p50_us.zip(cpu).map(|(a, b)| a / b);
         r.p50_vs_serialize_copy = r.p50_us.zip(ser).map(|(a, b)| a / b);
     }
 }
 
-/// The table printed on stdout.
+/// The table printed on stdout (with a model column when several models ran;
+/// the ratios are to the same model's schemes).
 pub fn table(results: &[SchemeResult]) -> String {
     let f = |v: Option<f64>| v.map(|x| if x >= 1000.0 { format!("{x:.0}") } else { format!("{x:.1}") }).unwrap_or_else(|| "-".into());
     let r2 = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+    let several = results.iter().any(|r| r.model != results[0].model);
+    let width = if several { results.iter().map(|r| r.model.len()).max().unwrap_or(0).max(5) } else { 0 };
+    let model = |m: &str| if several { format!("{m:<width$} ") } else { String::new() };
     let mut out = format!(
-        "{:<18} {:<11} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}\n",
+        "{}{:<18} {:<11} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}\n",
+        model("model"),
         "scheme", "status", "samples", "min µs", "p50 µs", "p90 µs", "p99 µs", "max µs", "mean µs", "std µs", "dev p50", "×cpu-zc", "×serial"
     );
     for r in results {
@@ -105,7 +110,8 @@ pub fn table(results: &[SchemeResult]) -> String {
             Status::Unavailable => "unavailable",
         };
         out.push_str(&format!(
-            "{:<18} {:<11} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}\n",
+            "{}{:<18} {:<11} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}\n",
+            model(&r.model),
             r.scheme,
             status,
             r.samples,
@@ -122,7 +128,8 @@ pub fn table(results: &[SchemeResult]) -> String {
         ));
     }
     for r in results.iter().filter(|r| r.status != Status::Ok) {
-        out.push_str(&format!("  {}: {}\n", r.scheme, r.reason));
+        let on = if several { format!(" on {}", r.model) } else { String::new() };
+        out.push_str(&format!("  {}{on}: {}\n", r.scheme, r.reason));
     }
     out
 }

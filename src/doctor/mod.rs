@@ -6,6 +6,7 @@
 //! | [`probe`] | gathering the facts (never panics, bounded in time) |
 //! | [`checks`] | facts → `pass/warn/fail/skip` checks with hints (pure) |
 //! | [`verdict`] | facts → usable execution modes with reasons (pure) |
+//! | [`model`] | one model file: its facts, signature and verdict per mode (`doctor --model`) |
 //! | [`render`] | human text and `--json` output |
 //!
 //! The runtime calls [`diagnose`] once at startup and refuses modes the
@@ -13,6 +14,7 @@
 
 pub mod checks;
 pub mod facts;
+pub mod model;
 pub mod probe;
 pub mod render;
 pub mod verdict;

@@ -11,7 +11,8 @@ use super::header::{validate_request, RequestHeader, ResponseHeader, Status};
 use super::service::{self, Ipc};
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
-use crate::session::{ModeChoice, SessionPool, SessionSpec};
+use crate::session::pool::one_f32_tensor;
+use crate::session::{ModeChoice, SessionPool, SessionSpec, TensorMut, TensorRef};
 use iceoryx2::active_request::ActiveRequest;
 use iceoryx2::prelude::*;
 use iceoryx2::waitset::WaitSetRunResult;
@@ -112,14 +113,10 @@ impl Server {
         if n_in <= 0 || n_in as usize > max_elements {
             return Err(Error::Ipc(format!("input shape {:?} does not fit --max-bytes {}", opts.input_shape, opts.max_bytes)));
         }
-        let probe = model.forward_cpu(&tch::Tensor::zeros(opts.input_shape.as_slice(), (tch::Kind::Float, tch::Device::Cpu)))?;
-        if probe.kind() != tch::Kind::Float {
-            return Err(Error::Ipc(format!("the model returns {:?}; protocol v1 carries float32", probe.kind())));
-        }
-        let output_shape = probe.size();
-        let n_out = probe.numel();
-        let spec = SessionSpec::new(&opts.input_shape, &output_shape).mode_choice(opts.mode);
-        let pool = Arc::new(SessionPool::new(rt, &model, spec, opts.workers.max(1))?);
+        let spec = SessionSpec::new().mode_choice(opts.mode);
+        let (pool, output_shape) = one_f32_tensor(rt, &model, spec, &opts.input_shape, opts.workers.max(1), "the shared-memory protocol v1")?;
+        let pool = Arc::new(pool);
+        let n_out: usize = output_shape.iter().product::<i64>() as usize;
         let port = svc
             .server_builder()
             .initial_max_slice_len(n_out.max(1))
@@ -299,7 +296,7 @@ impl Worker<'_> {
         }
         let n_out: i64 = self.output_shape.iter().product();
         let mut resp = req.loan_slice_uninit(n_out as usize).map_err(|e| send_err(&e))?;
-        let ran = self.pool.checkout().run_on(req.payload(), resp.payload_mut());
+        let ran = self.pool.infer(&[TensorRef::new(req.payload())], &mut [TensorMut::uninit(resp.payload_mut())]);
         match ran {
             Ok(_) => {
                 *resp.user_header_mut() = ResponseHeader::ok(h.request_id, self.output_shape);

@@ -2,6 +2,7 @@
 //! Each wraps one driver call (links to NVIDIA's documentation inline).
 
 use super::element::Element;
+use super::raw::RawRegion;
 use super::region::Region;
 use super::RegionKind;
 use crate::error::{Error, Result};
@@ -109,16 +110,27 @@ impl<T: Element> Region<T> {
     /// Gives the driver usage advice for the whole region
     /// ([cuMemAdvise](https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__UNIFIED.html)).
     pub fn advise(&mut self, advice: Advice) -> Result<()> {
-        let gpu = self.managed_gpu("advise")?;
-        gpu.bind()?;
-        let dev = gpu.ordinal();
-        let (a, loc) = match advice {
-            Advice::PreferredLocation(to) => (sys::CUmem_advise::CU_MEM_ADVISE_SET_PREFERRED_LOCATION, location(dev, to)),
-            Advice::ReadMostly => (sys::CUmem_advise::CU_MEM_ADVISE_SET_READ_MOSTLY, location(dev, Location::Device)),
-            Advice::AccessedByDevice => (sys::CUmem_advise::CU_MEM_ADVISE_SET_ACCESSED_BY, location(dev, Location::Device)),
-        };
-        // SAFETY: the range is exactly this managed allocation's elements.
-        unsafe { result::mem_advise(self.device_ptr().unwrap_or(0), self.byte_len(), a, loc) }
-            .map_err(Error::driver("cuMemAdvise"))
+        self.managed_gpu("advise")?;
+        advise_raw(self.raw(), self.byte_len(), advice)
     }
+}
+
+/// [`Region::advise`] over the first `bytes` of a raw managed allocation.
+pub(crate) fn advise_raw(raw: &RawRegion, bytes: usize, advice: Advice) -> Result<()> {
+    let gpu = match (raw.kind(), raw.gpu()) {
+        (RegionKind::Managed, Some(g)) => g,
+        _ => return Err(Error::Shape(format!("advise applies to managed regions only; this region is {}", raw.kind()))),
+    };
+    if bytes > raw.bytes() {
+        return Err(Error::RegionSize(format!("advice over {bytes} bytes of a {}-byte region", raw.bytes())));
+    }
+    gpu.bind()?;
+    let dev = gpu.ordinal();
+    let (a, loc) = match advice {
+        Advice::PreferredLocation(to) => (sys::CUmem_advise::CU_MEM_ADVISE_SET_PREFERRED_LOCATION, location(dev, to)),
+        Advice::ReadMostly => (sys::CUmem_advise::CU_MEM_ADVISE_SET_READ_MOSTLY, location(dev, Location::Device)),
+        Advice::AccessedByDevice => (sys::CUmem_advise::CU_MEM_ADVISE_SET_ACCESSED_BY, location(dev, Location::Device)),
+    };
+    // SAFETY: the range lies in this live managed allocation (checked above).
+    unsafe { result::mem_advise(raw.device_ptr().unwrap_or(0), bytes, a, loc) }.map_err(Error::driver("cuMemAdvise"))
 }

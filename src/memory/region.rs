@@ -179,26 +179,8 @@ impl<T: Element> Region<T> {
     /// 2. No host view may be used while GPU work through the tensor may be
     ///    pending (the caller synchronises before handing out host slices).
     pub(crate) unsafe fn tensor_unbounded(&self, shape: &[i64], side: TensorSide) -> Result<tch::Tensor> {
-        let numel = checked_numel(shape)?;
-        if numel != self.len {
-            return Err(Error::Shape(format!(
-                "shape {shape:?} has {numel} elements but the region holds {} (expected a shape with {} elements)",
-                self.len, self.len
-            )));
-        }
-        let strides = contiguous_strides(shape);
-        let (ptr, device) = match (side, self.raw.device_ptr(), self.raw.gpu()) {
-            (TensorSide::Native, Some(dptr), Some(gpu)) => (dptr as usize as *const u8, tch::Device::Cuda(gpu.ordinal())),
-            _ => (self.raw.as_ptr() as *const u8, tch::Device::Cpu),
-        };
-        // SAFETY: `ptr` addresses `len * size_of::<T>()` bytes valid on
-        // `device` (host memory for Cpu; managed or mapped-pinned device
-        // address for Cuda) and shape/strides describe exactly `len`
-        // contiguous elements of T::KIND; lifetime and host-access rules are
-        // the caller's (points 1 and 2).
-        let t = unsafe { tch::Tensor::f_from_blob(ptr, shape, &strides, T::KIND, device) }?;
-        self.raw.mark_device_dirty();
-        Ok(t)
+        // SAFETY: the caller upholds points 1 and 2; the region holds `len` elements of T.
+        unsafe { raw_tensor(&self.raw, self.len, T::DTYPE, shape, side) }
     }
 
     /// The elements as a slice without waiting for the GPU.
@@ -223,6 +205,31 @@ impl<T: Element> Region<T> {
         unsafe { std::slice::from_raw_parts_mut(self.raw.as_ptr().cast::<T>(), self.len) }
 
     }
+}
+
+/// A tensor of `dtype` and `shape` over the first `len` elements of `raw`,
+/// carrying no borrow (see [`Region::tensor_unbounded`]).
+///
+/// # Safety
+/// `raw` must hold at least `len` elements of `dtype`, and the caller
+/// upholds points 1 and 2 of [`Region::tensor_unbounded`] for `raw`.
+pub(crate) unsafe fn raw_tensor(raw: &RawRegion, len: usize, dtype: crate::dtype::DType, shape: &[i64], side: TensorSide) -> Result<tch::Tensor> {
+    let numel = checked_numel(shape)?;
+    if numel != len {
+        return Err(Error::Shape(format!("shape {shape:?} has {numel} elements but the region holds {len} (expected a shape with {len} elements)")));
+    }
+    let strides = contiguous_strides(shape);
+    let (ptr, device) = match (side, raw.device_ptr(), raw.gpu()) {
+        (TensorSide::Native, Some(dptr), Some(gpu)) => (dptr as usize as *const u8, tch::Device::Cuda(gpu.ordinal())),
+        _ => (raw.as_ptr() as *const u8, tch::Device::Cpu),
+    };
+    // SAFETY: `ptr` addresses `len` elements of `dtype` valid on `device`
+    // (host memory for Cpu; managed or mapped-pinned device address for
+    // Cuda) and shape/strides describe exactly `len` contiguous elements;
+    // lifetime and host-access rules are the caller's.
+    let t = unsafe { tch::Tensor::f_from_blob(ptr, shape, &strides, dtype.kind(), device) }?;
+    raw.mark_device_dirty();
+    Ok(t)
 }
 
 /// Product of `shape`, rejecting negative dimensions and overflow.

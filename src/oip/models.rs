@@ -10,6 +10,7 @@
 use super::metrics::ModelLabels;
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
+use crate::session::pool::one_f32_tensor;
 use crate::session::{ModeChoice, SessionPool, SessionSpec};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -137,7 +138,7 @@ pub struct ServedModel {
     pub name: String,
     /// Declared input shape (requests must match it exactly).
     pub input_shape: Vec<i64>,
-    /// Output shape, from a probe run.
+    /// Output shape, found when the sessions were built.
     pub output_shape: Vec<i64>,
     /// The execution mode of its sessions.
     pub mode: crate::Mode,
@@ -151,26 +152,15 @@ pub struct ServedModel {
 }
 
 impl ServedModel {
-    /// Loads `source`, probes its output on zeros of `input_shape`, builds `sessions` sessions in `mode`.
+    /// Loads `source` and builds `sessions` sessions of it in `mode` for one float32 input of `input_shape`.
     pub fn load(rt: &Runtime, source: &ModelSource, input_shape: &[i64], mode: ModeChoice, sessions: usize) -> Result<Self> {
         let model = rt.model(&source.path)?;
         let elements = input_shape.iter().try_fold(1i64, |n, &d| if d > 0 { n.checked_mul(d) } else { None });
         if input_shape.is_empty() || elements.is_none_or(|n| n.checked_mul(4).is_none()) {
             return Err(Error::Argument(format!("input shape {input_shape:?}: expected positive dimensions whose product fits in memory, e.g. 1,3,128,128")));
         }
-        // On a passing thread: the sessions' own threads run every later pass.
-        let (kind, output_shape) = crate::intra_op::on_passing_thread(|| {
-            let probe = model.forward_cpu(&tch::Tensor::f_zeros(input_shape, (tch::Kind::Float, tch::Device::Cpu))?)?;
-            Ok((probe.kind(), probe.size()))
-        })?;
-        if kind != tch::Kind::Float {
-            return Err(Error::Model {
-                path: source.path.clone(),
-                message: format!("returns {kind:?}; the gRPC endpoint serves models with one float32 output"),
-            });
-        }
-        let spec = SessionSpec::new(input_shape, &output_shape).mode_choice(mode).dedicated_thread(true);
-        let pool = SessionPool::new(rt, &model, spec, sessions.max(1))?;
+        let spec = SessionSpec::new().mode_choice(mode).dedicated_thread(true);
+        let (pool, output_shape) = one_f32_tensor(rt, &model, spec, input_shape, sessions.max(1), "the Open Inference Protocol endpoint")?;
         let (mode, request_time) = {
             let mut s = pool.checkout();
             let fastest = crate::intra_op::fastest_pass(|| Ok(s.run()?.host))?;

@@ -23,6 +23,7 @@ use super::shm::Registry;
 use super::stats::Phases;
 use super::status::{unimplemented_rpc, RequestError};
 use super::tensors;
+use crate::session::{TensorMut, TensorRef};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
@@ -195,7 +196,7 @@ pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result
     let checked = Instant::now();
     let mut session = m.pool.checkout();
     let started = Instant::now();
-    session.run_on(&values, &mut y.spare_capacity_mut()[..n])?;
+    session.run_on(&[TensorRef::new(&values)], &mut [TensorMut::uninit(&mut y.spare_capacity_mut()[..n])])?;
     drop(session);
     let ran = Instant::now();
     // SAFETY: `run_on` returned Ok, which guarantees that all `n` slots of the

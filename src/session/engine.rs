@@ -3,7 +3,7 @@
 use super::timing::RunTiming;
 use crate::error::Result;
 use crate::ops::{reference, PreprocessParams};
-use crate::shim::TorchModule;
+use crate::shim::LoadedModel;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,12 +23,12 @@ pub(crate) struct HostPreprocess {
     pub(crate) dst: usize,
 }
 
-/// `cpu` mode: forward over a tensor that views the host input region,
-/// result copied into the tensor that views the host output region.
+/// `cpu` mode: forward over tensors that view the host input regions,
+/// results copied into the tensors that view the host output regions.
 pub(crate) struct CpuEngine {
-    pub(crate) module: Arc<TorchModule>,
-    pub(crate) input: tch::Tensor,
-    pub(crate) output: tch::Tensor,
+    pub(crate) model: Arc<LoadedModel>,
+    pub(crate) inputs: Vec<tch::Tensor>,
+    pub(crate) outputs: Vec<tch::Tensor>,
     pub(crate) preprocess: Option<HostPreprocess>,
 }
 
@@ -46,7 +46,7 @@ impl Engine for CpuEngine {
             };
             reference::preprocess(&p.params, src, dst)?;
         }
-        self.module.forward_into(&self.input, &mut self.output)?;
+        self.model.run_into(&self.inputs, &mut self.outputs)?;
         Ok(RunTiming { host: t0.elapsed(), device: None })
     }
 }

@@ -15,7 +15,7 @@ use crate::memory::managed::{attach_raw, prefetch_raw};
 use crate::memory::{Attach, Location};
 use crate::mode::Mode;
 use crate::ops::{Preprocess, PreprocessParams, Stage};
-use crate::shim::{copy_tensor, launch_exec, CudaGraph, CurrentStream, TorchModule};
+use crate::shim::{copy_tensor, launch_exec, CudaGraph, CurrentStream, LoadedModel};
 use cudarc::driver::{result, CudaEvent, CudaStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,15 +31,16 @@ pub(crate) struct ManagedRange {
 pub(crate) struct GpuParts {
     pub(crate) mode: Mode,
     pub(crate) gpu: Gpu,
-    pub(crate) module: Arc<TorchModule>,
-    /// Tensor the model reads: over the pinned-mapped or managed input region
-    /// (`gpu-copy`: a CPU tensor over the pinned staging region).
-    pub(crate) input: tch::Tensor,
-    /// Tensor the result is copied into (same rules as `input`).
-    pub(crate) output: tch::Tensor,
-    /// Managed input and output ranges to attach and prefetch (managed modes
-    /// with placement `Migrate`).
-    pub(crate) managed: Option<(ManagedRange, ManagedRange)>,
+    pub(crate) model: Arc<LoadedModel>,
+    /// Tensors the model reads: over the pinned-mapped or managed input
+    /// regions (`gpu-copy`: CPU tensors over the pinned staging regions).
+    pub(crate) inputs: Vec<tch::Tensor>,
+    /// Tensors the results are copied into (same rules as `inputs`).
+    pub(crate) outputs: Vec<tch::Tensor>,
+    /// Managed ranges to attach and prefetch (managed modes with placement
+    /// `Migrate`): the host-written ones (the inputs, or the raw region when
+    /// preprocessing) and the outputs.
+    pub(crate) managed: Option<(Vec<ManagedRange>, Vec<ManagedRange>)>,
     pub(crate) warmup: usize,
     pub(crate) allow_eager_fallback: bool,
     /// Capture the request's work into a CUDA graph after warm-up (always in
@@ -54,12 +55,12 @@ pub(crate) struct GpuParts {
 
 enum Path {
     /// Pinned staging ↔ device copies around the forward.
-    Copy { d_in: tch::Tensor, d_out: tch::Tensor },
+    Copy { d_in: Vec<tch::Tensor>, d_out: Vec<tch::Tensor> },
     /// Forward straight over device-visible regions.
     Direct,
-    /// The input region copied into a device buffer by the staging kernel,
-    /// then the forward over that buffer (`SessionSpec::stage_input`).
-    Staged { d_in: tch::Tensor, stage: Stage },
+    /// The input regions copied into device buffers by the staging kernel,
+    /// then the forward over those buffers (`SessionSpec::stage_input`).
+    Staged { d_in: Vec<tch::Tensor>, stage: Stage },
 }
 
 /// A request's work captured into a CUDA graph; `direct`: launched with
@@ -180,23 +181,25 @@ impl GpuEngine {
         // after `_current` (field order) and synchronised first (Drop).
         let current = unsafe { CurrentStream::set(stream.cu_stream().cast(), gpu.ordinal() as i32) }?;
         let events = RequestEvents::new(&stream)?;
-        if let Some((i, o)) = parts.managed {
+        if let Some((i, o)) = &parts.managed {
             if !gpu.concurrent_managed_access() {
                 // Without concurrentManagedAccess the host may touch managed memory
                 // only while no kernel *that can access it* runs: tie the regions to
                 // this session's stream so other sessions' kernels do not count.
-                for r in [i, o] {
+                for r in i.iter().chain(o) {
                     // SAFETY: `r.ptr` starts a live managed allocation (the
                     // session's region) and the stream is live on the bound context.
                     unsafe { attach_raw(r.ptr, stream.cu_stream(), Attach::SingleStream) }?;
                 }
             }
         }
-        // A device tensor of `t`'s shape and dtype.
-        let on_device = |t: &tch::Tensor| tch::Tensor::f_empty(t.size(), (t.kind(), tch::Device::Cuda(gpu.ordinal())));
+        // Device tensors of the shapes and dtypes of `ts`.
+        let on_device = |ts: &[tch::Tensor]| -> Result<Vec<tch::Tensor>> {
+            ts.iter().map(|t| Ok(tch::Tensor::f_empty(t.size(), (t.kind(), tch::Device::Cuda(gpu.ordinal())))?)).collect()
+        };
         let path = match parts.mode {
-            Mode::GpuCopy => Path::Copy { d_in: on_device(&parts.input)?, d_out: on_device(&parts.output)? },
-            _ if parts.stage_input => Path::Staged { d_in: on_device(&parts.input)?, stage: Stage::new(&gpu)? },
+            Mode::GpuCopy => Path::Copy { d_in: on_device(&parts.inputs)?, d_out: on_device(&parts.outputs)? },
+            _ if parts.stage_input => Path::Staged { d_in: on_device(&parts.inputs)?, stage: Stage::new(&gpu)? },
             _ => Path::Direct,
         };
         tch::Cuda::cudnn_set_benchmark(true);
@@ -208,15 +211,15 @@ impl GpuEngine {
         // ones mean the model draws no random numbers that matter, so the graph
         // may be launched without libtorch's RNG bookkeeping.
         let graph_mode = engine.parts.capture;
-        let mut before_last: Option<tch::Tensor> = None;
+        let mut before_last: Option<Vec<tch::Tensor>> = None;
         for i in 0..engine.parts.warmup {
             engine.run()?;
             if graph_mode && i + 2 == engine.parts.warmup {
-                before_last = Some(engine.parts.output.f_detach_copy()?);
+                before_last = Some(engine.parts.outputs.iter().map(|t| Ok(t.f_detach_copy()?)).collect::<Result<_>>()?);
             }
         }
         let repeatable = match before_last {
-            Some(prev) => prev.f_equal(&engine.parts.output)?,
+            Some(prev) => prev.iter().zip(&engine.parts.outputs).try_fold(true, |same, (a, b)| Ok::<_, Error>(same && a.f_equal(b)?))?,
             None => true,
         };
         let mut note = format!("{} warm-up runs on GPU {}", engine.parts.warmup, gpu.ordinal());
@@ -282,21 +285,29 @@ impl GpuEngine {
         let p = &mut self.parts;
         match &mut self.path {
             Path::Copy { d_in, d_out } => {
-                copy_tensor(d_in, &p.input, true)?;
-                p.module.forward_into(d_in, d_out)?;
-                copy_tensor(&mut p.output, d_out, true)
+                for (d, h) in d_in.iter_mut().zip(&p.inputs) {
+                    copy_tensor(d, h, true)?;
+                }
+                p.model.run_into(d_in, d_out)?;
+                for (h, d) in p.outputs.iter_mut().zip(d_out.iter()) {
+                    copy_tensor(h, d, true)?;
+                }
+                Ok(())
             }
-            Path::Direct => p.module.forward_into(&p.input, &mut p.output),
+            Path::Direct => p.model.run_into(&p.inputs, &mut p.outputs),
             Path::Staged { d_in, stage } => {
-                let bytes = d_in.numel() * d_in.kind().elt_size_in_bytes();
-                // SAFETY: `p.input` views the session's input region and `d_in`
-                // is a device tensor of the same shape and dtype (made at
-                // build): `bytes` fits both, they are distinct allocations,
-                // both live as long as the engine, and the host does not touch
-                // the input region until the stream is synchronised at the end
-                // of the request (the session hands out slices only between runs).
-                unsafe { stage.launch(&self.stream, p.input.data_ptr() as u64, d_in.data_ptr() as u64, bytes) }?;
-                p.module.forward_into(d_in, &mut p.output)
+                for (d, h) in d_in.iter().zip(&p.inputs) {
+                    let bytes = d.numel() * d.kind().elt_size_in_bytes();
+                    // SAFETY: `h` views one of the session's input regions
+                    // and `d` is a device tensor of the same shape and dtype
+                    // (made at build): `bytes` fits both, they are distinct
+                    // allocations, both live as long as the engine, and the
+                    // host does not touch the input regions until the stream
+                    // is synchronised at the end of the request (the session
+                    // hands out slices only between runs).
+                    unsafe { stage.launch(&self.stream, h.data_ptr() as u64, d.data_ptr() as u64, bytes) }?;
+                }
+                p.model.run_into(d_in, &mut p.outputs)
             }
         }
     }
@@ -314,17 +325,20 @@ impl GpuEngine {
     }
 
     fn prefetch(&self, to: Location) -> Result<()> {
-        let Some((i, o)) = self.parts.managed else { return Ok(()) };
+        let Some((i, o)) = &self.parts.managed else { return Ok(()) };
         if !self.parts.gpu.concurrent_managed_access() {
             return Ok(()); // prefetching needs concurrentManagedAccess; pages migrate on demand
         }
-        // Input towards the device before the work, output towards the host after it.
-        let r = match to {
+        // Inputs towards the device before the work, outputs towards the host after it.
+        let ranges = match to {
             Location::Device => i,
             Location::Host => o,
         };
-        // SAFETY: `r` is a live managed region of this session; the stream is live.
-        unsafe { prefetch_raw(r.ptr, r.bytes, self.parts.gpu.ordinal(), to, self.stream.cu_stream()) }
+        for r in ranges {
+            // SAFETY: `r` is a live managed region of this session; the stream is live.
+            unsafe { prefetch_raw(r.ptr, r.bytes, self.parts.gpu.ordinal(), to, self.stream.cu_stream()) }?;
+        }
+        Ok(())
     }
 }
 

@@ -1,40 +1,53 @@
-//! Inference sessions: a model bound to fixed input/output shapes and an
-//! execution mode, over zero-copy regions.
+//! Inference sessions: a model bound to fixed input and output tensors
+//! (names, dtypes, shapes) and an execution mode, over zero-copy regions.
 //!
 //! | module | holds |
 //! |---|---|
 //! | [`spec`] | [`SessionSpec`], [`ModeChoice`] |
+//! | `typed` | [`TypedSession`]: one input and one output of known element types |
+//! | [`tensor_ref`] | [`TensorRef`], [`TensorMut`]: caller memory for [`Session::run_on`] |
 //! | `engine` | the per-mode request path; the CPU engine |
 //! | `gpu` | the GPU engines (copy, pinned, managed, managed + CUDA graph) |
 //! | `worker` | the dedicated session thread and the request handoff |
 //! | [`timing`] | [`RunTiming`], [`Timing`] summaries (hdrhistogram) |
 //! | [`pool`] | [`SessionPool`]: K sessions shared across threads |
 //!
-//! Per request: write [`Session::input_mut`], call [`Session::run`], read
-//! [`Session::output`]. Both slices are the regions the model reads and
-//! writes: nothing is copied on the way in, and `run()` allocates nothing on
-//! the Rust side.
+//! Per request: write the inputs ([`Session::input_mut`]), call
+//! [`Session::run`], read the outputs ([`Session::output`]). The slices are
+//! the regions the model reads and writes: nothing is copied on the way in,
+//! and `run()` allocates nothing on the Rust side.
 
 mod engine;
 mod gpu;
 pub mod pool;
 pub mod spec;
+pub mod tensor_ref;
 pub mod timing;
+mod typed;
 mod worker;
 
+pub use crate::model::TensorInfo;
 pub use pool::{PooledSession, SessionPool};
-pub use worker::pin_to_core as pin_current_thread;
 pub use spec::{GraphLaunch, ManagedPlacement, ModeChoice, SessionSpec};
+pub use tensor_ref::{TensorMut, TensorRef};
 pub use timing::{RunTiming, Summary, Timing, TimingRecorder};
+pub use typed::TypedSession;
+pub use worker::pin_to_core as pin_current_thread;
 
 use crate::cuda::Gpu;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::memory::region::{contiguous_strides, TensorSide};
-use crate::memory::{Advice, Element, Location, ManagedOptions, Region, RegionKind};
+use crate::host_tensor::{fill_random, HostTensor};
+use crate::memory::region::{contiguous_strides, raw_tensor, TensorSide};
+use crate::memory::{Advice, Element, Location, RawRegion, Region};
 use crate::mode::Mode;
-use crate::runtime::{Model, Runtime};
+use crate::model::Model;
+use crate::runtime::Runtime;
+use crate::shim::LoadedModel;
 use engine::{CpuEngine, Engine, HostPreprocess};
 use gpu::{GpuEngine, GpuParts, GraphLauncher, ManagedRange};
+use smallvec::SmallVec;
+use std::sync::Arc;
 use worker::Worker;
 
 enum Runner {
@@ -53,21 +66,131 @@ impl Runner {
     }
 }
 
-/// What `run_on` needs to run a `cpu` session over caller memory.
-struct CpuDirect {
-    module: std::sync::Arc<crate::shim::TorchModule>,
-    /// Contiguous strides of the input and output shapes (precomputed: no allocation per request).
-    strides: (Vec<i64>, Vec<i64>),
+/// Names one of a session's tensors: by name (`&str`, `String`) or by index (`usize`).
+pub trait TensorKey {
+    /// Its index among `infos`.
+    fn index_in(&self, infos: &[TensorInfo]) -> Option<usize>;
+    /// How messages name it.
+    fn describe(&self) -> String;
 }
 
-/// A model ready to serve requests of one fixed shape in one mode.
+impl TensorKey for &str {
+    fn index_in(&self, infos: &[TensorInfo]) -> Option<usize> {
+        infos.iter().position(|i| i.name == *self)
+    }
+    fn describe(&self) -> String {
+        format!("`{self}`")
+    }
+}
+
+impl TensorKey for &String {
+    fn index_in(&self, infos: &[TensorInfo]) -> Option<usize> {
+        self.as_str().index_in(infos)
+    }
+    fn describe(&self) -> String {
+        self.as_str().describe()
+    }
+}
+
+impl TensorKey for usize {
+    fn index_in(&self, infos: &[TensorInfo]) -> Option<usize> {
+        (*self < infos.len()).then_some(*self)
+    }
+    fn describe(&self) -> String {
+        format!("number {self}")
+    }
+}
+
+/// One side's tensors: what they are, the regions holding them, and the
+/// `data_ptr()` of the tensor the model reads or its result is copied into.
+struct Tensors {
+    side: &'static str,
+    infos: Vec<TensorInfo>,
+    regions: Vec<RawRegion>,
+    /// Contiguous strides per tensor (precomputed: `run_on` allocates nothing).
+    strides: Vec<Vec<i64>>,
+    addrs: Vec<usize>,
+}
+
+impl Tensors {
+    /// Regions for `infos` from `alloc` (bytes → region).
+    fn allocate(side: &'static str, infos: Vec<TensorInfo>, mut alloc: impl FnMut(usize) -> Result<RawRegion>) -> Result<Self> {
+        let regions = infos.iter().map(|i| alloc(i.byte_len())).collect::<Result<Vec<_>>>()?;
+        let strides = infos.iter().map(|i| contiguous_strides(&i.shape)).collect();
+        Ok(Self { side, infos, regions, strides, addrs: Vec::new() })
+    }
+
+    /// Tensors over the regions, on `side`; records their `data_ptr()`.
+    ///
+    /// # Safety
+    /// As for [`Region::tensor_unbounded`]: the tensors must be dropped
+    /// before the regions, and no host slice may be used while GPU work
+    /// through them may be pending.
+    unsafe fn tensors(&mut self, side: TensorSide) -> Result<Vec<tch::Tensor>> {
+        let ts = self
+            .infos
+            .iter()
+            .zip(&self.regions)
+            // SAFETY: each region holds exactly the info's elements
+            // (`allocate`); the lifetime and host-access rules are the caller's.
+            .map(|(i, r)| unsafe { raw_tensor(r, i.numel(), i.dtype, &i.shape, side) })
+            .collect::<Result<Vec<_>>>()?;
+        self.addrs = ts.iter().map(|t| t.data_ptr() as usize).collect();
+        Ok(ts)
+    }
+
+    fn index(&self, key: &impl TensorKey) -> Result<usize> {
+        key.index_in(&self.infos).ok_or_else(|| Error::NoSuchTensor { side: self.side, given: key.describe(), known: tensor_ref::list(&self.infos) })
+    }
+
+    fn typed<T: Element>(&self, key: &impl TensorKey) -> Result<usize> {
+        let i = self.index(key)?;
+        if self.infos[i].dtype != T::DTYPE {
+            return Err(Error::DType { tensor: self.infos[i].name.clone(), expected: self.infos[i].dtype, given: T::DTYPE });
+        }
+        Ok(i)
+    }
+
+    /// Tensor `i`'s elements.
+    ///
+    /// # Safety
+    /// Tensor `i` holds `T`s, and no GPU work that writes its region is
+    /// pending or queued while the slice lives (sessions guarantee this
+    /// between runs).
+    unsafe fn slice<T: Element>(&self, i: usize) -> &[T] {
+        // SAFETY: the region holds numel elements of the tensor's dtype (T,
+        // by the caller), aligned (REGION_ALIGN), initialised (zero-filled or
+        // written), any bit pattern valid; GPU idleness is the caller's.
+        unsafe { std::slice::from_raw_parts(self.regions[i].as_ptr().cast::<T>(), self.infos[i].numel()) }
+    }
+
+    /// Mutable form of [`slice`](Self::slice).
+    ///
+    /// # Safety
+    /// As for `slice`, and no GPU work may read it meanwhile.
+    unsafe fn slice_mut<T: Element>(&mut self, i: usize) -> &mut [T] {
+        // SAFETY: as in `slice`; `&mut self` makes it the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.regions[i].as_ptr().cast::<T>(), self.infos[i].numel()) }
+    }
+
+    /// Tensor `i`'s bytes.
+    ///
+    /// # Safety
+    /// As for [`slice`](Self::slice).
+    unsafe fn bytes(&self, i: usize) -> &[u8] {
+        // SAFETY: as in `slice`, for the region's first `byte_len` bytes.
+        unsafe { std::slice::from_raw_parts(self.regions[i].as_ptr(), self.infos[i].byte_len()) }
+    }
+}
+
+/// A model ready to serve requests of fixed tensors in one mode.
 ///
 /// # Thread safety
 /// `Send` (a session can move between threads; its GPU work runs on its own
 /// thread, except a directly launched graph's, which the calling thread
 /// launches) but used through `&mut self`: one request at a time. Use a
 /// [`SessionPool`] to serve several threads.
-pub struct Session<I: Element = f32, O: Element = f32> {
+pub struct Session {
     // Field order is drop order: the launcher (a handle into the runner's
     // graph) goes first, then the runner (its thread, tensors, stream and
     // graph), then the regions those tensors view.
@@ -76,80 +199,84 @@ pub struct Session<I: Element = f32, O: Element = f32> {
     runner: Runner,
     /// Raw u8 images when the spec asks for preprocessing.
     raw: Option<Region<u8>>,
-    input: Region<I>,
-    output: Region<O>,
+    inputs: Tensors,
+    outputs: Tensors,
     mode: Mode,
     note: String,
     timing: TimingRecorder,
     spec: SessionSpec,
-    /// `data_ptr()` of the tensors the model reads and its result is copied into.
-    tensor_addrs: (usize, usize),
     /// `cpu` mode without preprocessing: `run_on` runs over caller memory.
-    cpu_direct: Option<CpuDirect>,
+    cpu_direct: Option<Arc<LoadedModel>>,
 }
 
-fn numel(shape: &[i64], what: &str) -> Result<usize> {
-    crate::memory::region::checked_numel(shape)
-        .ok()
-        .filter(|&n| n > 0)
-        .ok_or_else(|| Error::Session(format!("{what} shape {shape:?} must have positive dimensions")))
+/// Fills fresh input regions with pseudo-random data in the model's value
+/// ranges (token ids inside the vocabulary), so that warm-up runs (and
+/// cuDNN autotuning) see realistic values, not zeros.
+fn fill_inputs(t: &mut Tensors, ranges: &[Option<(i64, i64)>]) -> Result<()> {
+    for (i, (r, info)) in t.regions.iter().zip(&t.infos).enumerate() {
+        r.prepare_host_access()?;
+        // SAFETY: the region holds `byte_len` bytes (`allocate`), no GPU work
+        // touches a fresh region, and nothing else views it during the call.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(r.as_ptr(), info.byte_len()) };
+        fill_random(info.dtype, ranges.get(i).copied().flatten(), i as u64 + 1, bytes);
+    }
+    Ok(())
 }
 
-impl<I: Element, O: Element> Session<I, O> {
-    /// Builds a session; see [`Runtime::session`].
+impl Session {
+    /// Builds a session; see [`Runtime::session`]. `default_dtype`: the
+    /// dtype of an input neither the spec nor the model gives one.
     pub(crate) fn build(rt: &Runtime, model: &Model, spec: SessionSpec) -> Result<Self> {
+        Self::build_with(rt, model, spec, None)
+    }
+
+    pub(crate) fn build_with(rt: &Runtime, model: &Model, spec: SessionSpec, default_dtype: Option<DType>) -> Result<Self> {
         match spec.mode {
-            ModeChoice::Fixed(mode) => Self::build_mode(rt, model, spec, mode),
-            ModeChoice::Auto => Self::build_auto(rt, model, spec),
+            ModeChoice::Fixed(mode) => Self::build_mode(rt, model, spec, mode, default_dtype),
+            ModeChoice::Auto => Self::build_auto(rt, model, spec, default_dtype),
         }
     }
 
-    fn build_mode(rt: &Runtime, model: &Model, spec: SessionSpec, mode: Mode) -> Result<Self> {
+    fn build_mode(rt: &Runtime, model: &Model, spec: SessionSpec, mode: Mode, default_dtype: Option<DType>) -> Result<Self> {
         if mode == Mode::ShmIpc {
             return Err(Error::Session("shm-ipc is a transport, not a session mode: serve a session with `uminfer serve`".into()));
         }
         rt.check_mode(mode)?;
-        let n_in = numel(&spec.input_shape, "input")?;
-        let n_out = numel(&spec.output_shape, "output")?;
+        let in_infos = model.resolve(&spec.inputs, default_dtype)?;
+        let ranges: Vec<Option<(i64, i64)>> = model.inputs()?.iter().map(|m| m.range).collect();
         if let Some(p) = &spec.preprocess {
-            if I::KIND != tch::Kind::Float || spec.input_shape != p.output_shape() {
+            let fits = matches!(in_infos.as_slice(), [only] if only.dtype == DType::F32 && only.shape == p.output_shape());
+            if !fits {
                 return Err(Error::Session(format!(
-                    "preprocessing writes f32 {:?}; the session's input is {} {:?}",
+                    "preprocessing writes one f32 input {:?}; the session's inputs are {}",
                     p.output_shape(),
-                    I::NAME,
-                    spec.input_shape
+                    tensor_ref::list(&in_infos)
                 )));
             }
             if mode == Mode::GpuCopy {
                 return Err(Error::Session("preprocessing is not offered in gpu-copy; use gpu-pinned, gpu-managed or gpu-managed-graph".into()));
             }
         }
+        let fail = |e: Error| build_error(model, &in_infos, e);
         let mut session = if mode == Mode::Cpu {
-            let mut input = Region::<I>::host(n_in)?;
-            let output = Region::<O>::host(n_out)?;
-            random_fill(&mut input)?;
+            let loaded = model.loaded(tch::Device::Cpu)?;
+            let mut inputs = Tensors::allocate("input", in_infos.clone(), RawRegion::host)?;
+            fill_inputs(&mut inputs, &ranges)?;
             let mut raw = spec.preprocess.as_ref().map(|p| Region::<u8>::host(p.len())).transpose()?;
             if let Some(r) = raw.as_mut() {
-                random_fill(r)?;
+                fill_raw(r)?;
             }
-            let preprocess = spec.preprocess.as_ref().zip(raw.as_ref()).map(|(p, r)| HostPreprocess {
-                params: *p,
-                src: r.as_ptr() as usize,
-                dst: input.as_ptr() as usize,
-            });
-            let module = model.module(tch::Device::Cpu)?;
-            let cpu_direct = spec.preprocess.is_none().then(|| CpuDirect {
-                module: module.clone(),
-                strides: (contiguous_strides(&spec.input_shape), contiguous_strides(&spec.output_shape)),
-            });
+            let preprocess = spec.preprocess.as_ref().zip(raw.as_ref()).map(|(p, r)| HostPreprocess { params: *p, src: r.as_ptr() as usize, dst: inputs.regions[0].as_ptr() as usize });
             // SAFETY: the tensors live in the engine, which the session drops
             // before the regions (field order); host slices are handed out only
             // between runs, when no work is in flight (CPU work is synchronous).
-            let (ti, to) = unsafe {
-                (input.tensor_unbounded(&spec.input_shape, TensorSide::Native)?, output.tensor_unbounded(&spec.output_shape, TensorSide::Native)?)
-            };
-            let tensor_addrs = (ti.data_ptr() as usize, to.data_ptr() as usize);
-            let mut engine = CpuEngine { module, input: ti, output: to, preprocess };
+            let ti = unsafe { inputs.tensors(TensorSide::Native) }?;
+            let (out_infos, _) = model.discover_outputs(&loaded, &ti).map_err(fail)?;
+            let mut outputs = Tensors::allocate("output", out_infos, RawRegion::host)?;
+            // SAFETY: as for the input tensors.
+            let to = unsafe { outputs.tensors(TensorSide::Native) }?;
+            let cpu_direct = spec.preprocess.is_none().then(|| loaded.clone());
+            let mut engine = CpuEngine { model: loaded, inputs: ti, outputs: to, preprocess };
             let note = format!("{} warm-up runs on the CPU", spec.warmup);
             let threaded = spec.dedicated_thread.unwrap_or(false) || spec.pin_core.is_some();
             let runner = if threaded {
@@ -158,52 +285,76 @@ impl<I: Element, O: Element> Session<I, O> {
                 // session, and with it libtorch's OpenMP team, stays on that
                 // thread (see `intra_op`: more teams than cores' worth of
                 // threads stop libgomp's spinning in all of them).
-                let (m, sp) = (model.clone(), spec.clone());
+                let (m, infos, warmup) = (model.clone(), in_infos.clone(), spec.warmup);
                 let (w, _) = Worker::spawn(format!("uminfer-cpu-{}", model.path().display()), spec.pin_core, spin, move || {
-                    for _ in 0..sp.warmup {
-                        engine.run().map_err(|e| shape_error(&m, &sp, e))?;
+                    for _ in 0..warmup {
+                        engine.run().map_err(|e| build_error(&m, &infos, e))?;
                     }
                     Ok((engine, ()))
                 })?;
                 Runner::Thread(w)
             } else {
                 for _ in 0..spec.warmup {
-                    engine.run().map_err(|e| shape_error(model, &spec, e))?;
+                    engine.run().map_err(fail)?;
                 }
                 Runner::Inline(Box::new(engine))
             };
-            Self { launcher: None, runner, raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs, cpu_direct }
+            Self { launcher: None, runner, raw, inputs, outputs, mode, note, timing: TimingRecorder::new(), spec, cpu_direct }
         } else {
             let gpu = Gpu::open(spec.device)?;
+            let loaded = model.loaded(tch::Device::Cuda(spec.device))?;
             let pinned = spec.managed_placement == ManagedPlacement::Pinned;
-            let (mut input, mut output) = match mode {
-                Mode::GpuManaged | Mode::GpuManagedGraph if !pinned => {
-                    (Region::<I>::managed(&gpu, n_in, ManagedOptions::default())?, Region::<O>::managed(&gpu, n_out, ManagedOptions::default())?)
+            let managed_mode = matches!(mode, Mode::GpuManaged | Mode::GpuManagedGraph) && !pinned;
+            let alloc = |bytes: usize| {
+                if managed_mode {
+                    let o = crate::memory::ManagedOptions::default();
+                    RawRegion::managed(&gpu, bytes, o.attach_host, o.headroom_bytes)
+                } else {
+                    RawRegion::pinned_mapped(&gpu, bytes)
                 }
-                _ => (Region::<I>::pinned_mapped(&gpu, n_in)?, Region::<O>::pinned_mapped(&gpu, n_out)?),
             };
-            random_fill(&mut input)?;
-            let mut raw = match (&spec.preprocess, input.kind()) {
+            let mut inputs = Tensors::allocate("input", in_infos.clone(), alloc)?;
+            fill_inputs(&mut inputs, &ranges)?;
+            let mut raw = match (&spec.preprocess, managed_mode) {
                 (None, _) => None,
-                (Some(p), RegionKind::Managed) => Some(Region::<u8>::managed(&gpu, p.len(), ManagedOptions::default())?),
-                (Some(p), _) => Some(Region::<u8>::pinned_mapped(&gpu, p.len())?),
+                (Some(p), true) => Some(Region::<u8>::managed(&gpu, p.len(), crate::memory::ManagedOptions::default())?),
+                (Some(p), false) => Some(Region::<u8>::pinned_mapped(&gpu, p.len())?),
             };
             if let Some(r) = raw.as_mut() {
-                random_fill(r)?;
+                fill_raw(r)?;
             }
-            // Host-resident placement: the host-written region (raw when
-            // preprocessing, else the input) and the output stay in host memory,
-            // mapped for the GPU; a preprocessed input stays where the kernel writes it.
-            let managed_regions = input.kind() == RegionKind::Managed;
-            let wants_host = managed_regions && spec.managed_placement == ManagedPlacement::HostResident;
+            let side = if mode == Mode::GpuCopy { TensorSide::Host } else { TensorSide::Native };
+            // SAFETY: as for the CPU engine; in addition every GPU request ends
+            // with a stream synchronisation, so no GPU work is pending when the
+            // session hands out host slices.
+            let ti = unsafe { inputs.tensors(side) }?;
+            // The outputs: one eager run on the device, from this thread.
+            let copies;
+            let probe_inputs = if side == TensorSide::Host {
+                copies = ti.iter().map(|t| Ok(t.f_to_device(tch::Device::Cuda(spec.device))?)).collect::<Result<Vec<_>>>()?;
+                &copies
+            } else {
+                &ti
+            };
+            let (out_infos, probed) = model.discover_outputs(&loaded, probe_inputs).map_err(fail)?;
+            drop(probed);
+            tch::Cuda::synchronize(spec.device as i64);
+            let mut outputs = Tensors::allocate("output", out_infos, alloc)?;
+            // SAFETY: as for the input tensors.
+            let to = unsafe { outputs.tensors(side) }?;
+            // Host-resident placement: the host-written regions (raw when
+            // preprocessing, else the inputs) and the outputs stay in host
+            // memory, mapped for the GPU; a preprocessed input stays where the
+            // kernel writes it.
+            let wants_host = managed_mode && spec.managed_placement == ManagedPlacement::HostResident;
             let host_resident = wants_host && gpu.concurrent_managed_access();
             if host_resident {
                 for advice in [Advice::PreferredLocation(Location::Host), Advice::AccessedByDevice] {
                     match raw.as_mut() {
                         Some(r) => r.advise(advice)?,
-                        None => input.advise(advice)?,
+                        None => inputs.regions.iter().try_for_each(|r| crate::memory::managed::advise_raw(r, r.bytes(), advice))?,
                     }
-                    output.advise(advice)?;
+                    outputs.regions.iter().try_for_each(|r| crate::memory::managed::advise_raw(r, r.bytes(), advice))?;
                 }
             }
             let placement_note = match (host_resident, wants_host) {
@@ -214,29 +365,24 @@ impl<I: Element, O: Element> Session<I, O> {
                 }
                 _ => "",
             };
-            let preprocess = spec.preprocess.zip(raw.as_ref()).map(|(p, r)| (p, r.device_ptr().unwrap_or(0), input.device_ptr().unwrap_or(0)));
-            let side = if mode == Mode::GpuCopy { TensorSide::Host } else { TensorSide::Native };
-            // SAFETY: as for the CPU engine; in addition every GPU request ends
-            // with a stream synchronisation, so no GPU work is pending when the
-            // session hands out host slices.
-            let (ti, to) = unsafe { (input.tensor_unbounded(&spec.input_shape, side)?, output.tensor_unbounded(&spec.output_shape, side)?) };
-            let tensor_addrs = (ti.data_ptr() as usize, to.data_ptr() as usize);
-            // With preprocessing the host writes the raw region: that is what to prefetch.
-            let host_written = raw.as_ref().map_or((input.device_ptr(), input.byte_len()), |r| (r.device_ptr(), r.byte_len()));
-            // Host-resident pages are neither prefetched nor (needing
-            // concurrentManagedAccess) attached: the engine gets no ranges.
-            let managed = (managed_regions && !host_resident).then(|| {
-                (
-                    ManagedRange { ptr: host_written.0.unwrap_or(0), bytes: host_written.1 },
-                    ManagedRange { ptr: output.device_ptr().unwrap_or(0), bytes: output.byte_len() },
-                )
+            let preprocess = spec.preprocess.zip(raw.as_ref()).map(|(p, r)| (p, r.device_ptr().unwrap_or(0), inputs.regions[0].device_ptr().unwrap_or(0)));
+            let range = |r: &RawRegion| ManagedRange { ptr: r.device_ptr().unwrap_or(0), bytes: r.bytes() };
+            // With preprocessing the host writes the raw region: that is what
+            // to prefetch. Host-resident pages are neither prefetched nor
+            // (needing concurrentManagedAccess) attached: the engine gets no ranges.
+            let managed = (managed_mode && !host_resident).then(|| {
+                let written = match raw.as_ref() {
+                    Some(r) => vec![ManagedRange { ptr: r.device_ptr().unwrap_or(0), bytes: r.byte_len() }],
+                    None => inputs.regions.iter().map(range).collect(),
+                };
+                (written, outputs.regions.iter().map(range).collect())
             });
             let parts = GpuParts {
                 mode,
-                module: model.module(tch::Device::Cuda(spec.device))?,
+                model: loaded,
                 gpu,
-                input: ti,
-                output: to,
+                inputs: ti,
+                outputs: to,
                 managed,
                 warmup: spec.warmup,
                 allow_eager_fallback: spec.allow_eager_fallback,
@@ -255,22 +401,22 @@ impl<I: Element, O: Element> Session<I, O> {
                 let launcher = if inline_launch { engine.launcher()? } else { None };
                 Ok((engine, (note, launcher)))
             })
-            .map_err(|e| shape_error(model, &spec, e))?;
+            .map_err(fail)?;
             if launcher.is_some() {
                 note.push_str("; requests launch it from the calling thread (no hand-off to the session thread)");
             }
             note.push_str(placement_note);
-            Self { launcher, runner: Runner::Thread(w), raw, input, output, mode, note, timing: TimingRecorder::new(), spec, tensor_addrs, cpu_direct: None }
+            Self { launcher, runner: Runner::Thread(w), raw, inputs, outputs, mode, note, timing: TimingRecorder::new(), spec, cpu_direct: None }
         };
         session.timing.reset();
         Ok(session)
     }
 
-    fn build_auto(rt: &Runtime, model: &Model, spec: SessionSpec) -> Result<Self> {
+    fn build_auto(rt: &Runtime, model: &Model, spec: SessionSpec, default_dtype: Option<DType>) -> Result<Self> {
         let mut best: Option<(f64, Self)> = None;
         let mut tried = Vec::new();
         for mode in rt.usable_modes() {
-            let built = Self::build_mode(rt, model, spec.clone().mode(mode), mode).and_then(|mut s| {
+            let built = Self::build_mode(rt, model, spec.clone().mode(mode), mode, default_dtype).and_then(|mut s| {
                 for _ in 0..spec.calibration_runs {
                     s.run()?;
                 }
@@ -314,11 +460,75 @@ impl<I: Element, O: Element> Session<I, O> {
         &self.spec
     }
 
-    /// The input region as a slice: write the request here (no copy follows).
-    pub fn input_mut(&mut self) -> &mut [I] {
-        // SAFETY: between runs no GPU work is pending (every run ends with a
-        // synchronisation; build too), and `&mut self` excludes a concurrent run.
-        unsafe { self.input.host_slice_mut_unchecked() }
+    /// The inputs, in the order the model takes them.
+    pub fn inputs(&self) -> &[TensorInfo] {
+        &self.inputs.infos
+    }
+
+    /// The outputs, in the order the model returns them (flattened).
+    pub fn outputs(&self) -> &[TensorInfo] {
+        &self.outputs.infos
+    }
+
+    /// Input `key`'s region as a slice: write the request here (no copy
+    /// follows). Fails when the input holds another dtype than `T`.
+    pub fn input_mut<T: Element>(&mut self, key: impl TensorKey) -> Result<&mut [T]> {
+        let i = self.inputs.typed::<T>(&key)?;
+        // SAFETY: input `i` holds Ts (checked); between runs no GPU work is
+        // pending (every run ends with a synchronisation; build too), and
+        // `&mut self` excludes a concurrent run.
+        Ok(unsafe { self.inputs.slice_mut(i) })
+    }
+
+    /// Input `key`'s region, read-only.
+    pub fn input<T: Element>(&self, key: impl TensorKey) -> Result<&[T]> {
+        let i = self.inputs.typed::<T>(&key)?;
+        // SAFETY: as for `input_mut`.
+        Ok(unsafe { self.inputs.slice(i) })
+    }
+
+    /// Output `key`'s region: its result of the last `run()`.
+    pub fn output<T: Element>(&self, key: impl TensorKey) -> Result<&[T]> {
+        let i = self.outputs.typed::<T>(&key)?;
+        // SAFETY: as for `input_mut`.
+        Ok(unsafe { self.outputs.slice(i) })
+    }
+
+    /// Output `key`'s region, writable (e.g. to poison it before a run in tests).
+    pub fn output_mut<T: Element>(&mut self, key: impl TensorKey) -> Result<&mut [T]> {
+        let i = self.outputs.typed::<T>(&key)?;
+        // SAFETY: as for `input_mut`.
+        Ok(unsafe { self.outputs.slice_mut(i) })
+    }
+
+    /// Output `key`'s bytes, whatever its dtype (bools are 0 or 1).
+    pub fn output_bytes(&self, key: impl TensorKey) -> Result<&[u8]> {
+        let i = self.outputs.index(&key)?;
+        // SAFETY: as for `input_mut`.
+        Ok(unsafe { self.outputs.bytes(i) })
+    }
+
+    /// Writes `t` into the input of its name, checking dtype and shape.
+    pub fn write_input(&mut self, t: &HostTensor) -> Result<()> {
+        let i = self.inputs.index(&t.name.as_str())?;
+        let info = &self.inputs.infos[i];
+        if info.dtype != t.dtype || info.shape != t.shape {
+            return Err(Error::Session(format!("input `{}` takes {} {:?}; {} {:?} given", info.name, info.dtype, info.shape, t.dtype, t.shape)));
+        }
+        // SAFETY: as for `input_mut`; the region holds exactly `byte_len`
+        // bytes, which `t` has (same dtype and shape), and `t`'s bytes are a
+        // valid value of the dtype (HostTensor checks bools).
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.inputs.regions[i].as_ptr(), info.byte_len()) };
+        dst.copy_from_slice(t.bytes());
+        Ok(())
+    }
+
+    /// A copy of output `key`.
+    pub fn read_output(&self, key: impl TensorKey) -> Result<HostTensor> {
+        let i = self.outputs.index(&key)?;
+        let info = &self.outputs.infos[i];
+        // SAFETY: as for `input_mut`.
+        HostTensor::new(&info.name, info.dtype, &info.shape, unsafe { self.outputs.bytes(i) }.to_vec())
     }
 
     /// The raw u8 HWC image region, when the spec asked for preprocessing:
@@ -331,43 +541,25 @@ impl<I: Element, O: Element> Session<I, O> {
         }
     }
 
-    /// The input region, read-only.
-    pub fn input(&self) -> &[I] {
-        // SAFETY: as for `input_mut`.
-        unsafe { self.input.host_slice_unchecked() }
+    /// `data_ptr()` of the tensors the model reads and of the tensors its
+    /// results are copied into, in order: the regions' own addresses in the
+    /// zero-copy modes (the device address for pinned-mapped memory; the
+    /// pinned staging address in `gpu-copy`, whose device tensors are separate).
+    pub fn tensor_addresses(&self) -> (&[usize], &[usize]) {
+        (&self.inputs.addrs, &self.outputs.addrs)
     }
 
-    /// The output region: the result of the last `run()`.
-    pub fn output(&self) -> &[O] {
-        // SAFETY: as for `input_mut`.
-        unsafe { self.output.host_slice_unchecked() }
+    /// Input `key`'s region.
+    pub fn input_region(&self, key: impl TensorKey) -> Result<&RawRegion> {
+        Ok(&self.inputs.regions[self.inputs.index(&key)?])
     }
 
-    /// The output region, writable (e.g. to poison it before a run in tests).
-    pub fn output_mut(&mut self) -> &mut [O] {
-        // SAFETY: as for `input_mut`.
-        unsafe { self.output.host_slice_mut_unchecked() }
+    /// Output `key`'s region.
+    pub fn output_region(&self, key: impl TensorKey) -> Result<&RawRegion> {
+        Ok(&self.outputs.regions[self.outputs.index(&key)?])
     }
 
-    /// `data_ptr()` of the tensor the model reads and of the tensor its result
-    /// is copied into: the regions' own addresses in the zero-copy modes (the
-    /// device address for pinned-mapped memory; the pinned staging address in
-    /// `gpu-copy`, whose device tensors are separate).
-    pub fn tensor_addresses(&self) -> (usize, usize) {
-        self.tensor_addrs
-    }
-
-    /// The input region.
-    pub fn input_region(&self) -> &Region<I> {
-        &self.input
-    }
-
-    /// The output region.
-    pub fn output_region(&self) -> &Region<O> {
-        &self.output
-    }
-
-    /// Runs one request: reads the input region, writes the output region.
+    /// Runs one request: reads the input regions, writes the output regions.
     pub fn run(&mut self) -> Result<RunTiming> {
         let t = self.run_untimed()?;
         self.timing.record(t);
@@ -383,38 +575,44 @@ impl<I: Element, O: Element> Session<I, O> {
     }
 
     /// Runs one request over caller-owned memory (e.g. a shared-memory
-    /// sample). In `cpu` mode the model reads `input` and its result is
-    /// written into `output` through tensors over them: no copy of the input
-    /// (on the session's thread when it has one, else on the calling thread).
-    /// In GPU modes `input` is copied into the
-    /// session's input region and the output region into `output`. When it
-    /// returns `Ok`, every element of `output` is initialised.
-    pub fn run_on(&mut self, input: &[I], output: &mut [std::mem::MaybeUninit<O>]) -> Result<RunTiming> {
-        if input.len() != self.input.len() || output.len() != self.output.len() {
-            return Err(Error::Session(format!(
-                "run_on: {} input and {} output elements given, the session takes {} and {}",
-                input.len(),
-                output.len(),
-                self.input.len(),
-                self.output.len()
-            )));
-        }
+    /// sample): one [`TensorRef`] per input and one [`TensorMut`] per
+    /// output, in the session's order. In `cpu` mode the model reads the
+    /// inputs and its results are written into the outputs through tensors
+    /// over them: no copy of the inputs (on the session's thread when it has
+    /// one, else on the calling thread). In GPU modes the inputs are copied
+    /// into the session's input regions and the output regions into the
+    /// outputs. When it returns `Ok`, every byte of every output is written.
+    pub fn run_on(&mut self, inputs: &[TensorRef<'_>], outputs: &mut [TensorMut<'_>]) -> Result<RunTiming> {
+        tensor_ref::check_bindings("input", &self.inputs.infos, inputs.iter().map(|t| (t.dtype(), t.bytes().len())))?;
+        tensor_ref::check_bindings("output", &self.outputs.infos, outputs.iter().map(|t| (t.dtype(), t.len())))?;
         let t = match &self.cpu_direct {
-            Some(CpuDirect { module, strides: (si, so) }) => {
-                let (ishape, oshape) = (&self.spec.input_shape, &self.spec.output_shape);
+            Some(model) => {
+                let (ins, outs) = (&self.inputs, &self.outputs);
                 let mut ran: Result<()> = Err(Error::Session("the session thread did not run the request".into()));
                 let mut job = || {
                     ran = (|| {
-                        // SAFETY: `input` holds exactly numel(input_shape) elements of I
-                        // (checked above), outlives this call, and is only read; the
-                        // tensor is dropped before the closure returns.
-                        let ti = unsafe { tch::Tensor::f_from_blob(input.as_ptr().cast(), ishape, si, I::KIND, tch::Device::Cpu) }?;
-                        // SAFETY: `output` holds exactly numel(output_shape) slots of O,
-                        // is exclusively borrowed for this call, and libtorch only writes
-                        // it (copy_ of the result); the tensor is dropped before the
-                        // closure returns.
-                        let mut to = unsafe { tch::Tensor::f_from_blob(output.as_mut_ptr().cast(), oshape, so, O::KIND, tch::Device::Cpu) }?;
-                        module.forward_into(&ti, &mut to)
+                        let ti = ins
+                            .infos
+                            .iter()
+                            .zip(&ins.strides)
+                            .zip(inputs)
+                            // SAFETY: each input holds exactly numel(shape) elements of its
+                            // dtype (checked above), outlives this call and is only read; the
+                            // tensors are dropped before the closure returns.
+                            .map(|((i, st), r)| Ok(unsafe { tch::Tensor::f_from_blob(r.bytes().as_ptr(), &i.shape, st, i.dtype.kind(), tch::Device::Cpu) }?))
+                            .collect::<Result<SmallVec<[tch::Tensor; 8]>>>()?;
+                        let mut to = outs
+                            .infos
+                            .iter()
+                            .zip(&outs.strides)
+                            .zip(outputs.iter_mut())
+                            // SAFETY: each output holds exactly numel(shape) slots of its
+                            // dtype, is exclusively borrowed for this call, and libtorch only
+                            // writes it (copy_ of the result); the tensors are dropped before
+                            // the closure returns.
+                            .map(|((i, st), o)| Ok(unsafe { tch::Tensor::f_from_blob(o.as_mut_ptr(), &i.shape, st, i.dtype.kind(), tch::Device::Cpu) }?))
+                            .collect::<Result<SmallVec<[tch::Tensor; 8]>>>()?;
+                        model.run_into(&ti, &mut to)
                     })();
                 };
                 // With several intra-op threads, a session with its own thread runs
@@ -433,11 +631,20 @@ impl<I: Element, O: Element> Session<I, O> {
                 ran?;
                 t
             }
-            _ => {
-                self.input_mut().copy_from_slice(input);
+            None => {
+                for (i, r) in inputs.iter().enumerate() {
+                    // SAFETY: between runs no GPU work is pending and `&mut
+                    // self` excludes a concurrent run; the region holds
+                    // `byte_len` bytes, the length of `r` (checked above),
+                    // whose bytes are valid elements of the dtype (TensorRef).
+                    unsafe { std::slice::from_raw_parts_mut(self.inputs.regions[i].as_ptr(), r.bytes().len()) }.copy_from_slice(r.bytes());
+                }
                 let t = self.run_untimed()?;
-                for (dst, src) in output.iter_mut().zip(self.output()) {
-                    dst.write(*src);
+                for (i, o) in outputs.iter_mut().enumerate() {
+                    // SAFETY: as above, the run has ended (synchronised); the
+                    // output region and `o` both hold `o.len()` bytes (checked
+                    // above) and are distinct allocations.
+                    unsafe { std::ptr::copy_nonoverlapping(self.outputs.regions[i].as_ptr(), o.as_mut_ptr(), o.len()) };
                 }
                 t
             }
@@ -457,34 +664,18 @@ impl<I: Element, O: Element> Session<I, O> {
     }
 }
 
-/// Fills a fresh input region with pseudo-random data so that warm-up runs
-/// (and cuDNN autotuning) see realistic values, not zeros.
-fn random_fill<T: Element>(r: &mut Region<T>) -> Result<()> {
+/// Fills a fresh raw image region with pseudo-random bytes.
+fn fill_raw(r: &mut Region<u8>) -> Result<()> {
     let mut h = r.host_view_mut()?;
-    let bytes = std::mem::size_of_val(&*h);
-    // SAFETY: any bit pattern is a valid T (Element), and the byte slice
-    // covers exactly the elements' storage.
-    let raw = unsafe { std::slice::from_raw_parts_mut(h.as_mut_ptr().cast::<u8>(), bytes) };
-    let mut x: u32 = 0x9E37_79B9;
-    for b in raw.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        // Small values: the low bits only, so floats stay finite and tame.
-        *b = (x & 0x3f) as u8;
-    }
+    fill_random(DType::U8, Some((0, 256)), 7, &mut h);
     Ok(())
 }
 
-/// Turns a libtorch error at build into a session error that names the model and the spec.
-fn shape_error(model: &Model, spec: &SessionSpec, e: Error) -> Error {
+/// Turns a libtorch error at build into a session error that names the
+/// model and the inputs it was given.
+fn build_error(model: &Model, inputs: &[crate::model::TensorInfo], e: Error) -> Error {
     match e {
-        Error::Shim { message, .. } => Error::Session(format!(
-            "model {} with input {:?} → output {:?}: {message}",
-            model.path().display(),
-            spec.input_shape,
-            spec.output_shape
-        )),
+        Error::Shim { message, .. } => Error::Session(format!("model {} with inputs {}: {message}", model.path().display(), tensor_ref::list(inputs))),
         other => other,
     }
 }

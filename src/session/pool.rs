@@ -2,22 +2,24 @@
 //! Each session has its own regions, stream, thread and graph; a caller
 //! checks one out, uses it, and it returns to the pool on drop.
 
-use super::{RunTiming, Session, SessionSpec};
+use super::{RunTiming, Session, SessionSpec, TensorInfo, TensorMut, TensorRef};
 use crate::error::{Error, Result};
-use crate::memory::Element;
-use crate::runtime::{Model, Runtime};
+use crate::model::Model;
+use crate::runtime::Runtime;
 use parking_lot::{Condvar, Mutex};
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 /// A fixed set of sessions shared by many threads.
-pub struct SessionPool<I: Element = f32, O: Element = f32> {
-    idle: Mutex<Vec<Session<I, O>>>,
+pub struct SessionPool {
+    idle: Mutex<Vec<Session>>,
     returned: Condvar,
     size: usize,
+    /// The sessions' inputs and outputs (the same for all).
+    signature: (Vec<TensorInfo>, Vec<TensorInfo>),
 }
 
-impl<I: Element, O: Element> SessionPool<I, O> {
+impl SessionPool {
     /// Builds `size` sessions one after another (captures never overlap).
     /// With `spec.pin_core(c)`, session `i` is pinned to core `(c + i) % cores`.
     pub fn new(rt: &Runtime, model: &Model, spec: SessionSpec, size: usize) -> Result<Self> {
@@ -25,7 +27,7 @@ impl<I: Element, O: Element> SessionPool<I, O> {
             return Err(Error::Session("a session pool needs at least one session".into()));
         }
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let mut sessions = Vec::with_capacity(size);
+        let mut sessions: Vec<Session> = Vec::with_capacity(size);
         for i in 0..size {
             let mut s = spec.clone();
             if let Some(c) = spec.pin_core {
@@ -33,7 +35,8 @@ impl<I: Element, O: Element> SessionPool<I, O> {
             }
             sessions.push(rt.session(model, s)?);
         }
-        Ok(Self { idle: Mutex::new(sessions), returned: Condvar::new(), size })
+        let signature = (sessions[0].inputs().to_vec(), sessions[0].outputs().to_vec());
+        Ok(Self { idle: Mutex::new(sessions), returned: Condvar::new(), size, signature })
     }
 
     /// Number of sessions.
@@ -41,8 +44,18 @@ impl<I: Element, O: Element> SessionPool<I, O> {
         self.size
     }
 
+    /// The sessions' inputs.
+    pub fn inputs(&self) -> &[TensorInfo] {
+        &self.signature.0
+    }
+
+    /// The sessions' outputs.
+    pub fn outputs(&self) -> &[TensorInfo] {
+        &self.signature.1
+    }
+
     /// Waits for a free session.
-    pub fn checkout(&self) -> PooledSession<'_, I, O> {
+    pub fn checkout(&self) -> PooledSession<'_> {
         let mut idle = self.idle.lock();
         loop {
             if let Some(s) = idle.pop() {
@@ -53,7 +66,7 @@ impl<I: Element, O: Element> SessionPool<I, O> {
     }
 
     /// Waits at most `timeout` for a free session.
-    pub fn checkout_timeout(&self, timeout: Duration) -> Result<PooledSession<'_, I, O>> {
+    pub fn checkout_timeout(&self, timeout: Duration) -> Result<PooledSession<'_>> {
         let deadline = Instant::now() + timeout;
         let mut idle = self.idle.lock();
         loop {
@@ -66,45 +79,51 @@ impl<I: Element, O: Element> SessionPool<I, O> {
         }
     }
 
-    /// Convenience: copies `input` into a free session, runs it, copies the output out.
-    pub fn infer(&self, input: &[I], output: &mut [O]) -> Result<RunTiming> {
-        let mut s = self.checkout();
-        if input.len() != s.input().len() || output.len() != s.output().len() {
-            return Err(Error::Session(format!(
-                "infer: got {} input and {} output elements, the sessions take {} and {}",
-                input.len(),
-                output.len(),
-                s.input().len(),
-                s.output().len()
-            )));
-        }
-        s.input_mut().copy_from_slice(input);
-        let t = s.run()?;
-        output.copy_from_slice(s.output());
-        Ok(t)
+    /// One request on a free session over caller memory ([`Session::run_on`]).
+    pub fn infer(&self, inputs: &[TensorRef<'_>], outputs: &mut [TensorMut<'_>]) -> Result<RunTiming> {
+        self.checkout().run_on(inputs, outputs)
     }
 }
 
-/// A session checked out of a [`SessionPool`]; returns on drop.
-pub struct PooledSession<'p, I: Element, O: Element> {
-    pool: &'p SessionPool<I, O>,
-    session: Option<Session<I, O>>,
+/// A pool for a front end that carries one float32 tensor each way (the
+/// shared-memory protocol v1, the Open Inference Protocol endpoint): `spec`
+/// with the model's only input declared float32 of `input_shape`. Returns
+/// the pool and its output's shape, or says why `front` cannot serve the model.
+pub fn one_f32_tensor(rt: &Runtime, model: &Model, spec: SessionSpec, input_shape: &[i64], sessions: usize, front: &str) -> Result<(SessionPool, Vec<i64>)> {
+    let refuse = |what: String| Error::Session(format!("{front} carries one float32 tensor each way; model {} {what}", model.path().display()));
+    let inputs = model.inputs()?;
+    if inputs.len() != 1 {
+        return Err(refuse(format!("takes {} inputs ({})", inputs.len(), inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "))));
+    }
+    let spec = spec.declare(crate::model::InputDecl { name: None, dtype: Some(crate::dtype::DType::F32), shape: Some(input_shape.to_vec()) });
+    let pool = SessionPool::new(rt, model, spec, sessions)?;
+    let shape = match pool.outputs() {
+        [o] if o.dtype == crate::dtype::DType::F32 => o.shape.clone(),
+        outs => return Err(refuse(format!("returns {}", super::tensor_ref::list(outs)))),
+    };
+    Ok((pool, shape))
 }
 
-impl<I: Element, O: Element> Deref for PooledSession<'_, I, O> {
-    type Target = Session<I, O>;
-    fn deref(&self) -> &Session<I, O> {
+/// A session checked out of a [`SessionPool`]; returns on drop.
+pub struct PooledSession<'p> {
+    pool: &'p SessionPool,
+    session: Option<Session>,
+}
+
+impl Deref for PooledSession<'_> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
         self.session.as_ref().expect("present until drop")
     }
 }
 
-impl<I: Element, O: Element> DerefMut for PooledSession<'_, I, O> {
-    fn deref_mut(&mut self) -> &mut Session<I, O> {
+impl DerefMut for PooledSession<'_> {
+    fn deref_mut(&mut self) -> &mut Session {
         self.session.as_mut().expect("present until drop")
     }
 }
 
-impl<I: Element, O: Element> Drop for PooledSession<'_, I, O> {
+impl Drop for PooledSession<'_> {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
             self.pool.idle.lock().push(s);

@@ -1,5 +1,7 @@
 //! [`SessionSpec`]: what a session is built for.
 
+use crate::dtype::DType;
+use crate::model::InputDecl;
 use crate::mode::Mode;
 
 /// Which execution mode to build.
@@ -105,12 +107,11 @@ impl std::fmt::Display for GraphLaunch {
     }
 }
 
-/// Fixed input and output shapes plus how to run. Dtypes come from the
-/// session's type parameters.
+/// What a session declares of the model's inputs (their outputs are found
+/// by running the model at build), plus how to run.
 #[derive(Debug, Clone)]
 pub struct SessionSpec {
-    pub(crate) input_shape: Vec<i64>,
-    pub(crate) output_shape: Vec<i64>,
+    pub(crate) inputs: Vec<InputDecl>,
     pub(crate) mode: ModeChoice,
     pub(crate) device: usize,
     pub(crate) warmup: usize,
@@ -130,11 +131,11 @@ pub struct SessionSpec {
 pub const MIN_WARMUP: usize = 3;
 
 impl SessionSpec {
-    /// A spec for `input_shape` → `output_shape`, mode `cpu`, device 0, 3 warm-up runs.
-    pub fn new(input_shape: &[i64], output_shape: &[i64]) -> Self {
+    /// A spec that declares nothing of the inputs (the model's own record
+    /// of their dtypes and shapes is used), mode `cpu`, device 0, 3 warm-up runs.
+    pub fn new() -> Self {
         Self {
-            input_shape: input_shape.to_vec(),
-            output_shape: output_shape.to_vec(),
+            inputs: Vec::new(),
             mode: ModeChoice::Fixed(Mode::Cpu),
             device: 0,
             warmup: MIN_WARMUP,
@@ -149,6 +150,26 @@ impl SessionSpec {
             stage_input: false,
             preprocess: None,
         }
+    }
+
+    /// Declares input `name`: its dtype and shape (what the model does not
+    /// record must be declared; what it does is checked).
+    pub fn input(mut self, name: &str, dtype: DType, shape: &[i64]) -> Self {
+        self.inputs.push(InputDecl { name: Some(name.to_string()), dtype: Some(dtype), shape: Some(shape.to_vec()) });
+        self
+    }
+
+    /// Declares the shape of the model's only input (its dtype from the
+    /// model, or a [`TypedSession`](super::TypedSession)'s element type).
+    pub fn input_shape(mut self, shape: &[i64]) -> Self {
+        self.inputs.push(InputDecl { name: None, dtype: None, shape: Some(shape.to_vec()) });
+        self
+    }
+
+    /// Declares an input as an [`InputDecl`] (any of its facts may be left out).
+    pub fn declare(mut self, decl: InputDecl) -> Self {
+        self.inputs.push(decl);
+        self
     }
 
     /// Execution mode (default `cpu`).
@@ -258,13 +279,14 @@ impl SessionSpec {
         self
     }
 
-    /// Declared input shape.
-    pub fn input_shape(&self) -> &[i64] {
-        &self.input_shape
+    /// What the spec declares of the inputs.
+    pub fn inputs(&self) -> &[InputDecl] {
+        &self.inputs
     }
+}
 
-    /// Declared output shape.
-    pub fn output_shape(&self) -> &[i64] {
-        &self.output_shape
+impl Default for SessionSpec {
+    fn default() -> Self {
+        Self::new()
     }
 }

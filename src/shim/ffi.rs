@@ -29,11 +29,22 @@ pub struct UminferGraph {
     _private: [u8; 0],
 }
 
-/// Opaque `UminferModule`.
+/// Opaque `UminferModel`.
 #[repr(C)]
-pub struct UminferModule {
+pub struct UminferModel {
     _private: [u8; 0],
 }
+
+/// Opaque `UminferTensorList`.
+#[repr(C)]
+pub struct UminferTensorList {
+    _private: [u8; 0],
+}
+
+/// `UMINFER_FORMAT_TORCHSCRIPT`.
+pub const FORMAT_TORCHSCRIPT: i32 = 0;
+/// `UMINFER_FORMAT_AOTI`.
+pub const FORMAT_AOTI: i32 = 1;
 
 extern "C" {
     pub fn uminfer_free_error(err: *mut c_char);
@@ -52,9 +63,16 @@ extern "C" {
     pub fn uminfer_graph_exec(g: *mut UminferGraph, exec: *mut *mut c_void) -> *mut c_char;
     pub fn uminfer_graph_pool(g: *mut UminferGraph, first: *mut u64, second: *mut u64) -> *mut c_char;
     pub fn uminfer_graph_delete(g: *mut UminferGraph) -> *mut c_char;
-    pub fn uminfer_module_load(path: *const c_char, device: i32, out: *mut *mut UminferModule) -> *mut c_char;
-    pub fn uminfer_module_free(m: *mut UminferModule);
-    pub fn uminfer_module_forward(m: *mut UminferModule, input: *mut c_void, out: *mut *mut c_void) -> *mut c_char;
-    pub fn uminfer_module_forward_into(m: *mut UminferModule, input: *mut c_void, output: *mut c_void) -> *mut c_char;
+    pub fn uminfer_archive_records(path: *const c_char, out: *mut *mut c_char) -> *mut c_char;
+    pub fn uminfer_package_metadata(path: *const c_char, out_json: *mut *mut c_char) -> *mut c_char;
+    pub fn uminfer_model_load(path: *const c_char, format: i32, device: i32, single_threaded: i32, out: *mut *mut UminferModel) -> *mut c_char;
+    pub fn uminfer_model_free(m: *mut UminferModel);
+    pub fn uminfer_model_describe(m: *mut UminferModel, out_json: *mut *mut c_char) -> *mut c_char;
+    pub fn uminfer_model_run(m: *mut UminferModel, inputs: *const *mut c_void, n_in: usize, want_spec: i32, out: *mut *mut UminferTensorList) -> *mut c_char;
+    pub fn uminfer_tensor_list_len(l: *const UminferTensorList) -> usize;
+    pub fn uminfer_tensor_list_spec(l: *const UminferTensorList) -> *const c_char;
+    pub fn uminfer_tensor_list_take(l: *mut UminferTensorList, i: usize, out_tensor: *mut *mut c_void) -> *mut c_char;
+    pub fn uminfer_tensor_list_free(l: *mut UminferTensorList);
+    pub fn uminfer_model_run_into(m: *mut UminferModel, inputs: *const *mut c_void, n_in: usize, outputs: *const *mut c_void, n_out: usize) -> *mut c_char;
     pub fn uminfer_tensor_copy(dst: *mut c_void, src: *mut c_void, non_blocking: i32) -> *mut c_char;
 }

@@ -5,13 +5,16 @@
 //! | [`torch_info`] | libtorch's build and CUDA facts (`at::detail::getCUDAHooks()`) |
 //! | [`CurrentStream`] | `c10::cuda::setCurrentCUDAStream` with an external stream, restored on drop |
 //! | [`CudaGraph`], [`launch_exec`] | `at::cuda::CUDAGraph` capture / replay / direct launch, pool sharing |
-//! | [`TorchModule`] | `torch::jit::Module`: load, forward, forward into a preallocated output |
+//! | [`model`] | [`LoadedModel`]: a TorchScript module or an AOTInductor package on one device: describe, run, run into preallocated outputs |
 //! | [`copy_tensor`] | `Tensor::copy_` with `non_blocking` (tch always blocks) |
 //!
 //! The shim catches every C++ exception and returns it as a string, which
 //! becomes [`Error::Shim`]; nothing unwinds across the FFI boundary.
 
 mod ffi;
+pub mod model;
+
+pub use model::{archive_records, package_metadata, Format, LoadedModel};
 
 use crate::error::{Error, Result};
 use serde::Serialize;
@@ -19,7 +22,7 @@ use std::ffi::{c_char, c_void, CStr};
 use std::marker::PhantomData;
 
 /// Turns a shim error string into a `Result`, freeing the string.
-fn check(call: &'static str, err: *mut c_char) -> Result<()> {
+pub(crate) fn check(call: &'static str, err: *mut c_char) -> Result<()> {
     if err.is_null() {
         return Ok(());
     }
@@ -236,81 +239,6 @@ impl Drop for CudaGraph {
 pub unsafe fn launch_exec(exec: cudarc::driver::sys::CUgraphExec, stream: &cudarc::driver::CudaStream) -> Result<()> {
     // SAFETY: the caller guarantees `exec`; `stream` is a live stream.
     unsafe { cudarc::driver::sys::cuGraphLaunch(exec, stream.cu_stream()) }.result().map_err(Error::driver("cuGraphLaunch"))
-}
-
-/// A TorchScript module loaded by the shim (`torch::jit::load`), in eval mode.
-///
-/// Unlike `tch::CModule` it can run `forward` straight into a preallocated
-/// output tensor (the copy is part of what a CUDA graph captures) and calls
-/// forward without any Rust allocation.
-pub struct TorchModule {
-    raw: *mut ffi::UminferModule,
-    device: tch::Device,
-}
-
-// SAFETY (Send): the module is a heap object owned by this handle; libtorch
-// modules are not tied to the thread that loaded them.
-unsafe impl Send for TorchModule {}
-// SAFETY (Sync): `&self` methods only call `forward`, which TorchScript
-// supports from several threads at once (the graph executor locks its own
-// state; parameters are only read in eval/inference mode). Nothing mutates
-// the module through `&self`.
-unsafe impl Sync for TorchModule {}
-
-impl TorchModule {
-    /// Loads a TorchScript file onto `device`.
-    pub fn load(path: &std::path::Path, device: tch::Device) -> Result<Self> {
-        if !path.is_file() {
-            return Err(Error::ModelNotFound { path: path.to_path_buf() });
-        }
-        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| Error::Model { path: path.to_path_buf(), message: "path contains a NUL byte".into() })?;
-        let dev = match device {
-            tch::Device::Cpu => -1,
-            tch::Device::Cuda(i) => i as i32,
-            other => return Err(Error::Model { path: path.to_path_buf(), message: format!("unsupported device {other:?}") }),
-        };
-        let mut raw = std::ptr::null_mut();
-        // SAFETY: `c_path` is NUL-terminated and outlives the call; `raw` is a valid out pointer.
-        check("module_load", unsafe { ffi::uminfer_module_load(c_path.as_ptr(), dev, &mut raw) }).map_err(|e| {
-            Error::Model { path: path.to_path_buf(), message: format!("{e} (is it a TorchScript file saved with torch.jit.save?)") }
-        })?;
-        Ok(Self { raw, device })
-    }
-
-    /// Device the module's parameters live on.
-    pub fn device(&self) -> tch::Device {
-        self.device
-    }
-
-    /// `forward(input)` under InferenceMode, returning a new tensor.
-    pub fn forward(&self, input: &tch::Tensor) -> Result<tch::Tensor> {
-        let mut out = std::ptr::null_mut();
-        // SAFETY: `self.raw` is live; `input.as_ptr()` is a valid torch::Tensor*
-        // for the call; the shim only reads it. `out` is a valid out pointer.
-        check("module_forward", unsafe { ffi::uminfer_module_forward(self.raw, input.as_ptr() as *mut c_void, &mut out) })?;
-        // SAFETY: on success the shim returned a `new torch::Tensor`, which
-        // tch takes ownership of (and deletes on drop).
-        Ok(unsafe { tch::Tensor::from_ptr(out.cast()) })
-    }
-
-    /// `output.copy_(forward(input), non_blocking)`: fails without writing
-    /// when the model's output shape or dtype differs from `output`'s.
-    pub fn forward_into(&self, input: &tch::Tensor, output: &mut tch::Tensor) -> Result<()> {
-        // SAFETY: `self.raw` is live; both pointers are valid torch::Tensor*
-        // for the call; `output` is borrowed mutably, so nothing else uses it.
-        check("module_forward_into", unsafe {
-            ffi::uminfer_module_forward_into(self.raw, input.as_ptr() as *mut c_void, output.as_mut_ptr().cast())
-        })
-    }
-}
-
-impl Drop for TorchModule {
-    fn drop(&mut self) {
-        // SAFETY: `raw` came from uminfer_module_load and is freed once; the
-        // shim's free cannot throw (a plain delete).
-        unsafe { ffi::uminfer_module_free(self.raw) }
-    }
 }
 
 /// `dst.copy_(src, non_blocking)` on libtorch's current stream.

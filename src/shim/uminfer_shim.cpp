@@ -1,41 +1,19 @@
-// uminfer_shim.cpp — implementation of uminfer_shim.h against libtorch 2.11.
+// uminfer_shim.cpp — libtorch facts, CUDA streams, CUDA graphs and tensor
+// copies of uminfer_shim.h, against libtorch 2.11 (models: model.cpp).
 // Every body runs inside PROTECT: exceptions become error strings.
 #include "uminfer_shim.h"
 
+#include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/script.h>
 #include <torch/version.h>
 
-#include <cstdlib>
 #include <cstring>
-#include <exception>
 #include <string>
 
-namespace {
-
-char* dup_error(const char* msg) {
-  size_t n = std::strlen(msg);
-  char* s = static_cast<char*>(std::malloc(n + 1));
-  if (s != nullptr) std::memcpy(s, msg, n + 1);
-  return s;
-}
-
-}  // namespace
-
-#define PROTECT(body)                                       \
-  try {                                                     \
-    body;                                                   \
-    return nullptr;                                         \
-  } catch (const c10::Error& e) {                           \
-    return dup_error(e.what_without_backtrace());           \
-  } catch (const std::exception& e) {                       \
-    return dup_error(e.what());                             \
-  } catch (...) {                                           \
-    return dup_error("unknown C++ exception in uminfer shim"); \
-  }
+#include "protect.h"
 
 struct UminferStreamSwap {
   c10::cuda::CUDAStream previous;
@@ -44,32 +22,6 @@ struct UminferStreamSwap {
 struct UminferGraph {
   at::cuda::CUDAGraph graph;
 };
-
-struct UminferModule {
-  torch::jit::Module module;
-};
-
-namespace {
-
-torch::Tensor run_forward(UminferModule* m, void* input) {
-  if (m == nullptr || input == nullptr) throw std::invalid_argument("forward: NULL module or input");
-  c10::InferenceMode guard;
-  std::vector<c10::IValue> args;
-  args.emplace_back(*static_cast<torch::Tensor*>(input));
-  c10::IValue out = m->module.forward(args);
-  if (!out.isTensor())
-    throw std::runtime_error(std::string("the model returned ") + out.tagKind() +
-                             ", uminfer sessions need a model that returns one tensor");
-  return out.toTensor();
-}
-
-std::string shape_str(c10::IntArrayRef s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
-
-}  // namespace
 
 extern "C" {
 
@@ -179,46 +131,11 @@ char* uminfer_graph_delete(UminferGraph* g) {
   PROTECT({ delete g; })
 }
 
-char* uminfer_module_load(const char* path, int32_t device, UminferModule** out) {
-  PROTECT({
-    if (path == nullptr || out == nullptr) throw std::invalid_argument("uminfer_module_load: NULL argument");
-    c10::Device dev = device < 0 ? c10::Device(c10::kCPU) : c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device));
-    auto* m = new UminferModule{torch::jit::load(std::string(path), dev)};
-    m->module.eval();
-    *out = m;
-  })
-}
-
-void uminfer_module_free(UminferModule* m) { delete m; }
-
-char* uminfer_module_forward(UminferModule* m, void* input, void** out_tensor) {
-  PROTECT({
-    if (out_tensor == nullptr) throw std::invalid_argument("uminfer_module_forward: NULL out");
-    *out_tensor = new torch::Tensor(run_forward(m, input));
-  })
-}
-
-char* uminfer_module_forward_into(UminferModule* m, void* input, void* output) {
-  PROTECT({
-    if (output == nullptr) throw std::invalid_argument("uminfer_module_forward_into: NULL output");
-    auto& dst = *static_cast<torch::Tensor*>(output);
-    torch::Tensor result = run_forward(m, input);
-    if (result.sizes() != dst.sizes())
-      throw std::runtime_error("the model's output shape " + shape_str(result.sizes()) +
-                               " differs from the declared output shape " + shape_str(dst.sizes()));
-    if (result.scalar_type() != dst.scalar_type())
-      throw std::runtime_error(std::string("the model's output dtype ") + c10::toString(result.scalar_type()) +
-                               " differs from the declared output dtype " + c10::toString(dst.scalar_type()));
-    c10::InferenceMode guard;
-    dst.copy_(result, /*non_blocking=*/true);
-  })
-}
-
 char* uminfer_tensor_copy(void* dst, void* src, int32_t non_blocking) {
   PROTECT({
     if (dst == nullptr || src == nullptr) throw std::invalid_argument("uminfer_tensor_copy: NULL tensor");
     c10::InferenceMode guard;
-    static_cast<torch::Tensor*>(dst)->copy_(*static_cast<torch::Tensor*>(src), non_blocking != 0);
+    static_cast<at::Tensor*>(dst)->copy_(*static_cast<at::Tensor*>(src), non_blocking != 0);
   })
 }
 

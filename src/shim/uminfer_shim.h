@@ -1,10 +1,12 @@
 // uminfer_shim.h — the C ABI between Rust and the parts of libtorch that tch
-// does not expose (CUDA stream switching, CUDA graphs, build/runtime facts).
+// does not expose (CUDA stream switching, CUDA graphs, build/runtime facts,
+// models of any signature: TorchScript and AOTInductor packages).
 //
 // Conventions (tch's PROTECT pattern): every function that can fail returns a
 // heap-allocated error string (NULL on success) that the caller releases with
 // uminfer_free_error(). No C++ exception ever crosses this boundary.
 #pragma once
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -56,24 +58,55 @@ char* uminfer_graph_exec(UminferGraph* g, void** exec);
 char* uminfer_graph_pool(UminferGraph* g, uint64_t* first, uint64_t* second);
 char* uminfer_graph_delete(UminferGraph* g);
 
-// ---- TorchScript modules -------------------------------------------------
+// ---- Models ----------------------------------------------------------------
 // Tensors cross this boundary as `torch::Tensor*` (tch's C_tensor pointers).
-typedef struct UminferModule UminferModule;
+// Strings the shim returns through out pointers are malloc'd and released
+// with uminfer_free_error, like error strings.
+typedef struct UminferModel UminferModel;
+typedef struct UminferTensorList UminferTensorList;
 
-// Loads a TorchScript file onto `device` (-1 = CPU, else CUDA ordinal), in
-// eval mode. Errors name the path and say whether it is missing or not TorchScript.
-char* uminfer_module_load(const char* path, int32_t device, UminferModule** out);
-void uminfer_module_free(UminferModule* m);
+#define UMINFER_FORMAT_TORCHSCRIPT 0
+#define UMINFER_FORMAT_AOTI 1
 
-// Runs forward(input) under InferenceMode and returns the result as a new
-// torch::Tensor* (released by the caller, e.g. through tch). The model must
-// return a single tensor.
-char* uminfer_module_forward(UminferModule* m, void* input, void** out_tensor);
+// The record names of the PyTorch zip archive at `path` (without the
+// archive's top folder), one per line. Fails on a file that is not such an archive.
+char* uminfer_archive_records(const char* path, char** out);
 
-// Runs forward(input) under InferenceMode and copies the result into
-// `output` (non-blocking on libtorch's current stream). Fails, without
-// writing, when the result's shape or dtype differs from `output`'s.
-char* uminfer_module_forward_into(UminferModule* m, void* input, void* output);
+// The metadata of the AOTInductor package at `path` (model "model") as a
+// JSON object of strings, read without loading the package.
+char* uminfer_package_metadata(const char* path, char** out_json);
+
+// Loads a TorchScript file (in eval mode; its extra file uminfer.json, if
+// any, is kept) or an AOTInductor package onto `device` (-1 = CPU, else a
+// CUDA ordinal). `single_threaded` (packages): AOTInductor's
+// run_single_threaded, needed to capture a run into a CUDA graph; the shim
+// then serialises runs itself.
+char* uminfer_model_load(const char* path, int32_t format, int32_t device, int32_t single_threaded, UminferModel** out);
+void uminfer_model_free(UminferModel* m);
+
+// What the model says of its signature, as JSON. TorchScript:
+// {"arguments": [{"name", "type", "has_default"}...], "hint": <uminfer.json text or null>};
+// packages: {"in_spec": <text>, "out_spec": <text>} (the call spec, pytree JSON).
+char* uminfer_model_describe(UminferModel* m, char** out_json);
+
+// Runs the model under InferenceMode over `n_in` input tensors (packages: on
+// libtorch's current CUDA stream) and returns its output tensors flattened in
+// order; with `want_spec`, also the output tree as a pytree spec
+// (AOTInductor's call-spec format; TorchScript values that are not tensors,
+// tuples, lists or dicts appear as nodes of type "uminfer.unsupported" whose
+// context is their kind). Without it, such a value fails the run.
+char* uminfer_model_run(UminferModel* m, void* const* inputs, size_t n_in, int32_t want_spec, UminferTensorList** out);
+size_t uminfer_tensor_list_len(const UminferTensorList* l);
+// The spec, valid until the list is freed.
+const char* uminfer_tensor_list_spec(const UminferTensorList* l);
+// Moves tensor `i` out as a new torch::Tensor* (released by the caller).
+char* uminfer_tensor_list_take(UminferTensorList* l, size_t i, void** out_tensor);
+void uminfer_tensor_list_free(UminferTensorList* l);
+
+// Runs the model and copies its flattened outputs into `outputs`
+// (non-blocking, on libtorch's current stream). Fails, without writing any,
+// when the count, a shape or a dtype differs.
+char* uminfer_model_run_into(UminferModel* m, void* const* inputs, size_t n_in, void* const* outputs, size_t n_out);
 
 // dst.copy_(src, non_blocking) on libtorch's current stream.
 char* uminfer_tensor_copy(void* dst, void* src, int32_t non_blocking);

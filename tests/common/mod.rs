@@ -118,3 +118,66 @@ pub fn logged_us(log: &str, phrase: &str) -> f64 {
         .and_then(|rest| rest.split(" µs").next()?.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("the log has no time after {phrase:?}:\n{log}"))
 }
+
+/// A host with one GPU of compute capability `cc` named `name` where
+/// everything works (the doctor's tests over synthetic machines).
+pub fn gpu_host(cc: (i32, i32), name: &str) -> uminfer::doctor::facts::Facts {
+    use uminfer::doctor::facts::*;
+    use uminfer::shim::TorchInfo;
+    Facts {
+        torch: TorchFacts {
+            info: TorchInfo {
+                compiled_version: "2.11.0".into(),
+                cuda_build_loaded: true,
+                cuda_available: true,
+                device_count: 1,
+                cudart_version: Some(13000),
+                cudnn_version: Some(91900),
+                cudnn_runtime_version: Some(91900),
+                cxx11_abi: 1,
+                error: None,
+            },
+            runtime_version: Some("2.11.0+cu130".into()),
+            build_version: "2.11.0+cu130".into(),
+            cuda_library_on_disk: true,
+            libraries: vec![],
+        },
+        driver: DriverFacts { load_error: None, version: Some(13000), device_count: Some(1) },
+        devices: vec![DeviceFacts {
+            ordinal: 0,
+            name: name.into(),
+            uuid: "GPU-00000000-0000-0000-0000-000000000000".into(),
+            compute_capability: cc,
+            total_memory: 80 << 30,
+            free_memory: Some(79 << 30),
+            compute_mode: 0,
+            mig: false,
+            managed_memory: true,
+            concurrent_managed_access: true,
+            pageable_memory_access: false,
+            direct_managed_mem_access_from_host: false,
+            unified_addressing: true,
+            can_map_host_memory: true,
+            memory_pools_supported: true,
+            smoke: Some(Ok(())),
+            errors: vec![],
+        }],
+        nvrtc: NvrtcFacts {
+            loaded: Ok(uminfer::cuda::nvrtc::NvrtcInfo { version: (13, 0), library: None, builtins: None }),
+            kernels: vec![("smoke".into(), Ok(900))],
+            prebuilt_by_nvcc: false,
+        },
+        shm: ShmFacts { present: true, write_error: None, free_bytes: Some(1 << 30) },
+        env: EnvFacts { vars: vec![], os: "Ubuntu 24.04".into(), glibc: "2.39".into() },
+    }
+}
+
+/// A machine without a CUDA driver: the CPU modes only.
+pub fn cpu_host() -> uminfer::doctor::facts::Facts {
+    let mut f = gpu_host((9, 0), "none");
+    f.driver = uminfer::doctor::facts::DriverFacts { load_error: Some("libcuda.so not found".into()), version: None, device_count: None };
+    f.devices.clear();
+    f.torch.info.cuda_available = false;
+    f.torch.info.device_count = 0;
+    f
+}
