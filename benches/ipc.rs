@@ -2,9 +2,9 @@
 //! the same bytes each way, server in a thread of this process:
 //!
 //! - `shm_iceoryx2/{identity,tiny}`: a `uminfer serve` child process (the
-//!   binary as deployed, with its defaults) + the `uminfer::ipc` client (the
-//!   client copies the input into the loaned sample in one pass, reads the
-//!   response in place);
+//!   binary as deployed, with its defaults) + the `uminfer::ipc` client
+//!   (protocol v2: the client copies the input into the loaned sample in one
+//!   pass, reads the response in place);
 //! - `unix_socket/identity`: a Unix-domain stream socket echoing the bytes
 //!   (length-prefixed), server in a thread of this process: the transport
 //!   baseline;
@@ -29,7 +29,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 use uminfer::doctor::{self, probe::ProbeOptions};
-use uminfer::ipc::Client;
+use uminfer::ipc::{Client, NamedTensor};
 use uminfer::{Runtime, TypedSession, SessionSpec};
 
 const SHAPE: [i64; 4] = [1, 3, 128, 128];
@@ -83,10 +83,12 @@ fn shm(c: &mut Criterion) {
     for m in ["identity.pt", "tiny.pt"] {
         with_server(m, |name| {
             let mut client = Client::connect(name, Duration::from_secs(30)).expect("connect");
+            let input = client.inputs()[0].name.clone();
+            let tensor = NamedTensor::new(&input, &SHAPE, &x).expect("the input's view");
             pinned(|| {
                 c.bench_function(&format!("shm_iceoryx2/{}", m.trim_end_matches(".pt")), |b| {
                     b.iter(|| {
-                        client.infer_with(&SHAPE, &x, |r| black_box(r.data[0])).expect("infer")
+                        client.infer_with(&[tensor], |r| black_box(r.tensor(0).map(|t| t.bytes()[0]))).expect("infer")
                     })
                 });
             });

@@ -67,8 +67,9 @@ enum Command {
         /// Largest request payload in bytes (with --grpc: largest request message).
         #[arg(long, default_value_t = 64 << 20)]
         max_bytes: usize,
-        /// The model's input shape, comma-separated (default 1,3,128,128). With --grpc:
-        /// every model's, and NAME=DIMS (repeatable) gives model NAME a shape of its own.
+        /// A one-input model's input shape, comma-separated, where the model
+        /// records none (default: the recorded shape). With --grpc: every such
+        /// model's, and NAME=DIMS (repeatable) gives model NAME a shape of its own.
         #[arg(long, value_name = "[NAME=]DIMS")]
         input_shape: Vec<uminfer::oip::InputShape>,
         /// With --grpc: serve Prometheus metrics on http://ADDR/metrics (port 0 picks
@@ -104,6 +105,15 @@ enum Command {
         /// threads; 0 sleeps at once.
         #[arg(long, value_name = "US", default_value_t = 200)]
         spin_us: u64,
+        /// Shared memory: declare an input NAME=DTYPE:DIMS (e.g. input_ids=int64:1,128)
+        /// where the model records none (or to override a TorchScript file's record);
+        /// requests must match. Repeatable.
+        #[arg(long, value_name = "NAME=DTYPE:DIMS", conflicts_with = "grpc")]
+        input_spec: Vec<uminfer::model::InputDecl>,
+        /// Answer without running the model: zeros of the outputs' shapes after
+        /// the same checks (`bench`'s floor schemes `shm-echo` and `grpc-echo`).
+        #[arg(long, hide = true)]
+        echo: bool,
     },
     /// The serialize-copy scheme's HTTP/JSON server (started by `bench`; prints
     /// `http=ADDR`, serves until killed).
@@ -121,15 +131,19 @@ enum Command {
     /// Prints the doctor's verdict first; schemes this machine cannot run are
     /// listed with the reason.
     Bench(BenchArgs),
-    /// Send one .npy tensor (float32) to a `uminfer serve` endpoint; write the response as .npy.
+    /// Send tensors from .npy / .npz files to a `uminfer serve` endpoint
+    /// (shared-memory protocol v2, any model); write its outputs (.npy, or .npz for several).
     Infer {
         /// Endpoint name.
         #[arg(long)]
         name: String,
-        /// Input tensor (.npy, float32).
-        #[arg(long)]
-        input: PathBuf,
-        /// Where to write the output tensor (.npy).
+        /// Inputs: NAME=FILE.npy (repeat, one per input), FILE.npy for a model
+        /// with one input, or FILE.npz holding every input under its name.
+        /// bfloat16 inputs take float32 files (converted; NumPy has no bf16).
+        #[arg(long, value_name = "[NAME=]FILE", required = true)]
+        input: Vec<InputArg>,
+        /// Where to write the outputs: FILE.npy for a model with one output,
+        /// FILE.npz for several (each under its name; bf16 as float32).
         #[arg(long)]
         output: PathBuf,
         /// Seconds to wait for the server and for the response.
@@ -365,7 +379,14 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
 
 fn serve(opts: uminfer::ipc::ServeOptions, threads: Option<u32>) -> anyhow::Result<()> {
     let rt = Runtime::new();
-    choose_intra_op_threads(&rt, threads, opts.mode, Clients::SharedMemory, &[(opts.model.clone(), &opts.input_shape)], opts.workers)?;
+    // The thread choice times a pass over the inputs the model records, or
+    // over a one-input model's declared shape.
+    let one_input = rt.model(&opts.model)?.inputs()?.len() == 1;
+    let shape = match opts.inputs.as_slice() {
+        [only] if one_input => only.shape.as_deref(),
+        _ => None,
+    };
+    choose_intra_op_threads(&rt, threads, opts.mode, Clients::SharedMemory, &[(opts.model.clone(), shape)], opts.workers)?;
     let service = format!("uminfer/{}", opts.name);
     let server = uminfer::ipc::Server::new(&rt, opts)?;
     // What a parent process waits for (as `serve --grpc` prints `grpc=ADDR`).
@@ -397,7 +418,7 @@ enum Clients {
 /// [`uminfer::intra_op::for_grpc_clients`]),
 /// [shared](uminfer::intra_op::shared_by) by the `concurrent` sessions that
 /// may run at once; else libtorch's default. Logs the result.
-fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice, clients: Clients, models: &[(PathBuf, &[i64])], concurrent: usize) -> anyhow::Result<()> {
+fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice, clients: Clients, models: &[(PathBuf, Option<&[i64]>)], concurrent: usize) -> anyhow::Result<()> {
     use uminfer::intra_op;
     let shared = format!("shared by {} session(s) that run at once", concurrent.max(1));
     let why = match explicit {
@@ -408,9 +429,10 @@ fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice
         None if mode == ModeChoice::Fixed(uminfer::Mode::Cpu) => {
             let mut slowest = std::time::Duration::ZERO;
             for (path, input_shape) in models {
-                // The front ends carry one float32 input (shared-memory protocol v1, the gRPC endpoint).
+                // A declared shape is a one-input model's (of its dtype, else float32), as the servers take it.
                 let model = rt.model(path)?;
-                let inputs = model.resolve(&[uminfer::model::InputDecl { name: None, dtype: Some(uminfer::DType::F32), shape: Some(input_shape.to_vec()) }], None)?;
+                let decls: Vec<uminfer::model::InputDecl> = input_shape.map(|s| uminfer::model::InputDecl { name: None, dtype: None, shape: Some(s.to_vec()) }).into_iter().collect();
+                let inputs = model.resolve(&decls, input_shape.map(|_| uminfer::DType::F32))?;
                 slowest = slowest.max(intra_op::time_forward(&model, &inputs)?);
             }
             let (rule, under) = match clients {
@@ -444,7 +466,7 @@ fn shm_options(name: Option<String>, models: Vec<uminfer::oip::ModelSource>) -> 
 /// `metrics=ADDR` and `http=ADDR`) once listening.
 fn serve_grpc(opts: uminfer::oip::GrpcOptions, threads: Option<u32>) -> anyhow::Result<()> {
     let rt = Runtime::new();
-    let models: Vec<(PathBuf, &[i64])> = opts.models.iter().map(|m| (m.path.clone(), opts.input_shapes.of(&m.name))).collect();
+    let models: Vec<(PathBuf, Option<&[i64]>)> = opts.models.iter().map(|m| (m.path.clone(), opts.input_shapes.of(&m.name))).collect();
     choose_intra_op_threads(&rt, threads, opts.mode, Clients::Grpc, &models, opts.sessions * models.len())?;
     let server = uminfer::oip::GrpcServer::new(&rt, opts)?;
     server.run(|at| {
@@ -463,20 +485,24 @@ fn serve_grpc(opts: uminfer::oip::GrpcOptions, threads: Option<u32>) -> anyhow::
     Ok(())
 }
 
-/// A float32 `.npy` file: its shape and values (the shared-memory
-/// protocol v1 carries float32).
-fn read_f32_npy(path: &std::path::Path) -> anyhow::Result<(Vec<i64>, Vec<f32>)> {
-    let t = uminfer::host_tensor::read_npy(path)?;
-    let values = t.to_vec::<f32>().with_context(|| format!("{}: `uminfer infer` sends float32 tensors", path.display()))?;
-    Ok((t.shape, values))
-}
-
-fn infer(name: &str, input: &std::path::Path, output: &std::path::Path, timeout: f64) -> anyhow::Result<()> {
-    let (shape, data) = read_f32_npy(input)?;
-    let mut client = uminfer::ipc::Client::connect(name, std::time::Duration::from_secs_f64(timeout))?;
-    let (out_shape, y) = client.infer(&shape, &data)?;
-    uminfer::host_tensor::write_npy(output, &uminfer::host_tensor::HostTensor::from_values("output", &out_shape, &y)?)?;
-    Ok(())
+/// `uminfer infer`: the inputs fitted to the endpoint's model as `uminfer
+/// run` fits them (a lone tensor to a one-input model, float32 files to
+/// bf16 inputs), sent over shared memory; the outputs written.
+fn infer(name: &str, inputs: &[InputArg], output: &std::path::Path, timeout: f64) -> anyhow::Result<()> {
+    let mut given = read_inputs(inputs)?;
+    let timeout = std::time::Duration::try_from_secs_f64(timeout).context("--timeout must be a finite number of seconds")?;
+    let mut client = uminfer::ipc::Client::connect(name, timeout)?;
+    if let ([only], [t]) = (client.inputs(), given.as_mut_slice()) {
+        t.name.clone_from(&only.name);
+    }
+    for t in &mut given {
+        if client.inputs().iter().any(|m| m.name == t.name && m.dtype == uminfer::DType::Bf16) && t.dtype == uminfer::DType::F32 {
+            tracing::info!("input `{}`: float32 values converted to bf16 (the model's dtype; NumPy has no bfloat16)", t.name);
+            *t = t.converted(uminfer::DType::Bf16)?;
+        }
+    }
+    let views = given.iter().map(uminfer::ipc::NamedTensor::of).collect::<uminfer::Result<Vec<_>>>()?;
+    write_outputs(output, &client.infer_tensors(&views)?)
 }
 
 /// The tensors of `--input` arguments: named `.npy` files, a lone `.npy`
@@ -616,7 +642,7 @@ fn main() {
             }
         }
         Command::Run(a) => report_error(run(a)),
-        Command::Serve { name, grpc, model, mode, workers, max_bytes, input_shape, metrics, http, max_streams, max_calls, intra_op_threads, spin_us } => match (grpc, name) {
+        Command::Serve { name, grpc, model, mode, workers, max_bytes, input_shape, metrics, http, max_streams, max_calls, intra_op_threads, spin_us, input_spec, echo } => match (grpc, name) {
             (Some(addr), _) => report_error(uminfer::oip::InputShapes::new(&input_shape, &model).map_err(Into::into).and_then(|input_shapes| {
                 let mut opts = uminfer::oip::GrpcOptions::new(addr, model);
                 opts.mode = mode;
@@ -628,6 +654,7 @@ fn main() {
                 opts.max_streams = max_streams;
                 opts.max_calls = max_calls;
                 opts.spin = std::time::Duration::from_micros(spin_us);
+                opts.echo = echo;
                 serve_grpc(opts, intra_op_threads)
             })),
             (None, name) => report_error(shm_options(name, model).and_then(|mut opts| {
@@ -635,11 +662,13 @@ fn main() {
                 opts.workers = workers;
                 opts.spin = std::time::Duration::from_micros(spin_us);
                 opts.max_bytes = max_bytes;
+                opts.echo = echo;
                 match input_shape.as_slice() {
                     [] => {}
-                    [uminfer::oip::InputShape { model: None, dims }] => opts.input_shape = dims.clone(),
+                    [uminfer::oip::InputShape { model: None, dims }] => opts = opts.input_shape(dims),
                     _ => bail!("shared-memory serving takes one --input-shape DIMS (NAME=DIMS is for --grpc with several models)"),
                 }
+                opts.inputs.extend(input_spec);
                 serve(opts, intra_op_threads)
             })),
         },

@@ -260,7 +260,7 @@ fn bench_runs_any_signature_and_several_models_side_by_side() {
         .arg("--model")
         .arg(common::model_path("tiny.pt2"))
         .args(["--requests", "20", "--warmup", "2", "--warmup-secs", "0", "--input-range", "input_ids=0..50"])
-        .args(["--schemes", "cpu-zero-copy,shm-ipc,tch-naive,py-torchscript,py-onnxruntime", "--json"])
+        .args(["--schemes", "cpu-zero-copy,shm-ipc,shm-echo,oip-grpc,oip-grpc-shm,grpc-echo,tch-naive,py-torchscript,py-onnxruntime", "--json"])
         .arg(&json)
         .output()
         .unwrap();
@@ -278,8 +278,23 @@ fn bench_runs_any_signature_and_several_models_side_by_side() {
         assert_eq!(r["samples"], 20, "{r}");
     }
     assert_eq!(row("tiny.pt2", "cpu-zero-copy")["status"], "ok");
-    let shm = row("encoder.pt", "shm-ipc");
-    assert!(shm["status"] == "unavailable" && shm["reason"].as_str().unwrap().contains("carries one float32 tensor each way"), "{shm}");
+    // Both servers carry any signature (shared-memory protocol v2, the Open
+    // Inference Protocol), a package's too; so do their floors (echo servers,
+    // checked for the outputs' dtypes and shapes), and each transport scheme
+    // is set against its floor.
+    for model in ["encoder.pt", "tiny.pt2"] {
+        for scheme in ["shm-ipc", "shm-echo", "oip-grpc", "oip-grpc-shm", "grpc-echo"] {
+            let r = row(model, scheme);
+            assert!(r["status"] == "ok" && r["samples"] == 20, "{r}");
+        }
+        for (scheme, floor) in [("shm-ipc", "shm-echo"), ("oip-grpc", "grpc-echo"), ("oip-grpc-shm", "grpc-echo")] {
+            let (p50, cpu, floor) = (row(model, scheme)["p50_us"].as_f64().unwrap(), row(model, "cpu-zero-copy")["p50_us"].as_f64().unwrap(), row(model, floor)["p50_us"].as_f64().unwrap());
+            let ratio = row(model, scheme)["transport_vs_floor"].as_f64().unwrap();
+            assert!((ratio - (p50 - cpu) / floor).abs() < 1e-9, "{scheme} on {model}: {ratio}");
+        }
+        assert!(row(model, "cpu-zero-copy")["transport_vs_floor"].is_null());
+    }
+    assert!(stdout.contains("  shm-ipc on encoder.pt: P50 − cpu-zero-copy P50 = ") && stdout.contains(" × grpc-echo P50"), "{stdout}");
     for scheme in ["tch-naive", "py-torchscript", "py-onnxruntime"] {
         let r = row("tiny.pt2", scheme);
         assert!(r["status"] == "unavailable" && r["reason"].as_str().unwrap().contains("is an AOTInductor package"), "{r}");

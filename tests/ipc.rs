@@ -1,14 +1,18 @@
-//! Shared-memory IPC: round trips, validation, lifecycle, security, load, idle CPU.
+//! Shared-memory IPC: round trips of any signature (protocol v2), every
+//! refusal, the protocol v1 policy, lifecycle, security, load, idle CPU.
 
 mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use uminfer::doctor::{self, probe::ProbeOptions};
-use uminfer::ipc::header::{RequestHeader, MAGIC};
-use uminfer::ipc::{Client, ServeOptions, Server};
-use uminfer::{Error, Runtime};
+use uminfer::host_tensor::HostTensor;
+use uminfer::ipc::header::{RequestHeaderV1, ResponseHeaderV1, MAGIC};
+use uminfer::ipc::table::{dtype_code, layout, RequestHeaderV2, TensorEntry, MAX_TENSORS};
+use uminfer::ipc::{Client, NamedTensor, ServeOptions, Server};
+use uminfer::{DType, Error, Runtime};
 
 const SHAPE: [i64; 4] = [1, 3, 128, 128];
 const N: usize = 3 * 128 * 128;
@@ -27,6 +31,32 @@ fn npy(name: &str) -> Vec<f32> {
     Vec::<f32>::try_from(tch::Tensor::read_npy(common::model_path(name)).unwrap().flatten(0, -1)).unwrap()
 }
 
+/// `models/NAME.inputs.npz` fitted to `client`'s inputs (NumPy has no
+/// bfloat16: a float32 array for a bf16 input is converted), in its order.
+fn inputs_for(client: &Client, model: &str) -> Vec<HostTensor> {
+    let given = uminfer::host_tensor::read_npz(&common::model_path(&format!("{model}.inputs.npz"))).unwrap();
+    client
+        .inputs()
+        .iter()
+        .map(|i| {
+            let t = given.iter().find(|t| t.name == i.name).unwrap_or_else(|| panic!("{model}.inputs.npz has no `{}`", i.name));
+            t.converted(i.dtype).unwrap()
+        })
+        .collect()
+}
+
+/// `got` equals PyTorch's `models/NAME.expected.npz` (bf16 stored as
+/// float32 there): the same names in the same order, floats within 1e-5
+/// relative, the rest exactly.
+fn assert_expected(model: &str, got: &[HostTensor]) {
+    let want = uminfer::host_tensor::read_npz(&common::model_path(&format!("{model}.expected.npz"))).unwrap();
+    let names = |ts: &[HostTensor]| ts.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(got), names(&want), "{model}: output names and order");
+    for (g, w) in got.iter().zip(&want) {
+        let g = if g.dtype == DType::Bf16 && w.dtype == DType::F32 { g.converted(DType::F32).unwrap() } else { g.clone() };
+        g.check_close(w, 1e-5).unwrap_or_else(|e| panic!("{model}: {e}"));
+    }
+}
 
 /// A `uminfer serve` child process, stopped (SIGKILL unless stopped before) on drop.
 struct ServerProcess {
@@ -80,12 +110,13 @@ fn connect(name: &str) -> Client {
     Client::connect(name, Duration::from_secs(30)).unwrap_or_else(|e| panic!("connecting to {name}: {e}"))
 }
 
-/// Runs an in-process server for `model` while `body` runs; returns what `body` returns.
-fn with_server<R>(model: &str, workers: usize, body: impl FnOnce(&str, &Server) -> R) -> R {
+/// Runs an in-process server for `model` (its options changed by `tune`)
+/// while `body` runs; returns what `body` returns.
+fn with_server_tuned<R>(model: &str, tune: impl FnOnce(&mut ServeOptions), body: impl FnOnce(&str, &Server) -> R) -> R {
     let rt = runtime();
     let name = unique(model.trim_end_matches(".pt"));
     let mut opts = ServeOptions::new(&name, common::model_path(model));
-    opts.workers = workers;
+    tune(&mut opts);
     let server = Server::new(&rt, opts).expect("server");
     /// Stops the server also when `body` panics (else the scope would wait forever).
     struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
@@ -104,88 +135,300 @@ fn with_server<R>(model: &str, workers: usize, body: impl FnOnce(&str, &Server) 
     })
 }
 
+fn with_server<R>(model: &str, body: impl FnOnce(&str, &Server) -> R) -> R {
+    with_server_tuned(model, |_| {}, body)
+}
+
 #[test]
 fn round_trip_matches_pytorch_and_in_place_form_reads_in_place() {
-    with_server("tiny.pt", 1, |name, server| {
+    with_server("tiny.pt", |name, server| {
         let mut c = connect(name);
+        assert_eq!(c.inputs().len(), 1);
+        assert_eq!((c.inputs()[0].dtype, c.inputs()[0].shape.as_slice()), (DType::F32, &SHAPE[..]));
         let input = npy("tiny.input.npy");
         let expected = npy("tiny.expected.npy");
-        let (shape, out) = c.infer(&SHAPE, &input).unwrap();
-        assert_eq!(shape, vec![1, 10]);
-        assert!(common::max_abs_diff(&out, &expected) <= 1e-5, "{out:?} vs {expected:?}");
+        // A lone tensor without a name goes to the only input.
+        let out = c.infer_tensors(&[NamedTensor::new("", &SHAPE, &input).unwrap()]).unwrap();
+        assert_eq!((out.len(), out[0].name.as_str(), out[0].shape.as_slice()), (1, "output__0", &[1, 10][..]));
+        assert!(common::max_abs_diff(&out[0].to_vec::<f32>().unwrap(), &expected) <= 1e-5);
         let diff = c
-            .infer_in_place(&SHAPE, |buf| buf.copy_from_slice(&input), |r| common::max_abs_diff(r.data, &expected))
+            .infer_with(&[NamedTensor::new("x", &SHAPE, &input).unwrap()], |r| {
+                let y = r.get("output__0").expect("output__0");
+                // Read where it lies in shared memory: 64-byte aligned.
+                assert!((y.bytes().as_ptr() as usize).is_multiple_of(64));
+                common::max_abs_diff(y.values::<f32>().unwrap(), &expected)
+            })
             .unwrap();
         assert!(diff <= 1e-5);
-        assert_eq!(server.stats().served.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(server.stats().served.load(Relaxed), 2);
+    });
+}
+
+/// The encoder (two int64 inputs, a tuple out), the dict-output model and
+/// one tensor of every dtype each way, in both client forms: results equal
+/// to PyTorch's.
+#[test]
+fn every_signature_and_dtype_over_shared_memory_equals_pytorch() {
+    for model in ["encoder", "heads", "dtypes"] {
+        with_server(&format!("{model}.pt"), |name, server| {
+            let mut c = connect(name);
+            let inputs = inputs_for(&c, model);
+            // The one call: named tensors in any order (here reversed).
+            let views: Vec<NamedTensor<'_>> = inputs.iter().rev().map(|t| NamedTensor::of(t).unwrap()).collect();
+            assert_expected(model, &c.infer_tensors(&views).unwrap());
+            // Loan, fill in shared memory, send; outputs read in place.
+            let mut req = c.loan().unwrap();
+            for t in &inputs {
+                req.write(&NamedTensor::of(t).unwrap()).unwrap();
+            }
+            let got = c
+                .send(req, |r| {
+                    assert_eq!(r.len(), c_outputs_len(model));
+                    for t in r.tensors() {
+                        assert!((t.bytes().as_ptr() as usize).is_multiple_of(64), "{} at {:p}", t.name(), t.bytes().as_ptr());
+                    }
+                    r.to_host().unwrap()
+                })
+                .unwrap();
+            assert_expected(model, &got);
+            assert_eq!(server.stats().served.load(Relaxed), 2);
+            assert_eq!(c.outputs().iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), got.iter().map(|t| t.name.as_str()).collect::<Vec<_>>());
+        });
+    }
+}
+
+fn c_outputs_len(model: &str) -> usize {
+    match model {
+        "encoder" => 2,
+        "heads" => 3,
+        _ => 10,
+    }
+}
+
+#[test]
+fn a_bool_input_of_other_bytes_than_0_and_1_is_refused() {
+    with_server("dtypes.pt", |name, _| {
+        let mut c = connect(name);
+        let inputs = inputs_for(&c, "dtypes");
+        let mut req = c.loan().unwrap();
+        for t in &inputs {
+            req.write(&NamedTensor::of(t).unwrap()).unwrap();
+        }
+        let b = req.index("a_bool").unwrap();
+        req.bytes_mut(b).unwrap()[0] = 2;
+        match c.send(req, |_| ()) {
+            Err(Error::Remote { status: "bad request", message }) => assert!(message.contains("input `a_bool`: bool elements are 0 or 1, found the byte 2"), "{message}"),
+            other => panic!("expected a bad request, got {other:?}"),
+        }
+        assert_expected("dtypes", &c.infer_tensors(&inputs.iter().map(|t| NamedTensor::of(t).unwrap()).collect::<Vec<_>>()).unwrap());
     });
 }
 
 #[test]
 fn loaned_requests_are_filled_ahead_and_sent_by_their_own_client() {
-    with_server("tiny.pt", 1, |name, _| {
+    with_server("tiny.pt", |name, _| {
         let (mut c, mut other) = (connect(name), connect(name));
         let input = npy("tiny.input.npy");
         let expected = npy("tiny.expected.npy");
-        let mut zeros = c.loan(&SHAPE).unwrap();
-        let mut real = c.loan(&SHAPE).unwrap();
-        assert!(zeros.data().iter().all(|&v| v == 0.0), "a loaned request starts zeroed");
-        real.data_mut().copy_from_slice(&input);
+        let mut zeros = c.loan().unwrap();
+        let mut real = c.loan().unwrap();
+        assert!(zeros.values_mut::<f32>(0).unwrap().iter().all(|&v| v == 0.0), "a loaned request starts zeroed");
+        assert!(matches!(real.values_mut::<i64>(0), Err(Error::DType { .. })));
+        real.values_mut::<f32>(0).unwrap().copy_from_slice(&input);
         // Two loans are the most a client may hold; a third is an error, not a hang.
-        let third = c.loan(&SHAPE);
+        let third = c.loan();
         assert!(matches!(third, Err(Error::Ipc(_))), "{:?}", third.err());
         // Sent in the other order than loaned: each gets its own answer.
-        let diff = c.send(real, |r| common::max_abs_diff(r.data, &expected)).unwrap();
+        let diff = c.send(real, |r| common::max_abs_diff(r.tensor(0).unwrap().values::<f32>().unwrap(), &expected)).unwrap();
         assert!(diff <= 1e-5);
-        zeros.data_mut().fill(0.0);
-        let from_zeros = c.send(zeros, |r| r.data.to_vec()).unwrap();
-        let (_, want) = c.infer(&SHAPE, &vec![0.0; input.len()]).unwrap();
+        let from_zeros = c.send(zeros, |r| r.to_host().unwrap()).unwrap();
+        let zero_in = vec![0.0f32; input.len()];
+        let want = c.infer_tensors(&[NamedTensor::new("x", &SHAPE, &zero_in).unwrap()]).unwrap();
         assert_eq!(from_zeros, want);
         // A request belongs to the client that loaned it.
-        let foreign = c.loan(&SHAPE).unwrap();
+        let foreign = c.loan().unwrap();
         let err = other.send(foreign, |_| ()).expect_err("sent through another client");
         assert!(err.to_string().contains("another client"), "{err}");
         // Loans were given back (sent or dropped): two can be held again.
-        let _held = (c.loan(&SHAPE).unwrap(), c.loan(&SHAPE).unwrap());
+        let _held = (c.loan().unwrap(), c.loan().unwrap());
     });
 }
 
+/// A valid encoder request as its table and payload: `input_ids` then
+/// `attention_mask`, each 256 bytes, at offsets 0 and 256.
+fn encoder_request(c: &Client) -> (RequestHeaderV2, Vec<u8>) {
+    let ins = inputs_for(c, "encoder");
+    let t = layout(ins.iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice()))).unwrap();
+    let h = t.request();
+    let mut payload = vec![0u8; t.len];
+    for (e, x) in t.used().iter().zip(&ins) {
+        payload[e.offset as usize..(e.offset + e.len) as usize].copy_from_slice(x.bytes());
+    }
+    (h, payload)
+}
+
+/// `good` with the table `tensors` instead of its own.
+fn with_table(good: &RequestHeaderV2, tensors: &[TensorEntry]) -> RequestHeaderV2 {
+    let mut h = RequestHeaderV2 { count: tensors.len() as u8, ..*good };
+    for (i, slot) in h.tensors.iter_mut().enumerate() {
+        *slot = tensors.get(i).copied().unwrap_or(TensorEntry::EMPTY);
+    }
+    h
+}
+
 #[test]
-fn bad_requests_are_answered_with_errors_and_the_server_keeps_serving() {
-    with_server("tiny.pt", 1, |name, server| {
-        let mut c = connect(name);
-        let good = RequestHeader::new(0, &SHAPE).unwrap();
-        let input = vec![0.5f32; N];
-        let cases: Vec<(RequestHeader, usize, &str)> = vec![
-            (RequestHeader { magic: 0xDEAD_BEEF, ..good }, N, "magic"),
-            (RequestHeader { version: 2, ..good }, N, "version 2"),
-            (RequestHeader { dtype: 9, ..good }, N, "dtype code 9"),
-            (RequestHeader { rank: 0, ..good }, N, "rank 0"),
-            (RequestHeader { rank: 9, ..good }, N, "rank 9"),
-            (RequestHeader { shape: [u64::MAX, u64::MAX, 2, 2, 0, 0, 0, 0], ..good }, N, "overflows"),
-            (RequestHeader { shape: [1, 3, 128, 0, 0, 0, 0, 0], ..good }, N, "zero dimension"),
+fn every_malformed_request_is_refused_with_a_clear_message_and_the_server_keeps_serving() {
+    with_server_tuned(
+        "encoder.pt",
+        |o| o.max_bytes = 4096,
+        |name, server| {
+            let (mut c, mut bystander) = (connect(name), connect(name));
+            let (good, payload) = encoder_request(&c);
+            let ids = good.tensors[0];
+            let mask = good.tensors[1];
+            let entry = |f: &dyn Fn(&mut TensorEntry)| {
+                let mut e = ids;
+                f(&mut e);
+                e
+            };
+            let with = |tensors: &[TensorEntry]| with_table(&good, tensors);
+            let renamed = |name: &str| {
+                let mut e = TensorEntry::new(name, DType::I64, &[1, 32], ids.offset as usize).unwrap();
+                e.len = ids.len;
+                e
+            };
+            let cases: Vec<(RequestHeaderV2, Vec<u8>, &str)> = vec![
+                (RequestHeaderV2 { magic: 0xDEAD_BEEF, ..good }, payload.clone(), "bad magic 0xdeadbeef"),
+                (RequestHeaderV2 { version: 1, ..good }, payload.clone(), "protocol version 1 is not supported on this service"),
+                (RequestHeaderV2 { kind: 9, ..good }, payload.clone(), "request kind 9"),
+                (with(&[renamed("token_type_ids"), mask]), payload.clone(), "the model has no input `token_type_ids`; it takes input_ids: i64 [1, 32], attention_mask: i64 [1, 32]"),
+                (with(&[ids]), payload.clone(), "input `attention_mask` not given"),
+                (with(&[ids, mask, ids]), payload.clone(), "input `input_ids` is given twice"),
+                (with(&[entry(&|e| e.dtype = dtype_code(DType::I32)), mask]), payload.clone(), "input `input_ids` is i64 [1, 32]; dtype code 6 (i32) given"),
+                (with(&[entry(&|e| e.dtype = 99), mask]), payload.clone(), "dtype code 99 (no dtype"),
+                (with(&[entry(&|e| e.shape[1] = 16), mask]), payload.clone(), "input `input_ids` is i64 [1, 32]; shape [1, 16] given"),
+                (with(&[entry(&|e| e.rank = 9), mask]), payload.clone(), "rank 9 is above 8"),
+                (with(&[entry(&|e| e.len = 8), mask]), payload.clone(), "input `input_ids`: 8 bytes given, its shape [1, 32] of i64 takes 256"),
+                (with(&[entry(&|e| e.offset = 8), mask]), payload.clone(), "offset 8 is not a multiple of 64"),
+                (with(&[entry(&|e| e.offset = mask.offset), mask]), payload.clone(), "inputs `input_ids` (bytes 256..512) and `attention_mask` (bytes 256..512) overlap"),
+                (with(&[entry(&|e| e.offset = 192), mask]), payload.clone(), "inputs `input_ids` (bytes 192..448) and `attention_mask` (bytes 256..512) overlap"),
+                (with(&[ids, mask]), payload[..400].to_vec(), "input `attention_mask`: bytes 256..512 run past the payload of 400 bytes"),
+                (with(&[entry(&|e| e.offset = u64::MAX - 63), mask]), payload.clone(), "run past the payload of 512 bytes"),
+                (with(&[entry(&|e| e.name_len = 200), mask]), payload.clone(), "name_len is 200"),
+                (RequestHeaderV2 { count: 17, ..good }, payload.clone(), "the table has 17 entries; protocol v2 carries at most 16"),
+                (good, vec![0; 5000], "the payload has 5000 bytes, above this server's limit of 4096 (--max-bytes)"),
+                (RequestHeaderV2 { max_response_bytes: 100, ..good }, payload.clone(), "the response takes 8448 bytes (output__0: f32 [1, 32, 64], output__1: f32 [1, 64]), more than the 100 the request allows"),
+            ];
+            let valid = c.send_raw(good, &payload).unwrap();
+            assert_expected("encoder", &valid);
+            for (h, p, want) in &cases {
+                match c.send_raw(*h, p) {
+                    Err(Error::Remote { status: "bad request", message }) => assert!(message.contains(want), "{want:?} not in {message:?}"),
+                    other => panic!("expected a bad request mentioning {want:?}, got {other:?}"),
+                }
+                // The next request, and another client's, are still served.
+                assert_expected("encoder", &c.send_raw(good, &payload).unwrap());
+                assert_expected("encoder", &bystander.send_raw(good, &payload).unwrap());
+            }
+            let st = server.stats();
+            assert_eq!(st.bad_requests.load(Relaxed), cases.len() as u64);
+            assert_eq!(st.served.load(Relaxed), 1 + 2 * cases.len() as u64, "the first valid request, two per case (describes are not counted)");
+            // A describe request is answered by the signature.
+            let d = c.describe().unwrap();
+            assert_eq!((d.inputs.len(), d.outputs.len(), d.max_bytes, d.ranges[0]), (2, 2, 4096, Some((0, 1000))));
+            // Client-side mistakes never leave the process.
+            let ids = vec![0i64; 10];
+            assert!(matches!(NamedTensor::new("input_ids", &[1, 32], &ids), Err(Error::Argument(m)) if m.contains("80 bytes for i64 [1, 32], which takes 256")));
+            let long = "n".repeat(65);
+            assert!(matches!(c.infer_tensors(&[NamedTensor::new(&long, &[1, 10], &ids).unwrap()]), Err(Error::Argument(m)) if m.contains("at most 64")));
+            assert_eq!(st.bad_requests.load(Relaxed), cases.len() as u64);
+        },
+    );
+}
+
+/// A minimal protocol v1 client (the `uminfer::ipc::Client` of uminfer
+/// 0.1.0, which this release replaced with protocol v2): one request, the
+/// response's header and payload.
+fn v1_request(name: &str, header: RequestHeaderV1, payload: &[f32]) -> (ResponseHeaderV1, Vec<f32>) {
+    use iceoryx2::prelude::AllocationStrategy;
+    use uminfer::ipc::service;
+    let names = service::names(name).unwrap();
+    let node = service::node(&unique("v1-client")).unwrap();
+    let svc = service::service_v1(&node, &names, false).expect("the v1 service of a v2 server");
+    let port = svc.client_builder().initial_max_slice_len(1).allocation_strategy(AllocationStrategy::PowerOfTwo).create().unwrap();
+    let notifier = service::request_events(&node, &names).unwrap().notifier_builder().create().unwrap();
+    let mut req = port.loan_slice_uninit(payload.len()).unwrap();
+    *req.user_header_mut() = header;
+    let pending = req.write_from_slice(payload).send().unwrap();
+    notifier.notify().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(r) = pending.receive().unwrap() {
+            return (*r.user_header(), r.payload().to_vec());
+        }
+        assert!(Instant::now() < deadline, "no v1 response within 30 s");
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// Protocol v1 clients are served as before for one float32 tensor each
+/// way, with v1's validation, and refused with a message naming protocol v2
+/// for any other model.
+#[test]
+fn a_v1_client_is_served_for_one_float32_tensor_and_told_to_use_v2_otherwise() {
+    with_server("tiny.pt", |name, server| {
+        let input = npy("tiny.input.npy");
+        let (h, y) = v1_request(name, RequestHeaderV1::new(1, &SHAPE).unwrap(), &input);
+        assert_eq!((h.status, h.version, h.shape()), (0, 1, vec![1, 10]));
+        assert!(common::max_abs_diff(&y, &npy("tiny.expected.npy")) <= 1e-5);
+        let good = RequestHeaderV1::new(2, &SHAPE).unwrap();
+        let cases: Vec<(RequestHeaderV1, usize, &str)> = vec![
+            (RequestHeaderV1 { magic: 0xDEAD_BEEF, ..good }, N, "magic"),
+            (RequestHeaderV1 { version: 2, ..good }, N, "protocol version 2 is not supported on this service"),
+            (RequestHeaderV1 { dtype: 9, ..good }, N, "dtype code 9"),
+            (RequestHeaderV1 { rank: 0, ..good }, N, "rank 0"),
+            (RequestHeaderV1 { rank: 9, ..good }, N, "rank 9"),
+            (RequestHeaderV1 { shape: [u64::MAX, u64::MAX, 2, 2, 0, 0, 0, 0], ..good }, N, "overflows"),
+            (RequestHeaderV1 { shape: [1, 3, 128, 0, 0, 0, 0, 0], ..good }, N, "zero dimension"),
             (good, N - 1, "payload holds"),
-            (RequestHeader::new(0, &[1, 3, 64, 64]).unwrap(), 3 * 64 * 64, "does not match the model's input shape [1, 3, 128, 128]"),
+            (RequestHeaderV1::new(3, &[1, 3, 64, 64]).unwrap(), 3 * 64 * 64, "does not match the model's input shape [1, 3, 128, 128]"),
         ];
         for (h, len, want) in &cases {
-            match c.infer_with_header(*h, &input[..*len]) {
-                Err(Error::Remote { status: "bad request", message }) => assert!(message.contains(want), "{want:?} not in {message:?}"),
-                other => panic!("expected a bad-request error mentioning {want:?}, got {other:?}"),
-            }
-            // The next valid request still works.
-            let (shape, _) = c.infer(&SHAPE, &input).unwrap();
-            assert_eq!(shape, vec![1, 10]);
+            let (r, _) = v1_request(name, *h, &input[..*len]);
+            assert_eq!(r.status, 1, "{want}");
+            assert!(r.error_text().contains(want), "{want:?} not in {:?}", r.error_text());
         }
-        let st = server.stats();
-        assert_eq!(st.bad_requests.load(std::sync::atomic::Ordering::Relaxed), cases.len() as u64);
-        // A client-side shape/input disagreement never leaves the process.
-        assert!(matches!(c.infer(&SHAPE, &input[..10]), Err(Error::Ipc(_))));
+        assert_eq!(server.stats().bad_requests.load(Relaxed), cases.len() as u64);
     });
+    with_server("encoder.pt", |name, _| {
+        let (h, y) = v1_request(name, RequestHeaderV1::new(1, &[1, 32]).unwrap(), &[0.0; 32]);
+        let text = h.error_text();
+        assert_eq!((h.status, y.len()), (1, 0), "{text}");
+        assert!(text.starts_with(&format!("this model needs protocol v2 (uminfer/{name}/v2): use uminfer_client >= 0.2.0 (Python) or uminfer::ipc::Client / `uminfer infer` of this server's release (uminfer ")), "{text}");
+        assert!(text.contains("Protocol v1 carries one float32 tensor each way"), "{text}");
+        // The v2 service answers meanwhile.
+        let mut c = connect(name);
+        let ins = inputs_for(&c, "encoder");
+        assert_expected("encoder", &c.infer_tensors(&ins.iter().map(|t| NamedTensor::of(t).unwrap()).collect::<Vec<_>>()).unwrap());
+    });
+}
+
+/// A v2 client that finds only a protocol v1 server says so.
+#[test]
+fn a_v2_client_of_a_v1_only_server_says_the_server_is_too_old() {
+    use uminfer::ipc::service;
+    let name = unique("v1-only");
+    let names = service::names(&name).unwrap();
+    let node = service::node(&unique("old-server")).unwrap();
+    let svc = service::service_v1(&node, &names, true).unwrap();
+    let _port = svc.server_builder().create().unwrap();
+    let err = Client::connect(&name, Duration::from_millis(300)).err().expect("no v2 service");
+    assert!(matches!(&err, Error::ServerGone(m) if m.contains("served with protocol v1 only")), "{err}");
 }
 
 #[test]
 fn a_second_live_server_is_refused() {
-    with_server("tiny.pt", 1, |name, _| {
+    with_server("tiny.pt", |name, _| {
         let err = Server::new(&runtime(), ServeOptions::new(name, common::model_path("tiny.pt"))).err().expect("second server must be refused");
         assert!(err.to_string().contains("already serves"), "{err}");
     });
@@ -199,26 +442,30 @@ fn no_server_is_server_gone_within_the_timeout() {
     assert!(t.elapsed() < Duration::from_secs(3));
 }
 
+fn tiny_request(c: &mut Client, input: &[f32]) -> uminfer::Result<Vec<HostTensor>> {
+    c.infer_tensors(&[NamedTensor::new("x", &SHAPE, input).unwrap()])
+}
+
 #[test]
 fn killed_server_is_noticed_and_a_restarted_one_serves_again() {
     let name = unique("restart");
     let input = npy("tiny.input.npy");
     let mut server = ServerProcess::start(&name, "tiny.pt", &[]);
     let mut c = Client::connect(&name, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
-    c.infer(&SHAPE, &input).unwrap();
+    tiny_request(&mut c, &input).unwrap();
     server.signal(libc::SIGKILL);
     let _ = server.child.wait();
     let t = Instant::now();
-    let err = c.infer(&SHAPE, &input).expect_err("a dead server cannot answer");
+    let err = tiny_request(&mut c, &input).expect_err("a dead server cannot answer");
     assert!(matches!(err, Error::ServerGone(_)), "{err}");
     assert!(t.elapsed() < Duration::from_secs(10), "noticed only after {:?}", t.elapsed());
     // A new server on the same name, without manual cleanup, serves the same client.
     let server2 = ServerProcess::start(&name, "tiny.pt", &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match c.infer(&SHAPE, &input) {
-            Ok((shape, _)) => {
-                assert_eq!(shape, vec![1, 10]);
+        match tiny_request(&mut c, &input) {
+            Ok(out) => {
+                assert_eq!(out[0].shape, vec![1, 10]);
                 break;
             }
             Err(e) if Instant::now() < deadline => {
@@ -231,6 +478,34 @@ fn killed_server_is_noticed_and_a_restarted_one_serves_again() {
     server2.signal(libc::SIGTERM);
 }
 
+/// `uminfer infer` takes `--input NAME=FILE` / `.npz` as `uminfer run` does
+/// and writes `.npy` or `.npz`.
+#[test]
+fn the_infer_command_sends_named_files_and_writes_every_output() {
+    let name = unique("cli");
+    let server = ServerProcess::start(&name, "encoder.pt", &[]);
+    connect(&name);
+    let dir = std::env::temp_dir().join(format!("uminfer-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let inputs = uminfer::host_tensor::read_npz(&common::model_path("encoder.inputs.npz")).unwrap();
+    let mut named = Vec::new();
+    for t in &inputs {
+        let p = dir.join(format!("{}.npy", t.name));
+        uminfer::host_tensor::write_npy(&p, t).unwrap();
+        named.push(format!("--input={}={}", t.name, p.display()));
+    }
+    for args in [vec![format!("--input={}", common::model_path("encoder.inputs.npz").display())], named] {
+        let out = dir.join("out.npz");
+        let run = Command::new(common::uminfer_bin()).args(["infer", "--name", &name, "--output"]).arg(&out).args(&args).output().unwrap();
+        assert!(run.status.success(), "{args:?}: {}\n{}", String::from_utf8_lossy(&run.stderr), server.log());
+        assert_expected("encoder", &uminfer::host_tensor::read_npz(&out).unwrap());
+    }
+    let one = dir.join("one.npy");
+    let run = Command::new(common::uminfer_bin()).args(["infer", "--name", &name, "--input"]).arg(common::model_path("encoder.inputs.npz")).arg("--output").arg(&one).output().unwrap();
+    assert!(!run.status.success() && String::from_utf8_lossy(&run.stderr).contains("give --output FILE.npz"), "{}", String::from_utf8_lossy(&run.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn examples_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("UMINFER_EXAMPLES_DIR") {
         return PathBuf::from(d);
@@ -239,26 +514,28 @@ fn examples_dir() -> PathBuf {
     std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("examples")
 }
 
-fn load_client(name: &str, requests: usize, seed: u64) -> Command {
+fn load_client(name: &str, requests: usize, seed: u64, model: &str) -> Command {
     let mut cmd = Command::new(examples_dir().join("ipc_load"));
-    cmd.args([name, &requests.to_string(), &seed.to_string()]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args([name, &requests.to_string(), &seed.to_string()]).arg(common::model_path(model)).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd
 }
 
+/// Three processes load the encoder endpoint (two workers); every answer is
+/// checked against the process's own CPU run of its input.
 #[test]
 fn load_from_several_processes_loses_and_mixes_nothing() {
     let name = unique("load");
-    let server = ServerProcess::start(&name, "identity.pt", &["--workers", "2"]);
+    let server = ServerProcess::start(&name, "encoder.pt", &["--workers", "2"]);
     connect(&name);
     let (k, m) = (3, 100);
-    let children: Vec<Child> = (0..k).map(|i| load_client(&name, m, 1000 + i as u64).spawn().expect("ipc_load example (built by cargo test)")).collect();
+    let children: Vec<Child> = (0..k).map(|i| load_client(&name, m, 1000 + i as u64, "encoder.pt").spawn().expect("ipc_load example (built by cargo test)")).collect();
     let mut total = 0;
     for c in children {
         let out = c.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "client failed: {stdout}{}\nserver log:\n{}", String::from_utf8_lossy(&out.stderr), server.log());
         let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-        assert_eq!(v["mismatches"], 0);
+        assert_eq!((v["mismatches"].as_u64(), v["errors"].as_u64()), (Some(0), Some(0)), "{v}");
         assert_eq!(v["requests"], m);
         total += v["requests"].as_u64().unwrap();
         use std::io::Write as _;
@@ -272,12 +549,12 @@ fn a_client_killed_mid_stream_does_not_disturb_the_server() {
     let name = unique("killclient");
     let server = ServerProcess::start(&name, "identity.pt", &[]);
     connect(&name);
-    let mut victim = load_client(&name, 1_000_000, 7).spawn().unwrap();
+    let mut victim = load_client(&name, 1_000_000, 7, "identity.pt").spawn().unwrap();
     let victim_node = format!("uminfer-client-{}", victim.id());
-    std::thread::sleep(Duration::from_millis(1500)); // well inside its request stream
+    std::thread::sleep(Duration::from_millis(3000)); // well inside its request stream (after its reference runs)
     victim.kill().unwrap();
     let _ = victim.wait();
-    let out = load_client(&name, 50, 8).output().unwrap();
+    let out = load_client(&name, 50, 8, "identity.pt").output().unwrap();
     assert!(out.status.success(), "{}{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr), server.log());
     // The server removes dead nodes' resources every second: the victim's are
     // gone after a few. (Only the victim's node is counted: other test
@@ -302,7 +579,7 @@ fn a_client_killed_mid_stream_does_not_disturb_the_server() {
 fn idle_server_uses_no_cpu() {
     let name = unique("idle");
     let server = ServerProcess::start(&name, "tiny.pt", &[]);
-    connect(&name).infer(&SHAPE, &npy("tiny.input.npy")).unwrap();
+    tiny_request(&mut connect(&name), &npy("tiny.input.npy")).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let before = server.cpu_seconds();
     std::thread::sleep(Duration::from_secs(10));
@@ -320,7 +597,7 @@ fn another_user_cannot_connect() {
         let _ = writeln!(std::io::stderr(), "SKIPPED: dropping privileges to another uid needs root");
         return;
     }
-    with_server("tiny.pt", 1, |name, _| {
+    with_server("tiny.pt", |name, _| {
         // SAFETY: fork in a test binary; the child only drops privileges,
         // tries to connect and leaves with _exit (no unwinding, no destructors).
         let pid = unsafe { libc::fork() };
@@ -352,10 +629,12 @@ fn another_user_cannot_connect() {
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
-    use uminfer::ipc::header::{validate_request, MAX_RANK, PROTOCOL_VERSION};
+    use uminfer::ipc::header::{validate_request_v1, MAX_RANK, PROTOCOL_V1};
+    use uminfer::ipc::table::{Signature, KIND_INFER, PROTOCOL_V2};
+    use uminfer::model::TensorInfo;
 
-    fn independent_verdict(h: &RequestHeader, payload: usize, model: &[i64], max: usize) -> bool {
-        if h.magic != MAGIC || h.version != PROTOCOL_VERSION || h.dtype != 1 || h.rank == 0 || h.rank as usize > MAX_RANK {
+    fn independent_v1_verdict(h: &RequestHeaderV1, payload: usize, model: &[i64], max: usize) -> bool {
+        if h.magic != MAGIC || h.version != PROTOCOL_V1 || h.dtype != 1 || h.rank == 0 || h.rank as usize > MAX_RANK {
             return false;
         }
         let dims = &h.shape[..h.rank as usize];
@@ -366,7 +645,7 @@ mod fuzz {
         }
     }
 
-    fn header() -> impl Strategy<Value = RequestHeader> {
+    fn header_v1() -> impl Strategy<Value = RequestHeaderV1> {
         let dim = prop_oneof![Just(0u64), 1u64..4, Just(128u64), Just(3u64), any::<u64>()];
         (
             prop_oneof![Just(MAGIC), any::<u32>()],
@@ -375,21 +654,130 @@ mod fuzz {
             prop_oneof![Just(4u8), any::<u8>()],
             proptest::array::uniform8(dim),
         )
-            .prop_map(|(magic, version, dtype, rank, shape)| RequestHeader { magic, version, dtype, rank, request_id: 0, shape })
+            .prop_map(|(magic, version, dtype, rank, shape)| RequestHeaderV1 { magic, version, dtype, rank, request_id: 0, shape })
+    }
+
+    /// The fuzzed v2 model: two int64 `[1, 4]` inputs (32 bytes each), one f32 `[2]` output.
+    const NAMES: [&str; 2] = ["a", "b"];
+    const MAX_BYTES: usize = 512;
+
+    fn signature() -> Signature {
+        let inputs: Vec<TensorInfo> = NAMES.iter().map(|n| TensorInfo { name: n.to_string(), dtype: DType::I64, shape: vec![1, 4] }).collect();
+        Signature::new(&inputs, &[TensorInfo { name: "y".into(), dtype: DType::F32, shape: vec![2] }], MAX_BYTES).unwrap()
+    }
+
+    fn independent_v2_verdict(h: &RequestHeaderV2, payload: usize) -> bool {
+        if h.magic != MAGIC || h.version != PROTOCOL_V2 || h.kind != KIND_INFER || payload > MAX_BYTES || h.count as usize > MAX_TENSORS {
+            return false;
+        }
+        let entries = &h.tensors[..h.count as usize];
+        let mut spans: Vec<(u128, u128)> = Vec::new();
+        let mut names: Vec<&[u8]> = Vec::new();
+        for e in entries {
+            if e.name_len as usize > 64 {
+                return false;
+            }
+            let name = &e.name[..e.name_len as usize];
+            if !NAMES.iter().any(|n| n.as_bytes() == name) || names.contains(&name) {
+                return false;
+            }
+            names.push(name);
+            let (start, end) = (e.offset as u128, e.offset as u128 + e.len as u128);
+            if e.dtype != 5 || e.rank != 2 || e.shape[..2] != [1, 4] || e.len != 32 || e.offset % 64 != 0 || end > payload as u128 {
+                return false;
+            }
+            if spans.iter().any(|&(s, t)| start < t && s < end) {
+                return false;
+            }
+            spans.push((start, end));
+        }
+        names.len() == NAMES.len() && (h.max_response_bytes == 0 || h.max_response_bytes >= 8)
+    }
+
+    /// Entries mostly right in each field (so that whole tables are often
+    /// valid), else anything.
+    fn entry_v2() -> impl Strategy<Value = TensorEntry> {
+        (
+            prop_oneof![15 => Just("a"), 15 => Just("b"), 1 => Just("c"), 1 => Just("")],
+            prop_oneof![30 => Just(None), 1 => Just(Some(200u8)), 1 => any::<u8>().prop_map(Some)],
+            prop_oneof![30 => Just(5u8), 1 => Just(6u8), 1 => any::<u8>()],
+            prop_oneof![30 => Just(2u8), 1 => any::<u8>()],
+            prop_oneof![30 => Just([1u64, 4]), 1 => Just([1u64, 8]), 1 => any::<[u64; 2]>()],
+            prop_oneof![3 => Just(0u64), 3 => Just(64u64), 3 => Just(128u64), 1 => Just(32u64), 1 => Just(u64::MAX - 63), 1 => any::<u64>()],
+            prop_oneof![30 => Just(32u64), 1 => Just(64u64), 1 => any::<u64>()],
+        )
+            .prop_map(|(name, name_len, dtype, rank, dims, offset, len)| {
+                let mut e = TensorEntry::new(name, DType::I64, &[1, 4], 0).unwrap();
+                if let Some(n) = name_len {
+                    e.name_len = n;
+                }
+                e.dtype = dtype;
+                e.rank = rank;
+                e.shape[..2].copy_from_slice(&dims);
+                e.offset = offset;
+                e.len = len;
+                e
+            })
+    }
+
+    fn header_v2() -> impl Strategy<Value = RequestHeaderV2> {
+        (
+            prop_oneof![30 => Just(MAGIC), 1 => any::<u32>()],
+            prop_oneof![30 => Just(2u16), 1 => any::<u16>()],
+            prop_oneof![30 => Just(0u8), 1 => any::<u8>()],
+            prop_oneof![30 => Just(2u8), 2 => 0u8..4, 1 => any::<u8>()],
+            prop_oneof![30 => Just(0u64), 1 => Just(7u64), 1 => Just(8u64), 1 => any::<u64>()],
+            proptest::collection::vec(entry_v2(), 3),
+        )
+            .prop_map(|(magic, version, kind, count, max_response_bytes, es)| {
+                let mut h = RequestHeaderV2 { magic, version, kind, count, max_response_bytes, ..RequestHeaderV2::default() };
+                h.tensors[..3].copy_from_slice(&es);
+                h
+            })
+    }
+
+    /// 20 000 tables (a fixed seed): the validation never panics and accepts
+    /// exactly the consistent ones, and both verdicts occur (the strategy is
+    /// biased towards valid fields).
+    #[test]
+    fn v2_validation_never_panics_and_accepts_exactly_the_consistent_tables() {
+        let sig = signature();
+        let accepted = std::cell::Cell::new(0u32);
+        let config = ProptestConfig { cases: 20_000, ..ProptestConfig::default() };
+        let rng = proptest::test_runner::TestRng::deterministic_rng(config.rng_algorithm);
+        let mut runner = proptest::test_runner::TestRunner::new_with_rng(config, rng);
+        let payloads = prop_oneof![1 => Just(96usize), 1 => Just(160usize), 1 => Just(192usize), 4 => Just(512usize), 1 => 0usize..1024];
+        runner
+            .run(&(header_v2(), payloads), |(h, payload)| {
+                let got = sig.check_request(&h, payload);
+                prop_assert_eq!(got.is_ok(), independent_v2_verdict(&h, payload), "{:?} payload {} → {:?}", h.entries(), payload, got);
+                if let Ok(p) = got {
+                    accepted.set(accepted.get() + 1);
+                    // Each input's span is its own entry's.
+                    for (i, n) in NAMES.iter().enumerate() {
+                        let e = h.entries().iter().find(|e| e.name_bytes() == n.as_bytes()).unwrap();
+                        prop_assert_eq!(p.spans[i], (e.offset as usize, e.len as usize));
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!((1_000..19_000).contains(&accepted.get()), "{} of 20000 tables accepted", accepted.get());
     }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
         #[test]
-        fn validation_never_panics_and_accepts_exactly_the_consistent_requests(
-            h in header(),
+        fn v1_validation_never_panics_and_accepts_exactly_the_consistent_requests(
+            h in header_v1(),
             payload in prop_oneof![Just(N), 0usize..100_000],
         ) {
             let model = [1i64, 3, 128, 128];
             let max = 1 << 24;
-            let got = validate_request(&h, payload, &model, max);
-            prop_assert_eq!(got.is_ok(), independent_verdict(&h, payload, &model, max), "{:?} payload {} → {:?}", h, payload, got);
+            let got = validate_request_v1(&h, payload, &model, max);
+            prop_assert_eq!(got.is_ok(), independent_v1_verdict(&h, payload, &model, max), "{:?} payload {} → {:?}", h, payload, got);
         }
+
     }
 }
 
@@ -402,8 +790,8 @@ fn serve_uses_every_core_shared_by_its_workers_unless_told_otherwise() {
     for extra in [&[][..], &["--workers", "2"][..], &["--intra-op-threads", "3"][..]] {
         let name = unique("threads");
         let server = ServerProcess::start(&name, "tiny.pt", extra);
-        let out = connect(&name).infer(&SHAPE, &npy("tiny.input.npy")).unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
-        assert!(common::max_abs_diff(&out.1, &npy("tiny.expected.npy")) <= 1e-5);
+        let out = tiny_request(&mut connect(&name), &npy("tiny.input.npy")).unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+        assert!(common::max_abs_diff(&out[0].to_vec::<f32>().unwrap(), &npy("tiny.expected.npy")) <= 1e-5);
         let log = server.log();
         let automatic = !extra.contains(&"--intra-op-threads");
         let want = if automatic {
@@ -422,4 +810,24 @@ fn serve_uses_every_core_shared_by_its_workers_unless_told_otherwise() {
         assert_eq!(server.stdout(), format!("ipc=uminfer/{name}\n"));
         server.signal(libc::SIGTERM);
     }
+}
+
+/// `--input-spec` declares the inputs of a model that records nothing
+/// (here: declares again what the encoder records, and a one-input model's
+/// other shape), and requests must match the declaration.
+#[test]
+fn serve_takes_input_declarations() {
+    let name = unique("spec");
+    let server = ServerProcess::start(&name, "identity.pt", &["--input-spec", "x=f32:1,3,2,2"]);
+    let mut c = Client::connect(&name, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+    assert_eq!(c.inputs()[0].shape, vec![1, 3, 2, 2]);
+    let x: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    let y = c.infer_tensors(&[NamedTensor::new("x", &[1, 3, 2, 2], &x).unwrap()]).unwrap();
+    assert_eq!(y[0].to_vec::<f32>().unwrap(), x);
+    let err = c.infer_tensors(&[NamedTensor::new("x", &[1, 12], &x).unwrap()]).unwrap_err();
+    assert!(err.to_string().contains("input `x` is f32 [1, 3, 2, 2]; shape [1, 12] given"), "{err}");
+    let name2 = unique("spec");
+    let server2 = ServerProcess::start(&name2, "identity.pt", &["--input-shape", "1,3,4,4"]);
+    let c2 = Client::connect(&name2, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", server2.log()));
+    assert_eq!((c2.inputs()[0].dtype, c2.inputs()[0].shape.as_slice()), (DType::F32, &[1, 3, 4, 4][..]));
 }

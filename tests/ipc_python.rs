@@ -1,6 +1,8 @@
 //! The Python client (`clients/python`, run with the project venv) against a
-//! real `uminfer serve` child process: results equal to in-process inference,
-//! no mixed-up responses, remote errors, and a missing or killed server.
+//! real `uminfer serve` child process: results equal to PyTorch's and to
+//! in-process inference for every signature and dtype (protocol v2), no
+//! mixed-up responses, remote errors, the protocol v1 policy for old
+//! clients, and a missing or killed server.
 
 mod common;
 
@@ -195,7 +197,9 @@ out = np.empty((1, 3, 128, 128), np.float32)
 with Client(name, timeout=timeout) as client:
     for i in range(50):
         x = rng.standard_normal((1, 3, 128, 128), dtype=np.float32)
-        y = client.infer(x) if i % 2 == 0 else client.infer_into(x, out)
+        y = client.infer(x)["output__0"] if i % 2 == 0 else client.infer(x, out={"output__0": out})["output__0"]
+        if i % 2 and y is not out:
+            sys.exit("infer(out=...) did not write into the given array")
         if y.shape != x.shape or not np.array_equal(y, x):
             sys.exit(f"request {i}: the response is not its own input (shape {y.shape}, max diff {np.abs(y - x).max()})")
 print("identical=50")
@@ -227,7 +231,7 @@ with Client(name, timeout=timeout) as client:
         print(f"message={e.message}")
     else:
         sys.exit("a wrong shape was answered with status 0")
-    y = client.infer(np.load(x_path))
+    y = client.infer(np.load(x_path))["output__0"]
     print(f"diff={float(np.abs(y - np.load(expected_path)).max())}")
 "#;
     let mut cmd = python(&env);
@@ -343,4 +347,220 @@ with Client(name, timeout=timeout) as client:
     let gone: f64 = field(&rest, "gone").and_then(|g| g.parse().ok()).unwrap_or_else(|| panic!("no gone line in {rest:?}"));
     assert!(gone < 15.0, "ServerGone came {gone} s after sending, the timeout was {CLIENT_TIMEOUT_S} s");
     assert!(!server.is_running(), "the SIGKILLed server is still running");
+}
+
+/// Compares a Python client's outputs to PyTorch's `.expected.npz` (bf16
+/// stored as float32 there): the same names in order, each of the model's
+/// dtype, floats within 1e-5 relative.
+const COMPARE: &str = r#"
+import numpy as np, ml_dtypes
+
+def compare(model, got, expected_path, client):
+    want = np.load(expected_path)
+    if list(got) != list(want.files):
+        raise SystemExit(f"{model}: outputs {list(got)}, expected {want.files}")
+    for o in client.outputs:
+        g = got[o.name]
+        if g.dtype != o.dtype or g.shape != o.shape:
+            raise SystemExit(f"{model}: {o.name} is {g.dtype} {g.shape}, the model says {o.dtype} {o.shape}")
+        w = want[o.name]
+        g64, w64 = g.astype(np.float64), w.astype(np.float64)
+        scale = max(1e-12, float(np.abs(w64).max()))
+        if np.issubdtype(w.dtype, np.floating) and o.dtype != np.dtype(bool) and not np.issubdtype(o.dtype, np.integer):
+            err = float(np.abs(g64 - w64).max()) / scale
+            if not err <= 1e-5:
+                raise SystemExit(f"{model}: {o.name} differs by {err} relative")
+        elif not np.array_equal(g64, w64):
+            raise SystemExit(f"{model}: {o.name} differs")
+"#;
+
+/// Runs `body` (Python, after [`COMPARE`]) with `sys.argv[1:]` = endpoint, timeout, models dir.
+fn python_script(env: &(PathBuf, PathBuf), body: &str, server: &str) -> Output {
+    let mut cmd = python(env);
+    cmd.args(["-c", &format!("{COMPARE}\n{body}"), server, CLIENT_TIMEOUT_S]).arg(common::model_path("encoder.pt").parent().expect("models dir"));
+    run(cmd)
+}
+
+#[test]
+fn python_runs_the_encoder_the_dict_model_and_every_dtype_as_pytorch_does() {
+    let env = require_python!();
+    for model in ["encoder", "heads", "dtypes"] {
+        let mut server = ServerProcess::start(model, &format!("{model}.pt"));
+        let script = r#"
+import sys
+import numpy as np, ml_dtypes
+from uminfer_client import Client
+
+name, timeout, models = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+model = name.split("-")[1]
+inputs = dict(np.load(f"{models}/{model}.inputs.npz"))
+with Client(name, timeout=timeout) as client:
+    # As stored (a bf16 input given as float32 is converted while written), and in reverse order.
+    compare(model, client.infer(dict(reversed(list(inputs.items())))), f"{models}/{model}.expected.npz", client)
+    # Every input of the model's own dtype (bf16 as ml_dtypes.bfloat16).
+    exact = {i.name: inputs[i.name].astype(i.dtype) for i in client.inputs}
+    compare(model, client.infer(exact), f"{models}/{model}.expected.npz", client)
+    if len(client.inputs) == 1:
+        compare(model, client.infer(next(iter(exact.values()))), f"{models}/{model}.expected.npz", client)
+    print("dtypes=" + ",".join(str(i.dtype) for i in client.inputs))
+print("ok")
+"#;
+        let out = python_script(&env, script, &server.name);
+        if !out.status.success() || !text(&out.stdout).contains("ok") {
+            server.fail(&format!("{model} over the Python client"), &out);
+        }
+        if model == "dtypes" {
+            assert_eq!(field(&text(&out.stdout), "dtypes"), Some("float32,float64,float16,bfloat16,int64,int32,int16,int8,uint8,bool"));
+        }
+    }
+}
+
+#[test]
+fn python_refusals_are_clear_and_the_server_keeps_serving() {
+    let env = require_python!();
+    let mut server = ServerProcess::start("refuse", "encoder.pt");
+    let script = r#"
+import sys
+import numpy as np
+from uminfer_client import Client, RemoteError
+
+name, timeout, models = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+inputs = dict(np.load(f"{models}/encoder.inputs.npz"))
+ids, mask = inputs["input_ids"], inputs["attention_mask"]
+cases = [
+    ({"input_ids": ids, "attention_mask": mask, "token_type_ids": ids}, "the model has no input `token_type_ids`"),
+    ({"input_ids": ids}, "input `attention_mask` not given"),
+    ({"input_ids": ids.astype(np.float32), "attention_mask": mask}, "input `input_ids` is i64 [1, 32]; dtype code 1 (f32) given"),
+    ({"input_ids": ids[:, :16], "attention_mask": mask}, "input `input_ids` is i64 [1, 32]; shape [1, 16] given"),
+]
+with Client(name, timeout=timeout) as client, Client(name, timeout=timeout) as other:
+    for given, want in cases:
+        try:
+            client.infer(given)
+        except RemoteError as e:
+            if e.status != 1 or want not in e.message:
+                sys.exit(f"{want!r} not in status {e.status} {e.message!r}")
+        else:
+            sys.exit(f"accepted: {want}")
+        compare("encoder", client.infer(inputs), f"{models}/encoder.expected.npz", client)
+        compare("encoder", other.infer(inputs), f"{models}/encoder.expected.npz", other)
+    try:
+        client.infer(ids)
+    except TypeError as e:
+        print(f"bare={e}")
+print(f"refused={len(cases)}")
+"#;
+    let out = python_script(&env, script, &server.name);
+    if !out.status.success() {
+        server.fail("the refusals script failed", &out);
+    }
+    let stdout = text(&out.stdout);
+    assert_eq!(field(&stdout, "refused"), Some("4"), "{stdout}");
+    assert!(field(&stdout, "bare").is_some_and(|m| m.contains("the model takes 2 inputs (input_ids, attention_mask): pass a dict")), "{stdout}");
+    assert!(server.is_running(), "the server exited after bad requests:\n{}", server.log());
+}
+
+#[test]
+fn python_cli_writes_every_output_of_an_npz_request() {
+    let env = require_python!();
+    let mut server = ServerProcess::start("cli-npz", "heads.pt");
+    let output = std::env::temp_dir().join(format!("uminfer-{}.out.npz", server.name));
+    let mut cmd = python(&env);
+    cmd.args(["-m", "uminfer_client", "--name", &server.name, "--input"]).arg(common::model_path("heads.inputs.npz")).arg("--output").arg(&output).args(["--timeout", CLIENT_TIMEOUT_S]);
+    let out = run(cmd);
+    if !out.status.success() {
+        server.fail("python -m uminfer_client with an .npz failed", &out);
+    }
+    let got = uminfer::host_tensor::read_npz(&output).unwrap();
+    let _ = std::fs::remove_file(&output);
+    let want = uminfer::host_tensor::read_npz(&common::model_path("heads.expected.npz")).unwrap();
+    assert_eq!(got.iter().map(|t| &t.name).collect::<Vec<_>>(), want.iter().map(|t| &t.name).collect::<Vec<_>>());
+    for (g, w) in got.iter().zip(&want) {
+        g.check_close(w, 1e-5).unwrap();
+    }
+}
+
+/// A protocol v1 client (the Python client of uminfer_client 0.1.0, its
+/// wire part) still gets answers for a one-float32-tensor model, and a
+/// refusal that names protocol v2 and the client version for any other.
+#[test]
+fn an_old_v1_python_client_is_served_or_told_to_upgrade() {
+    let env = require_python!();
+    let script = r#"
+import ctypes, sys, time
+import iceoryx2 as iox2
+import numpy as np
+
+class ReqV1(ctypes.Structure):
+    _fields_ = [("magic", ctypes.c_uint32), ("version", ctypes.c_uint16), ("dtype", ctypes.c_uint8), ("rank", ctypes.c_uint8),
+                ("request_id", ctypes.c_uint64), ("shape", ctypes.c_uint64 * 8)]
+    @staticmethod
+    def type_name():
+        return "UminferRequestHeaderV1"
+
+class RespV1(ctypes.Structure):
+    _fields_ = [("magic", ctypes.c_uint32), ("version", ctypes.c_uint16), ("status", ctypes.c_uint16), ("dtype", ctypes.c_uint8),
+                ("rank", ctypes.c_uint8), ("error_len", ctypes.c_uint16), ("reserved", ctypes.c_uint32), ("request_id", ctypes.c_uint64),
+                ("shape", ctypes.c_uint64 * 8), ("error", ctypes.c_uint8 * 256)]
+    @staticmethod
+    def type_name():
+        return "UminferResponseHeaderV1"
+
+name, x = sys.argv[1], np.load(sys.argv[2]) if sys.argv[2] != "-" else np.zeros((1, 32), np.float32)
+iox2.set_log_level(iox2.LogLevel.Error)
+node = iox2.NodeBuilder.new().config(iox2.config.default()).signal_handling_mode(iox2.SignalHandlingMode.Disabled).create(iox2.ServiceType.Ipc)
+deadline = time.monotonic() + 60
+while True:
+    try:
+        svc = (node.service_builder(iox2.ServiceName.new(f"uminfer/{name}"))
+               .request_response(iox2.Slice[ctypes.c_float], iox2.Slice[ctypes.c_float])
+               .request_header(ReqV1).response_header(RespV1)
+               .max_servers(1).max_clients(64).max_nodes(72).max_active_requests_per_client(2)
+               .max_response_buffer_size(2).max_loaned_requests(2).open())
+        if svc.dynamic_config.number_of_servers > 0:
+            break
+    except iox2.RequestResponseOpenError:
+        pass
+    if time.monotonic() > deadline:
+        sys.exit("no v1 service")
+    time.sleep(0.05)
+port = svc.client_builder().initial_max_slice_len(1).allocation_strategy(iox2.AllocationStrategy.PowerOfTwo).create()
+req = port.loan_slice_uninit(x.size)
+h = req.user_header().contents
+h.magic, h.version, h.dtype, h.rank, h.request_id = 0x554D4946, 1, 1, x.ndim, 1
+for i in range(8):
+    h.shape[i] = x.shape[i] if i < x.ndim else 0
+np.ctypeslib.as_array((ctypes.c_float * x.size).from_address(req.payload_ptr))[:] = x.ravel()
+pending = req.assume_init().send()
+while (r := pending.receive()) is None:
+    if time.monotonic() > deadline:
+        sys.exit("no v1 response")
+    time.sleep(0.0001)
+rh = r.user_header().contents
+print(f"status={rh.status}")
+print(f"error={bytes(rh.error[:rh.error_len]).decode()}")
+if rh.status == 0:
+    y = np.ctypeslib.as_array((ctypes.c_float * r.header.number_of_elements).from_address(r.payload_ptr)).copy()
+    print(f"first={y[0]:.6f}")
+r.delete()
+pending.delete()
+"#;
+    let tiny = ServerProcess::start("v1-tiny", "tiny.pt");
+    let mut cmd = python(&env);
+    cmd.args(["-c", script, &tiny.name]).arg(common::model_path("tiny.input.npy"));
+    let out = run(cmd);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(field(&stdout, "status"), Some("0"), "{stdout}");
+    let first: f32 = field(&stdout, "first").and_then(|v| v.parse().ok()).unwrap_or(f32::NAN);
+    assert!((first - npy(&common::model_path("tiny.expected.npy")).1[0]).abs() <= 1e-5, "{stdout}");
+    let encoder = ServerProcess::start("v1-encoder", "encoder.pt");
+    let mut cmd = python(&env);
+    cmd.args(["-c", script, &encoder.name, "-"]);
+    let out = run(cmd);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(field(&stdout, "status"), Some("1"), "{stdout}");
+    let error = field(&stdout, "error").unwrap_or_default();
+    assert!(error.contains(&format!("this model needs protocol v2 (uminfer/{}/v2): use uminfer_client >= 0.2.0 (Python)", encoder.name)), "{error}");
 }

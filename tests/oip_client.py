@@ -42,16 +42,16 @@ def health(url, models):
         got = (m["name"], m["versions"], m["platform"],
                [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in m["inputs"]],
                [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in m["outputs"]])
-        want = (name, ["1"], "pytorch_libtorch", [("INPUT__0", "FP32", SHAPE)],
-                [("OUTPUT__0", "FP32", [int(d) for d in out.split(",")])])
+        want = (name, ["1"], "pytorch_libtorch", [("x", "FP32", SHAPE)],
+                [("output__0", "FP32", [int(d) for d in out.split(",")])])
         check(got == want, f"metadata of {name}: {got}, expected {want}")
         print(f"metadata_{name}=ok")
         cfg = c.get_model_config(name, as_json=True)["config"]
         tensors = lambda ts: [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in ts]
         got = (cfg["name"], cfg["platform"], cfg["backend"], int(cfg.get("max_batch_size", 0)), tensors(cfg["input"]), tensors(cfg["output"]),
                [(g["kind"], int(g["count"])) for g in cfg["instance_group"]])
-        want = (name, "pytorch_libtorch", "pytorch", 0, [("INPUT__0", "TYPE_FP32", SHAPE)],
-                [("OUTPUT__0", "TYPE_FP32", [int(d) for d in out.split(",")])], [("KIND_CPU", 1)])
+        want = (name, "pytorch_libtorch", "pytorch", 0, [("x", "TYPE_FP32", SHAPE)],
+                [("output__0", "TYPE_FP32", [int(d) for d in out.split(",")])], [("KIND_CPU", 1)])
         check(got == want, f"config of {name}: {got}, expected {want}")
         print(f"config_{name}=ok")
     index = c.get_model_repository_index(as_json=True)["models"]
@@ -121,13 +121,13 @@ def errors(url, x_path, expected_path):
     expect("unknown_model", SC.NOT_FOUND, 'no model named "nope"', lambda: c.infer("nope", [raw_input(x)]))
     expect("unknown_version", SC.NOT_FOUND, "only version", lambda: c.infer("tiny", [raw_input(x)], model_version="2"))
     small = np.zeros((1, 3, 64, 64), np.float32)
-    expect("wrong_shape", SC.INVALID_ARGUMENT, "shape [1, 3, 128, 128]", lambda: c.infer("tiny", [raw_input(small)]))
-    expect("wrong_dtype", SC.INVALID_ARGUMENT, 'datatype "FP64"', lambda: c.infer("tiny", [raw_input(x.astype(np.float64), datatype="FP64")]))
+    expect("wrong_shape", SC.INVALID_ARGUMENT, 'has shape [1, 3, 64, 64]; input "x" is FP32 [1, 3, 128, 128]', lambda: c.infer("tiny", [raw_input(small)]))
+    expect("wrong_dtype", SC.INVALID_ARGUMENT, 'has datatype FP64; input "x" is FP32', lambda: c.infer("tiny", [raw_input(x.astype(np.float64), datatype="FP64")]))
     expect("wrong_byte_length", SC.INVALID_ARGUMENT, "needs 196608",
            lambda: stub.ModelInfer(request(data=x.tobytes()[:-4])))
-    expect("missing_input", SC.INVALID_ARGUMENT, 'missing input "INPUT__0"',
+    expect("missing_input", SC.INVALID_ARGUMENT, 'missing input "x"',
            lambda: stub.ModelInfer(pb.ModelInferRequest(model_name="tiny")))
-    expect("wrong_input_name", SC.INVALID_ARGUMENT, 'missing input "INPUT__0"', lambda: c.infer("tiny", [raw_input(x, name="input")]))
+    expect("wrong_input_name", SC.INVALID_ARGUMENT, 'has no input "input"; model "tiny" takes "x" FP32 [1, 3, 128, 128]', lambda: c.infer("tiny", [raw_input(x, name="input")]))
     expect("unknown_output", SC.INVALID_ARGUMENT, 'no output "logits"',
            lambda: c.infer("tiny", [raw_input(x)], outputs=[tg.InferRequestedOutput("logits")]))
     expect("unimplemented_rpc", SC.UNIMPLEMENTED, "LogSettings", lambda: c.get_log_settings())
@@ -534,9 +534,9 @@ def shapes(url, x_path, expected_path, identity_shape):
     close(c.infer("tiny", [raw_input(x)]).as_numpy("OUTPUT__0"), expected, "tiny at the default shape")
     r = np.random.default_rng(7).standard_normal(dims).astype(np.float32)
     close(c.infer("identity", [raw_input(r)]).as_numpy("OUTPUT__0"), r, "identity at its own shape")
-    expect_error("identity_at_tiny_shape", "StatusCode.INVALID_ARGUMENT", f"takes one FP32 input \"INPUT__0\" of shape {dims}",
+    expect_error("identity_at_tiny_shape", "StatusCode.INVALID_ARGUMENT", f"input \"x\" is FP32 {dims}",
                  lambda: c.infer("identity", [raw_input(x)]))
-    expect_error("tiny_at_identity_shape", "StatusCode.INVALID_ARGUMENT", f"of shape {SHAPE}", lambda: c.infer("tiny", [raw_input(r)]))
+    expect_error("tiny_at_identity_shape", "StatusCode.INVALID_ARGUMENT", f"input \"x\" is FP32 {SHAPE}", lambda: c.infer("tiny", [raw_input(r)]))
     print("shapes=ok")
 
 

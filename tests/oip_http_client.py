@@ -50,14 +50,14 @@ def health_and_metadata(c):
     for name, out in (("tiny", [1, 10]), ("resnet18", [1, 1000])):
         m = c.get_model_metadata(name)
         got = (m["name"], m["versions"], m["platform"], m["inputs"], m["outputs"])
-        want = (name, ["1"], "pytorch_libtorch", [{"name": "INPUT__0", "datatype": "FP32", "shape": SHAPE}],
-                [{"name": "OUTPUT__0", "datatype": "FP32", "shape": out}])
+        want = (name, ["1"], "pytorch_libtorch", [{"name": "x", "datatype": "FP32", "shape": SHAPE}],
+                [{"name": "output__0", "datatype": "FP32", "shape": out}])
         check(got == want, f"metadata of {name}: {got}, expected {want}")
         check(c.get_model_metadata(name, model_version="1")["name"] == name, f"metadata of {name} version 1")
         cfg = c.get_model_config(name)
         got = (cfg["name"], cfg["platform"], cfg["max_batch_size"], cfg["input"], cfg["output"], cfg["instance_group"])
-        want = (name, "pytorch_libtorch", 0, [{"name": "INPUT__0", "data_type": "TYPE_FP32", "dims": SHAPE}],
-                [{"name": "OUTPUT__0", "data_type": "TYPE_FP32", "dims": out}], [{"name": name, "kind": "KIND_CPU", "count": 1}])
+        want = (name, "pytorch_libtorch", 0, [{"name": "x", "data_type": "TYPE_FP32", "dims": SHAPE}],
+                [{"name": "output__0", "data_type": "TYPE_FP32", "dims": out}], [{"name": name, "kind": "KIND_CPU", "count": 1}])
         check(got == want, f"config of {name}: {got}, expected {want}")
     index = sorted((m["name"], m["version"], m["state"]) for m in c.get_model_repository_index())
     check(index == [("resnet18", "1", "READY"), ("tiny", "1", "READY")], f"repository index {index}")
@@ -124,7 +124,7 @@ def errors(c, url, x, expected):
     expect_error("wrong_shape", 400, "shape", lambda: c.infer("tiny", request(x[:, :2].copy(), True, True)[0]))
     expect_error("wrong_dtype", 400, "FP64", lambda: c.infer("tiny", request(x.astype(np.float64), True, True, datatype="FP64")[0], outputs=outputs))
     expect_error("wrong_dtype_json", 400, "INT32", lambda: c.infer("tiny", request(x.astype(np.int32), False, True, datatype="INT32")[0]))
-    expect_error("wrong_input_name", 400, "INPUT__0", lambda: c.infer("tiny", request(x, True, True, name="x")[0]))
+    expect_error("wrong_input_name", 400, 'has no input "input"; model "tiny" takes "x"', lambda: c.infer("tiny", request(x, True, True, name="input")[0]))
     status, body = post(url, "/v2/models/tiny/infer", b"{not json")
     check(status == 400 and "does not parse" in json.loads(body)["error"], f"malformed JSON: {status} {body!r}")
     print("malformed_json=400")

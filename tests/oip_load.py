@@ -4,16 +4,18 @@ processes at once, every answer checked.
 
     python tests/oip_load.py URL MODELS_DIR REQUESTS_PER_PROCESS [PROCESSES_PER_KIND [HTTP_URL]]
 
-The server must serve `tiny` and `identity`. Four kinds of client process,
+The server must serve `tiny`, `identity` and `encoder`. Four kinds of client process,
 PROCESSES_PER_KIND of each (default 1): unary and streaming, each with the
 tensors in the messages (raw) or in system shared memory regions; with
 HTTP_URL (the server's --http address) two more: REST calls with binary
 tensor data (raw) or shared memory. Requests
-alternate between `identity` (a fresh random input: the answer must be that
-input) and `tiny` (models/tiny.input.npy: the answer must equal
-models/tiny.expected.npy). A stream keeps WINDOW requests in flight, matched
-to their answers by request id; shared memory streams use one region pair
-per request in flight. Prints a report (throughput, P50/P99, errors) and
+rotate between `identity` (a fresh random input: the answer must be that
+input), `tiny` (models/tiny.input.npy: the answer must equal
+models/tiny.expected.npy) and `encoder` (two INT64 inputs, two outputs:
+models/encoder.inputs.npz, both answers equal to models/encoder.expected.npz).
+A stream keeps WINDOW requests in flight, matched to their answers by request
+id; shared memory streams use one region pair per request in flight (the
+encoder's two inputs, and its two outputs, side by side in them). Prints a report (throughput, P50/P99, errors) and
 exits non-zero when any request failed or any answer was wrong.
 """
 import multiprocessing as mp
@@ -47,6 +49,8 @@ def run(url, models_dir, n, api, transport, tag):
 
     x = np.load(os.path.join(models_dir, "tiny.input.npy"))
     expected = np.load(os.path.join(models_dir, "tiny.expected.npy"))
+    enc_in = dict(np.load(os.path.join(models_dir, "encoder.inputs.npz")))
+    enc_out = dict(np.load(os.path.join(models_dir, "encoder.expected.npz")))
     rng = np.random.default_rng(abs(hash(tag)) % (1 << 32))
     c = tg.InferenceServerClient(url)
     slots = []  # shared memory: (input region, output region) per request in flight
@@ -62,28 +66,53 @@ def run(url, models_dir, n, api, transport, tag):
             slots.append((names, handles))
 
     def request(i, slot):
-        """The model, input, wanted answer, inputs and outputs of request i."""
-        model, xi, want = ("identity", rng.standard_normal(x.shape, dtype=np.float32), None) if i % 2 == 0 else ("tiny", x, expected)
-        want = xi if want is None else want
-        inp = tg.InferInput("INPUT__0", list(xi.shape), "FP32")
-        outp = tg.InferRequestedOutput("OUTPUT__0")
+        """The model, wanted answers (by output name), inputs and outputs of request i."""
+        if i % 3 == 2:
+            model, feeds, want = "encoder", enc_in, enc_out
+        elif i % 3 == 0:
+            xi = rng.standard_normal(x.shape, dtype=np.float32)
+            model, feeds, want = "identity", {"x": xi}, {"output__0": xi}
+        else:
+            model, feeds, want = "tiny", {"x": x}, {"output__0": expected}
+        inputs, outputs = [], []
         if transport == "shm":
             (n_in, n_out), (h_in, _) = slots[slot]
-            shm.set_shared_memory_region(h_in, [xi])
-            inp.set_shared_memory(n_in, xi.nbytes)
-            outp.set_shared_memory(n_out, want.nbytes)
+            shm.set_shared_memory_region(h_in, list(feeds.values()))
+            offset = 0
+            for name, a in feeds.items():
+                inp = tg.InferInput(name, list(a.shape), tg.np_to_triton_dtype(a.dtype))
+                inp.set_shared_memory(n_in, a.nbytes, offset)
+                inputs.append(inp)
+                offset += a.nbytes
+            offset = 0
+            for name, a in want.items():
+                outp = tg.InferRequestedOutput(name)
+                outp.set_shared_memory(n_out, a.nbytes, offset)
+                outputs.append(outp)
+                offset += a.nbytes
         else:
-            inp.set_data_from_numpy(xi)
-        return model, want, [inp], [outp]
+            for name, a in feeds.items():
+                inp = tg.InferInput(name, list(a.shape), tg.np_to_triton_dtype(a.dtype))
+                inp.set_data_from_numpy(a)
+                inputs.append(inp)
+            outputs = [tg.InferRequestedOutput(name) for name in want]
+        return model, want, inputs, outputs
 
     def answer(result, want, slot):
+        """The answers by output name: from the response, or read where they lie in the output region."""
         if transport == "shm":
-            return shm.get_contents_as_numpy(slots[slot][1][1], np.float32, list(want.shape))
-        return result.as_numpy("OUTPUT__0")
+            got, offset = {}, 0
+            for name, a in want.items():
+                got[name] = shm.get_contents_as_numpy(slots[slot][1][1], a.dtype, list(a.shape), offset=offset)
+                offset += a.nbytes
+            return got
+        return {name: result.as_numpy(name) for name in want}
 
     def verify(i, got, want):
-        if got is None or got.shape != want.shape or float(np.abs(got - want).max()) > 1e-5 * max(1.0, float(np.abs(want).max())):
-            errors.append(f"request {i}: wrong answer")
+        for name, w in want.items():
+            g = got.get(name)
+            if g is None or g.shape != w.shape or float(np.abs(g - w).max()) > 1e-5 * max(1.0, float(np.abs(w).max())):
+                errors.append(f"request {i}: wrong answer for {name}")
 
     start = time.perf_counter()
     if api in ("unary", "http"):
@@ -156,7 +185,7 @@ def main():
     for p in procs:
         p.join()
     print(f"load run: {len(procs)} client processes ({per_kind} per kind), {n} requests each, "
-          f"alternating identity (random input) and tiny; stream window {WINDOW}")
+          f"rotating identity (random input), tiny and encoder; stream window {WINDOW}")
     print(f"{'kind':<14} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     total_err, all_lat = 0, []
     for kind in [f"{a}-{t}" for a, t, _ in kinds]:

@@ -416,6 +416,9 @@ fn metrics_count_every_request_by_model_mode_and_outcome() {
         assert_eq!(sample(&now, unknown), Some(n), "{now}");
         assert_eq!(sample(&now, in_flight), Some(0.0), "{now}");
         assert!(sample(&now, r#"uminfer_inference_duration_seconds_sum{model="tiny",mode="cpu"}"#).is_some_and(|s| s > 0.0), "{now}");
+        // Raw little-endian tensors are read in place and the output is
+        // written once, into the response: no tensor byte is copied.
+        assert_eq!(sample(&now, r#"uminfer_inference_tensor_bytes_copied_total{model="tiny",mode="cpu"}"#), Some(0.0), "{now}");
         // Triton's ModelStatistics agree: every good request ran each phase
         // once; the bad ones failed; the unknown model is no model's.
         let stats = server.run_client(&py, "stats", &["tiny"]);
@@ -527,7 +530,7 @@ fn each_model_can_have_an_input_shape_of_its_own() {
     let tiny = served("tiny");
     let identity = served("identity");
     let mut server = GrpcServer::start("shapes", &["--model", &tiny, "--model", &identity, "--input-shape", "identity=1,3,32,32"]);
-    assert!(server.log().contains("input [1, 3, 32, 32], output [1, 3, 32, 32]"), "identity's shape in the log:\n{}", server.log());
+    assert!(server.log().contains("inputs x: f32 [1, 3, 32, 32], outputs output__0: f32 [1, 3, 32, 32]"), "identity's shape in the log:\n{}", server.log());
     let (x, y) = (model("tiny.input.npy"), model("tiny.expected.npy"));
     let out = server.run_client(&py, "shapes", &[&x, &y, "1,3,32,32"]);
     assert_eq!(lines(&out), ["identity_at_tiny_shape=StatusCode.INVALID_ARGUMENT", "tiny_at_identity_shape=StatusCode.INVALID_ARGUMENT", "shapes=ok"]);
@@ -579,14 +582,36 @@ fn max_streams_bounds_the_streams_of_a_connection() {
 #[test]
 fn load_run_from_several_tritonclient_processes_has_no_errors() {
     let py = require_python!();
-    let mut server = GrpcServer::start("load", &["--workers", "2", "--model", &model("tiny.pt"), "--model", &model("identity.pt"), "--http", "127.0.0.1:0"]);
+    let mut server = GrpcServer::start("load", &["--workers", "2", "--model", &model("tiny.pt"), "--model", &model("identity.pt"), "--model", &model("encoder.pt"), "--http", "127.0.0.1:0"]);
     let http = server.reported("http");
     let models = common::model_path("tiny.pt").parent().expect("the models directory").display().to_string();
-    // Six processes (gRPC unary and stream, REST; raw and shared memory), 20 requests each.
-    let out = common::finish(script(&py, "oip_load.py", &[&server.url, &models, "20", "1", &http]).spawn().expect("starting the venv python"), PYTHON_DEADLINE);
+    // Six processes (gRPC unary and stream, REST; raw and shared memory), 21 requests each (7 per model).
+    let out = common::finish(script(&py, "oip_load.py", &[&server.url, &models, "21", "1", &http]).spawn().expect("starting the venv python"), PYTHON_DEADLINE);
     let report = server.check("load", &out);
     assert!(report.lines().any(|l| l == "errors=0"), "{report}");
     for kind in ["unary-raw", "unary-shm", "stream-raw", "stream-shm", "http-raw", "http-shm"] {
-        assert!(report.lines().any(|l| l.split_whitespace().take(3).eq([kind, "20", "0"])), "{kind} row missing or with errors:\n{report}");
+        assert!(report.lines().any(|l| l.split_whitespace().take(3).eq([kind, "21", "0"])), "{kind} row missing or with errors:\n{report}");
     }
+}
+
+/// Models of any signature (`tests/oip_signatures.py`): the encoder, the
+/// dict-output model and every datatype, over gRPC and over REST (binary and
+/// JSON data), equal to PyTorch's answers; output selection; shared memory
+/// per tensor; every refusal with the server serving on.
+#[test]
+fn tritonclient_runs_models_of_any_signature_over_grpc_and_rest() {
+    let py = require_python!();
+    let (encoder, heads, dtypes) = (served("encoder"), served("heads"), served("dtypes"));
+    let mut server = GrpcServer::start("signatures", &["--http", "127.0.0.1:0", "--model", &encoder, "--model", &heads, "--model", &dtypes]);
+    let http = server.reported("http");
+    let models = common::model_path("encoder.pt").parent().unwrap().display().to_string();
+    for (mode, url) in [("grpc", server.url.clone()), ("http", http)] {
+        let out = common::finish(script(&py, "oip_signatures.py", &[mode, &url, &models]).spawn().expect("starting the venv python"), PYTHON_DEADLINE);
+        let got = server.check(&format!("oip_signatures.py {mode}"), &out);
+        let lines = lines(&got);
+        for want in ["encoder=ok", "heads=ok", "dtypes=ok", "shm=ok", "region_too_small=refused", "output_over_input=refused", "unknown_tensor=refused", "missing_input=refused", "duplicate_input=refused", "wrong_datatype=refused", "wrong_shape=refused", "unknown_output=refused", "done=ok"] {
+            assert!(lines.contains(&want), "{mode}: no {want:?} in {lines:?}");
+        }
+    }
+    server.stop_cleanly();
 }

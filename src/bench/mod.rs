@@ -6,9 +6,9 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | `schemes` | the schemes: serialize-copy, cpu-zero-copy, shm-ipc, GPU session modes, tch-naive, Python peers (TorchScript, CUDA graph, ONNX Runtime) |
+//! | `schemes` | the schemes: serialize-copy, cpu-zero-copy, shm-ipc and its floor shm-echo, GPU session modes, tch-naive, Python peers (TorchScript, CUDA graph, ONNX Runtime) |
 //! | [`json_server`] | serialize-copy's HTTP/JSON server process (`uminfer bench-json-server`) |
-//! | `oip` | the Open Inference Protocol schemes: oip-grpc, oip-grpc-shm (a `serve --grpc` child, a tonic client) |
+//! | `oip` | the Open Inference Protocol schemes: oip-grpc, oip-grpc-shm and their floor grpc-echo (a `serve --grpc` child, a tonic client) |
 //! | [`stats`] | per-scheme statistics (hdrhistogram), ratios, the table |
 //! | [`plot`] | the latency CDF picture (plotters, SVG) |
 
@@ -33,12 +33,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Every scheme, in table order.
-pub const SCHEMES: [&str; 13] = [
+pub const SCHEMES: [&str; 15] = [
     "serialize-copy",
     "cpu-zero-copy",
     "shm-ipc",
+    "shm-echo",
     "oip-grpc",
     "oip-grpc-shm",
+    "grpc-echo",
     "gpu-copy",
     "gpu-pinned",
     "gpu-managed",
@@ -50,7 +52,11 @@ pub const SCHEMES: [&str; 13] = [
 ];
 
 /// The schemes whose server process runs in [`BenchOptions::server_mode`].
-pub const SERVER_SCHEMES: [&str; 3] = ["shm-ipc", "oip-grpc", "oip-grpc-shm"];
+pub const SERVER_SCHEMES: [&str; 5] = ["shm-ipc", "shm-echo", "oip-grpc", "oip-grpc-shm", "grpc-echo"];
+
+/// The floor schemes: the same requests and answers through a server that
+/// runs no model (their answers are zeros: only their shapes are checked).
+pub const ECHO_SCHEMES: [&str; 2] = ["shm-echo", "grpc-echo"];
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -375,8 +381,16 @@ impl<'a> Bench<'a> {
             || (self.gpu && matches!(name, "tch-naive" | "py-torchscript"))
             || (self.opts.server_mode.needs_gpu() && SERVER_SCHEMES.contains(&name));
         let tol = if on_gpu { 2e-2 } else if name == "py-onnxruntime" { 1e-4 } else { 1e-5 };
+        // An echo answers zeros: only its outputs' dtypes and shapes are checked.
+        let zeros: Vec<HostTensor>;
+        let want = if ECHO_SCHEMES.contains(&name) {
+            zeros = self.reference.iter().map(|t| HostTensor::zeros(&t.name, t.dtype, &t.shape)).collect::<Result<_>>().map_err(|e| (Status::Failed, e.to_string()))?;
+            &zeros
+        } else {
+            &self.reference
+        };
         match s.check(&self.check_input) {
-            Ok(out) => match check_outputs(&out, &self.reference, tol) {
+            Ok(out) => match check_outputs(&out, want, tol) {
                 Ok(()) => Ok(PreparedScheme { scheme: s, inputs: self.inputs.clone(), seed: 0 }),
                 Err(e) => Err((Status::Failed, format!("wrong answer against CPU eager: {e}"))),
             },
@@ -385,7 +399,7 @@ impl<'a> Bench<'a> {
     }
 
     /// `Ok` when the model takes one float32 input and returns one float32
-    /// output, which is what the serving schemes carry until protocol v2.
+    /// output, which is all serialize-copy's JSON server carries.
     fn one_f32(&self, what: &str) -> std::result::Result<(), String> {
         let f32_only = |ts: &[TensorInfo]| matches!(ts, [t] if t.dtype == DType::F32);
         if f32_only(&self.entry.inputs) && f32_only(&self.entry.outputs) {
@@ -437,17 +451,16 @@ fn build(name: &str, cx: &Bench<'_>) -> std::result::Result<Box<dyn Scheme>, Str
             boxed(SerializeCopy::start(&opts.server_exe, path, &shape(), all_cores))
         }
         "cpu-zero-copy" => boxed(SessionScheme::build(rt, model, opts, &entry.inputs, Mode::Cpu)),
-        "shm-ipc" => {
-            cx.one_f32("the shared-memory protocol v1")?;
+        "shm-ipc" | "shm-echo" => {
             rt.check_mode(Mode::ShmIpc).map_err(|e| e.to_string())?;
             rt.check_mode(opts.server_mode).map_err(|e| e.to_string())?;
-            boxed(ShmIpc::start(&opts.server_exe, path, &shape(), crate::intra_op::for_shm_clients(cx.forward()?), opts.server_mode))
+            let echo = name == "shm-echo";
+            boxed(ShmIpc::start(&opts.server_exe, path, &entry.inputs, echo, crate::intra_op::for_shm_clients(cx.forward()?), opts.server_mode))
         }
-        "oip-grpc" | "oip-grpc-shm" => {
-            cx.one_f32("the Open Inference Protocol endpoint")?;
+        "oip-grpc" | "oip-grpc-shm" | "grpc-echo" => {
             rt.check_mode(opts.server_mode).map_err(|e| e.to_string())?;
-            let out = entry.outputs[0].shape.clone();
-            boxed(oip::OipGrpc::start(&opts.server_exe, path, &shape(), &out, name == "oip-grpc-shm", crate::intra_op::for_grpc_clients(cx.forward()?), opts.server_mode))
+            let scheme = oip::GrpcScheme::named(name).ok_or("not a gRPC scheme")?;
+            boxed(oip::OipGrpc::start(&opts.server_exe, path, &entry.inputs, &entry.outputs, scheme, crate::intra_op::for_grpc_clients(cx.forward()?), opts.server_mode))
         }
         "gpu-copy" | "gpu-pinned" | "gpu-managed" | "gpu-managed-graph" => {
             let mode: Mode = name.parse()?;

@@ -3,17 +3,20 @@
 //! `proto/grpc_service.proto`), one request at a time on a single-threaded
 //! tokio runtime.
 //!
-//! - `oip-grpc`: the input goes in `raw_input_contents`, the output comes back
+//! - `oip-grpc`: the inputs go in `raw_input_contents`, the outputs come back
 //!   in `raw_output_contents`.
-//! - `oip-grpc-shm`: Triton's system shared memory: two POSIX shared memory
-//!   objects (input and output), registered once; a request carries only the
-//!   region parameters, the server reads the input in place and writes the
-//!   output into the output region.
+//! - `oip-grpc-shm`: Triton's system shared memory: a POSIX shared memory
+//!   object per input and output, registered once; a request carries only
+//!   the region parameters, the server reads the inputs in place and the
+//!   session writes the outputs into their regions.
+//! - `grpc-echo`: as `oip-grpc-shm`, the server answering without running
+//!   the model (`serve --grpc --echo`: zeros of the outputs' shapes after the
+//!   same checks): the floor the transport alone sets.
 
-use super::schemes::{copy_f32, server_threads_note, timed, Scheme, ServerChild};
+use super::schemes::{server_threads_note, timed, Scheme, ServerChild};
 use crate::host_tensor::HostTensor;
 use crate::error::{Error, Result};
-use crate::oip::models::{FP32, INPUT_NAME, OUTPUT_NAME};
+use crate::model::TensorInfo;
 use crate::oip::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::oip::proto::infer_parameter::ParameterChoice;
 use crate::oip::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
@@ -88,16 +91,15 @@ impl ShmObject {
         Ok(())
     }
 
-    /// The first `n` floats of the object; refused when it holds fewer.
-    fn floats(&self, n: usize) -> Result<&[f32]> {
-        if n.saturating_mul(4) > self.map.len() {
-            return Err(Error::Argument(format!("{n} output values do not fit shared memory object {} ({} bytes)", self.key, self.map.len())));
+    /// The first `n` bytes of the object; refused when it holds fewer.
+    fn read(&self, n: usize) -> Result<&[u8]> {
+        if n > self.map.len() {
+            return Err(Error::Argument(format!("{n} output bytes do not fit shared memory object {} ({} bytes)", self.key, self.map.len())));
         }
-        // SAFETY: the mapping starts on a page boundary (so it is aligned for
-        // f32), holds at least `n` floats (checked above) and lives as long as
-        // `self`; every bit pattern is a valid f32; the server writes it only
-        // while a request is in flight, and this is called between requests.
-        Ok(unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<f32>(), n) })
+        // SAFETY: the mapping holds at least `n` bytes (checked above) and
+        // lives as long as `self`; any byte is a valid u8; the server writes
+        // it only while a request is in flight, and this is called between requests.
+        Ok(unsafe { std::slice::from_raw_parts(self.map.as_ptr(), n) })
     }
 }
 
@@ -111,12 +113,35 @@ impl Drop for ShmObject {
     }
 }
 
+/// Which of the gRPC schemes: where the tensors travel, and whether the model runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GrpcScheme {
+    /// `oip-grpc`: in the messages.
+    Raw,
+    /// `oip-grpc-shm`: in registered regions.
+    Shm,
+    /// `grpc-echo`: in registered regions, the server answering without the model.
+    Echo,
+}
+
+impl GrpcScheme {
+    /// The scheme called `name`, if it is one of these.
+    pub(crate) fn named(name: &str) -> Option<Self> {
+        match name {
+            "oip-grpc" => Some(Self::Raw),
+            "oip-grpc-shm" => Some(Self::Shm),
+            "grpc-echo" => Some(Self::Echo),
+            _ => None,
+        }
+    }
+}
+
 /// How the tensors travel.
 enum Transport {
-    /// In the messages: the caller's input buffer, the output decoded from the response.
-    Raw { input: Vec<f32>, output: Vec<f32> },
-    /// In registered shared memory regions.
-    Shm { input: ShmObject, output: ShmObject },
+    /// In the messages: the caller's input buffers, the outputs decoded from the response.
+    Raw { inputs: Vec<Vec<u8>>, outputs: Vec<Vec<u8>> },
+    /// In registered shared memory regions, one per tensor.
+    Shm { inputs: Vec<ShmObject>, outputs: Vec<ShmObject> },
 }
 
 /// `oip-grpc` and `oip-grpc-shm`.
@@ -125,7 +150,8 @@ pub(crate) struct OipGrpc {
     client: GrpcInferenceServiceClient<Channel>,
     /// The request without tensor data (cloned per request).
     template: ModelInferRequest,
-    output_len: usize,
+    inputs: Vec<TensorInfo>,
+    outputs: Vec<TensorInfo>,
     transport: Transport,
     /// [`server_threads_note`] and the session mode, taken at start.
     server: String,
@@ -145,15 +171,25 @@ fn region_params(region: &str, byte_size: usize) -> HashMap<String, InferParamet
 }
 
 impl OipGrpc {
-    /// Starts `uminfer serve --grpc 127.0.0.1:0` on `model` and connects; with
-    /// `shm`, creates and registers the two shared memory regions.
-    /// `threads`: [`crate::intra_op::for_grpc_clients`], taken before the
-    /// measuring thread is pinned (after, [`crate::intra_op::cores`] counts
-    /// that thread's one core).
-    pub(crate) fn start(exe: &Path, model: &Path, shape: &[i64], out_shape: &[i64], shm: bool, threads: usize, mode: Mode) -> Result<Self> {
-        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        let args = ["serve", "--grpc", "127.0.0.1:0", "--mode", mode.id(), "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
-        let (server, addr) = ServerChild::start_reporting(exe, args.into_iter().chain([OsString::from(format!("{MODEL}={}", model.display()))]), "grpc")?;
+    /// Starts `uminfer serve --grpc 127.0.0.1:0` on `model` (whose sessions
+    /// take `inputs` and return `outputs`; a one-input model's shape is
+    /// passed as `--input-shape`) and connects; with `shm`, creates and
+    /// registers a shared memory region per tensor; with `echo`, the server
+    /// answers without running the model (`grpc-echo`). `threads`:
+    /// [`crate::intra_op::for_grpc_clients`], taken before the measuring
+    /// thread is pinned (after, [`crate::intra_op::cores`] counts that
+    /// thread's one core).
+    pub(crate) fn start(exe: &Path, model: &Path, inputs: &[TensorInfo], outputs: &[TensorInfo], scheme: GrpcScheme, threads: usize, mode: Mode) -> Result<Self> {
+        let mut args: Vec<OsString> = ["serve", "--grpc", "127.0.0.1:0", "--mode", mode.id(), "--intra-op-threads", &threads.to_string()].map(OsString::from).into();
+        if scheme == GrpcScheme::Echo {
+            args.push("--echo".into());
+        }
+        if let [only] = inputs {
+            let dims: Vec<String> = only.shape.iter().map(|d| d.to_string()).collect();
+            args.extend(["--input-shape".into(), dims.join(",").into()]);
+        }
+        args.extend(["--model".into(), OsString::from(format!("{MODEL}={}", model.display()))]);
+        let (server, addr) = ServerChild::start_reporting(exe, args, "grpc")?;
         let addr = addr.as_str();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -164,38 +200,51 @@ impl OipGrpc {
             .map_err(|e| grpc_err(&format!("connecting to {addr}"), e))?
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
-        let (input_len, output_len) = (shape.iter().product::<i64>() as usize, out_shape.iter().product::<i64>() as usize);
-        let (in_bytes, out_bytes) = (input_len * 4, output_len * 4);
-        let mut input = InferInputTensor { name: INPUT_NAME.into(), datatype: FP32.into(), shape: shape.to_vec(), ..Default::default() };
-        let mut output = InferRequestedOutputTensor { name: OUTPUT_NAME.into(), ..Default::default() };
-        let transport = if shm {
-            let key = |what: &str| format!("/uminfer-bench-{}-{what}", std::process::id());
-            let (shm_in, shm_out) = (ShmObject::create(&key("in"), in_bytes)?, ShmObject::create(&key("out"), out_bytes)?);
-            for (name, object, len) in [("bench-in", &shm_in, in_bytes), ("bench-out", &shm_out, out_bytes)] {
-                let req = SystemSharedMemoryRegisterRequest { name: name.into(), key: object.key.clone(), offset: 0, byte_size: len as u64 };
-                rt.block_on(client.system_shared_memory_register(req)).map_err(|e| grpc_err(&format!("registering shared memory region {name}"), e))?;
+        let mut req_inputs: Vec<InferInputTensor> =
+            inputs.iter().map(|i| InferInputTensor { name: i.name.clone(), datatype: i.dtype.oip_name().into(), shape: i.shape.clone(), ..Default::default() }).collect();
+        let mut req_outputs: Vec<InferRequestedOutputTensor> = outputs.iter().map(|o| InferRequestedOutputTensor { name: o.name.clone(), ..Default::default() }).collect();
+        let transport = if scheme != GrpcScheme::Raw {
+            // Objects of this scheme, apart from those of another model's in the same run.
+            static SCHEMES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let nth = SCHEMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut register = |side: &str, k: usize, len: usize| -> Result<(ShmObject, String)> {
+                let region = format!("bench-{side}{k}");
+                let object = ShmObject::create(&format!("/uminfer-bench-{}-{nth}-{side}{k}", std::process::id()), len)?;
+                let req = SystemSharedMemoryRegisterRequest { name: region.clone(), key: object.key.clone(), offset: 0, byte_size: len as u64 };
+                rt.block_on(client.system_shared_memory_register(req)).map_err(|e| grpc_err(&format!("registering shared memory region {region}"), e))?;
+                Ok((object, region))
+            };
+            let mut shm_in = Vec::new();
+            for (k, (t, info)) in req_inputs.iter_mut().zip(inputs).enumerate() {
+                let (object, region) = register("in", k, info.byte_len())?;
+                t.parameters = region_params(&region, info.byte_len());
+                shm_in.push(object);
             }
-            input.parameters = region_params("bench-in", in_bytes);
-            output.parameters = region_params("bench-out", out_bytes);
-            Transport::Shm { input: shm_in, output: shm_out }
+            let mut shm_out = Vec::new();
+            for (k, (t, info)) in req_outputs.iter_mut().zip(outputs).enumerate() {
+                let (object, region) = register("out", k, info.byte_len())?;
+                t.parameters = region_params(&region, info.byte_len());
+                shm_out.push(object);
+            }
+            Transport::Shm { inputs: shm_in, outputs: shm_out }
         } else {
-            Transport::Raw { input: vec![0.0; input_len], output: Vec::new() }
+            Transport::Raw { inputs: inputs.iter().map(|i| vec![0; i.byte_len()]).collect(), outputs: Vec::new() }
         };
-        let template = ModelInferRequest { model_name: MODEL.into(), inputs: vec![input], outputs: vec![output], ..Default::default() };
+        let template = ModelInferRequest { model_name: MODEL.into(), inputs: req_inputs, outputs: req_outputs, ..Default::default() };
         // As the shared-memory client: poll for short answers (the server was
         // left a core for that), sleep at once for long ones.
         let short = threads < crate::intra_op::cores();
         let poll = if short { crate::ipc::client::MAX_CLIENT_SPIN } else { Duration::ZERO };
         let why = if short { "cores - 1: a short forward pass, a core left to the polling client" } else { "all cores: a long forward pass" };
         let note = format!("{}; serve --mode {mode}", server_threads_note(threads, why));
-        Ok(Self { rt, client, template, output_len, transport, server: note, poll, _server: server })
+        Ok(Self { rt, client, template, inputs: inputs.to_vec(), outputs: outputs.to_vec(), transport, server: note, poll, _server: server })
     }
 
-    /// One request from the caller's input memory; the output is readable when it returns.
+    /// One request from the caller's input memory; the outputs are readable when it returns.
     fn once(&mut self) -> Result<()> {
         let mut req = self.template.clone();
-        if let Transport::Raw { input, .. } = &self.transport {
-            req.raw_input_contents = vec![bytemuck::cast_slice(input).to_vec()];
+        if let Transport::Raw { inputs, .. } = &self.transport {
+            req.raw_input_contents = inputs.clone();
         }
         let (call, poll) = (self.client.model_infer(req), self.poll);
         // Polling: each turn yields to tokio, whose current-thread runtime
@@ -214,40 +263,49 @@ impl OipGrpc {
         });
         let resp: ModelInferResponse = answer.map_err(|e| grpc_err("ModelInfer", e))?.into_inner();
         match &mut self.transport {
-            Transport::Raw { output, .. } => {
-                let [bytes] = resp.raw_output_contents.as_slice() else {
-                    return Err(Error::Grpc(format!("expected one raw output, got {}", resp.raw_output_contents.len())));
-                };
-                if bytes.len() != self.output_len * 4 {
-                    return Err(Error::Grpc(format!("expected {} output bytes, got {}", self.output_len * 4, bytes.len())));
+            Transport::Raw { outputs, .. } => {
+                if resp.raw_output_contents.len() != self.outputs.len() {
+                    return Err(Error::Grpc(format!("expected {} raw outputs, got {}", self.outputs.len(), resp.raw_output_contents.len())));
                 }
-                output.clear();
-                output.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+                for (bytes, o) in resp.raw_output_contents.iter().zip(&self.outputs) {
+                    if bytes.len() != o.byte_len() {
+                        return Err(Error::Grpc(format!("output {}: expected {} bytes, got {}", o.name, o.byte_len(), bytes.len())));
+                    }
+                }
+                *outputs = resp.raw_output_contents;
             }
-            Transport::Shm { output, .. } => {
-                std::hint::black_box(output.floats(1)?[0]);
+            Transport::Shm { outputs, .. } => {
+                std::hint::black_box(outputs[0].read(1)?[0]);
             }
         }
         Ok(())
     }
 
-    fn output(&self) -> Result<Vec<f32>> {
-        match &self.transport {
-            Transport::Raw { output, .. } => Ok(output.clone()),
-            Transport::Shm { output, .. } => Ok(output.floats(self.output_len)?.to_vec()),
-        }
+    fn output_tensors(&self) -> Result<Vec<HostTensor>> {
+        self.outputs
+            .iter()
+            .enumerate()
+            .map(|(k, o)| {
+                let bytes = match &self.transport {
+                    Transport::Raw { outputs, .. } => outputs.get(k).cloned().unwrap_or_default(),
+                    Transport::Shm { outputs, .. } => outputs[k].read(o.byte_len())?.to_vec(),
+                };
+                HostTensor::new(&o.name, o.dtype, &o.shape, bytes)
+            })
+            .collect()
     }
 }
 
 impl Scheme for OipGrpc {
     fn refresh(&mut self, _: u64, sample: &[HostTensor]) -> Result<()> {
-        match &mut self.transport {
-            Transport::Raw { input, .. } => copy_f32(sample, input),
-            Transport::Shm { input, .. } => match sample {
-                [t] if t.dtype == crate::dtype::DType::F32 => input.write(t.bytes()),
-                _ => Err(Error::Argument("this scheme takes one float32 tensor".into())),
-            },
+        if sample.len() != self.inputs.len() {
+            return Err(Error::Argument(format!("{} inputs for a model taking {}", sample.len(), self.inputs.len())));
         }
+        match &mut self.transport {
+            Transport::Raw { inputs, .. } => inputs.iter_mut().zip(sample).for_each(|(buf, t)| buf.copy_from_slice(t.bytes())),
+            Transport::Shm { inputs, .. } => inputs.iter().zip(sample).try_for_each(|(object, t)| object.write(t.bytes()))?,
+        }
+        Ok(())
     }
     fn request(&mut self) -> Result<RunTiming> {
         timed(|| self.once())
@@ -255,8 +313,7 @@ impl Scheme for OipGrpc {
     fn check(&mut self, sample: &[HostTensor]) -> Result<Vec<HostTensor>> {
         self.refresh(0, sample)?;
         self.once()?;
-        let out = self.output()?;
-        Ok(vec![HostTensor::from_values("output__0", &[out.len() as i64], &out)?])
+        self.output_tensors()
     }
     fn threads(&self) -> String {
         let waits = if self.poll.is_zero() { "sleeping".to_string() } else { format!("polling up to {} µs", self.poll.as_micros()) };

@@ -5,7 +5,7 @@
 use super::BenchOptions;
 use crate::error::{Error, Result};
 use crate::host_tensor::HostTensor;
-use crate::ipc::{Client, LoanedRequest};
+use crate::ipc::{Client, LoanedRequest, NamedTensor, Response};
 use crate::mode::Mode;
 use crate::model::{Model, TensorInfo};
 use crate::runtime::Runtime;
@@ -234,17 +234,18 @@ impl Drop for ServerChild {
     }
 }
 
-/// `shm-ipc`: a `uminfer serve` child process and the shared-memory client.
-/// The caller's input memory is a request sample loaned ahead
-/// ([`Client::loan`]), as a session's input region is `cpu-zero-copy`'s: the
-/// input is written there outside the timing, and a request is the send and
-/// the wait; the caller reads the output where it lies in the response
-/// sample, as `cpu-zero-copy`'s caller reads its session's output region and
-/// `oip-grpc-shm`'s its output region (copying it out is the correctness
-/// check's business, untimed).
+/// `shm-ipc`: a `uminfer serve` child process and the shared-memory client
+/// (protocol v2, any model: every input of the sample carried, every output
+/// checked). The caller's input memory is a request sample loaned ahead
+/// ([`Client::loan`]), as a session's input regions are `cpu-zero-copy`'s:
+/// the inputs are written there outside the timing, and a request is the
+/// send and the wait; the caller reads the outputs where they lie in the
+/// response sample, as `cpu-zero-copy`'s caller reads its session's output
+/// regions and `oip-grpc-shm`'s its output region (copying them out is the
+/// correctness check's business, untimed). `shm-echo` is the same with a
+/// server that answers zeros without running the model (`serve --echo`).
 pub(crate) struct ShmIpc {
     client: Client,
-    shape: Vec<i64>,
     /// The next request, loaned and filled by `refresh`.
     next: Option<LoanedRequest>,
     /// [`server_threads_note`] and the session mode, taken at start.
@@ -254,21 +255,36 @@ pub(crate) struct ShmIpc {
 }
 
 impl ShmIpc {
-    pub(crate) fn start(exe: &Path, model: &Path, shape: &[i64], threads: usize, mode: Mode) -> Result<Self> {
-        let name = format!("bench-{}", std::process::id());
-        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        let args = ["serve", "--name", &name, "--mode", mode.id(), "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
-        let (server, _) = ServerChild::start_reporting(exe, args.into_iter().chain([model.as_os_str().to_owned()]), "ipc")?;
+    /// Starts `uminfer serve` on `model` with every input declared as the
+    /// bench resolved it (`--input-spec`), and connects; with `echo`, the
+    /// server answers without running the model (`shm-echo`).
+    pub(crate) fn start(exe: &Path, model: &Path, inputs: &[TensorInfo], echo: bool, threads: usize, mode: Mode) -> Result<Self> {
+        // One endpoint per server: a run of several models has one per model.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!("bench-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let mut args: Vec<OsString> = ["serve", "--name", &name, "--mode", mode.id(), "--intra-op-threads", &threads.to_string()].map(OsString::from).into();
+        if echo {
+            args.push("--echo".into());
+        }
+        for i in inputs {
+            let dims: Vec<String> = i.shape.iter().map(|d| d.to_string()).collect();
+            args.extend([OsString::from("--input-spec"), OsString::from(format!("{}={}:{}", i.name, i.dtype.name(), dims.join(",")))]);
+        }
+        args.extend([OsString::from("--model"), model.as_os_str().to_owned()]);
+        let (server, _) = ServerChild::start_reporting(exe, args, "ipc")?;
         let client = Client::connect(&name, Duration::from_secs(10))?;
+        if client.inputs() != inputs {
+            return Err(Error::Ipc(format!("the server took the inputs {}, not {}", crate::session::tensor_ref::list(client.inputs()), crate::session::tensor_ref::list(inputs))));
+        }
         let why = if threads < crate::intra_op::cores() { "cores - 1, as `uminfer serve` chooses: a tiny forward pass" } else { "all cores, as `uminfer serve` chooses: its client gives its core away while it polls" };
         let note = format!("{}; serve --mode {mode}", server_threads_note(threads, why));
-        Ok(Self { client, shape: shape.to_vec(), next: None, server: note, _server: server })
+        Ok(Self { client, next: None, server: note, _server: server })
     }
 
-    /// Sends the request `refresh` prepared; `read` gets the output in place.
-    fn round_trip<R>(&mut self, read: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    /// Sends the request `refresh` prepared; `read` gets the outputs in place.
+    fn round_trip<R>(&mut self, read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
         let req = self.next.take().ok_or_else(|| Error::Ipc("shm-ipc: no request was prepared".into()))?;
-        self.client.send(req, |r| read(r.data))
+        self.client.send(req, read)
     }
 }
 
@@ -276,17 +292,16 @@ impl Scheme for ShmIpc {
     fn refresh(&mut self, _: u64, sample: &[HostTensor]) -> Result<()> {
         let req = match &mut self.next {
             Some(req) => req,
-            empty => empty.insert(self.client.loan(&self.shape)?),
+            empty => empty.insert(self.client.loan()?),
         };
-        copy_f32(sample, req.data_mut())
+        sample.iter().try_for_each(|t| req.write(&NamedTensor::of(t)?))
     }
     fn request(&mut self) -> Result<RunTiming> {
-        timed(|| self.round_trip(|out| std::hint::black_box(out.first().copied())).map(drop))
+        timed(|| self.round_trip(|r| std::hint::black_box(r.tensor(0).and_then(|t| t.bytes().first().copied()))).map(drop))
     }
     fn check(&mut self, sample: &[HostTensor]) -> Result<Vec<HostTensor>> {
         self.refresh(0, sample)?;
-        let out = self.round_trip(<[f32]>::to_vec)?;
-        Ok(vec![HostTensor::from_values("output__0", &[out.len() as i64], &out)?])
+        self.round_trip(|r| r.to_host())?
     }
     fn threads(&self) -> String {
         self.server.clone()

@@ -34,6 +34,11 @@ pub struct SchemeResult {
     pub p50_vs_cpu_zero_copy: Option<f64>,
     /// This scheme's P50 over `serialize-copy`'s.
     pub p50_vs_serialize_copy: Option<f64>,
+    /// For a transport scheme (`shm-ipc`; `oip-grpc`, `oip-grpc-shm`): what
+    /// it adds to `cpu-zero-copy` (P50 − `cpu-zero-copy` P50) over its
+    /// floor's P50 (`shm-echo`; `grpc-echo`), when both ran: how close the
+    /// transport comes to the bare cost of moving its bytes.
+    pub transport_vs_floor: Option<f64>,
     /// Latency distribution for the plot: (µs, cumulative fraction).
     #[serde(skip)]
     pub cdf: Vec<(f64, f64)>,
@@ -59,6 +64,7 @@ impl SchemeResult {
             device_p50_us: None,
             p50_vs_cpu_zero_copy: None,
             p50_vs_serialize_copy: None,
+            transport_vs_floor: None,
             cdf: Vec::new(),
         }
     }
@@ -80,13 +86,28 @@ impl SchemeResult {
     }
 }
 
-/// Fills the P50 ratios against `cpu-zero-copy` and `serialize-copy` of the same model.
+/// The floor scheme of a transport scheme: the same bytes through the same
+/// transport to a server that runs no model.
+pub fn floor_of(scheme: &str) -> Option<&'static str> {
+    match scheme {
+        "shm-ipc" => Some("shm-echo"),
+        "oip-grpc" | "oip-grpc-shm" => Some("grpc-echo"),
+        _ => None,
+    }
+}
+
+/// Fills the P50 ratios against `cpu-zero-copy` and `serialize-copy` of the
+/// same model, and each transport scheme's against its floor.
 pub fn add_ratios(results: &mut [SchemeResult]) {
     let p50 = |name: &str, model: &str, rs: &[SchemeResult]| rs.iter().find(|r| r.scheme == name && r.model == model).and_then(|r| r.p50_us);
-    let refs: Vec<(Option<f64>, Option<f64>)> = results.iter().map(|r| (p50("cpu-zero-copy", &r.model, results), p50("serialize-copy", &r.model, results))).collect();
-    for (r, (cpu, ser)) in results.iter_mut().zip(refs) {
+    let refs: Vec<[Option<f64>; 3]> = results
+        .iter()
+        .map(|r| [p50("cpu-zero-copy", &r.model, results), p50("serialize-copy", &r.model, results), floor_of(&r.scheme).and_then(|f| p50(f, &r.model, results))])
+        .collect();
+    for (r, [cpu, ser, floor]) in results.iter_mut().zip(refs) {
         r.p50_vs_cpu_zero_copy = r.p50_us.zip(cpu).map(|(a, b)| a / b);
         r.p50_vs_serialize_copy = r.p50_us.zip(ser).map(|(a, b)| a / b);
+        r.transport_vs_floor = r.p50_us.zip(cpu).zip(floor).map(|((a, c), f)| (a - c) / f);
     }
 }
 
@@ -126,6 +147,13 @@ pub fn table(results: &[SchemeResult]) -> String {
             r2(r.p50_vs_cpu_zero_copy),
             r2(r.p50_vs_serialize_copy)
         ));
+    }
+    for r in results {
+        if let (Some(ratio), Some(p50), Some(floor)) = (r.transport_vs_floor, r.p50_us, floor_of(&r.scheme)) {
+            let cpu = results.iter().find(|c| c.scheme == "cpu-zero-copy" && c.model == r.model).and_then(|c| c.p50_us).unwrap_or(p50);
+            let on = if several { format!(" on {}", r.model) } else { String::new() };
+            out.push_str(&format!("  {}{on}: P50 − cpu-zero-copy P50 = {:+.1} µs = {ratio:.2} × {floor} P50\n", r.scheme, p50 - cpu));
+        }
     }
     for r in results.iter().filter(|r| r.status != Status::Ok) {
         let on = if several { format!(" on {}", r.model) } else { String::new() };

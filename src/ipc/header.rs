@@ -1,41 +1,52 @@
-//! The wire contract's headers (protocol version 1) and the validation of a
-//! request before any of it is used. See `docs/ipc.md`.
+//! What both protocol versions share (magic, statuses, limits), and the
+//! protocol v1 headers with the validation of a v1 request. Protocol v2's
+//! tensor table is in [`table`](super::table). See `docs/ipc.md`.
 
 use iceoryx2::prelude::ZeroCopySend;
 
 /// `"UMIF"`: first field of every header.
 pub const MAGIC: u32 = 0x554D_4946;
-/// Version of the contract these headers implement.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Protocol version 1: one float32 tensor each way.
+pub const PROTOCOL_V1: u16 = 1;
 /// Highest tensor rank a header can describe.
 pub const MAX_RANK: usize = 8;
 /// Bytes of error text a response can carry.
 pub const MAX_ERROR_LEN: usize = 256;
+/// Protocol v1's only dtype code: float32 (protocol v2 gives it the same code).
+pub const DTYPE_F32: u8 = 1;
 
-/// Element type codes (`dtype` fields). Protocol v1 payloads are float32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum DType {
-    F32 = 1,
-}
-
-/// Status of a response.
+/// Status of a response (both versions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
 pub enum Status {
     /// The payload is the model's output.
     Ok = 0,
-    /// The request was malformed (header, size, shape); `error` says how.
+    /// The request was malformed (header, table, size, shape, dtype); `error` says how.
     BadRequest = 1,
     /// The model failed on a well-formed request; `error` has libtorch's reason.
     ModelError = 2,
+    /// The server could not answer a well-formed request (no shared memory
+    /// for the response); `error` says why.
+    ServerError = 3,
 }
 
-/// Metadata of a request; the payload is the input tensor's elements.
+impl Status {
+    /// How [`Error::Remote`](crate::Error::Remote) names status code `code`.
+    pub fn describe(code: u16) -> &'static str {
+        match code {
+            x if x == Status::BadRequest as u16 => "bad request",
+            x if x == Status::ModelError as u16 => "model error",
+            x if x == Status::ServerError as u16 => "server error",
+            _ => "unknown status",
+        }
+    }
+}
+
+/// Metadata of a v1 request; the payload is the input tensor's float32 elements.
 #[derive(Debug, Default, Clone, Copy, ZeroCopySend)]
 #[repr(C)]
 #[type_name("UminferRequestHeaderV1")]
-pub struct RequestHeader {
+pub struct RequestHeaderV1 {
     pub magic: u32,
     pub version: u16,
     pub dtype: u8,
@@ -44,12 +55,12 @@ pub struct RequestHeader {
     pub shape: [u64; MAX_RANK],
 }
 
-/// Metadata of a response; the payload is the output tensor's elements
-/// (empty unless `status` is `Ok`).
+/// Metadata of a v1 response; the payload is the output tensor's float32
+/// elements (empty unless `status` is `Ok`).
 #[derive(Debug, Clone, Copy, ZeroCopySend)]
 #[repr(C)]
 #[type_name("UminferResponseHeaderV1")]
-pub struct ResponseHeader {
+pub struct ResponseHeaderV1 {
     pub magic: u32,
     pub version: u16,
     pub status: u16,
@@ -62,13 +73,13 @@ pub struct ResponseHeader {
     pub error: [u8; MAX_ERROR_LEN],
 }
 
-impl Default for ResponseHeader {
+impl Default for ResponseHeaderV1 {
     fn default() -> Self {
         Self {
             magic: MAGIC,
-            version: PROTOCOL_VERSION,
+            version: PROTOCOL_V1,
             status: Status::Ok as u16,
-            dtype: DType::F32 as u8,
+            dtype: DTYPE_F32,
             rank: 0,
             error_len: 0,
             reserved: 0,
@@ -79,40 +90,55 @@ impl Default for ResponseHeader {
     }
 }
 
-/// The first [`MAX_RANK`] dimensions of `shape` in a header's fixed array (rest 0).
-fn pack_shape(shape: &[i64]) -> [u64; MAX_RANK] {
+/// The first [`MAX_RANK`] dimensions of `shape` in a header's fixed array
+/// (the rest 0); `None` for a longer shape or a negative dimension.
+pub(crate) fn pack_shape(shape: &[i64]) -> Option<[u64; MAX_RANK]> {
+    if shape.len() > MAX_RANK {
+        return None;
+    }
     let mut out = [0; MAX_RANK];
     for (s, &d) in out.iter_mut().zip(shape) {
-        *s = d as u64;
+        *s = u64::try_from(d).ok()?;
     }
-    out
+    Some(out)
 }
 
-impl RequestHeader {
+/// Writes `message` into an error field (cut to [`MAX_ERROR_LEN`] bytes on a
+/// char boundary); returns the bytes used.
+pub(crate) fn write_error(field: &mut [u8; MAX_ERROR_LEN], message: &str) -> u16 {
+    let mut end = message.len().min(MAX_ERROR_LEN);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    field[..end].copy_from_slice(&message.as_bytes()[..end]);
+    end as u16
+}
+
+/// The text of an error field (lossy UTF-8).
+pub(crate) fn read_error(field: &[u8; MAX_ERROR_LEN], len: u16) -> String {
+    String::from_utf8_lossy(&field[..(len as usize).min(MAX_ERROR_LEN)]).into_owned()
+}
+
+impl RequestHeaderV1 {
     /// A v1 float32 request header for `shape`.
     pub fn new(request_id: u64, shape: &[i64]) -> Option<Self> {
-        if shape.is_empty() || shape.len() > MAX_RANK || shape.iter().any(|&d| d < 0) {
+        if shape.is_empty() {
             return None;
         }
-        Some(Self { magic: MAGIC, version: PROTOCOL_VERSION, dtype: DType::F32 as u8, rank: shape.len() as u8, request_id, shape: pack_shape(shape) })
+        Some(Self { magic: MAGIC, version: PROTOCOL_V1, dtype: DTYPE_F32, rank: shape.len() as u8, request_id, shape: pack_shape(shape)? })
     }
 }
 
-impl ResponseHeader {
+impl ResponseHeaderV1 {
     /// An `Ok` response header for `shape`.
     pub fn ok(request_id: u64, shape: &[i64]) -> Self {
-        Self { request_id, rank: shape.len().min(MAX_RANK) as u8, shape: pack_shape(shape), ..Self::default() }
+        Self { request_id, rank: shape.len().min(MAX_RANK) as u8, shape: pack_shape(shape).unwrap_or_default(), ..Self::default() }
     }
 
     /// A failed response carrying `message` (cut to [`MAX_ERROR_LEN`] bytes on a char boundary).
     pub fn failed(request_id: u64, status: Status, message: &str) -> Self {
         let mut h = Self { request_id, status: status as u16, ..Self::default() };
-        let mut end = message.len().min(MAX_ERROR_LEN);
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        h.error[..end].copy_from_slice(&message.as_bytes()[..end]);
-        h.error_len = end as u16;
+        h.error_len = write_error(&mut h.error, message);
         h
     }
 
@@ -123,22 +149,22 @@ impl ResponseHeader {
 
     /// The error text (lossy UTF-8), empty for `Ok`.
     pub fn error_text(&self) -> String {
-        String::from_utf8_lossy(&self.error[..(self.error_len as usize).min(MAX_ERROR_LEN)]).into_owned()
+        read_error(&self.error, self.error_len)
     }
 }
 
-/// Checks every field of a request against the payload it came with and the
-/// model's input shape, before anything is read. `max_elements` bounds the
-/// payload (the server's `--max-bytes` / 4). Pure: the fuzz test drives it.
-pub fn validate_request(h: &RequestHeader, payload_elements: usize, model_shape: &[i64], max_elements: usize) -> Result<(), String> {
+/// Checks every field of a v1 request against the payload it came with and
+/// the model's input shape, before anything is read. `max_elements` bounds
+/// the payload (the server's `--max-bytes` / 4). Pure: the fuzz test drives it.
+pub fn validate_request_v1(h: &RequestHeaderV1, payload_elements: usize, model_shape: &[i64], max_elements: usize) -> Result<(), String> {
     if h.magic != MAGIC {
         return Err(format!("bad magic 0x{:08x}: not a uminfer request", h.magic));
     }
-    if h.version != PROTOCOL_VERSION {
-        return Err(format!("protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}", h.version));
+    if h.version != PROTOCOL_V1 {
+        return Err(format!("protocol version {} is not supported on this service; it speaks {PROTOCOL_V1} (protocol 2 has a service of its own, see docs/ipc.md)", h.version));
     }
-    if h.dtype != DType::F32 as u8 {
-        return Err(format!("dtype code {} is not supported; protocol {PROTOCOL_VERSION} carries float32 (code 1)", h.dtype));
+    if h.dtype != DTYPE_F32 {
+        return Err(format!("dtype code {} is not supported; protocol {PROTOCOL_V1} carries float32 (code 1)", h.dtype));
     }
     let rank = h.rank as usize;
     if rank == 0 || rank > MAX_RANK {

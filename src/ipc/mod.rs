@@ -2,10 +2,11 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`header`] | the v1 request/response headers, dtype and status codes, request validation |
-//! | [`service`] | service names (`uminfer/<NAME>`), iceoryx2 node and service settings shared by all sides |
-//! | [`server`] | [`Server`]: dispatcher + workers over a `SessionPool` |
-//! | [`client`] | [`Client`]: connect, `infer`, `infer_in_place` |
+//! | [`header`] | what both protocol versions share (magic, statuses, limits); the v1 headers and request validation |
+//! | [`table`] | protocol v2: the tensor table ([`table::TensorEntry`]), its headers, dtype codes, the layout of a payload, [`table::Signature`] (validation of a request against the model) |
+//! | [`service`] | service names (`uminfer/<NAME>`, `uminfer/<NAME>/v2`), iceoryx2 node and service settings shared by all sides |
+//! | [`server`] | [`Server`]: dispatcher + workers over a `SessionPool`, both protocols |
+//! | [`client`] | [`Client`] (protocol v2): connect, `infer_tensors`, `infer_with`, `loan` + `send` |
 //!
 //! The contract is documented in `docs/ipc.md`; the Python client in
 //! `clients/python/` implements the same one.
@@ -14,6 +15,7 @@ pub mod client;
 pub mod header;
 pub mod server;
 pub mod service;
+pub mod table;
 
-pub use client::{Client, LoanedRequest, Response};
+pub use client::{Client, LoanedRequest, NamedTensor, Response};
 pub use server::{ServeOptions, ServeStats, Server};

@@ -1,21 +1,30 @@
-//! `uminfer serve`: one endpoint, a [`SessionPool`] behind it.
+//! `uminfer serve`: one endpoint, a [`SessionPool`] behind it, any model.
 //!
-//! A dispatcher thread waits for requests (a short spin, then iceoryx2's
-//! WaitSet on the request-event listener, so an idle server uses no CPU) and
-//! hands each to one of K workers. A worker validates the header, runs the
-//! model over the request sample in shared memory (`cpu`: a `from_blob` view,
-//! no copy; GPU modes: copied into the session's input region) straight into
-//! the loaned response sample, sends it and wakes that client's listener.
+//! The endpoint offers both protocols (`docs/ipc.md`): v2 (`uminfer/NAME/v2`,
+//! named tensors of any dtype) and v1 (`uminfer/NAME`, one float32 tensor
+//! each way: served when the model is such, else each request refused with
+//! a message that names protocol v2). A dispatcher thread waits for requests
+//! on both (a short spin, then iceoryx2's WaitSet on the request-event
+//! listener they share, so an idle server uses no CPU) and hands each to one
+//! of K workers. A worker validates the header (v2: its whole tensor table)
+//! before it reads the payload, runs the model over the request sample in
+//! shared memory (`cpu`: tensors over the sample, no copy; GPU modes: copied
+//! into the session's input regions) straight into the loaned response
+//! sample, sends it and wakes that client's listener.
 
-use super::header::{validate_request, RequestHeader, ResponseHeader, Status};
+use super::header::{validate_request_v1, RequestHeaderV1, ResponseHeaderV1, Status, MAGIC};
 use super::service::{self, Ipc};
+use super::table::{RequestHeaderV2, ResponseHeaderV2, Signature, KIND_DESCRIBE, MAX_TENSORS, PROTOCOL_V2};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::model::InputDecl;
 use crate::runtime::Runtime;
-use crate::session::pool::one_f32_tensor;
 use crate::session::{ModeChoice, SessionPool, SessionSpec, TensorMut, TensorRef};
 use iceoryx2::active_request::ActiveRequest;
 use iceoryx2::prelude::*;
 use iceoryx2::waitset::WaitSetRunResult;
+use smallvec::SmallVec;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,17 +33,54 @@ use std::time::{Duration, Instant};
 /// gRPC server's poller too).
 pub(crate) const YIELD_EVERY: Duration = Duration::from_micros(20);
 
-type Request = ActiveRequest<Ipc, [f32], RequestHeader, [f32], ResponseHeader>;
+/// The clients of protocol v2 to point a v1 client to (the Python package's
+/// version, and the Rust crate's release this server belongs to).
+pub const V2_CLIENTS: &str = concat!("uminfer_client >= 0.2.0 (Python) or uminfer::ipc::Client / `uminfer infer` of this server's release (uminfer ", env!("CARGO_PKG_VERSION"), ")");
+
+type RequestV1 = ActiveRequest<Ipc, [f32], RequestHeaderV1, [f32], ResponseHeaderV1>;
+type RequestV2 = ActiveRequest<Ipc, [u8], RequestHeaderV2, [u8], ResponseHeaderV2>;
+
+/// A request of either protocol.
+enum Incoming {
+    V1(RequestV1),
+    V2(RequestV2),
+}
+
+impl Incoming {
+    fn is_connected(&self) -> bool {
+        match self {
+            Incoming::V1(r) => r.is_connected(),
+            Incoming::V2(r) => r.is_connected(),
+        }
+    }
+
+    fn origin(&self) -> iceoryx2::identifiers::UniqueClientId {
+        match self {
+            Incoming::V1(r) => r.origin(),
+            Incoming::V2(r) => r.origin(),
+        }
+    }
+
+    fn request_id(&self) -> u64 {
+        match self {
+            Incoming::V1(r) => r.user_header().request_id,
+            Incoming::V2(r) => r.user_header().request_id,
+        }
+    }
+}
 
 /// What to serve and how.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Endpoint name: the service is `uminfer/<name>`.
+    /// Endpoint name: the services are `uminfer/<name>` (v1) and `uminfer/<name>/v2`.
     pub name: String,
-    /// TorchScript model file.
+    /// Model file (TorchScript or AOTInductor package).
     pub model: std::path::PathBuf,
-    /// The model's input shape (requests must match it).
-    pub input_shape: Vec<i64>,
+    /// What is declared of the model's inputs where it records nothing (or
+    /// overrides a TorchScript file's record): requests must match. A
+    /// declaration without a name (`--input-shape`) is the only input's, of
+    /// the model's dtype or float32 when it records none.
+    pub inputs: Vec<InputDecl>,
     /// Session mode.
     pub mode: ModeChoice,
     /// Sessions, and worker threads.
@@ -44,25 +90,31 @@ pub struct ServeOptions {
     /// Poll for the next request this long before blocking (yielding the
     /// CPU between polls, so that a client on the same core still runs).
     pub spin: Duration,
+    /// Answer v2 requests without running the model: zeros of the outputs'
+    /// dtypes and shapes, after the same checks (`uminfer bench`'s
+    /// `shm-echo`, the transport's floor).
+    pub echo: bool,
 }
 
 impl ServeOptions {
-    /// Largest request payload in float32 elements (`max_bytes / 4`).
-    pub fn max_elements(&self) -> usize {
-        self.max_bytes / std::mem::size_of::<f32>()
-    }
-
-    /// Defaults: input `1×3×128×128`, `cpu`, 1 worker, 64 MiB, 200 µs spin.
+    /// Defaults: the inputs as the model records them, `cpu`, 1 worker, 64 MiB, 200 µs spin.
     pub fn new(name: &str, model: impl Into<std::path::PathBuf>) -> Self {
         Self {
             name: name.to_string(),
             model: model.into(),
-            input_shape: vec![1, 3, 128, 128],
+            inputs: Vec::new(),
             mode: ModeChoice::Fixed(crate::Mode::Cpu),
             workers: 1,
             max_bytes: 64 << 20,
             spin: Duration::from_micros(200),
+            echo: false,
         }
+    }
+
+    /// Declares the shape of a one-input model's input (`--input-shape`).
+    pub fn input_shape(mut self, shape: &[i64]) -> Self {
+        self.inputs.push(InputDecl { name: None, dtype: None, shape: Some(shape.to_vec()) });
+        self
     }
 }
 
@@ -75,20 +127,31 @@ pub struct ServeStats {
     pub abandoned: AtomicU64,
 }
 
+/// How the v1 service answers: the model's one float32 tensor each way, or
+/// a refusal that names protocol v2.
+enum V1 {
+    Serve { input_shape: Vec<i64>, output_shape: Vec<i64>, max_elements: usize },
+    Refuse(String),
+}
+
 /// A running server: [`Server::run`] blocks until [`Server::stop`] is called
 /// from another thread or SIGINT/SIGTERM arrives.
 pub struct Server {
     opts: ServeOptions,
     node: Node<Ipc>,
-    port: iceoryx2::port::server::Server<Ipc, [f32], RequestHeader, [f32], ResponseHeader>,
+    port_v2: iceoryx2::port::server::Server<Ipc, [u8], RequestHeaderV2, [u8], ResponseHeaderV2>,
+    port_v1: iceoryx2::port::server::Server<Ipc, [f32], RequestHeaderV1, [f32], ResponseHeaderV1>,
     listener: iceoryx2::port::listener::Listener<Ipc>,
     response_events: iceoryx2::service::port_factory::event::PortFactory<Ipc>,
     pool: Arc<SessionPool>,
-    output_shape: Vec<i64>,
+    signature: Signature,
+    /// The describe response's payload.
+    describe: String,
+    v1: V1,
     stop: Arc<AtomicBool>,
     stats: Arc<ServeStats>,
-    // Keeps the service alive while the server runs.
-    _service: service::TensorService,
+    // Keep the services alive while the server runs.
+    _services: (service::ServiceV2, service::ServiceV1),
 }
 
 impl Server {
@@ -102,28 +165,65 @@ impl Server {
         if cleaned > 0 {
             tracing::info!("removed the resources of {cleaned} dead node(s) (crashed servers or clients)");
         }
-        let svc = service::tensor_service(&node, &names, true)?;
+        let svc_v2 = service::service_v2(&node, &names, true)?;
+        let svc_v1 = service::service_v1(&node, &names, true)?;
         let refuse = || Error::Ipc(format!("a live server already serves {}; stop it first", names.service));
-        if svc.dynamic_config().number_of_servers() > 0 {
+        if svc_v2.dynamic_config().number_of_servers() > 0 || svc_v1.dynamic_config().number_of_servers() > 0 {
             return Err(refuse());
         }
-        let max_elements = opts.max_elements();
         let model = rt.model(&opts.model)?;
-        let n_in: i64 = opts.input_shape.iter().product();
-        if n_in <= 0 || n_in as usize > max_elements {
-            return Err(Error::Ipc(format!("input shape {:?} does not fit --max-bytes {}", opts.input_shape, opts.max_bytes)));
+        let recorded = model.inputs()?;
+        let mut spec = SessionSpec::new().mode_choice(opts.mode);
+        for d in &opts.inputs {
+            // A bare shape is a one-input model's, float32 where it records no dtype.
+            let dtype = match (&d.name, d.dtype, recorded) {
+                (None, None, [only]) => Some(only.dtype.unwrap_or(DType::F32)),
+                _ => d.dtype,
+            };
+            spec = spec.declare(InputDecl { dtype, ..d.clone() });
         }
-        let spec = SessionSpec::new().mode_choice(opts.mode);
-        let (pool, output_shape) = one_f32_tensor(rt, &model, spec, &opts.input_shape, opts.workers.max(1), "the shared-memory protocol v1")?;
-        let pool = Arc::new(pool);
-        let n_out: usize = output_shape.iter().product::<i64>() as usize;
-        let port = svc
+        let pool = SessionPool::new(rt, &model, spec, opts.workers.max(1))?;
+        let signature = Signature::new(pool.inputs(), pool.outputs(), opts.max_bytes).map_err(|e| Error::Ipc(format!("model {}: {e}", opts.model.display())))?;
+        let request_bytes = super::table::layout(pool.inputs().iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice()))).map_err(Error::Ipc)?.len;
+        if request_bytes > opts.max_bytes {
+            return Err(Error::Ipc(format!(
+                "the model's inputs ({}) take {request_bytes} bytes, above --max-bytes {}",
+                crate::session::tensor_ref::list(pool.inputs()),
+                opts.max_bytes
+            )));
+        }
+        let ranges: Vec<Option<(i64, i64)>> = recorded.iter().map(|m| m.range).collect();
+        let describe = signature.describe(&ranges);
+        let v1 = match (pool.inputs(), pool.outputs()) {
+            ([i], [o]) if i.dtype == DType::F32 && o.dtype == DType::F32 => {
+                V1::Serve { input_shape: i.shape.clone(), output_shape: o.shape.clone(), max_elements: opts.max_bytes / std::mem::size_of::<f32>() }
+            }
+            (ins, outs) => V1::Refuse(format!(
+                "this model needs protocol v2 ({}): use {V2_CLIENTS}. Protocol v1 carries one float32 tensor each way; the model takes {} and returns {}",
+                names.service_v2,
+                crate::session::tensor_ref::list(ins),
+                crate::session::tensor_ref::list(outs)
+            )),
+        };
+        let server_port_err = |e: &dyn std::fmt::Display| if format!("{e}").contains("ExceedsMaxSupportedServers") { refuse() } else { Error::Ipc(format!("server port: {e}")) };
+        let port_v2 = svc_v2
             .server_builder()
-            .initial_max_slice_len(n_out.max(1))
+            .initial_max_slice_len(signature.response_len().max(1))
             .allocation_strategy(AllocationStrategy::PowerOfTwo)
             .backpressure_strategy(BackpressureStrategy::DiscardData)
             .create()
-            .map_err(|e| if format!("{e}").contains("ExceedsMaxSupportedServers") { refuse() } else { Error::Ipc(format!("server port: {e}")) })?;
+            .map_err(|e| server_port_err(&e))?;
+        let v1_out = match &v1 {
+            V1::Serve { output_shape, .. } => output_shape.iter().product::<i64>() as usize,
+            V1::Refuse(_) => 1,
+        };
+        let port_v1 = svc_v1
+            .server_builder()
+            .initial_max_slice_len(v1_out.max(1))
+            .allocation_strategy(AllocationStrategy::PowerOfTwo)
+            .backpressure_strategy(BackpressureStrategy::DiscardData)
+            .create()
+            .map_err(|e| server_port_err(&e))?;
         let listener = service::request_events(&node, &names)?
             .listener_builder()
             .create()
@@ -131,19 +231,32 @@ impl Server {
         let response_events = service::response_events(&node, &names)?;
         {
             let s = pool.checkout();
-            tracing::info!("serving {} on {} in mode {}: {}", opts.model.display(), names.service, s.mode(), s.note());
+            let v1_note = if matches!(v1, V1::Serve { .. }) { "v1 too" } else { "v1 refused: the model is not one float32 tensor each way" };
+            tracing::info!(
+                "serving {} on {} (protocol v2; {v1_note} on {}) in mode {}: {}; inputs {}; outputs {}",
+                opts.model.display(),
+                names.service_v2,
+                names.service,
+                s.mode(),
+                s.note(),
+                crate::session::tensor_ref::list(pool.inputs()),
+                crate::session::tensor_ref::list(pool.outputs())
+            );
         }
         Ok(Self {
             opts,
             node,
-            port,
+            port_v2,
+            port_v1,
             listener,
             response_events,
-            pool,
-            output_shape,
+            pool: Arc::new(pool),
+            signature,
+            describe,
+            v1,
             stop: Arc::new(AtomicBool::new(false)),
             stats: Arc::new(ServeStats::default()),
-            _service: svc,
+            _services: (svc_v2, svc_v1),
         })
     }
 
@@ -157,10 +270,18 @@ impl Server {
         self.stats.clone()
     }
 
+    /// The next request of either protocol, if one is waiting (v2 first).
+    fn receive(&self) -> Result<Option<Incoming>> {
+        let err = |e: &dyn std::fmt::Display| Error::Ipc(format!("receiving a request: {e}"));
+        if let Some(r) = self.port_v2.receive().map_err(|e| err(&e))? {
+            return Ok(Some(Incoming::V2(r)));
+        }
+        Ok(self.port_v1.receive().map_err(|e| err(&e))?.map(Incoming::V1))
+    }
+
     /// Serves until stopped; finishes the requests in flight before returning.
     pub fn run(&self) -> Result<()> {
-        let max_elements = self.opts.max_elements();
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Request>(self.opts.workers.max(1) * 2);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Incoming>(self.opts.workers.max(1) * 2);
         let rx = Arc::new(parking_lot::Mutex::new(rx));
         let waitset = WaitSetBuilder::new()
             .signal_handling_mode(SignalHandlingMode::HandleTerminationRequests)
@@ -168,7 +289,7 @@ impl Server {
             .map_err(|e| Error::Ipc(format!("waitset: {e:?}")))?;
         let guard = waitset.attach_notification(&self.listener).map_err(|e| Error::Ipc(format!("waitset attach: {e:?}")))?;
         std::thread::scope(|sc| -> Result<()> {
-            let worker = Worker { pool: &self.pool, input_shape: &self.opts.input_shape, output_shape: &self.output_shape, max_elements, stats: &self.stats };
+            let worker = Worker { pool: &self.pool, signature: &self.signature, describe: &self.describe, v1: &self.v1, stats: &self.stats, echo: self.opts.echo };
             let new_notifier = || self.response_events.notifier_builder().create().map_err(|e| Error::Ipc(format!("response notifier: {e}")));
             // One worker: the dispatcher answers requests itself (no thread handoff).
             let inline = if self.opts.workers <= 1 { Some(new_notifier()?) } else { None };
@@ -200,8 +321,8 @@ impl Server {
                 let mut spin_until = Instant::now() + self.opts.spin;
                 let mut next_yield = Instant::now() + YIELD_EVERY;
                 loop {
-                    match self.port.receive() {
-                        Ok(Some(req)) => match &inline {
+                    match self.receive()? {
+                        Some(req) => match &inline {
                             Some(notifier) => {
                                 worker.handle(req, notifier);
                                 spin_until = Instant::now() + self.opts.spin;
@@ -212,7 +333,7 @@ impl Server {
                                 }
                             }
                         },
-                        Ok(None) if Instant::now() < spin_until => {
+                        None if Instant::now() < spin_until => {
                             if Instant::now() >= next_yield {
                                 std::thread::yield_now();
                                 next_yield = Instant::now() + YIELD_EVERY;
@@ -220,8 +341,7 @@ impl Server {
                                 std::hint::spin_loop();
                             }
                         }
-                        Ok(None) => break,
-                        Err(e) => return Err(Error::Ipc(format!("receiving a request: {e}"))),
+                        None => break,
                     }
                 }
                 if self.stop.load(Ordering::Acquire) {
@@ -260,64 +380,208 @@ impl Server {
     }
 }
 
+/// A client's id as its response listener is named (`format!("{}", id)`),
+/// written on the stack: naming the listener to wake allocates nothing.
+struct ListenerName {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl ListenerName {
+    fn of(id: iceoryx2::identifiers::UniqueClientId) -> Self {
+        let mut n = Self { buf: [0; 64], len: 0 };
+        // An id is a number in hex: far under 64 bytes (a longer one is cut, and wakes nobody).
+        let _ = std::fmt::Write::write_fmt(&mut n, format_args!("{id}"));
+        n
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Write for ListenerName {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len.checked_add(s.len()).filter(|&e| e <= self.buf.len()).ok_or(std::fmt::Error)?;
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Worker<'a> {
     pool: &'a SessionPool,
-    input_shape: &'a [i64],
-    output_shape: &'a [i64],
-    max_elements: usize,
+    signature: &'a Signature,
+    describe: &'a str,
+    v1: &'a V1,
     stats: &'a ServeStats,
+    /// [`ServeOptions::echo`].
+    echo: bool,
 }
 
 impl Worker<'_> {
-    fn handle(&self, req: Request, notifier: &iceoryx2::port::notifier::Notifier<Ipc>) {
+    fn handle(&self, req: Incoming, notifier: &iceoryx2::port::notifier::Notifier<Ipc>) {
         if !req.is_connected() {
             self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
             return; // the client gave up or died: nobody to answer
         }
-        let client = format!("{}", req.origin());
-        let h = *req.user_header();
-        if let Err(e) = self.answer(req, &h) {
-            tracing::warn!("request {} from client {client}: {e}", h.request_id);
+        let client = ListenerName::of(req.origin());
+        let id = req.request_id();
+        let answered = match req {
+            Incoming::V2(r) => self.answer_v2(r),
+            Incoming::V1(r) => self.answer_v1(r),
+        };
+        if let Err(e) = answered {
+            tracing::warn!("request {id} from client {}: {e}", String::from_utf8_lossy(client.as_bytes()));
         }
         notifier.for_each_listener(|m, d| {
-            if d.listener_name.as_str() == client {
+            if d.listener_name.as_str().as_bytes() == client.as_bytes() {
                 let _ = m.notify();
             }
             CallbackProgression::Continue
         });
     }
 
-    fn answer(&self, req: Request, h: &RequestHeader) -> Result<()> {
-        let send_err = |e: &dyn std::fmt::Display| Error::Ipc(format!("sending a response: {e}"));
-        if let Err(msg) = validate_request(h, req.payload().len(), self.input_shape, self.max_elements) {
-            self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-            return respond_error(&req, h.request_id, Status::BadRequest, &msg);
+    fn bad_v2(&self, req: &RequestV2, message: &str) -> Result<()> {
+        self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        respond_error_v2(req, Status::BadRequest, message)
+    }
+
+    fn answer_v2(&self, req: RequestV2) -> Result<()> {
+        let h = req.user_header();
+        if h.kind == KIND_DESCRIBE && h.magic == MAGIC && h.version == PROTOCOL_V2 {
+            return self.describe(&req);
         }
-        let n_out: i64 = self.output_shape.iter().product();
-        let mut resp = req.loan_slice_uninit(n_out as usize).map_err(|e| send_err(&e))?;
-        let ran = self.pool.infer(&[TensorRef::new(req.payload())], &mut [TensorMut::uninit(resp.payload_mut())]);
+        let placement = match self.signature.check_request(h, req.payload().len()) {
+            Ok(p) => p,
+            Err(msg) => return self.bad_v2(&req, &msg),
+        };
+        let payload = req.payload();
+        let mut inputs: SmallVec<[TensorRef<'_>; MAX_TENSORS]> = SmallVec::new();
+        for (info, &(offset, len)) in self.signature.inputs().iter().zip(&placement.spans) {
+            match TensorRef::from_bytes(info.dtype, &payload[offset..offset + len]) {
+                Ok(t) => inputs.push(t),
+                Err(Error::Argument(why)) => return self.bad_v2(&req, &format!("input `{}`: {why}", info.name)),
+                Err(e) => return self.bad_v2(&req, &format!("input `{}`: {e}", info.name)),
+            }
+        }
+        let mut resp = match req.loan_slice_uninit(self.signature.response_len()) {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = format!("no shared memory for the response of {} bytes: {e}", self.signature.response_len());
+                return respond_error_v2(&req, Status::ServerError, &msg).and(Err(Error::Ipc(msg)));
+            }
+        };
+        let ran = {
+            let mut outputs: SmallVec<[TensorMut<'_>; MAX_TENSORS]> = SmallVec::new();
+            let mut rest: &mut [MaybeUninit<u8>] = resp.payload_mut();
+            let mut pos = 0;
+            let mut split = Ok(());
+            for (e, info) in self.signature.response_table().iter().zip(self.signature.outputs()) {
+                // Offsets grow and lie inside the payload (`layout`): the gap before
+                // each output is padding, zeroed so that every byte sent is initialised.
+                let (pad, r) = std::mem::take(&mut rest).split_at_mut(e.offset as usize - pos);
+                pad.fill(MaybeUninit::new(0));
+                let (o, r) = r.split_at_mut(e.len as usize);
+                rest = r;
+                pos = (e.offset + e.len) as usize;
+                match TensorMut::from_bytes(info.dtype, o) {
+                    Ok(t) => outputs.push(t),
+                    Err(err) => split = Err(err),
+                }
+            }
+            split.and_then(|()| {
+                if self.echo {
+                    outputs.iter_mut().for_each(TensorMut::fill_zero);
+                    Ok(())
+                } else {
+                    self.pool.infer(&inputs, &mut outputs).map(drop)
+                }
+            })
+        };
         match ran {
             Ok(_) => {
-                *resp.user_header_mut() = ResponseHeader::ok(h.request_id, self.output_shape);
-                // SAFETY: `run_on` returned Ok, which guarantees every output element was written.
-                let resp = unsafe { resp.assume_init() };
-                resp.send().map_err(|e| send_err(&e))?;
-                self.stats.served.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+                let table = self.signature.response_table();
+                let rh = resp.user_header_mut();
+                rh.request_id = h.request_id;
+                rh.count = table.len() as u8;
+                rh.tensors[..table.len()].copy_from_slice(table);
+                // SAFETY: `run_on` returned Ok, which guarantees every byte of every
+                // output was written (or, echoing, `fill_zero` wrote them), and the
+                // padding between them was zeroed above: the whole payload is initialised.
+                self.sent(unsafe { resp.assume_init() }.send().map(drop))
             }
             Err(e) => {
                 drop(resp);
-                self.stats.model_errors.fetch_add(1, Ordering::Relaxed);
-                respond_error(&req, h.request_id, Status::ModelError, &e.to_string())
+                respond_error_v2(&req, Status::ModelError, &self.model_error(&e))
+            }
+        }
+    }
+
+    /// Counts a response sent (or says why it was not).
+    fn sent<E: std::fmt::Display>(&self, sent: std::result::Result<(), E>) -> Result<()> {
+        sent.map_err(|e| Error::Ipc(format!("sending a response: {e}")))?;
+        self.stats.served.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Counts a model error; its message for the client.
+    fn model_error(&self, e: &Error) -> String {
+        self.stats.model_errors.fetch_add(1, Ordering::Relaxed);
+        e.to_string()
+    }
+
+    /// Answers a describe request: the signature as JSON.
+    fn describe(&self, req: &RequestV2) -> Result<()> {
+        let bytes = self.describe.as_bytes();
+        let resp = req.loan_slice_uninit(bytes.len()).map_err(|e| Error::Ipc(format!("loaning a describe response: {e}")))?;
+        let mut resp = resp.write_from_slice(bytes);
+        resp.user_header_mut().request_id = req.user_header().request_id;
+        resp.send().map_err(|e| Error::Ipc(format!("sending a describe response: {e}")))
+    }
+
+    fn answer_v1(&self, req: RequestV1) -> Result<()> {
+        let h = *req.user_header();
+        let (input_shape, output_shape, max_elements) = match self.v1 {
+            V1::Serve { input_shape, output_shape, max_elements } => (input_shape, output_shape, *max_elements),
+            V1::Refuse(why) => {
+                self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                return respond_error_v1(&req, h.request_id, Status::BadRequest, why);
+            }
+        };
+        if let Err(msg) = validate_request_v1(&h, req.payload().len(), input_shape, max_elements) {
+            self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return respond_error_v1(&req, h.request_id, Status::BadRequest, &msg);
+        }
+        let n_out: i64 = output_shape.iter().product();
+        let mut resp = req.loan_slice_uninit(n_out as usize).map_err(|e| Error::Ipc(format!("loaning a response: {e}")))?;
+        let ran = self.pool.infer(&[TensorRef::new(req.payload())], &mut [TensorMut::uninit(resp.payload_mut())]);
+        match ran {
+            Ok(_) => {
+                *resp.user_header_mut() = ResponseHeaderV1::ok(h.request_id, output_shape);
+                // SAFETY: `run_on` returned Ok, which guarantees every output element was written.
+                self.sent(unsafe { resp.assume_init() }.send().map(drop))
+            }
+            Err(e) => {
+                drop(resp);
+                respond_error_v1(&req, h.request_id, Status::ModelError, &self.model_error(&e))
             }
         }
     }
 }
 
-fn respond_error(req: &Request, request_id: u64, status: Status, message: &str) -> Result<()> {
+fn respond_error_v2(req: &RequestV2, status: Status, message: &str) -> Result<()> {
     let mut resp = req.loan_slice_uninit(0).map_err(|e| Error::Ipc(format!("loaning an error response: {e}")))?;
-    *resp.user_header_mut() = ResponseHeader::failed(request_id, status, message);
+    resp.user_header_mut().fail(req.user_header().request_id, status, message);
+    // SAFETY: the payload has zero bytes, so there is nothing to initialise.
+    let resp = unsafe { resp.assume_init() };
+    resp.send().map_err(|e| Error::Ipc(format!("sending an error response: {e}")))
+}
+
+fn respond_error_v1(req: &RequestV1, request_id: u64, status: Status, message: &str) -> Result<()> {
+    let mut resp = req.loan_slice_uninit(0).map_err(|e| Error::Ipc(format!("loaning an error response: {e}")))?;
+    *resp.user_header_mut() = ResponseHeaderV1::failed(request_id, status, message);
     // SAFETY: the payload has zero elements, so there is nothing to initialise.
     let resp = unsafe { resp.assume_init() };
     resp.send().map_err(|e| Error::Ipc(format!("sending an error response: {e}")))

@@ -7,15 +7,19 @@ use iceoryx2::prelude::*;
 use iceoryx2::service::port_factory::event::PortFactory as EventFactory;
 use iceoryx2::service::port_factory::request_response::PortFactory as RrFactory;
 
-use super::header::{RequestHeader, ResponseHeader};
+use super::header::{RequestHeaderV1, ResponseHeaderV1};
+use super::table::{RequestHeaderV2, ResponseHeaderV2, TENSOR_ALIGN};
 
 /// The iceoryx2 service flavour: ports usable from several threads.
 pub type Ipc = ipc_threadsafe::Service;
 
-/// The request-response service of one endpoint.
-pub type TensorService = RrFactory<Ipc, [f32], RequestHeader, [f32], ResponseHeader>;
+/// An endpoint's protocol v1 request-response service: one float32 tensor each way.
+pub type ServiceV1 = RrFactory<Ipc, [f32], RequestHeaderV1, [f32], ResponseHeaderV1>;
+/// An endpoint's protocol v2 request-response service: named tensors of any dtype.
+pub type ServiceV2 = RrFactory<Ipc, [u8], RequestHeaderV2, [u8], ResponseHeaderV2>;
 
-/// Most clients connected to one endpoint at once.
+/// Most clients connected to one endpoint at once (of each protocol; in
+/// all, at most this many: they share the request-event service's notifiers).
 pub const MAX_CLIENTS: usize = 64;
 /// Requests a client may have in flight.
 pub const MAX_ACTIVE_REQUESTS_PER_CLIENT: usize = 2;
@@ -26,9 +30,12 @@ const MAX_REQUEST_NOTIFIERS: usize = MAX_CLIENTS;
 /// Notifiers on the response-event service: the server's workers.
 pub const MAX_RESPONSE_NOTIFIERS: usize = 32;
 
-/// Names of an endpoint's three services.
+/// Names of an endpoint's four services.
 pub struct Names {
+    /// Protocol v1: `uminfer/NAME`.
     pub service: String,
+    /// Protocol v2: `uminfer/NAME/v2`.
+    pub service_v2: String,
     pub request_event: String,
     pub response_event: String,
 }
@@ -40,6 +47,7 @@ pub fn names(endpoint: &str) -> Result<Names> {
     }
     Ok(Names {
         service: format!("uminfer/{endpoint}"),
+        service_v2: format!("uminfer/{endpoint}/v2"),
         request_event: format!("uminfer/{endpoint}/requests"),
         response_event: format!("uminfer/{endpoint}/responses"),
     })
@@ -62,32 +70,63 @@ fn service_name(s: &str) -> Result<ServiceName> {
     ServiceName::new(s).map_err(|e| Error::Ipc(format!("service name {s:?}: {e:?}")))
 }
 
-/// Opens (client) or creates (server) the request-response service.
-pub fn tensor_service(node: &Node<Ipc>, names: &Names, create: bool) -> Result<TensorService> {
-    let b = node
-        .service_builder(&service_name(&names.service)?)
-        .request_response::<[f32], [f32]>()
-        .request_user_header::<RequestHeader>()
-        .response_user_header::<ResponseHeader>()
-        .max_servers(1)
-        .max_clients(MAX_CLIENTS)
-        .max_nodes(MAX_NODES)
-        .max_active_requests_per_client(MAX_ACTIVE_REQUESTS_PER_CLIENT)
-        .max_response_buffer_size(2)
-        .max_loaned_requests(2);
+/// The settings both request-response services are built with (the same on
+/// every side, or iceoryx2 refuses to connect the ports).
+macro_rules! rr_settings {
+    ($b:expr) => {
+        $b.max_servers(1)
+            .max_clients(MAX_CLIENTS)
+            .max_nodes(MAX_NODES)
+            .max_active_requests_per_client(MAX_ACTIVE_REQUESTS_PER_CLIENT)
+            .max_response_buffer_size(2)
+            .max_loaned_requests(2)
+    };
+}
+
+/// Opens (client) or creates (server) the protocol v1 request-response service.
+pub fn service_v1(node: &Node<Ipc>, names: &Names, create: bool) -> Result<ServiceV1> {
+    let b = node.service_builder(&service_name(&names.service)?).request_response::<[f32], [f32]>().request_user_header::<RequestHeaderV1>().response_user_header::<ResponseHeaderV1>();
+    let b = rr_settings!(b);
     if create {
-        b.open_or_create().map_err(|e| Error::Ipc(format!("creating service {}: {e}", names.service)))
+        opened(b.open_or_create(), true, &names.service)
     } else {
-        b.open().map_err(|e| {
-            let text = format!("{e}");
-            // IsMarkedForDestruction: a stopped server's service is being removed (a new one may follow).
-            if text.contains("DoesNotExist") || text.contains("IsMarkedForDestruction") {
-                Error::ServerGone(format!("no server serves {} (start one with `uminfer serve --name …`)", names.service))
-            } else {
-                Error::Ipc(format!("opening service {}: {text}", names.service))
-            }
-        })
+        opened(b.open(), false, &names.service)
     }
+}
+
+/// Opens (client) or creates (server) the protocol v2 request-response
+/// service: byte payloads that start on a [`TENSOR_ALIGN`]-byte boundary.
+pub fn service_v2(node: &Node<Ipc>, names: &Names, create: bool) -> Result<ServiceV2> {
+    let align = Alignment::new(TENSOR_ALIGN).expect("a power of two");
+    let b = node
+        .service_builder(&service_name(&names.service_v2)?)
+        .request_response::<[u8], [u8]>()
+        .request_user_header::<RequestHeaderV2>()
+        .response_user_header::<ResponseHeaderV2>()
+        .request_payload_alignment(align)
+        .response_payload_alignment(align);
+    let b = rr_settings!(b);
+    if create {
+        opened(b.open_or_create(), true, &names.service_v2)
+    } else {
+        opened(b.open(), false, &names.service_v2)
+    }
+}
+
+/// A request-response service opened or created, or why not: a missing
+/// service (or one being removed) is [`Error::ServerGone`].
+fn opened<S, E: std::fmt::Display>(r: std::result::Result<S, E>, create: bool, service: &str) -> Result<S> {
+    r.map_err(|e| {
+        let text = format!("{e}");
+        // IsMarkedForDestruction: a stopped server's service is being removed (a new one may follow).
+        if create {
+            Error::Ipc(format!("creating service {service}: {text}"))
+        } else if text.contains("DoesNotExist") || text.contains("IsMarkedForDestruction") {
+            Error::ServerGone(format!("no server serves {service} (start one with `uminfer serve --name …`)"))
+        } else {
+            Error::Ipc(format!("opening service {service}: {text}"))
+        }
+    })
 }
 
 /// The event service clients notify when they send a request.

@@ -8,6 +8,7 @@
 //! | `uminfer_inference_failure_total` | counter | `model`, `mode`, `code` (gRPC status code, e.g. `InvalidArgument`) |
 //! | `uminfer_inference_duration_seconds` | histogram of successful requests, receipt to answer | `model`, `mode` |
 //! | `uminfer_inference_in_flight` | gauge | none |
+//! | `uminfer_inference_tensor_bytes_copied_total` | counter of tensor bytes the server copied for successful requests (unaligned or typed input data; 0 when every tensor is read and written in place) | `model`, `mode` |
 //!
 //! Every `ModelInfer` call and every request of a `ModelStreamInfer` stream
 //! counts once. A request naming no served model counts with `model` and
@@ -49,6 +50,7 @@ pub struct Metrics {
     failure: Family<FailureLabels, Counter>,
     duration: Latency,
     in_flight: Gauge,
+    copied: Family<ModelLabels, Counter>,
 }
 
 /// Latency buckets: 25 µs doubling to about 0.8 s (16 buckets).
@@ -62,11 +64,13 @@ impl Default for Metrics {
         let (success, failure) = (Family::default(), Family::default());
         let duration: Latency = Family::new_with_constructor(latency_histogram);
         let in_flight = Gauge::default();
+        let copied = Family::default();
         registry.register("success", "Inference requests answered", success.clone());
         registry.register("failure", "Inference requests refused or failed, by gRPC status code", failure.clone());
         registry.register("duration_seconds", "Time from receipt to answer of successful inference requests", duration.clone());
         registry.register("in_flight", "Inference requests being handled now", in_flight.clone());
-        Self { registry, success, failure, duration, in_flight }
+        registry.register("tensor_bytes_copied", "Tensor bytes the server copied for successful requests (unaligned or typed input data)", copied.clone());
+        Self { registry, success, failure, duration, in_flight, copied }
     }
 }
 
@@ -77,10 +81,12 @@ impl Metrics {
         InFlight(&self.in_flight)
     }
 
-    /// Records a successful request that took `took`.
-    pub fn success(&self, labels: &ModelLabels, took: Duration) {
+    /// Records a successful request that took `took`, for which `copied`
+    /// tensor bytes were copied.
+    pub fn success(&self, labels: &ModelLabels, took: Duration, copied: usize) {
         self.success.get_or_create(labels).inc();
         self.duration.get_or_create(labels).observe(took.as_secs_f64());
+        self.copied.get_or_create(labels).inc_by(copied as u64);
     }
 
     /// Records a refused or failed request.

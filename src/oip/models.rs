@@ -1,35 +1,39 @@
-//! The models a gRPC server serves: each a [`SessionPool`] with fixed input
-//! and output shapes, plus the metadata the protocol reports about it.
+//! The models a gRPC server serves: each a [`SessionPool`] over the model's
+//! signature (named tensors of any dtype), plus the metadata the protocol
+//! reports about it.
 //!
-//! Metadata is derived from the model itself: the output shape and dtype come
-//! from one eager CPU run on zeros of the declared input shape (the model must
-//! return a single float32 tensor). TorchScript does not keep tensor names
-//! that a runtime can rely on, so the tensors are named as Triton's PyTorch
-//! backend names them: `INPUT__0` and `OUTPUT__0`.
+//! Metadata is the sessions' signature: the inputs as the model names them
+//! (`forward`'s arguments, or what the exporter recorded), with the dtypes
+//! and shapes recorded or declared (`--input-shape`), and the outputs found
+//! when the sessions were built (`output__0`, ..., dict keys). Requests may
+//! also address tensors positionally, as Triton's PyTorch backend names
+//! them: `INPUT__0`, `OUTPUT__1` ([`tensors`](super::tensors)).
 
 use super::metrics::ModelLabels;
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
-use crate::session::pool::one_f32_tensor;
+use crate::dtype::DType;
+use crate::model::{InputDecl, TensorInfo};
 use crate::session::{ModeChoice, SessionPool, SessionSpec};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The name of the single input tensor (Triton's PyTorch-backend convention).
-pub const INPUT_NAME: &str = "INPUT__0";
-/// The name of the single output tensor.
-pub const OUTPUT_NAME: &str = "OUTPUT__0";
-/// The only datatype served (protocol name).
-pub const FP32: &str = "FP32";
 /// The one version each model has.
 pub const VERSION: &str = "1";
-/// The platform reported in model metadata (Triton's name for TorchScript).
-pub const PLATFORM: &str = "pytorch_libtorch";
 
-/// An `--input-shape`: `DIMS` (comma-separated, every model's) or
-/// `NAME=DIMS` (model NAME's, over the default).
+/// The platform reported in model metadata: Triton's names for TorchScript
+/// models and for AOTInductor packages (its PyTorch backend's `torch_aoti`).
+pub fn platform(format: crate::shim::Format) -> &'static str {
+    match format {
+        crate::shim::Format::TorchScript => "pytorch_libtorch",
+        crate::shim::Format::Aoti => "torch_aoti",
+    }
+}
+
+/// An `--input-shape`: `DIMS` (comma-separated, the shape of every
+/// one-input model's input) or `NAME=DIMS` (model NAME's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputShape {
     /// The model it is for; `None`: every model without a shape of its own.
@@ -55,18 +59,12 @@ impl std::str::FromStr for InputShape {
     }
 }
 
-/// The input shape of every model: a default and per-model shapes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The declared input shapes: a default and per-model shapes; a model
+/// with none takes the shape it records.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct InputShapes {
-    default: Vec<i64>,
+    default: Option<Vec<i64>>,
     by_model: BTreeMap<String, Vec<i64>>,
-}
-
-impl Default for InputShapes {
-    /// `1×3×128×128` for every model.
-    fn default() -> Self {
-        Self { default: vec![1, 3, 128, 128], by_model: BTreeMap::new() }
-    }
 }
 
 impl InputShapes {
@@ -80,7 +78,7 @@ impl InputShapes {
                 None if bare => return Err(Error::Argument("--input-shape DIMS is given twice; give it once (and NAME=DIMS for a model of another shape)".into())),
                 None => {
                     bare = true;
-                    out.default = s.dims.clone();
+                    out.default = Some(s.dims.clone());
                 }
                 Some(name) if !models.iter().any(|m| &m.name == name) => {
                     let served: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
@@ -96,18 +94,18 @@ impl InputShapes {
         Ok(out)
     }
 
-    /// The input shape of model `name`.
-    pub fn of(&self, name: &str) -> &[i64] {
-        self.by_model.get(name).unwrap_or(&self.default)
+    /// The declared input shape of model `name`, if any.
+    pub fn of(&self, name: &str) -> Option<&[i64]> {
+        self.by_model.get(name).or(self.default.as_ref()).map(Vec::as_slice)
     }
 }
 
-/// A model to serve: the name clients use and its TorchScript file.
+/// A model to serve: the name clients use and its file (TorchScript or an AOTInductor package).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelSource {
     /// The model name in the protocol.
     pub name: String,
-    /// TorchScript file.
+    /// The model file.
     pub path: PathBuf,
 }
 
@@ -136,10 +134,12 @@ impl std::str::FromStr for ModelSource {
 pub struct ServedModel {
     /// The model name in the protocol.
     pub name: String,
-    /// Declared input shape (requests must match it exactly).
-    pub input_shape: Vec<i64>,
-    /// Output shape, found when the sessions were built.
-    pub output_shape: Vec<i64>,
+    /// Its format (TorchScript or a package), for the platform it reports.
+    pub format: crate::shim::Format,
+    /// The sessions' inputs: requests must match their dtypes and shapes exactly.
+    pub inputs: Vec<TensorInfo>,
+    /// The sessions' outputs, found when they were built.
+    pub outputs: Vec<TensorInfo>,
     /// The execution mode of its sessions.
     pub mode: crate::Mode,
     /// The sessions that run it.
@@ -149,48 +149,50 @@ pub struct ServedModel {
     pub request_time: Duration,
     /// Its requests' statistics (`ModelStatistics`).
     pub stats: super::stats::ModelStats,
+    /// Requests are answered without running the model ([`GrpcOptions::echo`](super::GrpcOptions::echo)).
+    pub echo: bool,
 }
 
 impl ServedModel {
-    /// Loads `source` and builds `sessions` sessions of it in `mode` for one float32 input of `input_shape`.
-    pub fn load(rt: &Runtime, source: &ModelSource, input_shape: &[i64], mode: ModeChoice, sessions: usize) -> Result<Self> {
+    /// Loads `source` and builds `sessions` sessions of it in `mode`; a
+    /// declared `input_shape` is the shape of its only input (of the dtype
+    /// the model records, else float32).
+    pub fn load(rt: &Runtime, source: &ModelSource, input_shape: Option<&[i64]>, mode: ModeChoice, sessions: usize, echo: bool) -> Result<Self> {
         let model = rt.model(&source.path)?;
-        let elements = input_shape.iter().try_fold(1i64, |n, &d| if d > 0 { n.checked_mul(d) } else { None });
-        if input_shape.is_empty() || elements.is_none_or(|n| n.checked_mul(4).is_none()) {
-            return Err(Error::Argument(format!("input shape {input_shape:?}: expected positive dimensions whose product fits in memory, e.g. 1,3,128,128")));
+        let decls: Vec<InputDecl> = input_shape.map(|s| InputDecl { name: None, dtype: None, shape: Some(s.to_vec()) }).into_iter().collect();
+        let inputs = model.resolve(&decls, input_shape.map(|_| DType::F32))?;
+        let mut spec = SessionSpec::new().mode_choice(mode).dedicated_thread(true);
+        for i in &inputs {
+            spec = spec.input(&i.name, i.dtype, &i.shape);
         }
-        let spec = SessionSpec::new().mode_choice(mode).dedicated_thread(true);
-        let (pool, output_shape) = one_f32_tensor(rt, &model, spec, input_shape, sessions.max(1), "the Open Inference Protocol endpoint")?;
+        let pool = SessionPool::new(rt, &model, spec, sessions.max(1))?;
+        let list = |ts: &[TensorInfo]| ts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         let (mode, request_time) = {
             let mut s = pool.checkout();
             let fastest = crate::intra_op::fastest_pass(|| Ok(s.run()?.host))?;
             s.reset_timing();
             tracing::info!(
-                "model {} ({}): input {input_shape:?}, output {output_shape:?}, mode {}: {}; a request takes {:.1} µs",
+                "model {} ({}): inputs {}, outputs {}, mode {}: {}; a request takes {:.1} µs",
                 source.name,
                 source.path.display(),
+                list(pool.inputs()),
+                list(pool.outputs()),
                 s.mode(),
                 s.note(),
                 fastest.as_secs_f64() * 1e6
             );
             (s.mode(), fastest)
         };
-        Ok(Self { name: source.name.clone(), input_shape: input_shape.to_vec(), output_shape, mode, pool, request_time, stats: Default::default() })
-    }
-
-    /// Input elements per request.
-    pub fn input_len(&self) -> usize {
-        self.input_shape.iter().product::<i64>() as usize
+        let (inputs, outputs) = (pool.inputs().to_vec(), pool.outputs().to_vec());
+        if echo {
+            tracing::info!("model {}: answered without running it (--echo): zeros of its outputs' shapes", source.name);
+        }
+        Ok(Self { name: source.name.clone(), format: model.format(), inputs, outputs, mode, pool, request_time, stats: Default::default(), echo })
     }
 
     /// Its metric labels: name and mode.
     pub fn labels(&self) -> ModelLabels {
         ModelLabels { model: self.name.clone(), mode: self.mode.to_string() }
-    }
-
-    /// Output elements per request.
-    pub fn output_len(&self) -> usize {
-        self.output_shape.iter().product::<i64>() as usize
     }
 }
 
@@ -200,7 +202,7 @@ pub struct Models(BTreeMap<String, Arc<ServedModel>>);
 
 impl Models {
     /// Loads every source; two sources of the same name are refused.
-    pub fn load(rt: &Runtime, sources: &[ModelSource], shapes: &InputShapes, mode: ModeChoice, sessions: usize) -> Result<Self> {
+    pub fn load(rt: &Runtime, sources: &[ModelSource], shapes: &InputShapes, mode: ModeChoice, sessions: usize, echo: bool) -> Result<Self> {
         let mut map = BTreeMap::new();
         for s in sources {
             let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
@@ -214,7 +216,7 @@ impl Models {
             if map.contains_key(&s.name) {
                 return Err(Error::Argument(format!("model name {} is given twice; name each --model NAME=PATH differently", s.name)));
             }
-            map.insert(s.name.clone(), Arc::new(ServedModel::load(rt, s, shapes.of(&s.name), mode, sessions)?));
+            map.insert(s.name.clone(), Arc::new(ServedModel::load(rt, s, shapes.of(&s.name), mode, sessions, echo)?));
         }
         if map.is_empty() {
             return Err(Error::Argument("no model to serve: give at least one --model NAME=PATH".into()));
@@ -269,9 +271,9 @@ mod tests {
         let models: Vec<ModelSource> = ["tiny=a.pt", "big=b.pt"].iter().map(|s| s.parse().unwrap()).collect();
         let parse = |v: &[&str]| v.iter().map(|s| s.parse::<InputShape>().unwrap()).collect::<Vec<_>>();
         let none = InputShapes::new(&[], &models).unwrap();
-        assert_eq!((none.of("tiny"), none.of("big")), (&[1, 3, 128, 128][..], &[1, 3, 128, 128][..]));
+        assert_eq!((none.of("tiny"), none.of("big")), (None, None), "the models' own shapes");
         let some = InputShapes::new(&parse(&["1,3,64,64", "big=1,3,224,224"]), &models).unwrap();
-        assert_eq!((some.of("tiny"), some.of("big")), (&[1, 3, 64, 64][..], &[1, 3, 224, 224][..]));
+        assert_eq!((some.of("tiny"), some.of("big")), (Some(&[1, 3, 64, 64][..]), Some(&[1, 3, 224, 224][..])));
         let err = |v: &[&str]| InputShapes::new(&parse(v), &models).unwrap_err().to_string();
         assert!(err(&["nope=1,2"]).contains("no model named \"nope\" is served (served: tiny, big)"));
         assert!(err(&["1,2", "1,3"]).contains("given twice"));

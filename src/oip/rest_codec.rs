@@ -6,11 +6,15 @@
 //! little-endian, in the order of the header's inputs. Outputs go back in
 //! the same form when the request asks for it (an output's
 //! `"binary_data": true`, or the request's `"binary_data_output": true`),
-//! else as a JSON `"data"` array.
+//! else as a JSON `"data"` array. JSON `"data"` is read and written for every
+//! datatype uminfer carries (booleans for `BOOL`, integers, numbers; `FP16`
+//! and `BF16` through `f32`): an input's JSON data becomes its little-endian
+//! bytes, as binary data would be.
 
 use super::proto::infer_parameter::ParameterChoice;
 use super::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
-use super::proto::{InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse};
+use super::proto::{InferParameter, ModelInferRequest, ModelInferResponse};
+use crate::dtype::DType;
 use super::status::RequestError;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -21,9 +25,6 @@ pub const BINARY_DATA_SIZE: &str = "binary_data_size";
 const BINARY_DATA_OUTPUT: &str = "binary_data_output";
 /// The output parameter that asks for it in binary form.
 const BINARY_DATA: &str = "binary_data";
-/// The `FP32` datatype, the only one whose JSON `"data"` is read (others are
-/// refused by the request checks, naming the datatype).
-const FP32: &str = super::models::FP32;
 
 /// A decoded REST request: the gRPC message, and which outputs go back in
 /// binary form.
@@ -74,7 +75,6 @@ pub fn decode_request(model: &str, version: &str, header_len: Option<usize>, bod
             .and_then(|dims| dims.iter().map(Value::as_i64).collect::<Option<Vec<i64>>>())
             .ok_or_else(|| invalid(format!("{what} needs a \"shape\" array of integers")))?;
         let parameters = parse_parameters(input.get("parameters"), &what)?;
-        let mut contents = None;
         if let Some(size) = parameters.get(BINARY_DATA_SIZE) {
             let size = unsigned(size).ok_or_else(|| invalid(format!("{what}: {BINARY_DATA_SIZE} must be a non-negative integer")))?;
             let size = usize::try_from(size).ok().filter(|&s| s <= binary.len()).ok_or_else(|| {
@@ -84,19 +84,21 @@ pub fn decode_request(model: &str, version: &str, header_len: Option<usize>, bod
             raw.push(bytes.to_vec());
             binary = rest;
         } else if let Some(data) = input.get("data") {
-            if datatype == FP32 {
-                let mut values = Vec::new();
-                flatten(data, &mut values).map_err(|e| invalid(format!("{what}: {e}")))?;
-                contents = Some(InferTensorContents { fp32_contents: values, ..Default::default() });
+            let dtype = super::tensors::datatype(&datatype).ok_or_else(|| {
+                invalid(format!("{what} has datatype {datatype:?}, which uminfer does not carry (BOOL, UINT8, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64)"))
+            })?;
+            let mut values = Vec::new();
+            flatten(data, &mut values).map_err(|e| invalid(format!("{what}: {e}")))?;
+            let n = shape.iter().try_fold(1usize, |n, &d| usize::try_from(d).ok().and_then(|d| n.checked_mul(d)));
+            if n != Some(values.len()) {
+                return Err(invalid(format!("{what} has {} values in \"data\"; shape {shape:?} needs {}", values.len(), n.map_or("more".into(), |n| n.to_string()))));
             }
+            raw.push(encode_json(dtype, &values).map_err(|e| invalid(format!("{what}: {e}")))?);
         }
-        message.inputs.push(InferInputTensor { name, datatype, shape, parameters, contents });
+        message.inputs.push(InferInputTensor { name, datatype, shape, parameters, contents: None });
     }
     if !binary.is_empty() {
         return Err(invalid(format!("{} bytes of binary data are left after the inputs that name a {BINARY_DATA_SIZE}", binary.len())));
-    }
-    if !raw.is_empty() && raw.len() != message.inputs.len() {
-        return Err(invalid("some inputs carry binary data and others JSON data: send every input's data the same way"));
     }
     message.raw_input_contents = raw;
     let mut outputs = HashMap::new();
@@ -141,8 +143,9 @@ pub fn encode_response(req: &RestRequest, resp: &ModelInferResponse) -> Result<R
     for (i, out) in resp.outputs.iter().enumerate() {
         let wish = req.outputs.get(&out.name);
         let mut o = json!({ "name": out.name, "datatype": out.datatype, "shape": out.shape });
+        let in_shm = wish.is_some_and(|(_, p)| p.contains_key(super::shm::REGION));
         match resp.raw_output_contents.get(i) {
-            None => {
+            _ if in_shm => {
                 // Written to the shared memory region the request named.
                 let params = wish.map(|(_, p)| parameters_json(p)).unwrap_or_default();
                 o["parameters"] = Value::Object(params);
@@ -152,12 +155,10 @@ pub fn encode_response(req: &RestRequest, resp: &ModelInferResponse) -> Result<R
                 binary.extend_from_slice(bytes);
             }
             Some(bytes) => {
-                if out.datatype != FP32 || bytes.len() % 4 != 0 {
-                    return Err(RequestError::Unimplemented(format!("output {:?} is {} in {} bytes; JSON data is written for FP32 outputs only", out.name, out.datatype, bytes.len())));
-                }
-                let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-                o["data"] = json!(values);
+                let dtype = super::tensors::datatype(&out.datatype).ok_or_else(|| RequestError::Invalid(format!("output {:?} has datatype {}", out.name, out.datatype)))?;
+                o["data"] = json_values(dtype, &out.name, bytes)?;
             }
+            None => return Err(RequestError::Invalid(format!("the answer carries no data for output {:?}", out.name))),
         }
         outputs.push(o);
     }
@@ -231,17 +232,60 @@ fn optional_str(obj: &Map<String, Value>, key: &str, what: &str) -> Result<Optio
     }
 }
 
-/// Appends the numbers of `data` (nested arrays, row-major, or one flat
-/// array) to `out` as f32.
-fn flatten(data: &Value, out: &mut Vec<f32>) -> Result<(), String> {
+/// Appends the values of `data` (nested arrays, row-major, or one flat
+/// array; numbers and booleans) to `out`.
+fn flatten<'v>(data: &'v Value, out: &mut Vec<&'v Value>) -> Result<(), String> {
     match data {
         Value::Array(items) => items.iter().try_for_each(|item| flatten(item, out)),
-        Value::Number(n) => {
-            out.push(n.as_f64().ok_or_else(|| format!("{n} is not a number an FP32 holds"))? as f32);
+        Value::Number(_) | Value::Bool(_) => {
+            out.push(data);
             Ok(())
         }
-        other => Err(format!("\"data\" of an {FP32} input must hold numbers, found {other}")),
+        other => Err(format!("\"data\" must hold numbers (or booleans for BOOL), found {other}")),
     }
+}
+
+/// JSON values as the little-endian bytes of `dtype` (integers must fit,
+/// booleans only for `BOOL`; `FP16` and `BF16` are rounded from the number).
+fn encode_json(dtype: DType, values: &[&Value]) -> Result<Vec<u8>, String> {
+    let bad = |v: &Value| format!("{v} is not a {} value", dtype.oip_name());
+    let int = |v: &Value| v.as_i64().ok_or_else(|| bad(v));
+    let float = |v: &Value| v.as_f64().ok_or_else(|| bad(v));
+    let mut out = Vec::with_capacity(values.len() * dtype.size());
+    for &v in values {
+        match dtype {
+            DType::Bool => out.push(u8::from(v.as_bool().ok_or_else(|| bad(v))?)),
+            DType::U8 => out.push(u8::try_from(int(v)?).map_err(|_| bad(v))?),
+            DType::I8 => out.extend(i8::try_from(int(v)?).map_err(|_| bad(v))?.to_le_bytes()),
+            DType::I16 => out.extend(i16::try_from(int(v)?).map_err(|_| bad(v))?.to_le_bytes()),
+            DType::I32 => out.extend(i32::try_from(int(v)?).map_err(|_| bad(v))?.to_le_bytes()),
+            DType::I64 => out.extend(int(v)?.to_le_bytes()),
+            DType::F16 => out.extend(half::f16::from_f64(float(v)?).to_le_bytes()),
+            DType::Bf16 => out.extend(half::bf16::from_f64(float(v)?).to_le_bytes()),
+            DType::F32 => out.extend((float(v)? as f32).to_le_bytes()),
+            DType::F64 => out.extend(float(v)?.to_le_bytes()),
+        }
+    }
+    Ok(out)
+}
+
+/// An output's little-endian bytes of `dtype` as a flat JSON `"data"` array.
+fn json_values(dtype: DType, name: &str, bytes: &[u8]) -> Result<Value, RequestError> {
+    let t = crate::host_tensor::HostTensor::new(name, dtype, &[(bytes.len() / dtype.size()) as i64], bytes.to_vec())
+        .map_err(|e| RequestError::Invalid(format!("output {name:?}: {e}")))?;
+    let own = "the tensor's own dtype";
+    Ok(match dtype {
+        DType::Bool => json!(t.to_vec::<crate::dtype::Bool>().expect(own).into_iter().map(|b| b.get()).collect::<Vec<_>>()),
+        DType::U8 => json!(t.to_vec::<u8>().expect(own)),
+        DType::I8 => json!(t.to_vec::<i8>().expect(own)),
+        DType::I16 => json!(t.to_vec::<i16>().expect(own)),
+        DType::I32 => json!(t.to_vec::<i32>().expect(own)),
+        DType::I64 => json!(t.to_vec::<i64>().expect(own)),
+        DType::F16 => json!(t.to_vec::<half::f16>().expect(own).into_iter().map(f32::from).collect::<Vec<_>>()),
+        DType::Bf16 => json!(t.to_vec::<half::bf16>().expect(own).into_iter().map(f32::from).collect::<Vec<_>>()),
+        DType::F32 => json!(t.to_vec::<f32>().expect(own)),
+        DType::F64 => json!(t.to_vec::<f64>().expect(own)),
+    })
 }
 
 #[cfg(test)]
@@ -261,14 +305,28 @@ mod tests {
     }
 
     #[test]
-    fn json_data_nested_or_flat_becomes_fp32_contents() {
-        let body = br#"{"id":"r7","inputs":[{"name":"input__0","datatype":"FP32","shape":[1,2,2],"data":[[1,2],[3.5,-4]]}]}"#;
+    fn json_data_nested_or_flat_becomes_the_inputs_bytes() {
+        let body = br#"{"id":"r7","inputs":[{"name":"input__0","datatype":"FP32","shape":[1,2,2],"data":[[1,2],[3.5,-4]]},{"name":"mask","datatype":"BOOL","shape":[2],"data":[true,false]},{"name":"ids","datatype":"INT64","shape":[2],"data":[7,-9000000000]}]}"#;
         let r = decode_request("tiny", "", None, body).unwrap();
         assert_eq!(r.message.model_name, "tiny");
         assert_eq!(r.message.id, "r7");
         assert_eq!(r.message.inputs[0].shape, vec![1, 2, 2]);
-        assert_eq!(r.message.inputs[0].contents.as_ref().unwrap().fp32_contents, vec![1.0, 2.0, 3.5, -4.0]);
-        assert!(r.message.raw_input_contents.is_empty());
+        let f: Vec<u8> = [1.0f32, 2.0, 3.5, -4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let ids: Vec<u8> = [7i64, -9_000_000_000].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(r.message.raw_input_contents, vec![f, vec![1, 0], ids]);
+        let err = |b: &[u8]| decode_request("m", "", None, b).unwrap_err().to_string();
+        assert!(err(br#"{"inputs":[{"name":"x","datatype":"INT8","shape":[1],"data":[300]}]}"#).contains("300 is not a INT8 value"));
+        assert!(err(br#"{"inputs":[{"name":"x","datatype":"FP32","shape":[3],"data":[1,2]}]}"#).contains("has 2 values in \"data\"; shape [3] needs 3"));
+        assert!(err(br#"{"inputs":[{"name":"x","datatype":"BYTES","shape":[1],"data":[1]}]}"#).contains("does not carry"));
+    }
+
+    #[test]
+    fn every_datatype_goes_back_as_json_data() {
+        let v = json_values(DType::Bf16, "y", &[half::bf16::from_f32(1.5).to_le_bytes(), half::bf16::from_f32(-2.0).to_le_bytes()].concat()).unwrap();
+        assert_eq!(v, json!([1.5, -2.0]));
+        assert_eq!(json_values(DType::Bool, "m", &[1, 0]).unwrap(), json!([true, false]));
+        assert_eq!(json_values(DType::I64, "k", &(-5i64).to_le_bytes()).unwrap(), json!([-5]));
+        assert!(json_values(DType::Bool, "m", &[2]).is_err());
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub struct GrpcOptions {
     /// How long the transport thread polls the network after each answer
     /// before it sleeps ([`polling`](super::polling)); zero: it sleeps at once.
     pub spin: std::time::Duration,
+    /// Answer every request without running the model (zero-filled outputs
+    /// of its shapes), after the same checks: the transport's own cost, which
+    /// `uminfer bench`'s `grpc-echo` scheme measures.
+    pub echo: bool,
 }
 
 /// The `grpc.health.v1` service name that answers `SERVING` while the
@@ -99,7 +103,7 @@ async fn serve_http(at: SocketAddr, what: &'static str, router: axum::Router, mu
 }
 
 impl GrpcOptions {
-    /// Defaults: input `1×3×128×128`, `cpu`, 1 session per model, 64 MiB
+    /// Defaults: the models' recorded input shapes, `cpu`, 1 session per model, 64 MiB
     /// messages, no metrics listener, 200 streams per connection, 200 µs of
     /// polling after each answer.
     pub fn new(addr: SocketAddr, models: Vec<ModelSource>) -> Self {
@@ -115,6 +119,7 @@ impl GrpcOptions {
             max_streams: DEFAULT_MAX_STREAMS,
             max_calls: DEFAULT_MAX_CALLS,
             spin: std::time::Duration::from_micros(200),
+            echo: false,
         }
     }
 }
@@ -128,7 +133,7 @@ pub struct GrpcServer {
 impl GrpcServer {
     /// Loads every model and builds its sessions (errors name the model).
     pub fn new(rt: &Runtime, opts: GrpcOptions) -> Result<Self> {
-        let models = Models::load(rt, &opts.models, &opts.input_shapes, opts.mode, opts.sessions)?;
+        let models = Models::load(rt, &opts.models, &opts.input_shapes, opts.mode, opts.sessions, opts.echo)?;
         Ok(Self { opts, models })
     }
 

@@ -13,7 +13,7 @@
 //! inference request is counted in the [`metrics`](super::metrics).
 
 use super::metrics::Metrics;
-use super::models::{Models, ServedModel, FP32, INPUT_NAME, OUTPUT_NAME, PLATFORM, VERSION};
+use super::models::{platform, Models, ServedModel, VERSION};
 use super::polling::Polling;
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::model_infer_response::InferOutputTensor;
@@ -160,7 +160,7 @@ async fn infer_request(models: &Models, shm: &Arc<Registry>, stopping: Option<&w
     run.polling.answered();
     let took = start.elapsed();
     match &result {
-        Ok(_) => metrics.success(&labels, took),
+        Ok(a) => metrics.success(&labels, took, a.copied),
         Err(status) => metrics.failure(&labels, status.code()),
     }
     if let Some(m) = known {
@@ -169,7 +169,7 @@ async fn infer_request(models: &Models, shm: &Arc<Registry>, stopping: Option<&w
             Err(_) => m.stats.failure(took),
         }
     }
-    result
+    result.map(|a| a.response)
 }
 
 /// Runs `f` (inference, on the transport thread or a blocking thread),
@@ -183,48 +183,143 @@ fn caught<T>(f: impl FnOnce() -> T) -> Result<T, Status> {
     })
 }
 
+/// The answer to one request, and the tensor bytes the server copied for it.
+pub struct Answer {
+    pub response: ModelInferResponse,
+    /// Input bytes copied or encoded (unaligned, typed contents) plus output
+    /// bytes copied after the session wrote them (an unaligned response
+    /// buffer); 0 when every tensor was read and written in place.
+    pub copied: usize,
+}
+
+/// Where the session writes one output.
+enum Target<'p> {
+    /// A registered region (the plan's), in place.
+    Region(&'p super::shm::ShmTensor),
+    /// The response's bytes, in place (the spare capacity of the vector).
+    Response(Vec<u8>),
+    /// The response's bytes through aligned scratch memory and one copy,
+    /// when the allocator did not align the vector for the dtype.
+    Staged(Vec<u8>, tensors::Aligned),
+    /// Scratch memory: the request did not ask for this output.
+    Discard(tensors::Aligned),
+}
+
 /// Runs one request on model `m` (blocking: takes a session from its pool).
-/// The output goes into the response, or into the shared memory region the
-/// request names for it.
-pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result<ModelInferResponse, RequestError> {
+/// The session reads every input where it lies and writes every output once,
+/// into its final place: the response's bytes or the shared memory region
+/// the request names for it.
+pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result<Answer, RequestError> {
     let received = Instant::now();
-    let target = tensors::output(&req.outputs, m, shm)?;
-    let x = tensors::input(req, m, shm)?;
-    let values = x.values(); // decodes an unaligned input here, as compute_input
-    let n = m.output_len();
-    let mut y = Vec::<f32>::with_capacity(n);
+    let plan = tensors::plan(req, &m.name, &m.inputs, &m.outputs, shm)?;
+    let mut copied = plan.copied;
+    let mut targets: Vec<Target<'_>> = m
+        .outputs
+        .iter()
+        .zip(&plan.outputs)
+        .map(|(o, place)| match place {
+            tensors::OutputPlace::Shm(_, t) => Target::Region(t),
+            tensors::OutputPlace::Response(_) => {
+                let v = Vec::with_capacity(o.byte_len());
+                if (v.as_ptr() as usize).is_multiple_of(o.dtype.size()) {
+                    Target::Response(v)
+                } else {
+                    Target::Staged(v, tensors::Aligned::zeroed(o.byte_len()))
+                }
+            }
+            tensors::OutputPlace::Discard => Target::Discard(tensors::Aligned::zeroed(o.byte_len())),
+        })
+        .collect();
+    let input_regions = plan.inputs.iter().filter_map(|b| if let tensors::InputBytes::Shm(t) = b { Some(t) } else { None });
+    let output_regions = plan.outputs.iter().filter_map(|p| if let tensors::OutputPlace::Shm(_, t) = p { Some(t) } else { None });
+    let locks = super::shm::lock_regions(input_regions.chain(output_regions));
+    let ins = m.inputs.iter().zip(&plan.inputs).map(|(i, b)| TensorRef::from_bytes(i.dtype, b.bytes())).collect::<crate::Result<Vec<_>>>()?;
+    let mut outs = Vec::with_capacity(m.outputs.len());
+    for (o, target) in m.outputs.iter().zip(targets.iter_mut()) {
+        let n = o.byte_len();
+        let bytes: &mut [std::mem::MaybeUninit<u8>] = match target {
+            // SAFETY: the region's lock is held (`locks`) until the session
+            // has run, and the plan refused outputs overlapping other tensors
+            // of the request, so this is the only view of these bytes here.
+            Target::Region(t) => unsafe { t.output_bytes(n) }?,
+            Target::Response(v) => &mut v.spare_capacity_mut()[..n],
+            Target::Staged(_, a) | Target::Discard(a) => as_uninit(a.bytes_mut()),
+        };
+        outs.push(TensorMut::from_bytes(o.dtype, bytes)?);
+    }
     let checked = Instant::now();
     let mut session = m.pool.checkout();
     let started = Instant::now();
-    session.run_on(&[TensorRef::new(&values)], &mut [TensorMut::uninit(&mut y.spare_capacity_mut()[..n])])?;
-    drop(session);
-    let ran = Instant::now();
-    // SAFETY: `run_on` returned Ok, which guarantees that all `n` slots of the
-    // spare capacity (n <= capacity) were initialised.
-    unsafe { y.set_len(n) };
-    let bytes: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let raw_output_contents = match target {
-        Some(region) => {
-            region.write(&bytes)?;
-            vec![]
+    if m.echo {
+        drop(session);
+        for o in &mut outs {
+            o.fill_zero();
         }
-        None => vec![bytes],
-    };
+    } else {
+        session.run_on(&ins, &mut outs)?;
+        drop(session);
+    }
+    drop((outs, locks));
+    let ran = Instant::now();
+    let mut in_response: Vec<Option<Vec<u8>>> = targets
+        .into_iter()
+        .zip(&m.outputs)
+        .map(|(t, o)| match t {
+            Target::Response(mut v) => {
+                // SAFETY: every byte of every output (here the first
+                // `byte_len` bytes of the spare capacity) was written: `run_on`
+                // returned Ok, which guarantees it, or (echo) `fill_zero` did.
+                unsafe { v.set_len(o.byte_len()) };
+                Some(v)
+            }
+            Target::Staged(mut v, a) => {
+                v.extend_from_slice(a.bytes());
+                copied += a.bytes().len();
+                Some(v)
+            }
+            Target::Region(_) | Target::Discard(_) => None,
+        })
+        .collect();
+    // One raw entry per answered output when any is in the response
+    // (Triton's clients index them by output position); none when every
+    // answered output went to shared memory.
+    let any_in_response = plan.answer.iter().any(|a| in_response[a.index].is_some());
+    let mut raw_output_contents = Vec::new();
+    let mut outputs = Vec::with_capacity(plan.answer.len());
+    for a in &plan.answer {
+        let o = &m.outputs[a.index];
+        outputs.push(InferOutputTensor { name: a.name.clone(), datatype: o.dtype.oip_name().into(), shape: o.shape.clone(), parameters: Default::default(), contents: None });
+        if any_in_response {
+            raw_output_contents.push(in_response[a.index].take().unwrap_or_default());
+        }
+    }
     m.stats.record_phases(Phases { compute_input: checked - received, queue: started - checked, compute_infer: ran - started, compute_output: ran.elapsed() });
-    Ok(ModelInferResponse {
-        model_name: m.name.clone(),
-        model_version: VERSION.into(),
-        id: req.id.clone(),
-        parameters: Default::default(),
-        outputs: vec![InferOutputTensor {
-            name: OUTPUT_NAME.into(),
-            datatype: FP32.into(),
-            shape: m.output_shape.clone(),
-            parameters: Default::default(),
-            contents: None,
-        }],
-        raw_output_contents,
-    })
+    let response = ModelInferResponse { model_name: m.name.clone(), model_version: VERSION.into(), id: req.id.clone(), parameters: Default::default(), outputs, raw_output_contents };
+    Ok(Answer { response, copied })
+}
+
+/// Initialised bytes viewed as bytes that may be uninitialised (to be overwritten).
+fn as_uninit(b: &mut [u8]) -> &mut [std::mem::MaybeUninit<u8>] {
+    // SAFETY: MaybeUninit<u8> has u8's layout, and viewing initialised bytes
+    // as maybe-uninitialised claims nothing more; the borrow stays exclusive.
+    unsafe { &mut *(b as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) }
+}
+
+/// The model configuration's datatype of `d` (`TYPE_FP32`, `TYPE_BF16`, ...).
+fn config_type(d: crate::DType) -> DataType {
+    use crate::DType::*;
+    match d {
+        F32 => DataType::TypeFp32,
+        F64 => DataType::TypeFp64,
+        F16 => DataType::TypeFp16,
+        Bf16 => DataType::TypeBf16,
+        I64 => DataType::TypeInt64,
+        I32 => DataType::TypeInt32,
+        I16 => DataType::TypeInt16,
+        I8 => DataType::TypeInt8,
+        U8 => DataType::TypeUint8,
+        Bool => DataType::TypeBool,
+    }
 }
 
 /// RPCs answered `UNIMPLEMENTED`, each naming itself. Written in the form
@@ -271,33 +366,32 @@ impl GrpcInferenceService for OipService {
     async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = r.into_inner();
         let m = self.model(&r.name, &r.version)?;
-        let tensor = |name: &str, shape: &[i64]| TensorMetadata { name: name.into(), datatype: FP32.into(), shape: shape.to_vec() };
+        let tensors = |ts: &[crate::model::TensorInfo]| ts.iter().map(|t| TensorMetadata { name: t.name.clone(), datatype: t.dtype.oip_name().into(), shape: t.shape.clone() }).collect();
         Ok(Response::new(ModelMetadataResponse {
             name: m.name.clone(),
             versions: vec![VERSION.into()],
-            platform: PLATFORM.into(),
-            inputs: vec![tensor(INPUT_NAME, &m.input_shape)],
-            outputs: vec![tensor(OUTPUT_NAME, &m.output_shape)],
+            platform: platform(m.format).into(),
+            inputs: tensors(&m.inputs),
+            outputs: tensors(&m.outputs),
         }))
     }
 
     /// The configuration Triton would show for the model: platform and
     /// backend, no batching (`max_batch_size` 0: shapes include the batch
-    /// dimension), one FP32 input and output with their shapes, and one
-    /// instance group of the model's sessions (CPU or GPU by its mode).
+    /// dimension), every input and output with its datatype and shape, and
+    /// one instance group of the model's sessions (CPU or GPU by its mode).
     async fn model_config(&self, r: Request<ModelConfigRequest>) -> Result<Response<ModelConfigResponse>, Status> {
         let r = r.into_inner();
         let m = self.model(&r.name, &r.version)?;
-        let fp32 = DataType::TypeFp32 as i32;
         let gpu = m.mode != crate::Mode::Cpu;
         let kind = if gpu { model_instance_group::Kind::Gpu } else { model_instance_group::Kind::Cpu };
         let config = ModelConfig {
             name: m.name.clone(),
-            platform: PLATFORM.into(),
+            platform: platform(m.format).into(),
             backend: "pytorch".into(),
             max_batch_size: 0,
-            input: vec![ModelInput { name: INPUT_NAME.into(), data_type: fp32, dims: m.input_shape.clone(), ..Default::default() }],
-            output: vec![ModelOutput { name: OUTPUT_NAME.into(), data_type: fp32, dims: m.output_shape.clone(), ..Default::default() }],
+            input: m.inputs.iter().map(|t| ModelInput { name: t.name.clone(), data_type: config_type(t.dtype) as i32, dims: t.shape.clone(), ..Default::default() }).collect(),
+            output: m.outputs.iter().map(|t| ModelOutput { name: t.name.clone(), data_type: config_type(t.dtype) as i32, dims: t.shape.clone(), ..Default::default() }).collect(),
             instance_group: vec![ModelInstanceGroup {
                 name: m.name.clone(),
                 kind: kind as i32,

@@ -10,6 +10,12 @@
 //! mapped once, at registration, and held by an `Arc`: unregistering it while
 //! a request uses it only drops the registry's reference, and the mapping
 //! stays valid until that request ends.
+//!
+//! A request reads its inputs in place and the session writes its outputs
+//! straight into their ranges. While it runs it holds the lock of every
+//! region it names ([`lock_regions`]), so two requests never write (or one
+//! writes while another reads) the same region at once; within a request an
+//! output may not overlap another of its tensors in the same region.
 
 use super::proto::system_shared_memory_status_response::RegionStatus;
 use super::proto::InferParameter;
@@ -34,6 +40,8 @@ pub struct Region {
     key: String,
     offset: u64,
     map: memmap2::MmapRaw,
+    /// Held by the request that uses the region (`lock_regions`).
+    in_use: Mutex<()>,
 }
 
 impl Region {
@@ -58,16 +66,6 @@ impl Region {
         // a region while a request naming it is in flight); that changes the
         // values read, nothing else in this process.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(r.start), r.len()) }
-    }
-
-    /// Copies `src` into `r` (in range, same length).
-    fn write(&self, r: std::ops::Range<usize>, src: &[u8]) {
-        debug_assert_eq!(r.len(), src.len());
-        // SAFETY: `r` lies inside the mapping (checked by `range`), which is
-        // mapped read-write and valid while `self` lives; `src` is our own
-        // buffer, so the two do not overlap; this process keeps no reference
-        // into the region across this call.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.map.as_mut_ptr().add(r.start), src.len()) }
     }
 }
 
@@ -117,7 +115,7 @@ impl Registry {
             .len(byte_size as usize)
             .map_raw(&file)
             .map_err(|e| RequestError::Invalid(format!("cannot map shared memory key {key:?}: {e}")))?;
-        let region = Arc::new(Region { name: name.to_string(), key: key.to_string(), offset, map });
+        let region = Arc::new(Region { name: name.to_string(), key: key.to_string(), offset, map, in_use: Mutex::new(()) });
         let mut regions = self.0.lock();
         if regions.contains_key(name) {
             return Err(RequestError::AlreadyExists(format!("shared memory region {name:?} is already registered; unregister it first")));
@@ -194,17 +192,50 @@ impl ShmTensor {
         self.region.bytes(self.range.clone())
     }
 
-    /// Writes `src` at the start of the tensor's range; refused when longer than it.
-    pub fn write(&self, src: &[u8]) -> Result<(), RequestError> {
-        if src.len() > self.range.len() {
-            return Err(RequestError::Invalid(format!(
-                "{} bytes do not fit the {} bytes given in shared memory region {:?}",
-                src.len(),
-                self.range.len(),
-                self.region.name
-            )));
-        }
-        self.region.write(self.range.start..self.range.start + src.len(), src);
-        Ok(())
+    /// The name of its region.
+    pub fn region_name(&self) -> &str {
+        &self.region.name
     }
+
+    /// Whether the two tensors share bytes (in the same region).
+    pub fn overlaps(&self, other: &ShmTensor) -> bool {
+        Arc::ptr_eq(&self.region, &other.region) && self.range.start < other.range.end && other.range.start < self.range.end
+    }
+
+    /// The first `len` bytes of the tensor's range, for the session to write
+    /// the output into in place (`len` at most its byte size, checked).
+    ///
+    /// # Safety
+    /// The caller holds the region's lock ([`lock_regions`]) for as long as
+    /// the slice lives, and no other slice this process made views these bytes
+    /// meanwhile (a request's output overlaps none of its other tensors).
+    // A mutable view from `&self`: the mapping is shared memory, and what
+    // makes the view exclusive is the region lock the caller holds (above).
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn output_bytes(&self, len: usize) -> Result<&mut [std::mem::MaybeUninit<u8>], RequestError> {
+        if len > self.range.len() {
+            return Err(RequestError::Invalid(format!("{len} bytes do not fit the {} bytes given in shared memory region {:?}", self.range.len(), self.region.name)));
+        }
+        // SAFETY: the range lies inside the mapping (checked at `tensor`),
+        // which is mapped read-write and valid while `self` (holding the
+        // region) lives; the caller's lock and the overlap rule make this the
+        // only view in this process. The client must not touch a region while
+        // a request naming it is in flight (the protocol's rule); if it does,
+        // only the bytes it sees change.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.region.map.as_mut_ptr().add(self.range.start).cast(), len) })
+    }
+}
+
+/// The locks of the regions a request uses, held while it runs.
+pub struct RegionLocks<'a> {
+    _held: Vec<parking_lot::MutexGuard<'a, ()>>,
+}
+
+/// Locks every region of `tensors`, each once, in one global order (by
+/// address), so that requests sharing regions cannot deadlock.
+pub fn lock_regions<'a>(tensors: impl IntoIterator<Item = &'a ShmTensor>) -> RegionLocks<'a> {
+    let mut regions: Vec<&'a Region> = tensors.into_iter().map(|t| &*t.region).collect();
+    regions.sort_by_key(|r| *r as *const Region as usize);
+    regions.dedup_by_key(|r| *r as *const Region as usize);
+    RegionLocks { _held: regions.into_iter().map(|r| r.in_use.lock()).collect() }
 }

@@ -1,130 +1,326 @@
-//! Request validation: the FP32 input of a `ModelInferRequest`, checked
-//! against the model (name, datatype, shape, byte length), taken from
-//! `raw_input_contents` or a registered shared memory region (little-endian
-//! bytes, read in place when 4-byte aligned) or from the typed
-//! `contents.fp32_contents`; and the requested outputs.
+//! Request validation: the tensors of a `ModelInferRequest` checked against
+//! the model's signature before anything runs, and where each one's bytes
+//! are ([`Plan`]).
+//!
+//! - Inputs are matched by name, or positionally by Triton's PyTorch-backend
+//!   names (`INPUT__0`, `INPUT__1`, …); every model input exactly once, with
+//!   its datatype and shape. Their bytes are read in place from
+//!   `raw_input_contents` (one entry per input that names no shared memory
+//!   region, in order, as Triton's clients send them) or from a registered
+//!   system shared memory region, when aligned for their dtype; copied once
+//!   into an aligned buffer when not; encoded once from the typed
+//!   `*_contents` fields otherwise.
+//! - Outputs: the ones the request lists (by name or `OUTPUT__<i>`), in its
+//!   order and under the names it used, each to the response or into a
+//!   registered region; all of them, to the response, when it lists none
+//!   (named `OUTPUT__<i>` when the request named its inputs positionally,
+//!   else by their own names). The session writes each output once, into
+//!   its final place (see `service::infer`).
 
-use super::models::{ServedModel, FP32, INPUT_NAME, OUTPUT_NAME};
 use super::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use super::proto::{InferTensorContents, ModelInferRequest};
 use super::shm::{Registry, ShmTensor};
 use super::status::RequestError;
-use std::borrow::Cow;
+use crate::dtype::DType;
+use crate::model::TensorInfo;
 
 /// Parameter of Triton's classification extension.
 const CLASSIFICATION: &str = "classification";
 
-/// What the model takes, for error messages.
-fn expected(m: &ServedModel) -> String {
-    format!("model {:?} takes one {FP32} input {INPUT_NAME:?} of shape {:?}", m.name, m.input_shape)
+/// The protocol datatype of `d` and back (`BOOL`, `UINT8`, …, `BF16`, `FP64`).
+pub fn datatype(name: &str) -> Option<DType> {
+    DType::ALL.into_iter().find(|d| d.oip_name() == name)
 }
 
-/// Where a request's input values are.
-pub enum Input<'r> {
-    /// In the request message.
-    Message(Cow<'r, [f32]>),
-    /// In a registered shared memory region.
+/// Bytes in an 8-byte-aligned buffer (aligned for every dtype).
+#[derive(Debug)]
+pub struct Aligned {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Aligned {
+    /// A zeroed buffer of `len` bytes.
+    pub fn zeroed(len: usize) -> Self {
+        Self { words: vec![0; len.div_ceil(8)], len }
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Self {
+        let mut a = Self::zeroed(bytes.len());
+        a.bytes_mut().copy_from_slice(bytes);
+        a
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the words hold at least `len` initialised bytes (zeroed,
+        // then written), any byte is a valid u8, and the borrow of `self` keeps them alive.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`; `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+/// Where an input's bytes are.
+pub enum InputBytes<'r> {
+    /// In the request message, aligned for the dtype: read in place.
+    Message(&'r [u8]),
+    /// In a registered region, aligned: read in place.
     Shm(ShmTensor),
+    /// Copied (unaligned bytes) or encoded (typed contents) once.
+    Owned(Aligned),
 }
 
-impl Input<'_> {
-    /// The values: in place when they can be, decoded when raw bytes are not
-    /// 4-byte aligned.
-    pub fn values(&self) -> Cow<'_, [f32]> {
+impl InputBytes<'_> {
+    pub fn bytes(&self) -> &[u8] {
         match self {
-            Input::Message(v) => Cow::Borrowed(v),
-            Input::Shm(t) => decode(t.bytes()),
+            InputBytes::Message(b) => b,
+            InputBytes::Shm(t) => t.bytes(),
+            InputBytes::Owned(a) => a.bytes(),
         }
     }
 }
 
-/// The input of `req` for model `m`: from the message, or from the shared
-/// memory region its parameters name.
-pub fn input<'r>(req: &'r ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result<Input<'r>, RequestError> {
-    let t = match req.inputs.as_slice() {
-        [] => return Err(RequestError::Invalid(format!("missing input {INPUT_NAME:?}: the request has no inputs; {}", expected(m)))),
-        [t] => t,
-        more => {
-            let names: Vec<&str> = more.iter().map(|t| t.name.as_str()).collect();
-            return Err(RequestError::Invalid(format!("the request has {} inputs {names:?}; {}", more.len(), expected(m))));
+/// Where an output goes.
+pub enum OutputPlace {
+    /// Into the response, at this position of the answer.
+    Response(usize),
+    /// Into a registered region (answered at this position, without data).
+    Shm(usize, ShmTensor),
+    /// Nowhere: the request did not ask for it (the session still writes it).
+    Discard,
+}
+
+/// One output of the answer, in the order the request listed it.
+pub struct Answered {
+    /// The model output (index into the model's outputs).
+    pub index: usize,
+    /// The name to answer with: the one the request used.
+    pub name: String,
+}
+
+/// A request checked against the model: every input's bytes, every output's place.
+pub struct Plan<'r> {
+    /// One per model input, in the model's order.
+    pub inputs: Vec<InputBytes<'r>>,
+    /// One per model output, in the model's order.
+    pub outputs: Vec<OutputPlace>,
+    /// The outputs of the answer, in order.
+    pub answer: Vec<Answered>,
+    /// Tensor bytes copied or encoded to build the inputs.
+    pub copied: usize,
+}
+
+/// `INPUT__<i>` / `OUTPUT__<i>` → `i`.
+fn positional(name: &str, prefix: &str) -> Option<usize> {
+    name.strip_prefix(prefix)?.strip_prefix("__")?.parse().ok()
+}
+
+/// The index among `infos` of tensor `name` (its name, or `{prefix}__<i>`).
+fn find(infos: &[TensorInfo], name: &str, prefix: &str) -> Option<usize> {
+    infos.iter().position(|i| i.name == name).or_else(|| positional(name, prefix).filter(|&i| i < infos.len()))
+}
+
+fn list(infos: &[TensorInfo]) -> String {
+    infos.iter().map(|i| format!("{:?} {} {:?}", i.name, i.dtype.oip_name(), i.shape)).collect::<Vec<_>>().join(", ")
+}
+
+/// What model `name` takes, for error messages.
+fn takes(model: &str, inputs: &[TensorInfo]) -> String {
+    format!("model {model:?} takes {}", list(inputs))
+}
+
+/// Checks `req` against `inputs` and `outputs` (the sessions' signature of
+/// model `model`) and says where every tensor's bytes are.
+pub fn plan<'r>(req: &'r ModelInferRequest, model: &str, inputs: &[TensorInfo], outputs: &[TensorInfo], shm: &Registry) -> Result<Plan<'r>, RequestError> {
+    let invalid = |m: String| RequestError::Invalid(m);
+    let mut slot: Vec<Option<&InferInputTensor>> = vec![None; inputs.len()];
+    for t in &req.inputs {
+        let i = find(inputs, &t.name, "INPUT").ok_or_else(|| invalid(format!("model {model:?} has no input {:?}; {}", t.name, takes(model, inputs))))?;
+        if slot[i].replace(t).is_some() {
+            return Err(invalid(format!("input {:?} is given twice (as {:?} or INPUT__{i})", inputs[i].name, inputs[i].name)));
         }
-    };
-    check_header(t, m)?;
-    let n = m.input_len();
-    let want = n * std::mem::size_of::<f32>();
-    if let Some(region) = shm.tensor(&format!("input {INPUT_NAME:?}"), &t.parameters)? {
-        if !req.raw_input_contents.is_empty() || t.contents.is_some() {
-            return Err(RequestError::Invalid(format!("input {INPUT_NAME:?} names a shared memory region and carries data in the message too; send one of them")));
-        }
-        if region.byte_size() != want {
-            return Err(RequestError::Invalid(format!(
-                "input {INPUT_NAME:?} gives {} bytes of shared memory; {FP32} shape {:?} needs {want}",
-                region.byte_size(),
-                m.input_shape
-            )));
-        }
-        return Ok(Input::Shm(region));
     }
-    if !req.raw_input_contents.is_empty() {
-        if req.raw_input_contents.len() != req.inputs.len() {
-            return Err(RequestError::Invalid(format!(
-                "{} raw_input_contents entries for {} input(s): expected one per input",
-                req.raw_input_contents.len(),
-                req.inputs.len()
-            )));
-        }
-        if t.contents.as_ref().is_some_and(|c| kinds(c).next().is_some()) {
-            return Err(RequestError::Invalid(format!("input {INPUT_NAME:?} has both raw_input_contents and typed contents; send one of them")));
-        }
-        let bytes = &req.raw_input_contents[0];
-        if bytes.len() != want {
-            return Err(RequestError::Invalid(format!(
-                "input {INPUT_NAME:?} has {} bytes of raw contents; {FP32} shape {:?} needs {want}",
-                bytes.len(),
-                m.input_shape
-            )));
-        }
-        return Ok(Input::Message(decode(bytes)));
+    if let Some(i) = slot.iter().position(Option::is_none) {
+        return Err(invalid(format!("missing input {:?}; {}", inputs[i].name, takes(model, inputs))));
     }
-    let Some(c) = &t.contents else {
-        return Err(RequestError::Invalid(format!("input {INPUT_NAME:?} carries no data: expected raw_input_contents or contents.fp32_contents with {n} values")));
-    };
-    if let Some(kind) = kinds(c).find(|&k| k != "fp32_contents") {
-        return Err(RequestError::Invalid(format!("input {INPUT_NAME:?} carries {kind}; an {FP32} input takes fp32_contents (or raw_input_contents)")));
+    // The raw contents belong, in order, to the inputs that name no region.
+    let mut regions = Vec::with_capacity(req.inputs.len());
+    for t in &req.inputs {
+        regions.push(shm.tensor(&format!("input {:?}", t.name), &t.parameters)?);
     }
-    if c.fp32_contents.len() != n {
-        return Err(RequestError::Invalid(format!(
-            "input {INPUT_NAME:?} has {} fp32_contents values; shape {:?} needs {n}",
-            c.fp32_contents.len(),
-            m.input_shape
+    let in_message = regions.iter().filter(|r| r.is_none()).count();
+    if !req.raw_input_contents.is_empty() && req.raw_input_contents.len() != in_message {
+        return Err(invalid(format!(
+            "{} raw_input_contents entries for {in_message} input(s) carried in the message: expected one per input that names no shared memory region, in order",
+            req.raw_input_contents.len()
         )));
     }
-    Ok(Input::Message(Cow::Borrowed(&c.fp32_contents)))
+    let mut raw = req.raw_input_contents.iter();
+    let mut by_request: Vec<Option<InputBytes<'r>>> = (0..inputs.len()).map(|_| None).collect();
+    let mut copied = 0;
+    for (t, region) in req.inputs.iter().zip(regions) {
+        let i = find(inputs, &t.name, "INPUT").expect("matched above");
+        let info = &inputs[i];
+        let what = format!("input {:?}", t.name);
+        check_header(t, info, &what)?;
+        let want = info.byte_len();
+        let has_typed = t.contents.as_ref().is_some_and(|c| kinds(c).next().is_some());
+        let bytes = match region {
+            Some(region) => {
+                if has_typed {
+                    return Err(invalid(format!("{what} names a shared memory region and carries contents too; send one of them")));
+                }
+                if region.byte_size() != want {
+                    return Err(invalid(format!("{what} gives {} bytes of shared memory; {} shape {:?} needs {want}", region.byte_size(), info.dtype.oip_name(), info.shape)));
+                }
+                if aligned(region.bytes(), info.dtype) {
+                    InputBytes::Shm(region)
+                } else {
+                    copied += want;
+                    InputBytes::Owned(Aligned::from_bytes(region.bytes()))
+                }
+            }
+            None if !req.raw_input_contents.is_empty() => {
+                if has_typed {
+                    return Err(invalid(format!("{what} has both raw_input_contents and typed contents; send one of them")));
+                }
+                let bytes = raw.next().expect("counted above");
+                if bytes.len() != want {
+                    return Err(invalid(format!("{what} has {} bytes of raw contents; {} shape {:?} needs {want}", bytes.len(), info.dtype.oip_name(), info.shape)));
+                }
+                if aligned(bytes, info.dtype) {
+                    InputBytes::Message(bytes)
+                } else {
+                    copied += want;
+                    InputBytes::Owned(Aligned::from_bytes(bytes))
+                }
+            }
+            None => {
+                let c = t.contents.as_ref().filter(|_| has_typed).ok_or_else(|| {
+                    invalid(format!("{what} carries no data: expected raw_input_contents, {}, or a shared memory region", field(info.dtype).unwrap_or("raw bytes (it has no typed field)")))
+                })?;
+                copied += want;
+                InputBytes::Owned(encode(c, info, &what)?)
+            }
+        };
+        by_request[i] = Some(bytes);
+    }
+    let inputs_planned: Vec<InputBytes<'r>> = by_request.into_iter().map(|b| b.expect("every input was planned")).collect();
+    if let Some((info, _)) = inputs.iter().zip(&inputs_planned).find(|(i, b)| i.dtype == DType::Bool && b.bytes().iter().any(|&x| x > 1)) {
+        return Err(invalid(format!("input {:?} is BOOL: its bytes must be 0 or 1", info.name)));
+    }
+    // A request that names every input positionally (Triton's PyTorch
+    // backend's INPUT__<i>) gets its outputs named so too, when it lists none.
+    let positional_names = req.inputs.iter().all(|t| !inputs.iter().any(|i| i.name == t.name));
+    let (outputs_planned, answer) = plan_outputs(&req.outputs, model, outputs, shm, positional_names)?;
+    check_overlaps(inputs, &inputs_planned, outputs, &outputs_planned)?;
+    Ok(Plan { inputs: inputs_planned, outputs: outputs_planned, answer, copied })
 }
 
-/// Name, datatype and shape of the input tensor.
-fn check_header(t: &InferInputTensor, m: &ServedModel) -> Result<(), RequestError> {
-    if t.name != INPUT_NAME {
-        return Err(RequestError::Invalid(format!("missing input {INPUT_NAME:?} (the request names its input {:?}); {}", t.name, expected(m))));
+fn aligned(bytes: &[u8], dtype: DType) -> bool {
+    (bytes.as_ptr() as usize).is_multiple_of(dtype.size())
+}
+
+/// Name, datatype and shape of an input tensor against the model's input.
+fn check_header(t: &InferInputTensor, info: &TensorInfo, what: &str) -> Result<(), RequestError> {
+    let want = info.dtype.oip_name();
+    match datatype(&t.datatype) {
+        Some(d) if d == info.dtype => {}
+        Some(_) => return Err(RequestError::Invalid(format!("{what} has datatype {}; input {:?} is {want} {:?}", t.datatype, info.name, info.shape))),
+        None => {
+            return Err(RequestError::Invalid(format!(
+                "{what} has datatype {:?}, which uminfer does not carry (BOOL, UINT8, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64); input {:?} is {want}",
+                t.datatype, info.name
+            )))
+        }
     }
-    if t.datatype != FP32 {
-        return Err(RequestError::Invalid(format!("input {INPUT_NAME:?} has datatype {:?}; {}", t.datatype, expected(m))));
-    }
-    if t.shape != m.input_shape {
-        return Err(RequestError::Invalid(format!("input {INPUT_NAME:?} has shape {:?}; {}", t.shape, expected(m))));
+    if t.shape != info.shape {
+        return Err(RequestError::Invalid(format!("{what} has shape {:?}; input {:?} is {want} {:?}", t.shape, info.name, info.shape)));
     }
     Ok(())
 }
 
-/// FP32 values from little-endian bytes: in place when aligned (on a
-/// little-endian machine), else decoded into a new vector.
-fn decode(bytes: &[u8]) -> Cow<'_, [f32]> {
-    if cfg!(target_endian = "little") {
-        if let Ok(v) = bytemuck::try_cast_slice::<u8, f32>(bytes) {
-            return Cow::Borrowed(v);
-        }
+/// The typed-contents field that carries `d`, if the protocol has one.
+fn field(d: DType) -> Option<&'static str> {
+    Some(match d {
+        DType::Bool => "bool_contents",
+        DType::U8 => "uint_contents",
+        DType::I8 | DType::I16 | DType::I32 => "int_contents",
+        DType::I64 => "int64_contents",
+        DType::F32 => "fp32_contents",
+        DType::F64 => "fp64_contents",
+        DType::F16 | DType::Bf16 => return None,
+    })
+}
+
+/// Writes `vals` converted by `conv` into `dst` as elements of `T` (native
+/// byte order, the protocol's little-endian on the machines uminfer runs on);
+/// a value `conv` refuses (does not fit `name`) is an error.
+fn fill<T: bytemuck::Pod, V: Copy + std::fmt::Display>(dst: &mut [u8], vals: &[V], conv: impl Fn(V) -> Option<T>, what: &str, name: &str) -> Result<(), RequestError> {
+    let dst: &mut [T] = bytemuck::cast_slice_mut(dst);
+    for (k, (d, &v)) in dst.iter_mut().zip(vals).enumerate() {
+        *d = conv(v).ok_or_else(|| RequestError::Invalid(format!("{what}: value {v} at {k} does not fit {name}")))?;
     }
-    Cow::Owned(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    Ok(())
+}
+
+/// Encodes the typed contents of an input as its bytes.
+fn encode(c: &InferTensorContents, info: &TensorInfo, what: &str) -> Result<Aligned, RequestError> {
+    let Some(want) = field(info.dtype) else {
+        return Err(RequestError::Invalid(format!("{what} is {}, which has no typed contents field: send raw_input_contents (little-endian bytes)", info.dtype.oip_name())));
+    };
+    if let Some(kind) = kinds(c).find(|&k| k != want) {
+        return Err(RequestError::Invalid(format!("{what} carries {kind}; a {} input takes {want} (or raw_input_contents)", info.dtype.oip_name())));
+    }
+    let n = info.numel();
+    let count = |len: usize| {
+        if len == n {
+            Ok(())
+        } else {
+            Err(RequestError::Invalid(format!("{what} has {len} {want} values; shape {:?} needs {n}", info.shape)))
+        }
+    };
+    let mut out = Aligned::zeroed(info.byte_len());
+    let (dst, name) = (out.bytes_mut(), info.dtype.oip_name());
+    match info.dtype {
+        DType::Bool => {
+            count(c.bool_contents.len())?;
+            fill(dst, &c.bool_contents, |b| Some(u8::from(b)), what, name)?;
+        }
+        DType::U8 => {
+            count(c.uint_contents.len())?;
+            fill(dst, &c.uint_contents, |v| u8::try_from(v).ok(), what, name)?;
+        }
+        DType::I8 => {
+            count(c.int_contents.len())?;
+            fill(dst, &c.int_contents, |v| i8::try_from(v).ok(), what, name)?;
+        }
+        DType::I16 => {
+            count(c.int_contents.len())?;
+            fill(dst, &c.int_contents, |v| i16::try_from(v).ok(), what, name)?;
+        }
+        DType::I32 => {
+            count(c.int_contents.len())?;
+            fill(dst, &c.int_contents, Some, what, name)?;
+        }
+        DType::I64 => {
+            count(c.int64_contents.len())?;
+            fill(dst, &c.int64_contents, Some, what, name)?;
+        }
+        DType::F32 => {
+            count(c.fp32_contents.len())?;
+            fill(dst, &c.fp32_contents, Some, what, name)?;
+        }
+        DType::F64 => {
+            count(c.fp64_contents.len())?;
+            fill(dst, &c.fp64_contents, Some, what, name)?;
+        }
+        DType::F16 | DType::Bf16 => unreachable!("no typed field (checked above)"),
+    }
+    Ok(out)
 }
 
 /// The typed-contents fields of `c` that hold values.
@@ -144,28 +340,104 @@ fn kinds(c: &InferTensorContents) -> impl Iterator<Item = &'static str> + '_ {
     .map(|(k, _)| k)
 }
 
-/// Checks the requested outputs (none requested means all: the one output)
-/// and returns the shared memory region the output goes to, if one is named.
-pub fn output(outputs: &[InferRequestedOutputTensor], m: &ServedModel, shm: &Registry) -> Result<Option<ShmTensor>, RequestError> {
-    let mut target = None;
-    for o in outputs {
-        if o.name != OUTPUT_NAME {
-            return Err(RequestError::Invalid(format!("model {:?} has no output {:?}; its only output is {OUTPUT_NAME:?}", m.name, o.name)));
-        }
-        if o.parameters.contains_key(CLASSIFICATION) {
-            return Err(RequestError::Unimplemented(format!("output {OUTPUT_NAME:?} asks for classification; that extension is not implemented (docs/oip.md)")));
-        }
-        if let Some(region) = shm.tensor(&format!("output {OUTPUT_NAME:?}"), &o.parameters)? {
-            let want = m.output_len() * std::mem::size_of::<f32>();
-            if region.byte_size() < want {
-                return Err(RequestError::Invalid(format!(
-                    "output {OUTPUT_NAME:?} gives {} bytes of shared memory; {FP32} shape {:?} needs {want}",
-                    region.byte_size(),
-                    m.output_shape
-                )));
-            }
-            target = Some(region);
+/// Refuses an output region range that overlaps another tensor of the
+/// request in the same region: the session writes it while reading the
+/// inputs and writing the other outputs.
+fn check_overlaps(inputs: &[TensorInfo], in_bytes: &[InputBytes<'_>], outputs: &[TensorInfo], places: &[OutputPlace]) -> Result<(), RequestError> {
+    let shm_outputs: Vec<(&str, &ShmTensor)> = outputs.iter().zip(places).filter_map(|(o, p)| if let OutputPlace::Shm(_, t) = p { Some((o.name.as_str(), t)) } else { None }).collect();
+    let shm_inputs = inputs.iter().zip(in_bytes).filter_map(|(i, b)| if let InputBytes::Shm(t) = b { Some((i.name.as_str(), t)) } else { None });
+    for (k, (name, t)) in shm_outputs.iter().enumerate() {
+        let clash = shm_outputs[k + 1..].iter().map(|(n, u)| ("output", *n, *u)).chain(shm_inputs.clone().map(|(n, u)| ("input", n, u))).find(|(_, _, u)| t.overlaps(u));
+        if let Some((side, other, _)) = clash {
+            return Err(RequestError::Invalid(format!(
+                "output {name:?} overlaps {side} {other:?} in shared memory region {:?}: give each output a range of its own",
+                t.region_name()
+            )));
         }
     }
-    Ok(target)
+    Ok(())
+}
+
+/// The requested outputs: where each model output goes, and the answer's order.
+fn plan_outputs(requested: &[InferRequestedOutputTensor], model: &str, outputs: &[TensorInfo], shm: &Registry, positional_names: bool) -> Result<(Vec<OutputPlace>, Vec<Answered>), RequestError> {
+    if requested.is_empty() {
+        let places = (0..outputs.len()).map(OutputPlace::Response).collect();
+        let name = |index: usize, o: &TensorInfo| if positional_names { format!("OUTPUT__{index}") } else { o.name.clone() };
+        let answer = outputs.iter().enumerate().map(|(index, o)| Answered { index, name: name(index, o) }).collect();
+        return Ok((places, answer));
+    }
+    let mut places: Vec<OutputPlace> = (0..outputs.len()).map(|_| OutputPlace::Discard).collect();
+    let mut answer = Vec::with_capacity(requested.len());
+    for (pos, o) in requested.iter().enumerate() {
+        let i = find(outputs, &o.name, "OUTPUT").ok_or_else(|| RequestError::Invalid(format!("model {model:?} has no output {:?}; its outputs: {}", o.name, list(outputs))))?;
+        if !matches!(places[i], OutputPlace::Discard) {
+            return Err(RequestError::Invalid(format!("output {:?} is asked for twice", outputs[i].name)));
+        }
+        let what = format!("output {:?}", o.name);
+        if o.parameters.contains_key(CLASSIFICATION) {
+            return Err(RequestError::Unimplemented(format!("{what} asks for classification; that extension is not implemented (docs/oip.md)")));
+        }
+        places[i] = match shm.tensor(&what, &o.parameters)? {
+            Some(region) => {
+                let want = outputs[i].byte_len();
+                if region.byte_size() < want {
+                    return Err(RequestError::Invalid(format!(
+                        "{what} gives {} bytes of shared memory; {} shape {:?} needs {want}",
+                        region.byte_size(),
+                        outputs[i].dtype.oip_name(),
+                        outputs[i].shape
+                    )));
+                }
+                OutputPlace::Shm(pos, region)
+            }
+            None => OutputPlace::Response(pos),
+        };
+        answer.push(Answered { index: i, name: o.name.clone() });
+    }
+    Ok((places, answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, dtype: DType, shape: &[i64]) -> TensorInfo {
+        TensorInfo { name: name.into(), dtype, shape: shape.to_vec() }
+    }
+
+    #[test]
+    fn tensors_are_found_by_name_or_by_tritons_positional_name() {
+        let inputs = [info("input_ids", DType::I64, &[1, 4]), info("attention_mask", DType::I64, &[1, 4])];
+        assert_eq!(find(&inputs, "attention_mask", "INPUT"), Some(1));
+        assert_eq!(find(&inputs, "INPUT__0", "INPUT"), Some(0));
+        assert_eq!(find(&inputs, "INPUT__2", "INPUT"), None);
+        assert_eq!(find(&inputs, "OUTPUT__0", "INPUT"), None);
+        assert_eq!(positional("OUTPUT__12", "OUTPUT"), Some(12));
+    }
+
+    #[test]
+    fn typed_contents_encode_by_dtype_and_refuse_what_does_not_fit() {
+        let c = InferTensorContents { int_contents: vec![-3, 5], ..Default::default() };
+        let a = encode(&c, &info("x", DType::I16, &[2]), "input x").unwrap();
+        assert_eq!(a.bytes(), [(-3i16).to_le_bytes(), 5i16.to_le_bytes()].concat());
+        let big = InferTensorContents { int_contents: vec![300, 1], ..Default::default() };
+        assert!(encode(&big, &info("x", DType::I8, &[2]), "input x").unwrap_err().to_string().contains("value 300 at 0 does not fit INT8"));
+        let b = InferTensorContents { bool_contents: vec![true, false], ..Default::default() };
+        assert_eq!(encode(&b, &info("m", DType::Bool, &[2]), "input m").unwrap().bytes(), [1, 0]);
+        let wrong = InferTensorContents { fp32_contents: vec![1.0, 2.0], ..Default::default() };
+        assert!(encode(&wrong, &info("x", DType::I64, &[2]), "input x").unwrap_err().to_string().contains("carries fp32_contents; a INT64 input takes int64_contents"));
+        let half = InferTensorContents { fp32_contents: vec![1.0], ..Default::default() };
+        assert!(encode(&half, &info("h", DType::F16, &[1]), "input h").unwrap_err().to_string().contains("no typed contents field"));
+        let short = InferTensorContents { int64_contents: vec![1], ..Default::default() };
+        assert!(encode(&short, &info("x", DType::I64, &[2]), "input x").unwrap_err().to_string().contains("has 1 int64_contents values; shape [2] needs 2"));
+    }
+
+    #[test]
+    fn datatypes_are_the_protocols_names() {
+        for d in DType::ALL {
+            assert_eq!(datatype(d.oip_name()), Some(d));
+        }
+        assert_eq!(datatype("BYTES"), None);
+        assert_eq!(datatype("fp32"), None, "protocol names are upper case");
+    }
 }

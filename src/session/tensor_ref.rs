@@ -87,6 +87,11 @@ impl<'a> TensorMut<'a> {
         self.dtype
     }
 
+    /// Writes zeros over every byte (a valid value of every dtype).
+    pub fn fill_zero(&mut self) {
+        self.bytes.fill(MaybeUninit::new(0));
+    }
+
     pub(crate) fn as_mut_ptr(&mut self) -> *mut u8 {
         self.bytes.as_mut_ptr().cast()
     }
