@@ -15,6 +15,8 @@ TorchScript models (torch.jit.script), each with a reference pair computed here 
     NAME.inputs.npz / NAME.expected.npz  inputs keyed by forward() argument name, outputs keyed by
                                          flattened output name (see flatten_outputs)
   bad_output.pt  returns (Tensor, int): an output the runtime must refuse (no reference files)
+  raises.pt      x float32 [1, 4] -> 2 * x; raises when an element is over 100 (a model error on
+                 a given input; no reference files)
 
 AOTInductor packages (torch.export + aoti_compile_and_package), compiled from the same module
 objects (same weights) as tiny.pt and encoder.pt, with the reference inputs as (static) example inputs:
@@ -245,6 +247,15 @@ class BadOutput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, int]:
         return x + 1, 3
+
+
+class Raises(nn.Module):
+    """Doubles its input; raises on an element over 100: a model error on a given input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x > 100.0).any()):
+            raise RuntimeError("raises.pt: an input element is over 100")
+        return x * 2.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,7 +543,7 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     ap.add_argument(
         "--only",
-        choices=["tiny", "resnet18", "identity", "noisy", "encoder", "heads", "dtypes", "bad_output"],
+        choices=["tiny", "resnet18", "identity", "noisy", "encoder", "heads", "dtypes", "bad_output", "raises"],
         help="export one model only (tiny and encoder: with their AOTInductor package unless --no-aoti)",
     )
     ap.add_argument(
@@ -590,6 +601,9 @@ def main() -> None:
     if scripts and wanted("bad_output"):
         x = torch.zeros(1, 4, dtype=torch.float32)
         export_script("bad_output", BadOutput(), [("x", x, None)], args.out, reference=False)
+    if scripts and wanted("raises"):
+        x = torch.zeros(1, 4, dtype=torch.float32)
+        export_script("raises", Raises(), [("x", x, None)], args.out, reference=False)
     print(f"export took {time.monotonic() - total:.1f} s")
 
 

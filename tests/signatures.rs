@@ -111,6 +111,27 @@ fn poison(s: &mut Session, i: usize) {
     }
 }
 
+/// A model that raises on a given input (`raises.pt`: over 100): the
+/// request fails with libtorch's message, the session's memory is usable
+/// again at once (every exit of a GPU run synchronises its stream), and the
+/// next request is answered correctly. Graph mode captures nothing here
+/// (the model reads its input on the host to decide), so it runs eagerly.
+fn model_error_then_serves_on(mode: Mode) {
+    let rt = runtime();
+    let model = rt.model(common::model_path("raises.pt")).unwrap();
+    let mut s = rt.session(&model, SessionSpec::new().mode(mode).allow_eager_fallback(true)).unwrap();
+    for round in 0..3 {
+        let x = [1.0f32 + round as f32, -2.0, 3.5, 100.0];
+        s.input_mut::<f32>("x").unwrap().copy_from_slice(&x);
+        s.run().unwrap();
+        assert_eq!(s.output::<f32>(0).unwrap(), &x.map(|v| v * 2.0), "{mode}, round {round}");
+        s.input_mut::<f32>("x").unwrap()[2] = 1000.0;
+        let e = s.run().unwrap_err();
+        assert!(e.to_string().contains("raises.pt: an input element is over 100"), "{mode}: {e}");
+        assert_eq!(s.input_mut::<f32>("x").unwrap()[2], 1000.0, "{mode}: the input is as the caller left it");
+    }
+}
+
 macro_rules! per_mode {
     ($($name:ident: $mode:expr, $gpu:expr;)*) => {$(
         mod $name {
@@ -139,6 +160,11 @@ macro_rules! per_mode {
             fn encoder_package() {
                 if $gpu { require_gpu!(); }
                 matches_pytorch($mode, "encoder.pt2");
+            }
+            #[test]
+            fn a_model_error_fails_the_request_and_the_session_serves_on() {
+                if $gpu { require_gpu!(); }
+                model_error_then_serves_on($mode);
             }
         }
     )*};

@@ -96,8 +96,10 @@ impl GraphLauncher {
         let t0 = self.events.begin()?;
         // SAFETY: `exec` is alive and launched by this thread only (see the
         // `Send` impl above); `begin` has bound the stream's context here.
-        unsafe { launch_exec(self.exec, &self.events.stream) }?;
-        self.events.finish(t0)
+        match unsafe { launch_exec(self.exec, &self.events.stream) } {
+            Ok(()) => self.events.finish(t0),
+            Err(e) => Err(self.events.abandon(e)),
+        }
     }
 }
 
@@ -144,7 +146,9 @@ impl RequestEvents {
     fn finish(&self, t0: Instant) -> Result<RunTiming> {
         let (stream, start, end) = (self.stream.cu_stream(), self.start.cu_event(), self.end.cu_event());
         // SAFETY: as in `begin`; `begin` bound their context on this thread.
-        unsafe { result::event::record(end, stream) }.map_err(Error::driver("cuEventRecord"))?;
+        if let Err(e) = unsafe { result::event::record(end, stream) } {
+            return Err(self.abandon(Error::driver("cuEventRecord")(e)));
+        }
         // SAFETY: `stream` is live and its context current.
         unsafe { result::stream::synchronize(stream) }.map_err(Error::driver("cuStreamSynchronize"))?;
         // SAFETY: both events are live timing events (created without
@@ -152,6 +156,21 @@ impl RequestEvents {
         // the synchronisation above, so both have completed.
         let ms = unsafe { result::event::elapsed(start, end) }.map_err(Error::driver("cuEventElapsedTime"))?;
         Ok(RunTiming { host: t0.elapsed(), device: Some(Duration::from_secs_f64(ms as f64 / 1000.0)) })
+    }
+
+    /// Ends a request whose work could not all be queued (`failed`, after
+    /// `begin`): synchronises the stream, so that nothing the request did
+    /// queue (input copies, staging, preprocessing, part of a forward pass)
+    /// is still pending when the error returns and the session hands its
+    /// regions out again. Returns `failed`, or, when the synchronisation
+    /// fails too, an error that names both (the context is then unusable).
+    fn abandon(&self, failed: Error) -> Error {
+        // SAFETY: `stream` is live (owned by `self`); `begin` bound its context on
+        // this thread, and the callers run on the thread that called `begin`.
+        match unsafe { result::stream::synchronize(self.stream.cu_stream()) } {
+            Ok(()) => failed,
+            Err(e) => Error::Session(format!("{failed}; synchronising the session stream afterwards failed too ({e}): the GPU context is unusable, build a new session")),
+        }
     }
 }
 
@@ -312,6 +331,18 @@ impl GpuEngine {
         }
     }
 
+    /// Queues a request's work on the session stream: the prefetches around
+    /// the captured graph, or the eager work (`enqueue`).
+    fn queue_request(&mut self) -> Result<()> {
+        self.prefetch(Location::Device)?;
+        match &mut self.captured {
+            Some(Captured { graph, direct: true }) => graph.launch(&self.stream)?,
+            Some(Captured { graph, direct: false }) => graph.replay()?,
+            None => self.enqueue()?,
+        }
+        self.prefetch(Location::Host)
+    }
+
     /// Queues the preprocess kernel (raw u8 region → input region), if configured.
     fn launch_preprocess(&self) -> Result<()> {
         let (Some(k), Some((params, src, dst))) = (&self.preprocess, &self.parts.preprocess) else { return Ok(()) };
@@ -343,16 +374,15 @@ impl GpuEngine {
 }
 
 impl Engine for GpuEngine {
+    /// Every exit after `begin` synchronises the stream (`finish`, or
+    /// `abandon` when queueing failed part way), which the session's host
+    /// slices rely on.
     fn run(&mut self) -> Result<RunTiming> {
         let t0 = self.events.begin()?;
-        self.prefetch(Location::Device)?;
-        match &mut self.captured {
-            Some(Captured { graph, direct: true }) => graph.launch(&self.stream)?,
-            Some(Captured { graph, direct: false }) => graph.replay()?,
-            None => self.enqueue()?,
+        match self.queue_request() {
+            Ok(()) => self.events.finish(t0),
+            Err(e) => Err(self.events.abandon(e)),
         }
-        self.prefetch(Location::Host)?;
-        self.events.finish(t0)
     }
 }
 
