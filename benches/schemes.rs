@@ -52,6 +52,7 @@ fn options() -> BenchOptions {
         core: Some(0),
         server_exe: std::env::var_os("UMINFER_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_uminfer")), PathBuf::from),
         progress: false,
+        profile: None,
     }
 }
 

@@ -129,6 +129,10 @@ pub enum Error {
     #[error("the server refused the request ({status}): {message}")]
     Remote { status: &'static str, message: String },
 
+    /// The CPU profiler could not start or write its flame graph.
+    #[error("CPU profile: {0}")]
+    Profile(String),
+
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

@@ -25,6 +25,7 @@
 //! | [`intra_op`] | libtorch intra-op threads of server processes whose clients share the machine |
 //! | [`malloc_tuning`] | glibc malloc thresholds that keep freed memory for the next request |
 //! | [`loaded_libs`] | which shared libraries the process loaded, from where |
+//! | [`profile`] | CPU flame graphs of this process (`run` and `bench` with `--profile DIR`) |
 //! | [`build_info`] | versions and commit fixed at build time |
 //! | [`error`] | the library's error type |
 //!
@@ -48,6 +49,7 @@ pub mod mode;
 pub mod model;
 pub mod oip;
 pub mod ops;
+pub mod profile;
 pub mod runtime;
 pub mod session;
 mod torch_version;

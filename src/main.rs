@@ -189,6 +189,10 @@ struct RunArgs {
     /// Print the timing summary (or the signature) as JSON.
     #[arg(long)]
     json: bool,
+    /// Write a CPU flame graph of the --repeat requests (every thread of the
+    /// process) to DIR/run-MODEL.svg.
+    #[arg(long, value_name = "DIR")]
+    profile: Option<PathBuf>,
 }
 
 /// `--input [NAME=]FILE`.
@@ -301,6 +305,11 @@ struct BenchArgs {
     /// Draw the latency distributions into this SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Write CPU flame graphs of this process into DIR, per scheme and model
+    /// (MODEL-SCHEME.svg), of --requests extra requests after the timed run
+    /// (the timed figures are not profiled; a server scheme's shows its client side).
+    #[arg(long, value_name = "DIR")]
+    profile: Option<PathBuf>,
 }
 
 /// A bench model argument: a reference name (`models/NAME.pt`), a file in
@@ -354,6 +363,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         core: usize::try_from(a.core).ok(),
         server_exe: std::env::current_exe().context("finding this uminfer binary (the bench starts it as its servers)")?,
         progress: true,
+        profile: a.profile,
     };
     let report = bench::run(&rt, &opts)?;
     let order = if report.burst == 1 { "interleaved".to_string() } else { format!("interleaved in bursts of {}", report.burst) };
@@ -569,8 +579,15 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     for t in &fitted.tensors {
         session.write_input(t)?;
     }
+    let profile = a.profile.as_ref().map(|_| uminfer::profile::CpuProfile::start(&format!("uminfer run {} --repeat {}", a.model.display(), a.repeat))).transpose()?;
     for _ in 0..a.repeat.max(1) {
         session.run()?;
+    }
+    if let (Some(p), Some(dir)) = (profile, &a.profile) {
+        let stem = a.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let path = uminfer::profile::svg_path(dir, &format!("run-{stem}"));
+        let samples = p.write_svg(&path)?;
+        tracing::info!("CPU flame graph of the requests: {} ({samples} samples)", path.display());
     }
     let outputs = (0..session.outputs().len()).map(|i| session.read_output(i)).collect::<uminfer::Result<Vec<_>>>()?;
     write_outputs(&output, &outputs)?;

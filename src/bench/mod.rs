@@ -117,6 +117,10 @@ pub struct BenchOptions {
     pub server_exe: PathBuf,
     /// Show a progress bar on stderr (only drawn on a terminal).
     pub progress: bool,
+    /// Write CPU flame graphs of this process here, one per scheme and
+    /// model (`MODEL-SCHEME.svg`), of extra requests after the timed run
+    /// ([`crate::profile`]; a server scheme's shows its client side).
+    pub profile: Option<PathBuf>,
 }
 
 /// Machine description recorded with the results.
@@ -489,6 +493,30 @@ fn build(name: &str, cx: &Bench<'_>) -> std::result::Result<Box<dyn Scheme>, Str
     }
 }
 
+/// `--profile DIR`: for each live scheme, `requests` more requests (each
+/// after writing its input, as in the timed run) under a CPU profile of this
+/// process, written to `DIR/MODEL-SCHEME.svg` and listed in its result. A
+/// scheme that fails here keeps its timed figures and logs why.
+fn profile_schemes(dir: &Path, requests: usize, live: &mut [(String, String, PreparedScheme, TimingRecorder)], results: &mut [SchemeResult]) -> Result<()> {
+    for (name, label, scheme, _) in live.iter_mut() {
+        tracing::info!("profiling {name} on {label}: {requests} requests");
+        let profile = crate::profile::CpuProfile::start(&format!("uminfer bench: {name} on {label}, {requests} requests"))?;
+        let ran = (0..requests).try_for_each(|_| scheme.request().map(drop));
+        let path = crate::profile::svg_path(dir, &format!("{label}-{name}"));
+        let written = profile.write_svg(&path);
+        match (ran, written) {
+            (Ok(()), Ok(_)) => {
+                if let Some(r) = results.iter_mut().find(|r| &r.scheme == name && &r.model == label) {
+                    r.profile = Some(path.display().to_string());
+                }
+            }
+            (Err(e), _) => tracing::warn!("{name} on {label} failed while profiled ({e}); no flame graph kept for it"),
+            (Ok(()), Err(e)) => tracing::warn!("{name} on {label}: {e}"),
+        }
+    }
+    Ok(())
+}
+
 /// Runs the comparison (progress is logged with `tracing`).
 pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
     let benches = opts.models.iter().map(|m| Bench::new(rt, opts, m)).collect::<Result<Vec<_>>>()?;
@@ -569,6 +597,9 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
     bar.finish_and_clear();
     for (name, label, s, timing) in &live {
         results.push(SchemeResult::measured(name, label, s.threads(), timing));
+    }
+    if let Some(dir) = &opts.profile {
+        profile_schemes(dir, opts.requests, &mut live, &mut results)?;
     }
     for (name, label, reason) in failed {
         results.push(SchemeResult::without_samples(&name, &label, Status::Failed, reason));

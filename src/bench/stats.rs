@@ -39,6 +39,9 @@ pub struct SchemeResult {
     /// floor's P50 (`shm-echo`; `grpc-echo`), when both ran: how close the
     /// transport comes to the bare cost of moving its bytes.
     pub transport_vs_floor: Option<f64>,
+    /// The CPU flame graph of this process during the scheme's profiled
+    /// requests (`--profile DIR`).
+    pub profile: Option<String>,
     /// Latency distribution for the plot: (µs, cumulative fraction).
     #[serde(skip)]
     pub cdf: Vec<(f64, f64)>,
@@ -65,6 +68,7 @@ impl SchemeResult {
             p50_vs_cpu_zero_copy: None,
             p50_vs_serialize_copy: None,
             transport_vs_floor: None,
+            profile: None,
             cdf: Vec::new(),
         }
     }
