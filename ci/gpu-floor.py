@@ -1,5 +1,5 @@
 """ci/gpu-floor.py MODELS_DIR OUT.json — the floor under one GPU request,
-measured with PyTorch on the GPU host (docs/performance.md explains its use).
+measured with PyTorch on the GPU host (docs/notes/performance.md explains its use).
 
 For the 1x3x128x128 float32 input (196 608 bytes) it measures, each as the
 median over many repetitions after warm-up:

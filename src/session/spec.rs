@@ -27,7 +27,7 @@ impl std::str::FromStr for ModeChoice {
 /// Where the pages of a managed session's host-written input and its output
 /// live between requests (`gpu-managed`, `gpu-managed-graph`).
 ///
-/// Measured on an H100 (`docs/performance.md`): `HostResident` is the
+/// Measured on an H100 (`docs/notes/performance.md`): `HostResident` is the
 /// fastest for `tiny` (graph mode 53.7 µs P50 end to end against 231 µs with
 /// `Migrate`) and for `resnet18` (473 against 730 µs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

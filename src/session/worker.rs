@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 pub(crate) const CPU_SPIN: Duration = Duration::from_micros(50);
 /// Default busy-wait of each side before sleeping, GPU sessions: covers a
 /// small model's whole request, so that neither the caller nor the session
-/// thread pays a futex wake-up (measured in docs/performance.md).
+/// thread pays a futex wake-up (measured in docs/notes/performance.md).
 pub(crate) const GPU_SPIN: Duration = Duration::from_millis(1);
 
 /// A closure lent to the session thread by [`Worker::call`], which waits
