@@ -114,6 +114,38 @@ enum Command {
         /// the same checks (`bench`'s floor schemes `shm-echo` and `grpc-echo`).
         #[arg(long, hide = true)]
         echo: bool,
+        /// With --grpc: connections open at once across the gRPC, REST and
+        /// /metrics listeners; beyond it a new connection is closed at once.
+        #[arg(long, value_name = "N", default_value_t = uminfer::oip::conn::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), conflicts_with = "name")]
+        max_connections: usize,
+        /// With --grpc: close a connection that has had no request or stream in
+        /// progress for this many seconds (0: never).
+        #[arg(long, value_name = "S", default_value_t = uminfer::oip::conn::DEFAULT_IDLE_TIMEOUT_S, conflicts_with = "name")]
+        idle_timeout_s: u64,
+        /// With --grpc: the REST and /metrics listeners close a connection whose
+        /// request head (line and headers) has not arrived within this many seconds.
+        #[arg(long, value_name = "S", default_value_t = uminfer::oip::conn::DEFAULT_HEADER_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "name")]
+        header_timeout_s: u64,
+        /// With --grpc: REST requests whose body has not arrived whole within
+        /// this many seconds are answered 408.
+        #[arg(long, value_name = "S", default_value_t = uminfer::oip::conn::DEFAULT_BODY_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "name")]
+        body_timeout_s: u64,
+        /// With --grpc: accept system shared memory registration from any peer.
+        /// By default only loopback peers may register: a registered region is
+        /// read back through the model, so a remote peer could read any
+        /// /dev/shm object this server's user owns.
+        #[arg(long, conflicts_with = "name")]
+        shm_from_any_peer: bool,
+        /// With --grpc: serve gRPC calls of these categories only with metadata
+        /// KEY=VALUE (others get UNAVAILABLE), as Triton's option. Categories:
+        /// health, metadata, inference, shared-memory, model-config,
+        /// model-repository, statistics, trace, logging. Repeatable.
+        #[arg(long, value_name = "CATEGORY[,...]:KEY=VALUE", conflicts_with = "name")]
+        grpc_restricted_protocol: Vec<uminfer::oip::access::Restriction>,
+        /// With --grpc and --http: serve REST routes of these categories only
+        /// with header KEY=VALUE (others get 403), as Triton's option. Repeatable.
+        #[arg(long, value_name = "CATEGORY[,...]:KEY=VALUE", conflicts_with = "name")]
+        http_restricted_api: Vec<uminfer::oip::access::Restriction>,
     },
     /// The serialize-copy scheme's HTTP/JSON server (started by `bench`; prints
     /// `http=ADDR`, serves until killed).
@@ -659,7 +691,30 @@ fn main() {
             }
         }
         Command::Run(a) => report_error(run(a)),
-        Command::Serve { name, grpc, model, mode, workers, max_bytes, input_shape, metrics, http, max_streams, max_calls, intra_op_threads, spin_us, input_spec, echo } => match (grpc, name) {
+        Command::Serve {
+            name,
+            grpc,
+            model,
+            mode,
+            workers,
+            max_bytes,
+            input_shape,
+            metrics,
+            http,
+            max_streams,
+            max_calls,
+            intra_op_threads,
+            spin_us,
+            input_spec,
+            echo,
+            max_connections,
+            idle_timeout_s,
+            header_timeout_s,
+            body_timeout_s,
+            shm_from_any_peer,
+            grpc_restricted_protocol,
+            http_restricted_api,
+        } => match (grpc, name) {
             (Some(addr), _) => report_error(uminfer::oip::InputShapes::new(&input_shape, &model).map_err(Into::into).and_then(|input_shapes| {
                 let mut opts = uminfer::oip::GrpcOptions::new(addr, model);
                 opts.mode = mode;
@@ -672,6 +727,15 @@ fn main() {
                 opts.max_calls = max_calls;
                 opts.spin = std::time::Duration::from_micros(spin_us);
                 opts.echo = echo;
+                opts.connections = uminfer::oip::conn::Limits {
+                    max_connections,
+                    idle: (idle_timeout_s > 0).then(|| std::time::Duration::from_secs(idle_timeout_s)),
+                    header: std::time::Duration::from_secs(header_timeout_s),
+                    body: std::time::Duration::from_secs(body_timeout_s),
+                };
+                opts.shm_from_any_peer = shm_from_any_peer;
+                opts.grpc_restricted = grpc_restricted_protocol;
+                opts.http_restricted = http_restricted_api;
                 serve_grpc(opts, intra_op_threads)
             })),
             (None, name) => report_error(shm_options(name, model).and_then(|mut opts| {

@@ -16,8 +16,12 @@
 //! | [`rest`] | the REST routes (`--http`): health, metadata, inference, system shared memory |
 //! | [`metrics`] | Prometheus request metrics and the `/metrics` HTTP listener |
 //! | [`polling`] | the transport thread: inference on it for a lone session with short requests, polling after each answer |
+//! | [`access`] | restricted APIs (Triton's `--grpc-restricted-protocol`, `--http-restricted-api`) |
+//! | [`conn`] | connections: the bound across listeners, idle timeout, keep-alive, backing off when out of descriptors |
 //! | [`server`] | options, listening, the stream bound, graceful shutdown on SIGINT/SIGTERM |
 
+pub mod access;
+pub mod conn;
 pub mod metrics;
 pub mod models;
 pub mod polling;

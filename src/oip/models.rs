@@ -243,10 +243,10 @@ impl Models {
     pub fn get(&self, name: &str, version: &str) -> Result<&Arc<ServedModel>, super::status::RequestError> {
         let m = self.0.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.0.keys().map(String::as_str).collect();
-            super::status::RequestError::NotFound(format!("no model named {name:?} is served (served: {})", known.join(", ")))
+            super::status::RequestError::NotFound(format!("no model named {} is served (served: {})", super::status::echo(name), known.join(", ")))
         })?;
         if !version.is_empty() && version != VERSION {
-            return Err(super::status::RequestError::NotFound(format!("model {name:?} has no version {version:?}; its only version is {VERSION:?}")));
+            return Err(super::status::RequestError::NotFound(format!("model {} has no version {}; its only version is {VERSION:?}", super::status::echo(name), super::status::echo(version))));
         }
         Ok(m)
     }

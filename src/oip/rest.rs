@@ -11,7 +11,7 @@ use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::*;
 use super::rest_codec::{decode_request, encode_response, RestBody};
 use super::service::OipService;
-use super::status::RequestError;
+use super::status::{echo, echo_value, RequestError};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -226,7 +226,7 @@ async fn off_transport_if<T: Send + 'static>(heavy: bool, f: impl FnOnce() -> T 
 async fn infer(State(svc): State<OipService>, path: Params, headers: HeaderMap, body: Bytes) -> Response {
     let (model, version) = model_and_version(path);
     if let Some(enc) = headers.get(header::CONTENT_ENCODING).filter(|e| e.as_bytes() != b"identity") {
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &format!("Content-Encoding {enc:?} is not supported: send the body uncompressed"));
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &format!("Content-Encoding {} is not supported: send the body uncompressed", echo(enc.to_str().unwrap_or("(not text)"))));
     }
     let header_len = match headers.get(HEADER_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok())) {
         None => None,
@@ -275,7 +275,7 @@ async fn repository_index(State(svc): State<OipService>, body: Bytes) -> Respons
             .and_then(|v| match v.get("ready") {
                 None => Ok(false),
                 Some(Value::Bool(b)) => Ok(*b),
-                Some(other) => Err(format!("\"ready\" must be a boolean, not {other}")),
+                Some(other) => Err(format!("\"ready\" must be a boolean, not {}", echo_value(other))),
             })
     };
     let ready = match ready {
@@ -302,7 +302,17 @@ async fn shm_status(State(svc): State<OipService>, mut path: Params) -> Response
     }
 }
 
-async fn shm_register(State(svc): State<OipService>, Path(name): Path<String>, body: Bytes) -> Response {
+/// A gRPC request carrying the REST connection's [`ConnInfo`](super::conn::ConnInfo)
+/// (the peer address the shared memory rules check).
+fn from_peer<T>(message: T, conn: Option<axum::Extension<super::conn::ConnInfo>>) -> Request<T> {
+    let mut r = Request::new(message);
+    if let Some(axum::Extension(info)) = conn {
+        r.extensions_mut().insert(info);
+    }
+    r
+}
+
+async fn shm_register(State(svc): State<OipService>, Path(name): Path<String>, conn: Option<axum::Extension<super::conn::ConnInfo>>, body: Bytes) -> Response {
     let parsed: Result<Value, _> = serde_json::from_slice(&body);
     let field = |v: &Value, k: &str| v.get(k).cloned();
     let (key, offset, byte_size) = match parsed {
@@ -319,15 +329,15 @@ async fn shm_register(State(svc): State<OipService>, Path(name): Path<String>, b
     let (Some(offset), Some(byte_size)) = (offset, byte_size.as_ref().and_then(Value::as_u64)) else {
         return refused(RequestError::Invalid("a registration needs \"byte_size\" (and an optional \"offset\") as non-negative integers".into()).into());
     };
-    match svc.system_shared_memory_register(Request::new(SystemSharedMemoryRegisterRequest { name, key, offset, byte_size })).await {
+    match svc.system_shared_memory_register(from_peer(SystemSharedMemoryRegisterRequest { name, key, offset, byte_size }, conn)).await {
         Ok(_) => StatusCode::OK.into_response(),
         Err(s) => refused(s),
     }
 }
 
-async fn shm_unregister(State(svc): State<OipService>, mut path: Params) -> Response {
+async fn shm_unregister(State(svc): State<OipService>, mut path: Params, conn: Option<axum::Extension<super::conn::ConnInfo>>) -> Response {
     let name = param(&mut path, "region");
-    match svc.system_shared_memory_unregister(Request::new(SystemSharedMemoryUnregisterRequest { name })).await {
+    match svc.system_shared_memory_unregister(from_peer(SystemSharedMemoryUnregisterRequest { name }, conn)).await {
         Ok(_) => StatusCode::OK.into_response(),
         Err(s) => refused(s),
     }

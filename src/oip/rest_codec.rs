@@ -15,7 +15,7 @@ use super::proto::infer_parameter::ParameterChoice;
 use super::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use super::proto::{InferParameter, ModelInferRequest, ModelInferResponse};
 use crate::dtype::DType;
-use super::status::RequestError;
+use super::status::{echo, echo_debug, echo_value, RequestError};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
@@ -67,7 +67,7 @@ pub fn decode_request(model: &str, version: &str, header_len: Option<usize>, bod
     for (i, input) in inputs.iter().enumerate() {
         let input = input.as_object().ok_or_else(|| invalid(format!("input {i} is not a JSON object")))?;
         let name = required_str(input, "name", &format!("input {i}"))?;
-        let what = format!("input {name:?}");
+        let what = format!("input {}", echo(&name));
         let datatype = required_str(input, "datatype", &what)?;
         let shape = input
             .get("shape")
@@ -85,13 +85,13 @@ pub fn decode_request(model: &str, version: &str, header_len: Option<usize>, bod
             binary = rest;
         } else if let Some(data) = input.get("data") {
             let dtype = super::tensors::datatype(&datatype).ok_or_else(|| {
-                invalid(format!("{what} has datatype {datatype:?}, which uminfer does not carry (BOOL, UINT8, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64)"))
+                invalid(format!("{what} has datatype {}, which uminfer does not carry (BOOL, UINT8, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64)", echo(&datatype)))
             })?;
             let mut values = Vec::new();
             flatten(data, &mut values).map_err(|e| invalid(format!("{what}: {e}")))?;
             let n = shape.iter().try_fold(1usize, |n, &d| usize::try_from(d).ok().and_then(|d| n.checked_mul(d)));
             if n != Some(values.len()) {
-                return Err(invalid(format!("{what} has {} values in \"data\"; shape {shape:?} needs {}", values.len(), n.map_or("more".into(), |n| n.to_string()))));
+                return Err(invalid(format!("{what} has {} values in \"data\"; shape {} needs {}", values.len(), echo_debug(&shape), n.map_or("more".into(), |n| n.to_string()))));
             }
             raw.push(encode_json(dtype, &values).map_err(|e| invalid(format!("{what}: {e}")))?);
         }
@@ -107,7 +107,7 @@ pub fn decode_request(model: &str, version: &str, header_len: Option<usize>, bod
         for (i, output) in list.iter().enumerate() {
             let output = output.as_object().ok_or_else(|| invalid(format!("output {i} is not a JSON object")))?;
             let name = required_str(output, "name", &format!("output {i}"))?;
-            let parameters = parse_parameters(output.get("parameters"), &format!("output {name:?}"))?;
+            let parameters = parse_parameters(output.get("parameters"), &format!("output {}", echo(&name)))?;
             let binary = matches!(parameters.get(BINARY_DATA), Some(InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(true)) }));
             message.outputs.push(InferRequestedOutputTensor { name: name.clone(), parameters: parameters.clone() });
             outputs.insert(name, (binary, parameters));
@@ -186,9 +186,9 @@ fn parse_parameters(v: Option<&Value>, what: &str) -> Result<HashMap<String, Inf
                     (Some(i), _, _) => ParameterChoice::Int64Param(i),
                     (None, Some(u), _) => ParameterChoice::Uint64Param(u),
                     (_, _, Some(f)) => ParameterChoice::DoubleParam(f),
-                    _ => return Err(invalid(format!("{what}: parameter {k:?} is a number out of range"))),
+                    _ => return Err(invalid(format!("{what}: parameter {} is a number out of range", echo(k)))),
                 },
-                _ => return Err(invalid(format!("{what}: parameter {k:?} must be a boolean, a number or a string"))),
+                _ => return Err(invalid(format!("{what}: parameter {} must be a boolean, a number or a string", echo(k)))),
             };
             Ok((k.clone(), InferParameter { parameter_choice: Some(choice) }))
         })
@@ -241,32 +241,75 @@ fn flatten<'v>(data: &'v Value, out: &mut Vec<&'v Value>) -> Result<(), String> 
             out.push(data);
             Ok(())
         }
-        other => Err(format!("\"data\" must hold numbers (or booleans for BOOL), found {other}")),
+        other => Err(format!("\"data\" must hold numbers (or booleans for BOOL), found {}", echo_value(other))),
     }
 }
 
-/// JSON values as the little-endian bytes of `dtype` (integers must fit,
-/// booleans only for `BOOL`; `FP16` and `BF16` are rounded from the number).
+/// JSON values as the little-endian bytes of `dtype`: integers must be
+/// integers within the datatype's range, floating-point numbers within its
+/// finite range (they are rounded to its precision), booleans only for
+/// `BOOL`. A value that does not fit is refused naming it, its position and
+/// the datatype's range, never wrapped, truncated or made infinite.
 fn encode_json(dtype: DType, values: &[&Value]) -> Result<Vec<u8>, String> {
-    let bad = |v: &Value| format!("{v} is not a {} value", dtype.oip_name());
-    let int = |v: &Value| v.as_i64().ok_or_else(|| bad(v));
-    let float = |v: &Value| v.as_f64().ok_or_else(|| bad(v));
+    let name = dtype.oip_name();
+    let refuse = |k: usize, v: &Value, why: &str| format!("value {} at {k} {why}: {name} takes {}", echo_value(v), range(dtype));
+    let int = |k: usize, v: &Value| -> Result<i64, String> {
+        match v {
+            Value::Number(n) if n.is_i64() => Ok(n.as_i64().expect("is_i64")),
+            Value::Number(n) if n.is_u64() => Err(refuse(k, v, "is out of range")),
+            Value::Number(_) => Err(refuse(k, v, "is not an integer")),
+            _ => Err(refuse(k, v, "is not a number")),
+        }
+    };
+    fn fit<T: TryFrom<i64>>(i: i64, k: usize, v: &Value, refuse: &impl Fn(usize, &Value, &str) -> String) -> Result<T, String> {
+        T::try_from(i).map_err(|_| refuse(k, v, "is out of range"))
+    }
+    let float = |k: usize, v: &Value| v.as_f64().ok_or_else(|| refuse(k, v, "is not a number"));
+    let finite = |x: bool, k: usize, v: &Value| if x { Ok(()) } else { Err(refuse(k, v, "is out of range")) };
     let mut out = Vec::with_capacity(values.len() * dtype.size());
-    for &v in values {
+    for (k, &v) in values.iter().enumerate() {
         match dtype {
-            DType::Bool => out.push(u8::from(v.as_bool().ok_or_else(|| bad(v))?)),
-            DType::U8 => out.push(u8::try_from(int(v)?).map_err(|_| bad(v))?),
-            DType::I8 => out.extend(i8::try_from(int(v)?).map_err(|_| bad(v))?.to_le_bytes()),
-            DType::I16 => out.extend(i16::try_from(int(v)?).map_err(|_| bad(v))?.to_le_bytes()),
-            DType::I32 => out.extend(i32::try_from(int(v)?).map_err(|_| bad(v))?.to_le_bytes()),
-            DType::I64 => out.extend(int(v)?.to_le_bytes()),
-            DType::F16 => out.extend(half::f16::from_f64(float(v)?).to_le_bytes()),
-            DType::Bf16 => out.extend(half::bf16::from_f64(float(v)?).to_le_bytes()),
-            DType::F32 => out.extend((float(v)? as f32).to_le_bytes()),
-            DType::F64 => out.extend(float(v)?.to_le_bytes()),
+            DType::Bool => out.push(u8::from(v.as_bool().ok_or_else(|| refuse(k, v, "is not a boolean"))?)),
+            DType::U8 => out.push(fit::<u8>(int(k, v)?, k, v, &refuse)?),
+            DType::I8 => out.extend(fit::<i8>(int(k, v)?, k, v, &refuse)?.to_le_bytes()),
+            DType::I16 => out.extend(fit::<i16>(int(k, v)?, k, v, &refuse)?.to_le_bytes()),
+            DType::I32 => out.extend(fit::<i32>(int(k, v)?, k, v, &refuse)?.to_le_bytes()),
+            DType::I64 => out.extend(int(k, v)?.to_le_bytes()),
+            DType::F16 => {
+                let x = half::f16::from_f64(float(k, v)?);
+                finite(x.is_finite(), k, v)?;
+                out.extend(x.to_le_bytes())
+            }
+            DType::Bf16 => {
+                let x = half::bf16::from_f64(float(k, v)?);
+                finite(x.is_finite(), k, v)?;
+                out.extend(x.to_le_bytes())
+            }
+            DType::F32 => {
+                let x = float(k, v)? as f32;
+                finite(x.is_finite(), k, v)?;
+                out.extend(x.to_le_bytes())
+            }
+            DType::F64 => out.extend(float(k, v)?.to_le_bytes()),
         }
     }
     Ok(out)
+}
+
+/// What JSON values `dtype` takes, for messages.
+fn range(dtype: DType) -> String {
+    match dtype {
+        DType::Bool => "true or false".into(),
+        DType::U8 => format!("integers from 0 to {}", u8::MAX),
+        DType::I8 => format!("integers from {} to {}", i8::MIN, i8::MAX),
+        DType::I16 => format!("integers from {} to {}", i16::MIN, i16::MAX),
+        DType::I32 => format!("integers from {} to {}", i32::MIN, i32::MAX),
+        DType::I64 => format!("integers from {} to {}", i64::MIN, i64::MAX),
+        DType::F16 => format!("numbers from -{0} to {0}", half::f16::MAX),
+        DType::Bf16 => format!("numbers from -{0:e} to {0:e}", half::bf16::MAX.to_f64()),
+        DType::F32 => format!("numbers from -{0:e} to {0:e}", f32::MAX),
+        DType::F64 => "any JSON number".into(),
+    }
 }
 
 /// An output's little-endian bytes of `dtype` as a flat JSON `"data"` array.
@@ -315,9 +358,32 @@ mod tests {
         let ids: Vec<u8> = [7i64, -9_000_000_000].iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(r.message.raw_input_contents, vec![f, vec![1, 0], ids]);
         let err = |b: &[u8]| decode_request("m", "", None, b).unwrap_err().to_string();
-        assert!(err(br#"{"inputs":[{"name":"x","datatype":"INT8","shape":[1],"data":[300]}]}"#).contains("300 is not a INT8 value"));
+        assert!(err(br#"{"inputs":[{"name":"x","datatype":"INT8","shape":[1],"data":[300]}]}"#).contains("value 300 at 0 is out of range: INT8 takes integers from -128 to 127"));
         assert!(err(br#"{"inputs":[{"name":"x","datatype":"FP32","shape":[3],"data":[1,2]}]}"#).contains("has 2 values in \"data\"; shape [3] needs 3"));
         assert!(err(br#"{"inputs":[{"name":"x","datatype":"BYTES","shape":[1],"data":[1]}]}"#).contains("does not carry"));
+    }
+
+    /// Values outside a datatype's range are refused naming the tensor, the
+    /// value, its position and the range (not made infinite, wrapped or truncated).
+    #[test]
+    fn json_values_outside_the_datatypes_range_are_refused() {
+        let err = |dtype: &str, data: &str| {
+            let body = format!(r#"{{"inputs":[{{"name":"x","datatype":"{dtype}","shape":[2],"data":[0,{data}]}}]}}"#);
+            decode_request("m", "", None, body.as_bytes()).map(|_| ()).unwrap_err().to_string()
+        };
+        assert_eq!(err("FP32", "1e39"), "input \"x\": value 1e+39 at 1 is out of range: FP32 takes numbers from -3.4028235e38 to 3.4028235e38");
+        assert_eq!(err("FP32", "-1e39"), "input \"x\": value -1e+39 at 1 is out of range: FP32 takes numbers from -3.4028235e38 to 3.4028235e38");
+        assert!(err("FP16", "70000").contains("value 70000 at 1 is out of range: FP16 takes numbers from -65504 to 65504"));
+        assert!(err("BF16", "1e39").contains("value 1e+39 at 1 is out of range: BF16 takes numbers from"));
+        assert_eq!(err("UINT8", "300"), "input \"x\": value 300 at 1 is out of range: UINT8 takes integers from 0 to 255");
+        assert_eq!(err("UINT8", "-1"), "input \"x\": value -1 at 1 is out of range: UINT8 takes integers from 0 to 255");
+        assert_eq!(err("INT64", "1.5"), "input \"x\": value 1.5 at 1 is not an integer: INT64 takes integers from -9223372036854775808 to 9223372036854775807");
+        assert!(err("INT64", "18446744073709551615").contains("is out of range: INT64 takes"));
+        assert!(err("INT32", "true").contains("value true at 1 is not a number: INT32 takes integers"));
+        assert!(err("BOOL", "1").contains("value 0 at 0 is not a boolean: BOOL takes true or false"));
+        // In range: the largest finite values, rounded to the precision.
+        let ok = |dtype: &str, data: &str| decode_request("m", "", None, format!(r#"{{"inputs":[{{"name":"x","datatype":"{dtype}","shape":[1],"data":[{data}]}}]}}"#).as_bytes()).is_ok();
+        assert!(ok("FP32", "3.4028235e38") && ok("FP16", "65504") && ok("UINT8", "255") && ok("FP64", "1e300") && ok("FP32", "1e-50"));
     }
 
     #[test]

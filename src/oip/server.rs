@@ -2,7 +2,8 @@
 //! own port when asked), serves until SIGINT or SIGTERM, then stops taking
 //! new requests and returns once the requests in flight have been answered
 //! (tonic's graceful shutdown). Each connection is bounded to
-//! [`GrpcOptions::max_streams`] concurrent HTTP/2 streams. Beside the
+//! [`GrpcOptions::max_streams`] concurrent HTTP/2 streams; connections are
+//! bounded, timed out when idle and pinged ([`conn`](super::conn)). Beside the
 //! inference service it serves the standard `grpc.health.v1.Health` service
 //! (`tonic-health`) for orchestrators' probes: `""` and
 //! `inference.GRPCInferenceService` follow `ServerReady`, [`LIVENESS`]
@@ -12,6 +13,8 @@ use super::metrics::Metrics;
 use super::models::{ModelSource, Models};
 use super::polling::Polling;
 use super::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
+use super::access::{RestrictLayer, Restrictions};
+use super::conn::{Gate, Guarded, TrackLayer};
 use super::service::OipService;
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
@@ -56,6 +59,18 @@ pub struct GrpcOptions {
     /// of its shapes), after the same checks: the transport's own cost, which
     /// `uminfer bench`'s `grpc-echo` scheme measures.
     pub echo: bool,
+    /// The bound on open connections across every listener, the idle
+    /// timeout and the HTTP/1 header and body timeouts ([`conn`](super::conn)).
+    pub connections: super::conn::Limits,
+    /// Accept system shared memory registration from any peer; by default
+    /// only from loopback addresses (`--shm-from-any-peer`).
+    pub shm_from_any_peer: bool,
+    /// gRPC calls of some categories served only with a given metadata key
+    /// and value (`--grpc-restricted-protocol`, [`access`](super::access)).
+    pub grpc_restricted: Vec<super::access::Restriction>,
+    /// REST routes of some categories served only with a given header and
+    /// value (`--http-restricted-api`).
+    pub http_restricted: Vec<super::access::Restriction>,
 }
 
 /// The `grpc.health.v1` service name that answers `SERVING` while the
@@ -74,6 +89,9 @@ pub const DEFAULT_MAX_CALLS: usize = 1024;
 /// 177–209 µs P50 on the 2-core build machine).
 pub const MAX_FRAME_BYTES: u32 = 1 << 20;
 
+/// The largest request body the `/metrics` listener reads (it serves GET only).
+const METRICS_MAX_BODY: usize = 64 << 10;
+
 /// Where a started server listens.
 #[derive(Debug, Clone, Copy)]
 pub struct Listening {
@@ -89,17 +107,96 @@ pub struct Listening {
 /// listener's result) once `stopping` turns true and its requests are answered.
 type HttpListener = (SocketAddr, tokio::task::JoinHandle<Result<()>>);
 
-/// Serves `router` on `at` until `stopping` turns true; `what` names it in
-/// the log and in errors.
-async fn serve_http(at: SocketAddr, what: &'static str, router: axum::Router, mut stopping: tokio::sync::watch::Receiver<bool>) -> Result<HttpListener> {
+/// Serves `router` on `at` (HTTP/1) until `stopping` turns true; `what`
+/// names it in the log and in errors. Its connections count under `gate`;
+/// a request head must arrive within the header timeout, a body (at most
+/// `max_body` bytes) within the body timeout.
+async fn serve_http(
+    at: SocketAddr,
+    what: &'static str,
+    router: axum::Router,
+    gate: &Arc<Gate>,
+    max_body: usize,
+    restricted: Arc<Restrictions>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Result<HttpListener> {
     let err = move |doing: &str, e: &dyn std::fmt::Display| Error::Grpc(format!("{doing} {what} on {at}: {e}"));
     let listener = tokio::net::TcpListener::bind(at).await.map_err(|e| err("listening for", &e))?;
     let bound = listener.local_addr().map_err(|e| err("reading the address of", &e))?;
     tracing::info!("serving {what} on http://{bound}");
-    let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-        let _ = stopping.wait_for(|s| *s).await;
-    });
-    Ok((bound, tokio::spawn(async move { serve.await.map_err(|e| err("serving", &e)) })))
+    let limits = *gate.limits();
+    let mut incoming = gate.incoming(listener, what);
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header);
+    let task = async move {
+        // Each connection's task holds a sender: all are gone once the last ends.
+        let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+        loop {
+            let conn = tokio::select! {
+                _ = stopping.wait_for(|s| *s) => break,
+                conn = incoming.next() => conn,
+            };
+            let info = conn.info().clone();
+            let (router, open, mut stopping, restricted) = (router.clone(), open.clone(), stopping.clone(), restricted.clone());
+            let svc = hyper::service::service_fn(move |req| http_request(router.clone(), info.clone(), restricted.clone(), limits.body, max_body, req));
+            let served = http1.serve_connection(hyper_util::rt::TokioIo::new(conn), svc);
+            tokio::spawn(async move {
+                let _open = open;
+                let mut served = std::pin::pin!(served);
+                tokio::select! {
+                    r = served.as_mut() => return log_connection_end(what, r),
+                    _ = stopping.wait_for(|s| *s) => served.as_mut().graceful_shutdown(),
+                }
+                log_connection_end(what, served.await);
+            });
+        }
+        drop((incoming, open)); // stop listening
+        let _ = all_closed.recv().await;
+        Ok(())
+    };
+    Ok((bound, tokio::spawn(task)))
+}
+
+fn log_connection_end(what: &str, r: std::result::Result<(), hyper::Error>) {
+    if let Err(e) = r {
+        tracing::debug!("{what}: a connection ended: {e}");
+    }
+}
+
+/// One HTTP/1 request: refused (403) when its category is restricted and
+/// it lacks the header, else its body read whole within `body_timeout` (else 408)
+/// and at most `max_body` bytes (else 413), then routed; the connection's
+/// [`Activity`](super::conn::Activity) counts it until its response body is dropped.
+async fn http_request(
+    router: axum::Router,
+    info: super::conn::ConnInfo,
+    restricted: Arc<Restrictions>,
+    body_timeout: std::time::Duration,
+    max_body: usize,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> std::result::Result<axum::response::Response, std::convert::Infallible> {
+    use axum::response::IntoResponse;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let active = info.activity.begin();
+    let (mut parts, body) = req.into_parts();
+    let refuse = |code: axum::http::StatusCode, message: String| Ok((code, axum::Json(serde_json::json!({ "error": message }))).into_response());
+    if let Some(category) = super::access::rest_category(parts.uri.path()) {
+        if let Err(why) = restricted.check(category, &parts.headers) {
+            return refuse(axum::http::StatusCode::FORBIDDEN, why);
+        }
+    }
+    let body = match tokio::time::timeout(body_timeout, http_body_util::Limited::new(body, max_body).collect()).await {
+        Err(_) => return refuse(axum::http::StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {} s (--body-timeout-s)", body_timeout.as_secs_f64())),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return refuse(axum::http::StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over {max_body} bytes (--max-bytes)"))
+        }
+        Ok(Err(e)) => return refuse(axum::http::StatusCode::BAD_REQUEST, format!("reading the request body: {e}")),
+        Ok(Ok(b)) => b.to_bytes(),
+    };
+    parts.extensions.insert(info);
+    let response = router.oneshot(axum::http::Request::from_parts(parts, axum::body::Body::from(body))).await?;
+    Ok(response.map(|b| axum::body::Body::new(Guarded::new(b, Some(active)))))
 }
 
 impl GrpcOptions {
@@ -120,6 +217,10 @@ impl GrpcOptions {
             max_calls: DEFAULT_MAX_CALLS,
             spin: std::time::Duration::from_micros(200),
             echo: false,
+            connections: Default::default(),
+            shm_from_any_peer: false,
+            grpc_restricted: Vec::new(),
+            http_restricted: Vec::new(),
         }
     }
 }
@@ -141,7 +242,7 @@ impl GrpcServer {
     /// SIGINT or SIGTERM; then refuses new inference requests (`UNAVAILABLE`,
     /// server not ready), answers those in flight, ends the open streams
     /// after their current request, and returns.
-    pub fn run(self, on_listening: impl FnOnce(Listening)) -> Result<()> {
+    pub fn run(mut self, on_listening: impl FnOnce(Listening)) -> Result<()> {
         let grpc = |what: &str, e: &dyn std::fmt::Display| Error::Grpc(format!("{what}: {e}"));
         // One transport thread: it polls after answers and may run a lone
         // session itself (see `polling`); several would hand work to each other.
@@ -157,27 +258,30 @@ impl GrpcServer {
         if self.opts.max_streams == 0 {
             return Err(Error::Argument("--max-streams 0 would refuse every request: expected at least 1".into()));
         }
+        let grpc_restricted = Restrictions::new(std::mem::take(&mut self.opts.grpc_restricted), "--grpc-restricted-protocol").map_err(Error::Argument)?;
+        let http_restricted = Arc::new(Restrictions::new(std::mem::take(&mut self.opts.http_restricted), "--http-restricted-api").map_err(Error::Argument)?);
         rt.block_on(async move {
-            // TCP_NODELAY: without it Nagle's algorithm holds small responses back.
-            let incoming = tonic::transport::server::TcpIncoming::bind(self.opts.addr)
-                .map_err(|e| grpc(&format!("listening on {}", self.opts.addr), &e))?
-                .with_nodelay(Some(true));
+            let limits = self.opts.connections;
+            limits.check_descriptors();
+            let gate = Gate::new(limits);
+            let listener = tokio::net::TcpListener::bind(self.opts.addr).await.map_err(|e| grpc(&format!("listening on {}", self.opts.addr), &e))?;
+            let incoming = gate.incoming(listener, "gRPC");
             let addr = incoming.local_addr().map_err(|e| grpc("reading the bound address", &e))?;
             let (stop, stopping) = tokio::sync::watch::channel(false);
             let metrics = Arc::new(Metrics::default());
             let metrics_server = match self.opts.metrics_addr {
                 None => None,
-                Some(at) => Some(serve_http(at, "Prometheus /metrics", super::metrics::router(metrics.clone()), stopping.clone()).await?),
+                Some(at) => Some(serve_http(at, "Prometheus /metrics", super::metrics::router(metrics.clone()), &gate, METRICS_MAX_BODY, Default::default(), stopping.clone()).await?),
             };
             let polling = Arc::new(Polling::new(self.opts.spin));
             tokio::spawn({
                 let (polling, stopping) = (polling.clone(), stopping.clone());
                 async move { polling.run(stopping).await }
             });
-            let oip = OipService::new(self.models, stopping.clone(), metrics, polling, self.opts.max_calls);
+            let oip = OipService::new(self.models, stopping.clone(), metrics, polling, self.opts.max_calls).allow_shm_from_any_peer(self.opts.shm_from_any_peer);
             let rest_server = match self.opts.http_addr {
                 None => None,
-                Some(at) => Some(serve_http(at, "the REST form", super::rest::router(oip.clone(), self.opts.max_message_bytes), stopping).await?),
+                Some(at) => Some(serve_http(at, "the REST form", super::rest::router(oip.clone(), self.opts.max_message_bytes), &gate, self.opts.max_message_bytes, http_restricted, stopping).await?),
             };
             let service = GrpcInferenceServiceServer::new(oip).max_decoding_message_size(self.opts.max_message_bytes);
             // `""` (the whole server) starts SERVING: every model is loaded by now.
@@ -199,6 +303,9 @@ impl GrpcServer {
             tracing::info!("serving the Open Inference Protocol (gRPC) on {addr}");
             on_listening(Listening { grpc: addr, metrics: metrics_server.as_ref().map(|(a, _)| *a), http: rest_server.as_ref().map(|(a, _)| *a) });
             let served = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(super::conn::KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(super::conn::KEEPALIVE_TIMEOUT))
+                .layer(tower::ServiceBuilder::new().layer(TrackLayer).layer(RestrictLayer::new(grpc_restricted)))
                 .max_frame_size(MAX_FRAME_BYTES)
                 .max_concurrent_streams(self.opts.max_streams)
                 .add_service(service)

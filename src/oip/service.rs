@@ -39,6 +39,8 @@ pub struct OipService {
     metrics: Arc<Metrics>,
     run: Runner,
     calls: Admission,
+    /// Accept shared memory registration from any peer, not only loopback.
+    shm_any_peer: bool,
 }
 
 /// The server-wide bound on inference calls (`--max-calls`): a unary
@@ -115,7 +117,32 @@ impl OipService {
             tracing::info!("inference runs on blocking threads: {sessions} sessions run side by side");
         }
         let run = Runner { inline, polling };
-        Self { models, shm: Arc::default(), stopping, metrics, run, calls: Admission::new(max_calls) }
+        Self { models, shm: Arc::default(), stopping, metrics, run, calls: Admission::new(max_calls), shm_any_peer: false }
+    }
+
+    /// Accept system shared memory (un)registration from peers beyond
+    /// loopback too (`--shm-from-any-peer`); by default only from loopback.
+    pub fn allow_shm_from_any_peer(mut self, yes: bool) -> Self {
+        self.shm_any_peer = yes;
+        self
+    }
+
+    /// Refuses `doing` (shared memory registration) for a peer beyond
+    /// loopback, or one of unknown address, unless `--shm-from-any-peer`: a
+    /// registered region is read back through the model, so whoever
+    /// registers can read any `/dev/shm` object the server's user owns.
+    fn local_peer<T>(&self, r: &Request<T>, doing: &str) -> Result<(), Status> {
+        let peer = r.extensions().get::<super::conn::ConnInfo>().map(|i| i.peer);
+        match peer {
+            _ if self.shm_any_peer => Ok(()),
+            Some(p) if p.ip().to_canonical().is_loopback() => Ok(()),
+            _ => Err(Status::permission_denied(format!(
+                "{doing} system shared memory is allowed only from this machine (a loopback address); this call came from {}: \
+                 shared memory is a local capability (a registered region is read through the model). Connect over 127.0.0.1 or ::1, \
+                 or start the server with --shm-from-any-peer",
+                peer.map_or("an unknown address".to_string(), |p| p.ip().to_string())
+            ))),
+        }
     }
 
     fn accepting(&self) -> bool {
@@ -423,8 +450,8 @@ impl GrpcInferenceService for OipService {
         let r = r.into_inner();
         if !r.repository_name.is_empty() {
             return Err(RequestError::Invalid(format!(
-                "repository {:?}: uminfer serves the models given by --model, not a repository; send an empty repository name",
-                r.repository_name
+                "repository {}: uminfer serves the models given by --model, not a repository; send an empty repository name",
+                super::status::echo(&r.repository_name)
             ))
             .into());
         }
@@ -488,6 +515,7 @@ impl GrpcInferenceService for OipService {
     }
 
     async fn system_shared_memory_register(&self, r: Request<SystemSharedMemoryRegisterRequest>) -> Result<Response<SystemSharedMemoryRegisterResponse>, Status> {
+        self.local_peer(&r, "registering")?;
         let r = r.into_inner();
         let shm = self.shm.clone();
         tokio::task::spawn_blocking(move || shm.register(&r.name, &r.key, r.offset, r.byte_size))
@@ -497,6 +525,7 @@ impl GrpcInferenceService for OipService {
     }
 
     async fn system_shared_memory_unregister(&self, r: Request<SystemSharedMemoryUnregisterRequest>) -> Result<Response<SystemSharedMemoryUnregisterResponse>, Status> {
+        self.local_peer(&r, "unregistering")?;
         self.shm.unregister(&r.into_inner().name);
         Ok(Response::new(SystemSharedMemoryUnregisterResponse {}))
     }

@@ -143,7 +143,7 @@ impl Registry {
         if name.is_empty() {
             return Ok(regions.values().map(|r| (r.name.clone(), status(r))).collect());
         }
-        let r = regions.get(name).ok_or_else(|| RequestError::NotFound(format!("no shared memory region {name:?} is registered")))?;
+        let r = regions.get(name).ok_or_else(|| RequestError::NotFound(format!("no shared memory region {} is registered", super::status::echo(name))))?;
         Ok(HashMap::from([(name.to_string(), status(r))]))
     }
 
@@ -159,17 +159,17 @@ impl Registry {
                 None => Ok(None),
                 Some(ParameterChoice::Int64Param(v)) if *v >= 0 => Ok(Some(*v as u64)),
                 Some(ParameterChoice::Uint64Param(v)) => Ok(Some(*v)),
-                Some(other) => Err(RequestError::Invalid(format!("{what}: parameter {key} must be a non-negative integer, got {other:?}"))),
+                Some(other) => Err(RequestError::Invalid(format!("{what}: parameter {key} must be a non-negative integer, got {}", super::status::echo_debug(other)))),
             }
         };
         let offset = int(OFFSET)?.unwrap_or(0);
-        let byte_size = int(BYTE_SIZE)?.ok_or_else(|| RequestError::Invalid(format!("{what}: names region {name:?} without {BYTE_SIZE}")))?;
+        let byte_size = int(BYTE_SIZE)?.ok_or_else(|| RequestError::Invalid(format!("{what}: names region {} without {BYTE_SIZE}", super::status::echo(name))))?;
         let region = self
             .0
             .lock()
             .get(name)
             .cloned()
-            .ok_or_else(|| RequestError::Invalid(format!("{what}: shared memory region {name:?} is not registered")))?;
+            .ok_or_else(|| RequestError::Invalid(format!("{what}: shared memory region {} is not registered", super::status::echo(name))))?;
         let range = region.range(what, offset, byte_size)?;
         Ok(Some(ShmTensor { region, range }))
     }

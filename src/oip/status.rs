@@ -3,8 +3,75 @@
 //! fit the model is `INVALID_ARGUMENT`, a shared memory region registered
 //! twice `ALREADY_EXISTS`, one of another user `PERMISSION_DENIED`, a
 //! feature uminfer lacks `UNIMPLEMENTED`, a failure inside the model is `INTERNAL`.
+//!
+//! Messages echo what the client sent (a model name, a tensor name, a
+//! shape) through [`echo`] and [`echo_debug`], which cut a long value after
+//! [`ECHO_CHARS`] characters and say so, and every message is cut at
+//! [`MESSAGE_BYTES`]: a refusal travels in the `grpc-message` header, and a
+//! default gRPC client refuses headers over 8 KiB (it would see
+//! `RESOURCE_EXHAUSTED` instead of the refusal).
 
+use std::fmt;
 use tonic::{Code, Status};
+
+/// The most characters of one client-given value a message echoes.
+pub const ECHO_CHARS: usize = 256;
+
+/// The longest refusal message, in bytes.
+pub const MESSAGE_BYTES: usize = 2048;
+
+/// A client-given string as a message shows it: quoted as `{:?}` quotes,
+/// and cut after [`ECHO_CHARS`] characters: `"abc…" (cut, 102400 bytes)`.
+pub struct Echo<'a>(&'a str);
+
+/// `s` for a message ([`Echo`]).
+pub fn echo(s: &str) -> Echo<'_> {
+    Echo(s)
+}
+
+impl fmt::Display for Echo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(ECHO_CHARS) {
+            None => write!(f, "{:?}", self.0),
+            Some((end, _)) => {
+                let quoted = format!("{:?}", &self.0[..end]);
+                write!(f, "{}…\" (cut, {} bytes)", &quoted[..quoted.len() - 1], self.0.len())
+            }
+        }
+    }
+}
+
+/// A client-given value (a shape, a parameter) as `{:?}` writes it, cut
+/// after [`ECHO_CHARS`] characters saying so.
+pub fn echo_debug(v: &impl fmt::Debug) -> String {
+    cut(format!("{v:?}"), ECHO_CHARS)
+}
+
+/// A client-given value (JSON, say) as `{}` writes it, cut after
+/// [`ECHO_CHARS`] characters saying so.
+pub fn echo_value(v: &impl fmt::Display) -> String {
+    cut(v.to_string(), ECHO_CHARS)
+}
+
+/// `s` cut after `chars` characters, saying so.
+fn cut(s: String, chars: usize) -> String {
+    match s.char_indices().nth(chars) {
+        None => s,
+        Some((end, _)) => format!("{}… (cut, {} bytes)", &s[..end], s.len()),
+    }
+}
+
+/// A message cut to at most about [`MESSAGE_BYTES`] bytes, saying so.
+pub fn bounded(message: String) -> String {
+    if message.len() <= MESSAGE_BYTES {
+        return message;
+    }
+    let mut end = MESSAGE_BYTES - 64;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (message cut, {} bytes)", &message[..end], message.len())
+}
 
 /// A refused or failed request.
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +110,37 @@ impl From<RequestError> for Status {
             RequestError::Model(_) => Code::Internal,
             RequestError::ShuttingDown => Code::Unavailable,
         };
-        Status::new(code, e.to_string())
+        Status::new(code, bounded(e.to_string()))
     }
 }
 
 /// The `UNIMPLEMENTED` answer of an RPC uminfer does not offer.
 pub fn unimplemented_rpc(rpc: &str) -> Status {
     Status::unimplemented(format!("uminfer does not implement the {rpc} RPC (docs/oip.md lists what it implements)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_quotes_short_values_and_cuts_long_ones_saying_so() {
+        assert_eq!(echo("tiny").to_string(), "\"tiny\"");
+        assert_eq!(echo("a\"b").to_string(), "\"a\\\"b\"");
+        let long = "x".repeat(102400);
+        let shown = echo(&long).to_string();
+        assert_eq!(shown, format!("\"{}…\" (cut, 102400 bytes)", "x".repeat(ECHO_CHARS)));
+        let wide = "é".repeat(1000);
+        assert!(echo(&wide).to_string().ends_with("…\" (cut, 2000 bytes)"));
+        assert_eq!(echo_debug(&[1, 2]), "[1, 2]");
+        assert!(echo_debug(&vec![7i64; 2000]).ends_with("(cut, 6000 bytes)"));
+    }
+
+    #[test]
+    fn every_refusal_message_is_bounded() {
+        let s: Status = RequestError::NotFound(format!("no model named {} is served", "y".repeat(100_000))).into();
+        assert!(s.message().len() <= MESSAGE_BYTES, "{}", s.message().len());
+        assert!(s.message().ends_with("(message cut, 100025 bytes)"), "{}", &s.message()[s.message().len() - 40..]);
+        assert_eq!(bounded("short".into()), "short");
+    }
 }

@@ -20,7 +20,7 @@
 use super::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use super::proto::{InferTensorContents, ModelInferRequest};
 use super::shm::{Registry, ShmTensor};
-use super::status::RequestError;
+use super::status::{echo, echo_debug, RequestError};
 use crate::dtype::DType;
 use crate::model::TensorInfo;
 
@@ -138,7 +138,7 @@ pub fn plan<'r>(req: &'r ModelInferRequest, model: &str, inputs: &[TensorInfo], 
     let invalid = |m: String| RequestError::Invalid(m);
     let mut slot: Vec<Option<&InferInputTensor>> = vec![None; inputs.len()];
     for t in &req.inputs {
-        let i = find(inputs, &t.name, "INPUT").ok_or_else(|| invalid(format!("model {model:?} has no input {:?}; {}", t.name, takes(model, inputs))))?;
+        let i = find(inputs, &t.name, "INPUT").ok_or_else(|| invalid(format!("model {model:?} has no input {}; {}", echo(&t.name), takes(model, inputs))))?;
         if slot[i].replace(t).is_some() {
             return Err(invalid(format!("input {:?} is given twice (as {:?} or INPUT__{i})", inputs[i].name, inputs[i].name)));
         }
@@ -149,7 +149,7 @@ pub fn plan<'r>(req: &'r ModelInferRequest, model: &str, inputs: &[TensorInfo], 
     // The raw contents belong, in order, to the inputs that name no region.
     let mut regions = Vec::with_capacity(req.inputs.len());
     for t in &req.inputs {
-        regions.push(shm.tensor(&format!("input {:?}", t.name), &t.parameters)?);
+        regions.push(shm.tensor(&format!("input {}", echo(&t.name)), &t.parameters)?);
     }
     let in_message = regions.iter().filter(|r| r.is_none()).count();
     if !req.raw_input_contents.is_empty() && req.raw_input_contents.len() != in_message {
@@ -164,7 +164,7 @@ pub fn plan<'r>(req: &'r ModelInferRequest, model: &str, inputs: &[TensorInfo], 
     for (t, region) in req.inputs.iter().zip(regions) {
         let i = find(inputs, &t.name, "INPUT").expect("matched above");
         let info = &inputs[i];
-        let what = format!("input {:?}", t.name);
+        let what = format!("input {}", echo(&t.name));
         check_header(t, info, &what)?;
         let want = info.byte_len();
         let has_typed = t.contents.as_ref().is_some_and(|c| kinds(c).next().is_some());
@@ -232,13 +232,14 @@ fn check_header(t: &InferInputTensor, info: &TensorInfo, what: &str) -> Result<(
         Some(_) => return Err(RequestError::Invalid(format!("{what} has datatype {}; input {:?} is {want} {:?}", t.datatype, info.name, info.shape))),
         None => {
             return Err(RequestError::Invalid(format!(
-                "{what} has datatype {:?}, which uminfer does not carry (BOOL, UINT8, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64); input {:?} is {want}",
-                t.datatype, info.name
+                "{what} has datatype {}, which uminfer does not carry (BOOL, UINT8, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64); input {:?} is {want}",
+                echo(&t.datatype),
+                info.name
             )))
         }
     }
     if t.shape != info.shape {
-        return Err(RequestError::Invalid(format!("{what} has shape {:?}; input {:?} is {want} {:?}", t.shape, info.name, info.shape)));
+        return Err(RequestError::Invalid(format!("{what} has shape {}; input {:?} is {want} {:?}", echo_debug(&t.shape), info.name, info.shape)));
     }
     Ok(())
 }
@@ -369,11 +370,11 @@ fn plan_outputs(requested: &[InferRequestedOutputTensor], model: &str, outputs: 
     let mut places: Vec<OutputPlace> = (0..outputs.len()).map(|_| OutputPlace::Discard).collect();
     let mut answer = Vec::with_capacity(requested.len());
     for (pos, o) in requested.iter().enumerate() {
-        let i = find(outputs, &o.name, "OUTPUT").ok_or_else(|| RequestError::Invalid(format!("model {model:?} has no output {:?}; its outputs: {}", o.name, list(outputs))))?;
+        let i = find(outputs, &o.name, "OUTPUT").ok_or_else(|| RequestError::Invalid(format!("model {model:?} has no output {}; its outputs: {}", echo(&o.name), list(outputs))))?;
         if !matches!(places[i], OutputPlace::Discard) {
             return Err(RequestError::Invalid(format!("output {:?} is asked for twice", outputs[i].name)));
         }
-        let what = format!("output {:?}", o.name);
+        let what = format!("output {}", echo(&o.name));
         if o.parameters.contains_key(CLASSIFICATION) {
             return Err(RequestError::Unimplemented(format!("{what} asks for classification; that extension is not implemented (docs/oip.md)")));
         }
