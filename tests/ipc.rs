@@ -575,6 +575,50 @@ fn a_client_killed_mid_stream_does_not_disturb_the_server() {
     assert_eq!(dead, 0, "the killed client's node ({victim_node}) was left behind dead");
 }
 
+/// The `/dev/shm` files process `pid` maps with permissions `perms` (`rw-s`, `r--s`).
+fn shm_mapped(pid: u32, perms: &str) -> std::collections::BTreeSet<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 6 && f[1] == perms && f[5].starts_with("/dev/shm/")).then(|| f[5].to_string())
+        })
+        .collect()
+}
+
+/// A client that truncates its own iceoryx2 data segment while its request
+/// is pending (the server stopped between the client's send and its
+/// receive, so that the truncation lands exactly there) does not kill the
+/// server with SIGBUS: its request is dropped or refused, and the server
+/// goes on serving other clients.
+#[test]
+fn a_client_truncating_its_data_segment_under_a_request_does_not_kill_the_server() {
+    let name = unique("truncseg");
+    let mut server = ServerProcess::start(&name, "tiny.pt", &[]);
+    connect(&name);
+    let mut victim = load_client(&name, 1_000_000, 7, "tiny.pt").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(3000)); // well inside its request stream (after its reference runs)
+    // The victim's data segment: mapped read-write by the victim, read-only by the server.
+    let read_only = shm_mapped(server.child.id(), "r--s");
+    let segments: Vec<String> = shm_mapped(victim.id(), "rw-s").into_iter().filter(|f| f.ends_with(".data") && !f.ends_with("mgmt.data") && read_only.contains(f)).collect();
+    assert!(!segments.is_empty(), "no data segment of the victim found in its maps:\n{}", std::fs::read_to_string(format!("/proc/{}/maps", victim.id())).unwrap_or_default());
+    server.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(300)); // the victim sends its next request and waits
+    for f in &segments {
+        std::fs::OpenOptions::new().write(true).open(f).and_then(|f| f.set_len(0)).unwrap_or_else(|e| panic!("truncating {f}: {e}"));
+    }
+    server.signal(libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = victim.kill();
+    let _ = victim.wait();
+    if let Ok(Some(status)) = server.child.try_wait() {
+        panic!("the server died ({status}) when a client truncated its data segment ({segments:?}):\n{}", server.log());
+    }
+    let out = load_client(&name, 50, 8, "tiny.pt").output().unwrap();
+    assert!(out.status.success(), "another client after the truncation: {}{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr), server.log());
+    assert!(matches!(server.child.try_wait(), Ok(None)), "the server died:\n{}", server.log());
+}
+
 #[test]
 fn idle_server_uses_no_cpu() {
     let name = unique("idle");

@@ -250,16 +250,29 @@ pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result
     let checked = Instant::now();
     let mut session = m.pool.checkout();
     let started = Instant::now();
-    if m.echo {
+    let run = if m.echo {
         drop(session);
         for o in &mut outs {
             o.fill_zero();
         }
+        Ok(())
     } else {
-        session.run_on(&ins, &mut outs)?;
+        let run = session.run_on(&ins, &mut outs).map(drop);
         drop(session);
-    }
-    drop((outs, locks));
+        run
+    };
+    drop((outs, ins));
+    // A region its owner truncated meanwhile held zeros and lost the writes:
+    // said before the locks go, so that the next request using it sees it too.
+    let intact = plan
+        .inputs
+        .iter()
+        .filter_map(|b| if let tensors::InputBytes::Shm(t) = b { Some(t) } else { None })
+        .chain(plan.outputs.iter().filter_map(|p| if let tensors::OutputPlace::Shm(_, t) = p { Some(t) } else { None }))
+        .try_for_each(|t| t.intact());
+    drop(locks);
+    intact?;
+    run?;
     let ran = Instant::now();
     let mut in_response: Vec<Option<Vec<u8>>> = targets
         .into_iter()

@@ -4,8 +4,10 @@
 //! names a region instead of carrying bytes, and is read in place, and an
 //! output can be written into a region instead of the response.
 //!
-//! Checks: the object must be a regular file owned by the server's effective
-//! user; `offset + byte_size` must lie inside it at registration, and every
+//! Checks: the object is opened without following a symbolic link
+//! (`O_NOFOLLOW`: a link is refused), and the opened descriptor (`fstat`, not
+//! the path) must be a regular file owned by the server's effective user;
+//! `offset + byte_size` must lie inside it at registration, and every
 //! tensor's `offset + byte_size` inside the registered region. A region is
 //! mapped once, at registration, and held by an `Arc`: unregistering it while
 //! a request uses it only drops the registry's reference, and the mapping
@@ -16,15 +18,22 @@
 //! region it names ([`lock_regions`]), so two requests never write (or one
 //! writes while another reads) the same region at once; within a request an
 //! output may not overlap another of its tensors in the same region.
+//!
+//! A client may truncate its object while a request uses it: every access
+//! goes through [`client_memory`], which turns the `SIGBUS` into zero pages
+//! and a flag; the request fails with `FAILED_PRECONDITION` naming the
+//! region, and the region is refused until unregistered and registered again.
 
 use super::proto::system_shared_memory_status_response::RegionStatus;
 use super::proto::InferParameter;
 use super::proto::infer_parameter::ParameterChoice;
 use super::status::RequestError;
+use crate::client_memory;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Where POSIX shared memory objects live on Linux.
@@ -40,6 +49,9 @@ pub struct Region {
     key: String,
     offset: u64,
     map: memmap2::MmapRaw,
+    /// Its owner truncated the object under a request: refused until
+    /// unregistered and registered again.
+    truncated: AtomicBool,
     /// Held by the request that uses the region (`lock_regions`).
     in_use: Mutex<()>,
 }
@@ -87,11 +99,22 @@ impl Registry {
             return Err(RequestError::Invalid(format!("shared memory key {key:?}: expected a POSIX shared memory name such as \"/my_region\"")));
         }
         let path = PathBuf::from(SHM_DIR).join(file_name);
+        // O_NOFOLLOW: a symbolic link planted under /dev/shm (by anyone: the
+        // directory is world-writable) would make the server map, and write
+        // outputs into, whatever file it points to. Every check below is on
+        // the opened descriptor (fstat), never on the path.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(&path)
-            .map_err(|e| RequestError::Invalid(format!("cannot open shared memory key {key:?} ({}): {e}", path.display())))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => RequestError::Invalid(format!(
+                    "shared memory key {key:?} ({}) is a symbolic link: refused; register the shared memory object itself (made by shm_open)",
+                    path.display()
+                )),
+                _ => RequestError::Invalid(format!("cannot open shared memory key {key:?} ({}): {e}", path.display())),
+            })?;
         let meta = file.metadata().map_err(|e| RequestError::Invalid(format!("cannot stat {}: {e}", path.display())))?;
         // SAFETY: geteuid(2) has no preconditions and cannot fail.
         let me = unsafe { libc::geteuid() };
@@ -115,7 +138,7 @@ impl Registry {
             .len(byte_size as usize)
             .map_raw(&file)
             .map_err(|e| RequestError::Invalid(format!("cannot map shared memory key {key:?}: {e}")))?;
-        let region = Arc::new(Region { name: name.to_string(), key: key.to_string(), offset, map, in_use: Mutex::new(()) });
+        let region = Arc::new(Region { name: name.to_string(), key: key.to_string(), offset, map, truncated: AtomicBool::new(false), in_use: Mutex::new(()) });
         let mut regions = self.0.lock();
         if regions.contains_key(name) {
             return Err(RequestError::AlreadyExists(format!("shared memory region {name:?} is already registered; unregister it first")));
@@ -170,13 +193,27 @@ impl Registry {
             .get(name)
             .cloned()
             .ok_or_else(|| RequestError::Invalid(format!("{what}: shared memory region {name:?} is not registered")))?;
+        if region.truncated.load(Ordering::Acquire) {
+            return Err(RequestError::FailedPrecondition(format!(
+                "{what}: shared memory region {name:?} was truncated by its owner during an earlier request; unregister it and register it again (its object at full size)"
+            )));
+        }
         let range = region.range(what, offset, byte_size)?;
-        Ok(Some(ShmTensor { region, range }))
+        // SAFETY: the range is the region's whole mapping, a shared mapping of
+        // the client's object that stays mapped while the ShmTensor holds the
+        // region (its `access` field is dropped first); the pages hold the
+        // client's bytes only, and every user of them checks `intact`.
+        let access = unsafe { client_memory::Access::begin(region.map.as_ptr(), region.map.len()) }
+            .map_err(|e| RequestError::ResourceExhausted(format!("{what}: {e}")))?;
+        Ok(Some(ShmTensor { access, region, range }))
     }
 }
 
 /// A tensor's bytes in a registered region (the region stays mapped while this lives).
 pub struct ShmTensor {
+    /// The region under access while the tensor lives; declared first, so
+    /// dropped before the region (which may unmap it).
+    access: client_memory::Access,
     region: Arc<Region>,
     range: std::ops::Range<usize>,
 }
@@ -190,6 +227,23 @@ impl ShmTensor {
     /// The tensor's bytes, in place.
     pub fn bytes(&self) -> &[u8] {
         self.region.bytes(self.range.clone())
+    }
+
+    /// Whether the region's bytes are still the client's: an error naming
+    /// the region once its owner truncated its object (during this access or
+    /// another), after which the region is refused until registered again.
+    /// Called after every read or write of the bytes, before answering.
+    pub fn intact(&self) -> Result<(), RequestError> {
+        if self.access.truncated() {
+            self.region.truncated.store(true, Ordering::Release);
+        }
+        if self.region.truncated.load(Ordering::Acquire) {
+            return Err(RequestError::FailedPrecondition(format!(
+                "shared memory region {:?} was truncated by its owner during the request; unregister it and register it again (its object at full size)",
+                self.region.name
+            )));
+        }
+        Ok(())
     }
 
     /// The name of its region.

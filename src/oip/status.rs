@@ -1,7 +1,9 @@
 //! Why a request was refused, as a typed error, and the gRPC status each
 //! case becomes: an unknown model is `NOT_FOUND`, a request that does not
 //! fit the model is `INVALID_ARGUMENT`, a shared memory region registered
-//! twice `ALREADY_EXISTS`, one of another user `PERMISSION_DENIED`, a
+//! twice `ALREADY_EXISTS`, one of another user `PERMISSION_DENIED`, one
+//! its owner truncated `FAILED_PRECONDITION`, a request beyond a bound
+//! `RESOURCE_EXHAUSTED`, a
 //! feature uminfer lacks `UNIMPLEMENTED`, a failure inside the model is `INTERNAL`.
 
 use tonic::{Code, Status};
@@ -21,6 +23,14 @@ pub enum RequestError {
     /// A shared memory object the server's user does not own.
     #[error("{0}")]
     PermissionDenied(String),
+    /// A shared memory region whose object its owner truncated: unusable
+    /// until registered again.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Beyond a bound of the server (regions, bytes), or more memory than the
+    /// process can hold.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A protocol feature this server does not implement.
     #[error("{0}")]
     Unimplemented(String),
@@ -39,6 +49,8 @@ impl From<RequestError> for Status {
             RequestError::Invalid(_) => Code::InvalidArgument,
             RequestError::AlreadyExists(_) => Code::AlreadyExists,
             RequestError::PermissionDenied(_) => Code::PermissionDenied,
+            RequestError::FailedPrecondition(_) => Code::FailedPrecondition,
+            RequestError::ResourceExhausted(_) => Code::ResourceExhausted,
             RequestError::Unimplemented(_) => Code::Unimplemented,
             RequestError::Model(_) => Code::Internal,
             RequestError::ShuttingDown => Code::Unavailable,

@@ -180,7 +180,9 @@ pub fn plan<'r>(req: &'r ModelInferRequest, model: &str, inputs: &[TensorInfo], 
                     InputBytes::Shm(region)
                 } else {
                     copied += want;
-                    InputBytes::Owned(Aligned::from_bytes(region.bytes()))
+                    let copy = Aligned::from_bytes(region.bytes());
+                    region.intact()?;
+                    InputBytes::Owned(copy)
                 }
             }
             None if !req.raw_input_contents.is_empty() => {
