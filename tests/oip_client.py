@@ -655,11 +655,54 @@ def shm_truncated(url, x_path, expected_path):
         shm.destroy_shared_memory_region(hout)
 
 
+def shm_limits(url, x_path, expected_path, max_regions, max_bytes):
+    """Registrations beyond the server's bounds (--max-shm-regions,
+    --max-shm-bytes) are refused with RESOURCE_EXHAUSTED naming the flag;
+    unregistering makes room again, and requests go on being answered."""
+    import os
+    import tritonclient.utils.shared_memory as shm
+
+    x, expected = np.load(x_path), np.load(expected_path)
+    max_regions, max_bytes = int(max_regions), int(max_bytes)
+    c = tg.InferenceServerClient(url)
+    tag = f"uminfer-oip-limits-{os.getpid()}"
+    h = shm.create_shared_memory_region("r", f"/{tag}", 64)
+    SC = grpc.StatusCode
+    try:
+        # One object registered under many names, 64 bytes each.
+        for k in range(max_regions):
+            c.register_system_shared_memory(f"r{k}", f"/{tag}", 64)
+        print(f"registered={max_regions}")
+        expect_error("beyond_regions", SC.RESOURCE_EXHAUSTED, "--max-shm-regions", lambda: c.register_system_shared_memory("extra", f"/{tag}", 64))
+        c.unregister_system_shared_memory("r0")
+        c.register_system_shared_memory("again", f"/{tag}", 64)
+        print("after_unregister=ok")
+        c.unregister_system_shared_memory()
+        if max_bytes < 1 << 20:
+            big = shm.create_shared_memory_region("big", f"/{tag}-big", max_bytes + 64)
+            try:
+                c.register_system_shared_memory("small", f"/{tag}", 64)
+                expect_error("beyond_bytes", SC.RESOURCE_EXHAUSTED, "--max-shm-bytes",
+                             lambda: c.register_system_shared_memory("big", f"/{tag}-big", max_bytes))
+                c.unregister_system_shared_memory("small")
+                c.register_system_shared_memory("big", f"/{tag}-big", max_bytes)
+                print("bytes_within_bound=ok")
+            finally:
+                c.unregister_system_shared_memory()
+                shm.destroy_shared_memory_region(big)
+        close(c.infer("tiny", [raw_input(x)]).as_numpy("OUTPUT__0"), expected, "a request after the refusals")
+        print("after=ok")
+    finally:
+        c.unregister_system_shared_memory()
+        shm.destroy_shared_memory_region(h)
+
+
 if __name__ == "__main__":
     mode, url, *args = sys.argv[1:]
     {"health": lambda: health(url, args), "infer": lambda: infer(url, *args), "errors": lambda: errors(url, *args),
      "stream": lambda: stream(url, *args), "shm": lambda: system_shm(url, *args),
      "shm_symlink": lambda: shm_symlink(url, *args), "shm_truncated": lambda: shm_truncated(url, *args),
+     "shm_limits": lambda: shm_limits(url, *args),
      "drain": lambda: drain(url, args[0], args[1], int(args[2]), *args[3:]), "count": lambda: count(url, *args),
      "bounded": lambda: bounded(url, *args), "stats": lambda: stats(url, *args), "admission": lambda: admission(url, *args), "shapes": lambda: shapes(url, *args), "busy": lambda: busy(url, *args),
      "unregister_in_flight": lambda: unregister_in_flight(url, args[0], args[1], int(args[2]))}[mode]()

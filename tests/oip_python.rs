@@ -348,6 +348,27 @@ fn a_client_truncating_its_region_gets_an_error_and_the_server_keeps_serving() {
     }
 }
 
+/// Registrations are bounded: by default 1024 regions (the 1025th is
+/// refused with `RESOURCE_EXHAUSTED` naming `--max-shm-regions`), and by the
+/// flags `--max-shm-regions` / `--max-shm-bytes`; unregistering makes room,
+/// and the server keeps answering.
+#[test]
+fn shared_memory_registrations_are_bounded_by_count_and_bytes() {
+    let py = require_python!();
+    let (x, y) = (model("tiny.input.npy"), model("tiny.expected.npy"));
+    let mut server = GrpcServer::start("shm-limits", &["--model", &model("tiny.pt")]);
+    let out = server.run_client(&py, "shm_limits", &[&x, &y, "1024", "17179869184"]);
+    assert_eq!(lines(&out), ["registered=1024", "beyond_regions=StatusCode.RESOURCE_EXHAUSTED", "after_unregister=ok", "after=ok"]);
+    assert!(server.is_running(), "the server died:\n{}", server.log());
+    let mut server = GrpcServer::start("shm-limits-flags", &["--model", &model("tiny.pt"), "--max-shm-regions", "3", "--max-shm-bytes", "4096"]);
+    let out = server.run_client(&py, "shm_limits", &[&x, &y, "3", "4096"]);
+    assert_eq!(
+        lines(&out),
+        ["registered=3", "beyond_regions=StatusCode.RESOURCE_EXHAUSTED", "after_unregister=ok", "beyond_bytes=StatusCode.RESOURCE_EXHAUSTED", "bytes_within_bound=ok", "after=ok"]
+    );
+    assert!(server.is_running(), "the server died:\n{}", server.log());
+}
+
 /// Unregistering regions that requests in flight use is safe: with two
 /// sessions (requests on blocking threads, running while the unregister RPC
 /// is answered) those requests finish with right answers (the server holds

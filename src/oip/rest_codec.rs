@@ -251,7 +251,9 @@ fn encode_json(dtype: DType, values: &[&Value]) -> Result<Vec<u8>, String> {
     let bad = |v: &Value| format!("{v} is not a {} value", dtype.oip_name());
     let int = |v: &Value| v.as_i64().ok_or_else(|| bad(v));
     let float = |v: &Value| v.as_f64().ok_or_else(|| bad(v));
-    let mut out = Vec::with_capacity(values.len() * dtype.size());
+    let len = values.len().saturating_mul(dtype.size());
+    let mut out = Vec::new();
+    out.try_reserve_exact(len).map_err(|_| format!("the server cannot allocate {len} bytes for it now; retry later"))?;
     for &v in values {
         match dtype {
             DType::Bool => out.push(u8::from(v.as_bool().ok_or_else(|| bad(v))?)),

@@ -19,6 +19,9 @@
 //! writes while another reads) the same region at once; within a request an
 //! output may not overlap another of its tensors in the same region.
 //!
+//! Registrations are bounded ([`Limits`]: `--max-shm-regions`,
+//! `--max-shm-bytes`); beyond them they are refused with `RESOURCE_EXHAUSTED`.
+//!
 //! A client may truncate its object while a request uses it: every access
 //! goes through [`client_memory`], which turns the `SIGBUS` into zero pages
 //! and a flag; the request fails with `FAILED_PRECONDITION` naming the
@@ -81,18 +84,72 @@ impl Region {
     }
 }
 
-/// The registered regions by name.
+/// The default of [`Limits::regions`] (`--max-shm-regions`).
+pub const DEFAULT_MAX_REGIONS: usize = 1024;
+/// The default of [`Limits::bytes`] (`--max-shm-bytes`): 16 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 16 << 30;
+
+/// The bounds on registrations: beyond them a registration is refused with
+/// `RESOURCE_EXHAUSTED`, so that clients cannot make the server map memory
+/// (and mappings) until the process runs out of either.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Regions registered at once (`--max-shm-regions`).
+    pub regions: usize,
+    /// Bytes mapped by all registered regions together (`--max-shm-bytes`).
+    pub bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { regions: DEFAULT_MAX_REGIONS, bytes: DEFAULT_MAX_BYTES }
+    }
+}
+
+/// The registered regions by name, within their [`Limits`].
 #[derive(Default)]
-pub struct Registry(Mutex<BTreeMap<String, Arc<Region>>>);
+pub struct Registry {
+    regions: Mutex<BTreeMap<String, Arc<Region>>>,
+    limits: Limits,
+}
 
 impl Registry {
+    /// No regions yet; registrations bounded by `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self { regions: Mutex::default(), limits }
+    }
+
+    /// Refuses registering `byte_size` more bytes as `name` beyond the limits.
+    fn within_limits(&self, regions: &BTreeMap<String, Arc<Region>>, name: &str, byte_size: u64) -> Result<(), RequestError> {
+        if regions.len() >= self.limits.regions {
+            return Err(RequestError::ResourceExhausted(format!(
+                "shared memory region {name:?}: {} regions are registered, the server's bound (--max-shm-regions {}); unregister some first",
+                regions.len(),
+                self.limits.regions
+            )));
+        }
+        let mapped: u64 = regions.values().map(|r| r.map.len() as u64).sum();
+        if mapped.saturating_add(byte_size) > self.limits.bytes {
+            return Err(RequestError::ResourceExhausted(format!(
+                "shared memory region {name:?}: {byte_size} more bytes would map {} in all, over the server's bound of {} bytes (--max-shm-bytes); unregister some first",
+                mapped.saturating_add(byte_size),
+                self.limits.bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// Maps `byte_size` bytes of `/dev/shm/KEY` from `offset` as region `name`.
     pub fn register(&self, name: &str, key: &str, offset: u64, byte_size: u64) -> Result<(), RequestError> {
         if name.is_empty() {
             return Err(RequestError::Invalid("a shared memory region needs a name".into()));
         }
-        if self.0.lock().contains_key(name) {
-            return Err(RequestError::AlreadyExists(format!("shared memory region {name:?} is already registered; unregister it first")));
+        {
+            let regions = self.regions.lock();
+            if regions.contains_key(name) {
+                return Err(RequestError::AlreadyExists(format!("shared memory region {name:?} is already registered; unregister it first")));
+            }
+            self.within_limits(&regions, name, byte_size)?;
         }
         let file_name = key.strip_prefix('/').unwrap_or(key);
         if file_name.is_empty() || file_name.contains('/') || file_name == "." || file_name == ".." {
@@ -139,10 +196,12 @@ impl Registry {
             .map_raw(&file)
             .map_err(|e| RequestError::Invalid(format!("cannot map shared memory key {key:?}: {e}")))?;
         let region = Arc::new(Region { name: name.to_string(), key: key.to_string(), offset, map, truncated: AtomicBool::new(false), in_use: Mutex::new(()) });
-        let mut regions = self.0.lock();
+        let mut regions = self.regions.lock();
         if regions.contains_key(name) {
             return Err(RequestError::AlreadyExists(format!("shared memory region {name:?} is already registered; unregister it first")));
         }
+        // Again under the lock: another registration may have come in meanwhile.
+        self.within_limits(&regions, name, byte_size)?;
         regions.insert(name.to_string(), region);
         tracing::info!("registered shared memory region {name:?}: {byte_size} bytes of {key:?} from offset {offset}");
         Ok(())
@@ -151,7 +210,7 @@ impl Registry {
     /// Unregisters `name`, or every region when `name` is empty; an unknown
     /// name is not an error. Requests using the region keep their mapping.
     pub fn unregister(&self, name: &str) {
-        let mut regions = self.0.lock();
+        let mut regions = self.regions.lock();
         if name.is_empty() {
             regions.clear();
         } else {
@@ -161,7 +220,7 @@ impl Registry {
 
     /// The status of `name`, or of every region when `name` is empty.
     pub fn status(&self, name: &str) -> Result<HashMap<String, RegionStatus>, RequestError> {
-        let regions = self.0.lock();
+        let regions = self.regions.lock();
         let status = |r: &Region| RegionStatus { name: r.name.clone(), key: r.key.clone(), offset: r.offset, byte_size: r.map.len() as u64 };
         if name.is_empty() {
             return Ok(regions.values().map(|r| (r.name.clone(), status(r))).collect());
@@ -188,7 +247,7 @@ impl Registry {
         let offset = int(OFFSET)?.unwrap_or(0);
         let byte_size = int(BYTE_SIZE)?.ok_or_else(|| RequestError::Invalid(format!("{what}: names region {name:?} without {BYTE_SIZE}")))?;
         let region = self
-            .0
+            .regions
             .lock()
             .get(name)
             .cloned()

@@ -59,6 +59,27 @@ impl From<RequestError> for Status {
     }
 }
 
+/// A zeroed buffer of `len` elements for `what` (called only to name it in
+/// the error), or `RESOURCE_EXHAUSTED` when the process cannot hold it
+/// (never an abort).
+pub fn try_buffer<T: Clone + Default>(len: usize, what: impl FnOnce() -> String) -> Result<Vec<T>, RequestError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| out_of_memory(what, len.saturating_mul(std::mem::size_of::<T>())))?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
+/// An empty vector with room for `len` bytes for `what`, or `RESOURCE_EXHAUSTED`.
+pub fn try_capacity(len: usize, what: impl FnOnce() -> String) -> Result<Vec<u8>, RequestError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| out_of_memory(what, len))?;
+    Ok(v)
+}
+
+fn out_of_memory(what: impl FnOnce() -> String, bytes: usize) -> RequestError {
+    RequestError::ResourceExhausted(format!("{}: the server cannot allocate {bytes} bytes for this request now; retry later", what()))
+}
+
 /// The `UNIMPLEMENTED` answer of an RPC uminfer does not offer.
 pub fn unimplemented_rpc(rpc: &str) -> Status {
     Status::unimplemented(format!("uminfer does not implement the {rpc} RPC (docs/oip.md lists what it implements)"))
