@@ -681,6 +681,10 @@ mod fuzz {
         if h.magic != MAGIC || h.version != PROTOCOL_V1 || h.dtype != 1 || h.rank == 0 || h.rank as usize > MAX_RANK {
             return false;
         }
+        // docs/ipc.md: the entries past `rank` are 0.
+        if h.shape[h.rank as usize..].iter().any(|&d| d != 0) {
+            return false;
+        }
         let dims = &h.shape[..h.rank as usize];
         let product = dims.iter().try_fold(1u128, |a, &d| if d == 0 { None } else { a.checked_mul(d as u128) });
         match product {
@@ -691,12 +695,20 @@ mod fuzz {
 
     fn header_v1() -> impl Strategy<Value = RequestHeaderV1> {
         let dim = prop_oneof![Just(0u64), 1u64..4, Just(128u64), Just(3u64), any::<u64>()];
+        // The model's shape, now and then with garbage past rank 4 (position, value).
+        let model_shape = prop_oneof![3 => Just(None), 1 => (4usize..MAX_RANK, 1u64..u64::MAX).prop_map(Some)].prop_map(|tail| {
+            let mut s = [1u64, 3, 128, 128, 0, 0, 0, 0];
+            if let Some((at, d)) = tail {
+                s[at] = d;
+            }
+            s
+        });
         (
             prop_oneof![Just(MAGIC), any::<u32>()],
             prop_oneof![Just(1u16), any::<u16>()],
             prop_oneof![Just(1u8), any::<u8>()],
             prop_oneof![Just(4u8), any::<u8>()],
-            proptest::array::uniform8(dim),
+            prop_oneof![model_shape, proptest::array::uniform8(dim)],
         )
             .prop_map(|(magic, version, dtype, rank, shape)| RequestHeaderV1 { magic, version, dtype, rank, request_id: 0, shape })
     }
@@ -727,7 +739,8 @@ mod fuzz {
             }
             names.push(name);
             let (start, end) = (e.offset as u128, e.offset as u128 + e.len as u128);
-            if e.dtype != 5 || e.rank != 2 || e.shape[..2] != [1, 4] || e.len != 32 || e.offset % 64 != 0 || end > payload as u128 {
+            // docs/ipc.md: the shape's entries past `rank` are 0.
+            if e.dtype != 5 || e.rank != 2 || e.shape[..2] != [1, 4] || e.shape[2..].iter().any(|&d| d != 0) || e.len != 32 || e.offset % 64 != 0 || end > payload as u128 {
                 return false;
             }
             if spans.iter().any(|&(s, t)| start < t && s < end) {
@@ -749,8 +762,10 @@ mod fuzz {
             prop_oneof![30 => Just([1u64, 4]), 1 => Just([1u64, 8]), 1 => any::<[u64; 2]>()],
             prop_oneof![3 => Just(0u64), 3 => Just(64u64), 3 => Just(128u64), 1 => Just(32u64), 1 => Just(u64::MAX - 63), 1 => any::<u64>()],
             prop_oneof![30 => Just(32u64), 1 => Just(64u64), 1 => any::<u64>()],
+            // Garbage past the rank, now and then: (position among the 6 unused entries, value).
+            prop_oneof![30 => Just(None), 1 => (2usize..MAX_RANK, 1u64..u64::MAX).prop_map(Some)],
         )
-            .prop_map(|(name, name_len, dtype, rank, dims, offset, len)| {
+            .prop_map(|(name, name_len, dtype, rank, dims, offset, len, tail)| {
                 let mut e = TensorEntry::new(name, DType::I64, &[1, 4], 0).unwrap();
                 if let Some(n) = name_len {
                     e.name_len = n;
@@ -760,6 +775,9 @@ mod fuzz {
                 e.shape[..2].copy_from_slice(&dims);
                 e.offset = offset;
                 e.len = len;
+                if let Some((at, d)) = tail {
+                    e.shape[at] = d;
+                }
                 e
             })
     }
