@@ -9,6 +9,7 @@
 //! |---|---|
 //! | [`ipc`] | shared-memory transport on iceoryx2: `uminfer serve`, [`ipc::Client`] |
 //! | [`oip`] | Open Inference Protocol (KServe v2) gRPC endpoint: `uminfer serve --grpc` |
+//! | [`client_memory`] | client-owned shared memory under access: a truncation becomes an error, not a `SIGBUS` |
 //! | [`runtime`] | [`Runtime`](runtime::Runtime): startup probe, mode gate, the door to models and sessions |
 //! | [`model`] | [`Model`](model::Model): TorchScript files and AOTInductor packages, their signatures |
 //! | [`session`] | [`Session`](session::Session) (named tensors of any dtype), [`TypedSession`](session::TypedSession), [`SessionPool`](session::SessionPool): requests over zero-copy regions, CUDA graphs, timing |
@@ -34,6 +35,7 @@
 
 pub mod bench;
 pub mod build_info;
+pub mod client_memory;
 pub mod cuda;
 pub mod doctor;
 pub mod dtype;

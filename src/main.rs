@@ -90,6 +90,14 @@ enum Command {
         /// RESOURCE_EXHAUSTED (REST: 429). Health, metadata and /metrics are never refused.
         #[arg(long, value_name = "N", default_value_t = uminfer::oip::server::DEFAULT_MAX_CALLS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), conflicts_with = "name")]
         max_calls: usize,
+        /// With --grpc: system shared memory regions registered at once; beyond
+        /// it a registration is refused with RESOURCE_EXHAUSTED.
+        #[arg(long, value_name = "N", default_value_t = uminfer::oip::shm::DEFAULT_MAX_REGIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), conflicts_with = "name")]
+        max_shm_regions: usize,
+        /// With --grpc: bytes mapped by all registered shared memory regions
+        /// together (default 16 GiB); beyond it a registration is refused with RESOURCE_EXHAUSTED.
+        #[arg(long, value_name = "BYTES", default_value_t = uminfer::oip::shm::DEFAULT_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "name")]
+        max_shm_bytes: u64,
         /// libtorch intra-op threads of this process. Default in `cpu` mode:
         /// every core, or one fewer when a forward pass is short (shared
         /// memory: under 50 µs; with --grpc: under 1.33 ms, as its clients poll
@@ -703,6 +711,8 @@ fn main() {
             http,
             max_streams,
             max_calls,
+            max_shm_regions,
+            max_shm_bytes,
             intra_op_threads,
             spin_us,
             input_spec,
@@ -725,6 +735,8 @@ fn main() {
                 opts.http_addr = http;
                 opts.max_streams = max_streams;
                 opts.max_calls = max_calls;
+                opts.max_shm_regions = max_shm_regions;
+                opts.max_shm_bytes = max_shm_bytes;
                 opts.spin = std::time::Duration::from_micros(spin_us);
                 opts.echo = echo;
                 opts.connections = uminfer::oip::conn::Limits {

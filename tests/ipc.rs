@@ -575,6 +575,50 @@ fn a_client_killed_mid_stream_does_not_disturb_the_server() {
     assert_eq!(dead, 0, "the killed client's node ({victim_node}) was left behind dead");
 }
 
+/// The `/dev/shm` files process `pid` maps with permissions `perms` (`rw-s`, `r--s`).
+fn shm_mapped(pid: u32, perms: &str) -> std::collections::BTreeSet<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 6 && f[1] == perms && f[5].starts_with("/dev/shm/")).then(|| f[5].to_string())
+        })
+        .collect()
+}
+
+/// A client that truncates its own iceoryx2 data segment while its request
+/// is pending (the server stopped between the client's send and its
+/// receive, so that the truncation lands exactly there) does not kill the
+/// server with SIGBUS: its request is dropped or refused, and the server
+/// goes on serving other clients.
+#[test]
+fn a_client_truncating_its_data_segment_under_a_request_does_not_kill_the_server() {
+    let name = unique("truncseg");
+    let mut server = ServerProcess::start(&name, "tiny.pt", &[]);
+    connect(&name);
+    let mut victim = load_client(&name, 1_000_000, 7, "tiny.pt").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(3000)); // well inside its request stream (after its reference runs)
+    // The victim's data segment: mapped read-write by the victim, read-only by the server.
+    let read_only = shm_mapped(server.child.id(), "r--s");
+    let segments: Vec<String> = shm_mapped(victim.id(), "rw-s").into_iter().filter(|f| f.ends_with(".data") && !f.ends_with("mgmt.data") && read_only.contains(f)).collect();
+    assert!(!segments.is_empty(), "no data segment of the victim found in its maps:\n{}", std::fs::read_to_string(format!("/proc/{}/maps", victim.id())).unwrap_or_default());
+    server.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(300)); // the victim sends its next request and waits
+    for f in &segments {
+        std::fs::OpenOptions::new().write(true).open(f).and_then(|f| f.set_len(0)).unwrap_or_else(|e| panic!("truncating {f}: {e}"));
+    }
+    server.signal(libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = victim.kill();
+    let _ = victim.wait();
+    if let Ok(Some(status)) = server.child.try_wait() {
+        panic!("the server died ({status}) when a client truncated its data segment ({segments:?}):\n{}", server.log());
+    }
+    let out = load_client(&name, 50, 8, "tiny.pt").output().unwrap();
+    assert!(out.status.success(), "another client after the truncation: {}{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr), server.log());
+    assert!(matches!(server.child.try_wait(), Ok(None)), "the server died:\n{}", server.log());
+}
+
 #[test]
 fn idle_server_uses_no_cpu() {
     let name = unique("idle");
@@ -637,6 +681,10 @@ mod fuzz {
         if h.magic != MAGIC || h.version != PROTOCOL_V1 || h.dtype != 1 || h.rank == 0 || h.rank as usize > MAX_RANK {
             return false;
         }
+        // docs/ipc.md: the entries past `rank` are 0.
+        if h.shape[h.rank as usize..].iter().any(|&d| d != 0) {
+            return false;
+        }
         let dims = &h.shape[..h.rank as usize];
         let product = dims.iter().try_fold(1u128, |a, &d| if d == 0 { None } else { a.checked_mul(d as u128) });
         match product {
@@ -647,12 +695,20 @@ mod fuzz {
 
     fn header_v1() -> impl Strategy<Value = RequestHeaderV1> {
         let dim = prop_oneof![Just(0u64), 1u64..4, Just(128u64), Just(3u64), any::<u64>()];
+        // The model's shape, now and then with garbage past rank 4 (position, value).
+        let model_shape = prop_oneof![3 => Just(None), 1 => (4usize..MAX_RANK, 1u64..u64::MAX).prop_map(Some)].prop_map(|tail| {
+            let mut s = [1u64, 3, 128, 128, 0, 0, 0, 0];
+            if let Some((at, d)) = tail {
+                s[at] = d;
+            }
+            s
+        });
         (
             prop_oneof![Just(MAGIC), any::<u32>()],
             prop_oneof![Just(1u16), any::<u16>()],
             prop_oneof![Just(1u8), any::<u8>()],
             prop_oneof![Just(4u8), any::<u8>()],
-            proptest::array::uniform8(dim),
+            prop_oneof![model_shape, proptest::array::uniform8(dim)],
         )
             .prop_map(|(magic, version, dtype, rank, shape)| RequestHeaderV1 { magic, version, dtype, rank, request_id: 0, shape })
     }
@@ -683,7 +739,8 @@ mod fuzz {
             }
             names.push(name);
             let (start, end) = (e.offset as u128, e.offset as u128 + e.len as u128);
-            if e.dtype != 5 || e.rank != 2 || e.shape[..2] != [1, 4] || e.len != 32 || e.offset % 64 != 0 || end > payload as u128 {
+            // docs/ipc.md: the shape's entries past `rank` are 0.
+            if e.dtype != 5 || e.rank != 2 || e.shape[..2] != [1, 4] || e.shape[2..].iter().any(|&d| d != 0) || e.len != 32 || e.offset % 64 != 0 || end > payload as u128 {
                 return false;
             }
             if spans.iter().any(|&(s, t)| start < t && s < end) {
@@ -705,8 +762,10 @@ mod fuzz {
             prop_oneof![30 => Just([1u64, 4]), 1 => Just([1u64, 8]), 1 => any::<[u64; 2]>()],
             prop_oneof![3 => Just(0u64), 3 => Just(64u64), 3 => Just(128u64), 1 => Just(32u64), 1 => Just(u64::MAX - 63), 1 => any::<u64>()],
             prop_oneof![30 => Just(32u64), 1 => Just(64u64), 1 => any::<u64>()],
+            // Garbage past the rank, now and then: (position among the 6 unused entries, value).
+            prop_oneof![30 => Just(None), 1 => (2usize..MAX_RANK, 1u64..u64::MAX).prop_map(Some)],
         )
-            .prop_map(|(name, name_len, dtype, rank, dims, offset, len)| {
+            .prop_map(|(name, name_len, dtype, rank, dims, offset, len, tail)| {
                 let mut e = TensorEntry::new(name, DType::I64, &[1, 4], 0).unwrap();
                 if let Some(n) = name_len {
                     e.name_len = n;
@@ -716,6 +775,9 @@ mod fuzz {
                 e.shape[..2].copy_from_slice(&dims);
                 e.offset = offset;
                 e.len = len;
+                if let Some((at, d)) = tail {
+                    e.shape[at] = d;
+                }
                 e
             })
     }

@@ -566,10 +566,143 @@ def bounded(url, x_path, expected_path, expect):
     print("after_stream=answered")
 
 
+def shm_symlink(url, x_path, expected_path):
+    """A shared memory key that is a symbolic link (anyone can plant one in
+    /dev/shm) is refused at registration, and the file it points to is untouched."""
+    import os
+    import tempfile
+
+    x, expected = np.load(x_path), np.load(expected_path)
+    c = tg.InferenceServerClient(url)
+    tag = f"uminfer-oip-link-{os.getpid()}"
+    fd, target = tempfile.mkstemp(prefix=tag)
+    before = bytes([0xA5]) * expected.nbytes
+    os.write(fd, before)
+    os.close(fd)
+    link = f"/dev/shm/{tag}"
+    os.symlink(target, link)
+    try:
+        expect_error("symlink_refused", grpc.StatusCode.INVALID_ARGUMENT, "is a symbolic link",
+                     lambda: c.register_system_shared_memory("linked", f"/{tag}", expected.nbytes))
+        # Had it been accepted, this request would write its output into the target.
+        o = tg.InferRequestedOutput("OUTPUT__0")
+        o.set_shared_memory("linked", expected.nbytes)
+        try:
+            c.infer("tiny", [raw_input(x)], outputs=[o])
+        except InferenceServerException:
+            pass
+        with open(target, "rb") as f:
+            check(f.read() == before, "the symlink's target was written")
+        print("target_untouched=ok")
+        close(c.infer("tiny", [raw_input(x)]).as_numpy("OUTPUT__0"), expected, "a request after the refusal")
+        print("after=ok")
+    finally:
+        os.unlink(link)
+        os.unlink(target)
+
+
+def shm_truncated(url, x_path, expected_path):
+    """A client truncates its registered objects (input, then output) after a
+    good request: the next request fails with FAILED_PRECONDITION naming the
+    region, the region is refused until registered again, other requests are
+    answered, and re-registering the re-sized object works."""
+    import os
+    import tritonclient.utils.shared_memory as shm
+
+    x, expected = np.load(x_path), np.load(expected_path)
+    nx, ny = x.nbytes, expected.nbytes
+    c = tg.InferenceServerClient(url)
+    tag = f"uminfer-oip-trunc-{os.getpid()}"
+    hin = shm.create_shared_memory_region("in", f"/{tag}-in", nx)
+    hout = shm.create_shared_memory_region("out", f"/{tag}-out", ny)
+    SC = grpc.StatusCode
+
+    def run():
+        i = tg.InferInput("INPUT__0", list(x.shape), "FP32").set_shared_memory("in", nx)
+        o = tg.InferRequestedOutput("OUTPUT__0")
+        o.set_shared_memory("out", ny)
+        r = c.infer("tiny", [i], outputs=[o])
+        return shm.get_contents_as_numpy(hout, np.float32, list(r.get_output("OUTPUT__0").shape))
+
+    def reregister(which, n):
+        os.truncate(f"/dev/shm/{tag}-{which}", n)
+        c.unregister_system_shared_memory(which)
+        c.register_system_shared_memory(which, f"/{tag}-{which}", n)
+
+    try:
+        c.register_system_shared_memory("in", f"/{tag}-in", nx)
+        c.register_system_shared_memory("out", f"/{tag}-out", ny)
+        shm.set_shared_memory_region(hin, [x])
+        close(run(), expected, "before truncating")
+        print("before=ok")
+        os.truncate(f"/dev/shm/{tag}-in", 0)
+        expect_error("input_truncated", SC.FAILED_PRECONDITION, 'region "in" was truncated by its owner during the request', run)
+        expect_error("input_refused", SC.FAILED_PRECONDITION, "unregister it and register it again", run)
+        close(c.infer("tiny", [raw_input(x)]).as_numpy("OUTPUT__0"), expected, "another request after the truncation")
+        print("other_request=ok")
+        # The client's own mapping of the object is gone with it: write again once re-sized.
+        reregister("in", nx)
+        shm.set_shared_memory_region(hin, [x])
+        close(run(), expected, "after re-registering the input")
+        print("input_reregistered=ok")
+        os.truncate(f"/dev/shm/{tag}-out", 0)
+        expect_error("output_truncated", SC.FAILED_PRECONDITION, 'region "out" was truncated by its owner during the request', run)
+        reregister("out", ny)
+        close(run(), expected, "after re-registering the output")
+        print("output_reregistered=ok")
+    finally:
+        shm.destroy_shared_memory_region(hin)
+        shm.destroy_shared_memory_region(hout)
+
+
+def shm_limits(url, x_path, expected_path, max_regions, max_bytes):
+    """Registrations beyond the server's bounds (--max-shm-regions,
+    --max-shm-bytes) are refused with RESOURCE_EXHAUSTED naming the flag;
+    unregistering makes room again, and requests go on being answered."""
+    import os
+    import tritonclient.utils.shared_memory as shm
+
+    x, expected = np.load(x_path), np.load(expected_path)
+    max_regions, max_bytes = int(max_regions), int(max_bytes)
+    c = tg.InferenceServerClient(url)
+    tag = f"uminfer-oip-limits-{os.getpid()}"
+    h = shm.create_shared_memory_region("r", f"/{tag}", 64)
+    SC = grpc.StatusCode
+    try:
+        # One object registered under many names, 64 bytes each.
+        for k in range(max_regions):
+            c.register_system_shared_memory(f"r{k}", f"/{tag}", 64)
+        print(f"registered={max_regions}")
+        expect_error("beyond_regions", SC.RESOURCE_EXHAUSTED, "--max-shm-regions", lambda: c.register_system_shared_memory("extra", f"/{tag}", 64))
+        c.unregister_system_shared_memory("r0")
+        c.register_system_shared_memory("again", f"/{tag}", 64)
+        print("after_unregister=ok")
+        c.unregister_system_shared_memory()
+        if max_bytes < 1 << 20:
+            big = shm.create_shared_memory_region("big", f"/{tag}-big", max_bytes + 64)
+            try:
+                c.register_system_shared_memory("small", f"/{tag}", 64)
+                expect_error("beyond_bytes", SC.RESOURCE_EXHAUSTED, "--max-shm-bytes",
+                             lambda: c.register_system_shared_memory("big", f"/{tag}-big", max_bytes))
+                c.unregister_system_shared_memory("small")
+                c.register_system_shared_memory("big", f"/{tag}-big", max_bytes)
+                print("bytes_within_bound=ok")
+            finally:
+                c.unregister_system_shared_memory()
+                shm.destroy_shared_memory_region(big)
+        close(c.infer("tiny", [raw_input(x)]).as_numpy("OUTPUT__0"), expected, "a request after the refusals")
+        print("after=ok")
+    finally:
+        c.unregister_system_shared_memory()
+        shm.destroy_shared_memory_region(h)
+
+
 if __name__ == "__main__":
     mode, url, *args = sys.argv[1:]
     {"health": lambda: health(url, args), "infer": lambda: infer(url, *args), "errors": lambda: errors(url, *args),
      "stream": lambda: stream(url, *args), "shm": lambda: system_shm(url, *args),
+     "shm_symlink": lambda: shm_symlink(url, *args), "shm_truncated": lambda: shm_truncated(url, *args),
+     "shm_limits": lambda: shm_limits(url, *args),
      "drain": lambda: drain(url, args[0], args[1], int(args[2]), *args[3:]), "count": lambda: count(url, *args),
      "bounded": lambda: bounded(url, *args), "stats": lambda: stats(url, *args), "admission": lambda: admission(url, *args), "shapes": lambda: shapes(url, *args), "busy": lambda: busy(url, *args),
      "unregister_in_flight": lambda: unregister_in_flight(url, args[0], args[1], int(args[2]))}[mode]()

@@ -309,6 +309,66 @@ fn tritonclient_system_shared_memory_inputs_and_outputs_and_refusals() {
     assert!(server.is_running(), "the server died:\n{}", server.log());
 }
 
+/// A shared memory key that is a symbolic link (planted in the
+/// world-writable /dev/shm, pointing at a file of ours) is refused at
+/// registration with a message, and the file it points to is left untouched.
+#[test]
+fn a_shared_memory_key_that_is_a_symlink_is_refused() {
+    let py = require_python!();
+    let mut server = GrpcServer::start("shm-link", &["--model", &model("tiny.pt")]);
+    let out = server.run_client(&py, "shm_symlink", &[&model("tiny.input.npy"), &model("tiny.expected.npy")]);
+    assert_eq!(lines(&out), ["symlink_refused=StatusCode.INVALID_ARGUMENT", "target_untouched=ok", "after=ok"]);
+    assert!(server.is_running(), "the server died:\n{}", server.log());
+}
+
+/// A client that truncates its registered objects under the server (input,
+/// then output) gets `FAILED_PRECONDITION` naming the region, instead of a
+/// server killed by SIGBUS; the region is refused until registered again,
+/// other requests are answered, and re-registering the re-sized object works.
+#[test]
+fn a_client_truncating_its_region_gets_an_error_and_the_server_keeps_serving() {
+    let py = require_python!();
+    for workers in ["1", "2"] {
+        let mut server = GrpcServer::start("shm-trunc", &["--model", &model("tiny.pt"), "--workers", workers]);
+        let out = server.run_client(&py, "shm_truncated", &[&model("tiny.input.npy"), &model("tiny.expected.npy")]);
+        assert_eq!(
+            lines(&out),
+            [
+                "before=ok",
+                "input_truncated=StatusCode.FAILED_PRECONDITION",
+                "input_refused=StatusCode.FAILED_PRECONDITION",
+                "other_request=ok",
+                "input_reregistered=ok",
+                "output_truncated=StatusCode.FAILED_PRECONDITION",
+                "output_reregistered=ok",
+            ],
+            "--workers {workers}"
+        );
+        assert!(server.is_running(), "--workers {workers}: the server died:\n{}", server.log());
+    }
+}
+
+/// Registrations are bounded: by default 1024 regions (the 1025th is
+/// refused with `RESOURCE_EXHAUSTED` naming `--max-shm-regions`), and by the
+/// flags `--max-shm-regions` / `--max-shm-bytes`; unregistering makes room,
+/// and the server keeps answering.
+#[test]
+fn shared_memory_registrations_are_bounded_by_count_and_bytes() {
+    let py = require_python!();
+    let (x, y) = (model("tiny.input.npy"), model("tiny.expected.npy"));
+    let mut server = GrpcServer::start("shm-limits", &["--model", &model("tiny.pt")]);
+    let out = server.run_client(&py, "shm_limits", &[&x, &y, "1024", "17179869184"]);
+    assert_eq!(lines(&out), ["registered=1024", "beyond_regions=StatusCode.RESOURCE_EXHAUSTED", "after_unregister=ok", "after=ok"]);
+    assert!(server.is_running(), "the server died:\n{}", server.log());
+    let mut server = GrpcServer::start("shm-limits-flags", &["--model", &model("tiny.pt"), "--max-shm-regions", "3", "--max-shm-bytes", "4096"]);
+    let out = server.run_client(&py, "shm_limits", &[&x, &y, "3", "4096"]);
+    assert_eq!(
+        lines(&out),
+        ["registered=3", "beyond_regions=StatusCode.RESOURCE_EXHAUSTED", "after_unregister=ok", "beyond_bytes=StatusCode.RESOURCE_EXHAUSTED", "bytes_within_bound=ok", "after=ok"]
+    );
+    assert!(server.is_running(), "the server died:\n{}", server.log());
+}
+
 /// Unregistering regions that requests in flight use is safe: with two
 /// sessions (requests on blocking threads, running while the unregister RPC
 /// is answered) those requests finish with right answers (the server holds

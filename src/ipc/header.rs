@@ -170,6 +170,9 @@ pub fn validate_request_v1(h: &RequestHeaderV1, payload_elements: usize, model_s
     if rank == 0 || rank > MAX_RANK {
         return Err(format!("rank {rank} is outside 1..={MAX_RANK}"));
     }
+    if h.shape[rank..].iter().any(|&d| d != 0) {
+        return Err(format!("shape entries past rank {rank} must be 0; the header has {:?}", h.shape));
+    }
     let shape = &h.shape[..rank];
     let mut elements: usize = 1;
     for &d in shape {

@@ -67,7 +67,25 @@ impl Incoming {
             Incoming::V2(r) => r.user_header().request_id,
         }
     }
+
+    /// The request's sample in the client's data segment: from iceoryx2's
+    /// header to the end of the payload (addresses only: nothing is read).
+    fn sample(&self) -> (*const u8, usize) {
+        fn span<A: ?Sized, B: ?Sized, C>(header: &A, user_header: &B, payload: &[C]) -> (*const u8, usize) {
+            let parts = [(header as *const A).cast::<u8>() as usize, (user_header as *const B).cast::<u8>() as usize, payload.as_ptr() as usize];
+            let start = parts.into_iter().min().unwrap_or(0);
+            let end = parts.into_iter().max().unwrap_or(0).max(payload.as_ptr_range().end as usize).max(start);
+            (start as *const u8, end - start)
+        }
+        match self {
+            Incoming::V1(r) => span(r.header(), r.user_header(), r.payload()),
+            Incoming::V2(r) => span(r.header(), r.user_header(), r.payload()),
+        }
+    }
 }
+
+/// What a client is told when it truncated its own data segment under its request.
+const TRUNCATED: &str = "the request's shared memory (the client's iceoryx2 data segment) was truncated during the request: its data was lost; reconnect with a fresh client";
 
 /// What to serve and how.
 #[derive(Debug, Clone)]
@@ -272,6 +290,23 @@ impl Server {
 
     /// The next request of either protocol, if one is waiting (v2 first).
     fn receive(&self) -> Result<Option<Incoming>> {
+        // iceoryx2 reads the request's header out of the client's data
+        // segment while receiving it: a client that truncated its segment
+        // would kill the server here with SIGBUS.
+        // SAFETY: while receiving, this thread touches only iceoryx2's shared
+        // memory, whose pages hold requests and port state shared with the
+        // clients; a zeroed page is detected (`truncated`) and its request dropped.
+        let guard = unsafe { crate::client_memory::ThreadAccess::begin() };
+        let received = self.receive_unguarded();
+        if guard.as_ref().is_ok_and(|g| g.truncated()) {
+            tracing::warn!("a request's header was truncated by its client while it was received: dropped unanswered");
+            self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        received
+    }
+
+    fn receive_unguarded(&self) -> Result<Option<Incoming>> {
         let err = |e: &dyn std::fmt::Display| Error::Ipc(format!("receiving a request: {e}"));
         if let Some(r) = self.port_v2.receive().map_err(|e| err(&e))? {
             return Ok(Some(Incoming::V2(r)));
@@ -426,12 +461,26 @@ impl Worker<'_> {
             self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
             return; // the client gave up or died: nobody to answer
         }
+        // The request lies in the client's data segment, which the client can
+        // truncate under us: guarded, so that a SIGBUS becomes an error.
+        let (at, len) = req.sample();
+        // SAFETY: the range is the request's sample, inside the client's data
+        // segment, mapped while `req` lives (the access is dropped first, at
+        // the end of this function); its pages hold client samples only.
+        let access = match unsafe { crate::client_memory::Access::begin(at, len) } {
+            Ok(a) => a,
+            Err(busy) => {
+                tracing::warn!("request dropped unanswered: {busy}");
+                return;
+            }
+        };
         let client = ListenerName::of(req.origin());
         let id = req.request_id();
         let answered = match req {
-            Incoming::V2(r) => self.answer_v2(r),
-            Incoming::V1(r) => self.answer_v1(r),
+            Incoming::V2(r) => self.answer_v2(r, &access),
+            Incoming::V1(r) => self.answer_v1(r, &access),
         };
+        drop(access);
         if let Err(e) = answered {
             tracing::warn!("request {id} from client {}: {e}", String::from_utf8_lossy(client.as_bytes()));
         }
@@ -448,7 +497,7 @@ impl Worker<'_> {
         respond_error_v2(req, Status::BadRequest, message)
     }
 
-    fn answer_v2(&self, req: RequestV2) -> Result<()> {
+    fn answer_v2(&self, req: RequestV2, access: &crate::client_memory::Access) -> Result<()> {
         let h = req.user_header();
         if h.kind == KIND_DESCRIBE && h.magic == MAGIC && h.version == PROTOCOL_V2 {
             return self.describe(&req);
@@ -500,6 +549,10 @@ impl Worker<'_> {
                 }
             })
         };
+        if access.truncated() {
+            drop(resp);
+            return self.bad_v2(&req, TRUNCATED);
+        }
         match ran {
             Ok(_) => {
                 let table = self.signature.response_table();
@@ -541,7 +594,7 @@ impl Worker<'_> {
         resp.send().map_err(|e| Error::Ipc(format!("sending a describe response: {e}")))
     }
 
-    fn answer_v1(&self, req: RequestV1) -> Result<()> {
+    fn answer_v1(&self, req: RequestV1, access: &crate::client_memory::Access) -> Result<()> {
         let h = *req.user_header();
         let (input_shape, output_shape, max_elements) = match self.v1 {
             V1::Serve { input_shape, output_shape, max_elements } => (input_shape, output_shape, *max_elements),
@@ -557,6 +610,11 @@ impl Worker<'_> {
         let n_out: i64 = output_shape.iter().product();
         let mut resp = req.loan_slice_uninit(n_out as usize).map_err(|e| Error::Ipc(format!("loaning a response: {e}")))?;
         let ran = self.pool.infer(&[TensorRef::new(req.payload())], &mut [TensorMut::uninit(resp.payload_mut())]);
+        if access.truncated() {
+            drop(resp);
+            self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return respond_error_v1(&req, h.request_id, Status::BadRequest, TRUNCATED);
+        }
         match ran {
             Ok(_) => {
                 *resp.user_header_mut() = ResponseHeaderV1::ok(h.request_id, output_shape);

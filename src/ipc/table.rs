@@ -355,6 +355,9 @@ impl Signature {
             if e.rank as usize > MAX_RANK {
                 return Err(format!("input `{}`: rank {} is above {MAX_RANK}", info.name, e.rank));
             }
+            if e.shape[e.rank as usize..].iter().any(|&d| d != 0) {
+                return Err(format!("input `{}`: shape entries past rank {} must be 0; the entry has {:?}", info.name, e.rank, e.shape));
+            }
             if e.dims() != want.dims() {
                 return Err(format!("input `{}` is {} {:?}; shape {:?} given", info.name, info.dtype, info.shape, e.dims()));
             }

@@ -254,8 +254,10 @@ fn encode_json(dtype: DType, values: &[&Value]) -> Result<Vec<u8>, String> {
     let name = dtype.oip_name();
     let refuse = |k: usize, v: &Value, why: &str| format!("value {} at {k} {why}: {name} takes {}", echo_value(v), range(dtype));
     let int = |k: usize, v: &Value| -> Result<i64, String> {
+        if let Some(i) = v.as_i64() {
+            return Ok(i);
+        }
         match v {
-            Value::Number(n) if n.is_i64() => Ok(n.as_i64().expect("is_i64")),
             Value::Number(n) if n.is_u64() => Err(refuse(k, v, "is out of range")),
             Value::Number(_) => Err(refuse(k, v, "is not an integer")),
             _ => Err(refuse(k, v, "is not a number")),
@@ -266,7 +268,9 @@ fn encode_json(dtype: DType, values: &[&Value]) -> Result<Vec<u8>, String> {
     }
     let float = |k: usize, v: &Value| v.as_f64().ok_or_else(|| refuse(k, v, "is not a number"));
     let finite = |x: bool, k: usize, v: &Value| if x { Ok(()) } else { Err(refuse(k, v, "is out of range")) };
-    let mut out = Vec::with_capacity(values.len() * dtype.size());
+    let len = values.len().saturating_mul(dtype.size());
+    let mut out = Vec::new();
+    out.try_reserve_exact(len).map_err(|_| format!("the server cannot allocate {len} bytes for it now; retry later"))?;
     for (k, &v) in values.iter().enumerate() {
         match dtype {
             DType::Bool => out.push(u8::from(v.as_bool().ok_or_else(|| refuse(k, v, "is not a boolean"))?)),

@@ -52,6 +52,12 @@ pub struct GrpcOptions {
     /// all connections (unary and REST inference, `ModelStreamInfer`); beyond
     /// it a call is refused with `RESOURCE_EXHAUSTED`.
     pub max_calls: usize,
+    /// System shared memory regions registered at once; beyond it a
+    /// registration is refused with `RESOURCE_EXHAUSTED`.
+    pub max_shm_regions: usize,
+    /// Bytes mapped by all registered regions together; beyond it a
+    /// registration is refused with `RESOURCE_EXHAUSTED`.
+    pub max_shm_bytes: u64,
     /// How long the transport thread polls the network after each answer
     /// before it sleeps ([`polling`](super::polling)); zero: it sleeps at once.
     pub spin: std::time::Duration,
@@ -215,6 +221,8 @@ impl GrpcOptions {
             http_addr: None,
             max_streams: DEFAULT_MAX_STREAMS,
             max_calls: DEFAULT_MAX_CALLS,
+            max_shm_regions: super::shm::DEFAULT_MAX_REGIONS,
+            max_shm_bytes: super::shm::DEFAULT_MAX_BYTES,
             spin: std::time::Duration::from_micros(200),
             echo: false,
             connections: Default::default(),
@@ -278,7 +286,8 @@ impl GrpcServer {
                 let (polling, stopping) = (polling.clone(), stopping.clone());
                 async move { polling.run(stopping).await }
             });
-            let oip = OipService::new(self.models, stopping.clone(), metrics, polling, self.opts.max_calls).allow_shm_from_any_peer(self.opts.shm_from_any_peer);
+            let shm_limits = super::shm::Limits { regions: self.opts.max_shm_regions, bytes: self.opts.max_shm_bytes };
+            let oip = OipService::new(self.models, stopping.clone(), metrics, polling, self.opts.max_calls, shm_limits).allow_shm_from_any_peer(self.opts.shm_from_any_peer);
             let rest_server = match self.opts.http_addr {
                 None => None,
                 Some(at) => Some(serve_http(at, "the REST form", super::rest::router(oip.clone(), self.opts.max_message_bytes), &gate, self.opts.max_message_bytes, http_restricted, stopping).await?),

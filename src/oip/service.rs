@@ -104,8 +104,8 @@ impl OipService {
     /// to `polling`. Inference runs on the calling thread when
     /// [`runs_inline`] says so.
     /// At most `max_calls` inference calls run or streams are open at once
-    /// ([`Admission`]).
-    pub fn new(models: Models, stopping: watch::Receiver<bool>, metrics: Arc<Metrics>, polling: Arc<Polling>, max_calls: usize) -> Self {
+    /// ([`Admission`]); shared memory registrations are bounded by `shm_limits`.
+    pub fn new(models: Models, stopping: watch::Receiver<bool>, metrics: Arc<Metrics>, polling: Arc<Polling>, max_calls: usize, shm_limits: super::shm::Limits) -> Self {
         let (sessions, slowest) = (models.sessions(), models.slowest_request());
         let inline = runs_inline(sessions, slowest);
         let us = slowest.as_secs_f64() * 1e6;
@@ -117,7 +117,7 @@ impl OipService {
             tracing::info!("inference runs on blocking threads: {sessions} sessions run side by side");
         }
         let run = Runner { inline, polling };
-        Self { models, shm: Arc::default(), stopping, metrics, run, calls: Admission::new(max_calls), shm_any_peer: false }
+        Self { models, shm: Arc::new(Registry::new(shm_limits)), stopping, metrics, run, calls: Admission::new(max_calls), shm_any_peer: false }
     }
 
     /// Accept system shared memory (un)registration from peers beyond
@@ -244,19 +244,22 @@ pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result
         .outputs
         .iter()
         .zip(&plan.outputs)
-        .map(|(o, place)| match place {
-            tensors::OutputPlace::Shm(_, t) => Target::Region(t),
-            tensors::OutputPlace::Response(_) => {
-                let v = Vec::with_capacity(o.byte_len());
-                if (v.as_ptr() as usize).is_multiple_of(o.dtype.size()) {
-                    Target::Response(v)
-                } else {
-                    Target::Staged(v, tensors::Aligned::zeroed(o.byte_len()))
+        .map(|(o, place)| -> Result<Target<'_>, RequestError> {
+            let what = || format!("output {:?}", o.name);
+            Ok(match place {
+                tensors::OutputPlace::Shm(_, t) => Target::Region(t),
+                tensors::OutputPlace::Response(_) => {
+                    let v = super::status::try_capacity(o.byte_len(), what)?;
+                    if (v.as_ptr() as usize).is_multiple_of(o.dtype.size()) {
+                        Target::Response(v)
+                    } else {
+                        Target::Staged(v, tensors::Aligned::zeroed(o.byte_len(), what)?)
+                    }
                 }
-            }
-            tensors::OutputPlace::Discard => Target::Discard(tensors::Aligned::zeroed(o.byte_len())),
+                tensors::OutputPlace::Discard => Target::Discard(tensors::Aligned::zeroed(o.byte_len(), what)?),
+            })
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let input_regions = plan.inputs.iter().filter_map(|b| if let tensors::InputBytes::Shm(t) = b { Some(t) } else { None });
     let output_regions = plan.outputs.iter().filter_map(|p| if let tensors::OutputPlace::Shm(_, t) = p { Some(t) } else { None });
     let locks = super::shm::lock_regions(input_regions.chain(output_regions));
@@ -277,16 +280,29 @@ pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result
     let checked = Instant::now();
     let mut session = m.pool.checkout();
     let started = Instant::now();
-    if m.echo {
+    let run = if m.echo {
         drop(session);
         for o in &mut outs {
             o.fill_zero();
         }
+        Ok(())
     } else {
-        session.run_on(&ins, &mut outs)?;
+        let run = session.run_on(&ins, &mut outs).map(drop);
         drop(session);
-    }
-    drop((outs, locks));
+        run
+    };
+    drop((outs, ins));
+    // A region its owner truncated meanwhile held zeros and lost the writes:
+    // said before the locks go, so that the next request using it sees it too.
+    let intact = plan
+        .inputs
+        .iter()
+        .filter_map(|b| if let tensors::InputBytes::Shm(t) = b { Some(t) } else { None })
+        .chain(plan.outputs.iter().filter_map(|p| if let tensors::OutputPlace::Shm(_, t) = p { Some(t) } else { None }))
+        .try_for_each(|t| t.intact());
+    drop(locks);
+    intact?;
+    run?;
     let ran = Instant::now();
     let mut in_response: Vec<Option<Vec<u8>>> = targets
         .into_iter()

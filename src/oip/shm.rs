@@ -4,8 +4,10 @@
 //! names a region instead of carrying bytes, and is read in place, and an
 //! output can be written into a region instead of the response.
 //!
-//! Checks: the object must be a regular file owned by the server's effective
-//! user; `offset + byte_size` must lie inside it at registration, and every
+//! Checks: the object is opened without following a symbolic link
+//! (`O_NOFOLLOW`: a link is refused), and the opened descriptor (`fstat`, not
+//! the path) must be a regular file owned by the server's effective user;
+//! `offset + byte_size` must lie inside it at registration, and every
 //! tensor's `offset + byte_size` inside the registered region. A region is
 //! mapped once, at registration, and held by an `Arc`: unregistering it while
 //! a request uses it only drops the registry's reference, and the mapping
@@ -16,15 +18,25 @@
 //! region it names ([`lock_regions`]), so two requests never write (or one
 //! writes while another reads) the same region at once; within a request an
 //! output may not overlap another of its tensors in the same region.
+//!
+//! Registrations are bounded ([`Limits`]: `--max-shm-regions`,
+//! `--max-shm-bytes`); beyond them they are refused with `RESOURCE_EXHAUSTED`.
+//!
+//! A client may truncate its object while a request uses it: every access
+//! goes through [`client_memory`], which turns the `SIGBUS` into zero pages
+//! and a flag; the request fails with `FAILED_PRECONDITION` naming the
+//! region, and the region is refused until unregistered and registered again.
 
 use super::proto::system_shared_memory_status_response::RegionStatus;
 use super::proto::InferParameter;
 use super::proto::infer_parameter::ParameterChoice;
 use super::status::RequestError;
+use crate::client_memory;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Where POSIX shared memory objects live on Linux.
@@ -40,6 +52,9 @@ pub struct Region {
     key: String,
     offset: u64,
     map: memmap2::MmapRaw,
+    /// Its owner truncated the object under a request: refused until
+    /// unregistered and registered again.
+    truncated: AtomicBool,
     /// Held by the request that uses the region (`lock_regions`).
     in_use: Mutex<()>,
 }
@@ -69,29 +84,94 @@ impl Region {
     }
 }
 
-/// The registered regions by name.
+/// The default of [`Limits::regions`] (`--max-shm-regions`).
+pub const DEFAULT_MAX_REGIONS: usize = 1024;
+/// The default of [`Limits::bytes`] (`--max-shm-bytes`): 16 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 16 << 30;
+
+/// The bounds on registrations: beyond them a registration is refused with
+/// `RESOURCE_EXHAUSTED`, so that clients cannot make the server map memory
+/// (and mappings) until the process runs out of either.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Regions registered at once (`--max-shm-regions`).
+    pub regions: usize,
+    /// Bytes mapped by all registered regions together (`--max-shm-bytes`).
+    pub bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { regions: DEFAULT_MAX_REGIONS, bytes: DEFAULT_MAX_BYTES }
+    }
+}
+
+/// The registered regions by name, within their [`Limits`].
 #[derive(Default)]
-pub struct Registry(Mutex<BTreeMap<String, Arc<Region>>>);
+pub struct Registry {
+    regions: Mutex<BTreeMap<String, Arc<Region>>>,
+    limits: Limits,
+}
 
 impl Registry {
+    /// No regions yet; registrations bounded by `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self { regions: Mutex::default(), limits }
+    }
+
+    /// Refuses registering `byte_size` more bytes as `name` beyond the limits.
+    fn within_limits(&self, regions: &BTreeMap<String, Arc<Region>>, name: &str, byte_size: u64) -> Result<(), RequestError> {
+        if regions.len() >= self.limits.regions {
+            return Err(RequestError::ResourceExhausted(format!(
+                "shared memory region {name:?}: {} regions are registered, the server's bound (--max-shm-regions {}); unregister some first",
+                regions.len(),
+                self.limits.regions
+            )));
+        }
+        let mapped: u64 = regions.values().map(|r| r.map.len() as u64).sum();
+        if mapped.saturating_add(byte_size) > self.limits.bytes {
+            return Err(RequestError::ResourceExhausted(format!(
+                "shared memory region {name:?}: {byte_size} more bytes would map {} in all, over the server's bound of {} bytes (--max-shm-bytes); unregister some first",
+                mapped.saturating_add(byte_size),
+                self.limits.bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// Maps `byte_size` bytes of `/dev/shm/KEY` from `offset` as region `name`.
     pub fn register(&self, name: &str, key: &str, offset: u64, byte_size: u64) -> Result<(), RequestError> {
         if name.is_empty() {
             return Err(RequestError::Invalid("a shared memory region needs a name".into()));
         }
-        if self.0.lock().contains_key(name) {
-            return Err(RequestError::AlreadyExists(format!("shared memory region {name:?} is already registered; unregister it first")));
+        {
+            let regions = self.regions.lock();
+            if regions.contains_key(name) {
+                return Err(RequestError::AlreadyExists(format!("shared memory region {name:?} is already registered; unregister it first")));
+            }
+            self.within_limits(&regions, name, byte_size)?;
         }
         let file_name = key.strip_prefix('/').unwrap_or(key);
         if file_name.is_empty() || file_name.contains('/') || file_name == "." || file_name == ".." {
             return Err(RequestError::Invalid(format!("shared memory key {key:?}: expected a POSIX shared memory name such as \"/my_region\"")));
         }
         let path = PathBuf::from(SHM_DIR).join(file_name);
+        // O_NOFOLLOW: a symbolic link planted under /dev/shm (by anyone: the
+        // directory is world-writable) would make the server map, and write
+        // outputs into, whatever file it points to. Every check below is on
+        // the opened descriptor (fstat), never on the path.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(&path)
-            .map_err(|e| RequestError::Invalid(format!("cannot open shared memory key {key:?} ({}): {e}", path.display())))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => RequestError::Invalid(format!(
+                    "shared memory key {key:?} ({}) is a symbolic link: refused; register the shared memory object itself (made by shm_open)",
+                    path.display()
+                )),
+                _ => RequestError::Invalid(format!("cannot open shared memory key {key:?} ({}): {e}", path.display())),
+            })?;
         let meta = file.metadata().map_err(|e| RequestError::Invalid(format!("cannot stat {}: {e}", path.display())))?;
         // SAFETY: geteuid(2) has no preconditions and cannot fail.
         let me = unsafe { libc::geteuid() };
@@ -115,11 +195,13 @@ impl Registry {
             .len(byte_size as usize)
             .map_raw(&file)
             .map_err(|e| RequestError::Invalid(format!("cannot map shared memory key {key:?}: {e}")))?;
-        let region = Arc::new(Region { name: name.to_string(), key: key.to_string(), offset, map, in_use: Mutex::new(()) });
-        let mut regions = self.0.lock();
+        let region = Arc::new(Region { name: name.to_string(), key: key.to_string(), offset, map, truncated: AtomicBool::new(false), in_use: Mutex::new(()) });
+        let mut regions = self.regions.lock();
         if regions.contains_key(name) {
             return Err(RequestError::AlreadyExists(format!("shared memory region {name:?} is already registered; unregister it first")));
         }
+        // Again under the lock: another registration may have come in meanwhile.
+        self.within_limits(&regions, name, byte_size)?;
         regions.insert(name.to_string(), region);
         tracing::info!("registered shared memory region {name:?}: {byte_size} bytes of {key:?} from offset {offset}");
         Ok(())
@@ -128,7 +210,7 @@ impl Registry {
     /// Unregisters `name`, or every region when `name` is empty; an unknown
     /// name is not an error. Requests using the region keep their mapping.
     pub fn unregister(&self, name: &str) {
-        let mut regions = self.0.lock();
+        let mut regions = self.regions.lock();
         if name.is_empty() {
             regions.clear();
         } else {
@@ -138,7 +220,7 @@ impl Registry {
 
     /// The status of `name`, or of every region when `name` is empty.
     pub fn status(&self, name: &str) -> Result<HashMap<String, RegionStatus>, RequestError> {
-        let regions = self.0.lock();
+        let regions = self.regions.lock();
         let status = |r: &Region| RegionStatus { name: r.name.clone(), key: r.key.clone(), offset: r.offset, byte_size: r.map.len() as u64 };
         if name.is_empty() {
             return Ok(regions.values().map(|r| (r.name.clone(), status(r))).collect());
@@ -165,18 +247,33 @@ impl Registry {
         let offset = int(OFFSET)?.unwrap_or(0);
         let byte_size = int(BYTE_SIZE)?.ok_or_else(|| RequestError::Invalid(format!("{what}: names region {} without {BYTE_SIZE}", super::status::echo(name))))?;
         let region = self
-            .0
+            .regions
             .lock()
             .get(name)
             .cloned()
             .ok_or_else(|| RequestError::Invalid(format!("{what}: shared memory region {} is not registered", super::status::echo(name))))?;
+        if region.truncated.load(Ordering::Acquire) {
+            return Err(RequestError::FailedPrecondition(format!(
+                "{what}: shared memory region {} was truncated by its owner during an earlier request; unregister it and register it again (its object at full size)",
+                super::status::echo(name)
+            )));
+        }
         let range = region.range(what, offset, byte_size)?;
-        Ok(Some(ShmTensor { region, range }))
+        // SAFETY: the range is the region's whole mapping, a shared mapping of
+        // the client's object that stays mapped while the ShmTensor holds the
+        // region (its `access` field is dropped first); the pages hold the
+        // client's bytes only, and every user of them checks `intact`.
+        let access = unsafe { client_memory::Access::begin(region.map.as_ptr(), region.map.len()) }
+            .map_err(|e| RequestError::ResourceExhausted(format!("{what}: {e}")))?;
+        Ok(Some(ShmTensor { access, region, range }))
     }
 }
 
 /// A tensor's bytes in a registered region (the region stays mapped while this lives).
 pub struct ShmTensor {
+    /// The region under access while the tensor lives; declared first, so
+    /// dropped before the region (which may unmap it).
+    access: client_memory::Access,
     region: Arc<Region>,
     range: std::ops::Range<usize>,
 }
@@ -190,6 +287,23 @@ impl ShmTensor {
     /// The tensor's bytes, in place.
     pub fn bytes(&self) -> &[u8] {
         self.region.bytes(self.range.clone())
+    }
+
+    /// Whether the region's bytes are still the client's: an error naming
+    /// the region once its owner truncated its object (during this access or
+    /// another), after which the region is refused until registered again.
+    /// Called after every read or write of the bytes, before answering.
+    pub fn intact(&self) -> Result<(), RequestError> {
+        if self.access.truncated() {
+            self.region.truncated.store(true, Ordering::Release);
+        }
+        if self.region.truncated.load(Ordering::Acquire) {
+            return Err(RequestError::FailedPrecondition(format!(
+                "shared memory region {:?} was truncated by its owner during the request; unregister it and register it again (its object at full size)",
+                self.region.name
+            )));
+        }
+        Ok(())
     }
 
     /// The name of its region.

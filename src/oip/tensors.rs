@@ -40,15 +40,16 @@ pub struct Aligned {
 }
 
 impl Aligned {
-    /// A zeroed buffer of `len` bytes.
-    pub fn zeroed(len: usize) -> Self {
-        Self { words: vec![0; len.div_ceil(8)], len }
+    /// A zeroed buffer of `len` bytes for `what`, or `RESOURCE_EXHAUSTED`
+    /// when the process cannot hold it.
+    pub fn zeroed(len: usize, what: impl FnOnce() -> String) -> Result<Self, RequestError> {
+        Ok(Self { words: super::status::try_buffer(len.div_ceil(8), what)?, len })
     }
 
-    fn from_bytes(bytes: &[u8]) -> Self {
-        let mut a = Self::zeroed(bytes.len());
+    fn from_bytes(bytes: &[u8], what: impl FnOnce() -> String) -> Result<Self, RequestError> {
+        let mut a = Self::zeroed(bytes.len(), what)?;
         a.bytes_mut().copy_from_slice(bytes);
-        a
+        Ok(a)
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -180,7 +181,9 @@ pub fn plan<'r>(req: &'r ModelInferRequest, model: &str, inputs: &[TensorInfo], 
                     InputBytes::Shm(region)
                 } else {
                     copied += want;
-                    InputBytes::Owned(Aligned::from_bytes(region.bytes()))
+                    let copy = Aligned::from_bytes(region.bytes(), || what.clone())?;
+                    region.intact()?;
+                    InputBytes::Owned(copy)
                 }
             }
             None if !req.raw_input_contents.is_empty() => {
@@ -195,7 +198,7 @@ pub fn plan<'r>(req: &'r ModelInferRequest, model: &str, inputs: &[TensorInfo], 
                     InputBytes::Message(bytes)
                 } else {
                     copied += want;
-                    InputBytes::Owned(Aligned::from_bytes(bytes))
+                    InputBytes::Owned(Aligned::from_bytes(bytes, || what.clone())?)
                 }
             }
             None => {
@@ -284,7 +287,7 @@ fn encode(c: &InferTensorContents, info: &TensorInfo, what: &str) -> Result<Alig
             Err(RequestError::Invalid(format!("{what} has {len} {want} values; shape {:?} needs {n}", info.shape)))
         }
     };
-    let mut out = Aligned::zeroed(info.byte_len());
+    let mut out = Aligned::zeroed(info.byte_len(), || what.to_string())?;
     let (dst, name) = (out.bytes_mut(), info.dtype.oip_name());
     match info.dtype {
         DType::Bool => {
@@ -431,6 +434,16 @@ mod tests {
         assert!(encode(&half, &info("h", DType::F16, &[1]), "input h").unwrap_err().to_string().contains("no typed contents field"));
         let short = InferTensorContents { int64_contents: vec![1], ..Default::default() };
         assert!(encode(&short, &info("x", DType::I64, &[2]), "input x").unwrap_err().to_string().contains("has 1 int64_contents values; shape [2] needs 2"));
+    }
+
+    #[test]
+    fn a_buffer_the_process_cannot_hold_is_refused_not_an_abort() {
+        let e = Aligned::zeroed(usize::MAX - 7, || "input \"x\"".into()).unwrap_err();
+        assert!(matches!(e, RequestError::ResourceExhausted(_)), "{e:?}");
+        assert!(e.to_string().contains("input \"x\": the server cannot allocate"), "{e}");
+        let e = crate::oip::status::try_capacity(usize::MAX, || "output \"y\"".into()).unwrap_err();
+        assert!(matches!(e, RequestError::ResourceExhausted(_)), "{e:?}");
+        assert_eq!(Aligned::zeroed(9, String::new).unwrap().bytes(), [0; 9]);
     }
 
     #[test]
