@@ -6,6 +6,7 @@
 //! `metadata`, `inference`, `shared-memory`, `model-config`,
 //! `model-repository`, `statistics`, `trace`, `logging`.
 
+use super::conn::{GrpcRequest, GrpcResponse};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -140,9 +141,6 @@ pub struct Restrict<S> {
     inner: S,
     restrictions: Arc<Restrictions>,
 }
-
-type GrpcRequest = tonic::codegen::http::Request<tonic::body::Body>;
-type GrpcResponse = tonic::codegen::http::Response<tonic::body::Body>;
 
 impl<S> tower::Service<GrpcRequest> for Restrict<S>
 where

@@ -422,8 +422,9 @@ impl<S> tower::Layer<S> for TrackLayer {
 #[derive(Clone)]
 pub struct Track<S>(S);
 
-type GrpcRequest = tonic::codegen::http::Request<tonic::body::Body>;
-type GrpcResponse = tonic::codegen::http::Response<tonic::body::Body>;
+/// The HTTP request and response of tonic's server, as its layers see them.
+pub(super) type GrpcRequest = tonic::codegen::http::Request<tonic::body::Body>;
+pub(super) type GrpcResponse = tonic::codegen::http::Response<tonic::body::Body>;
 
 impl<S> tower::Service<GrpcRequest> for Track<S>
 where
