@@ -195,9 +195,19 @@ char* uminfer_archive_records(const char* path, char** out) {
   })
 }
 
+// libtorch extracts a package's files into temporary paths of its own
+// choosing while it reads its metadata or loads it. A test that opens
+// packages from parallel threads once failed inside that read with a JSON
+// type error ("type must be string, but is null") that reruns did not
+// reproduce; whether threads share those paths is not established, so
+// package reads and loads go one at a time in this process (they happen at
+// model load, never per request).
+static std::mutex package_io_lock;
+
 char* uminfer_package_metadata(const char* path, char** out_json) {
   PROTECT({
     if (path == nullptr || out_json == nullptr) throw std::invalid_argument("uminfer_package_metadata: NULL argument");
+    std::lock_guard<std::mutex> lock(package_io_lock);
     auto meta = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path, "model");
     std::string j = "{";
     bool first = true;
@@ -223,6 +233,7 @@ char* uminfer_model_load(const char* path, int32_t format, int32_t device, int32
       m->hint = extra["uminfer.json"];
     } else if (format == UMINFER_FORMAT_AOTI) {
       m->single_threaded = single_threaded != 0;
+      std::lock_guard<std::mutex> lock(package_io_lock);
       m->package = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
           std::string(path), "model", m->single_threaded, 1, static_cast<c10::DeviceIndex>(device));
     } else {
