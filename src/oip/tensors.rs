@@ -322,7 +322,7 @@ fn encode(c: &InferTensorContents, info: &TensorInfo, what: &str) -> Result<Alig
             count(c.fp64_contents.len())?;
             fill(dst, &c.fp64_contents, Some, what, name)?;
         }
-        DType::F16 | DType::Bf16 => unreachable!("no typed field (checked above)"),
+        DType::F16 | DType::Bf16 => return Err(RequestError::Invalid(format!("{what} is {name}, which has no typed contents field: send raw_input_contents (little-endian bytes)"))),
     }
     Ok(out)
 }
