@@ -17,6 +17,8 @@ TorchScript models (torch.jit.script), each with a reference pair computed here 
   bad_output.pt  returns (Tensor, int): an output the runtime must refuse (no reference files)
   raises.pt      x float32 [1, 4] -> 2 * x; raises when an element is over 100 (a model error on
                  a given input; no reference files)
+  batch_sum.pt   x float32 [1, 4] -> x.sum(0) [4]: an output without the batch as its first
+                 dimension, which a batcher must refuse (no reference files)
 
 AOTInductor packages (torch.export + aoti_compile_and_package), compiled from the same module
 objects (same weights) as tiny.pt and encoder.pt, with the reference inputs as (static) example inputs:
@@ -256,6 +258,13 @@ class Raises(nn.Module):
         if bool((x > 100.0).any()):
             raise RuntimeError("raises.pt: an input element is over 100")
         return x * 2.0
+
+
+class BatchSum(nn.Module):
+    """Sums over the first dimension: its output does not carry the batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -543,7 +552,7 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     ap.add_argument(
         "--only",
-        choices=["tiny", "resnet18", "identity", "noisy", "encoder", "heads", "dtypes", "bad_output", "raises"],
+        choices=["tiny", "resnet18", "identity", "noisy", "encoder", "heads", "dtypes", "bad_output", "raises", "batch_sum"],
         help="export one model only (tiny and encoder: with their AOTInductor package unless --no-aoti)",
     )
     ap.add_argument(
@@ -604,6 +613,9 @@ def main() -> None:
     if scripts and wanted("raises"):
         x = torch.zeros(1, 4, dtype=torch.float32)
         export_script("raises", Raises(), [("x", x, None)], args.out, reference=False)
+    if scripts and wanted("batch_sum"):
+        x = torch.zeros(1, 4, dtype=torch.float32)
+        export_script("batch_sum", BatchSum(), [("x", x, None)], args.out, reference=False)
     print(f"export took {time.monotonic() - total:.1f} s")
 
 

@@ -129,6 +129,18 @@ pub enum Error {
     #[error("the server refused the request ({status}): {message}")]
     Remote { status: &'static str, message: String },
 
+    /// A batcher's queue holds `max_queue` requests: this one was refused.
+    #[error("the batch queue is full ({queued} requests waiting, max_queue {max_queue}): retry later, or raise max_queue (`uminfer serve --max-queue`)")]
+    QueueFull { queued: usize, max_queue: usize },
+
+    /// A request waited in a batcher's queue past its timeout without running.
+    #[error("the request waited {0:?} in the batch queue without running (the queue timeout): the model is overloaded; retry later, or raise the timeout")]
+    QueueTimeout(std::time::Duration),
+
+    /// The batcher was closed (shutting down): the request did not run.
+    #[error("the batcher is shutting down: the request did not run")]
+    BatcherClosed,
+
     /// The CPU profiler could not start or write its flame graph.
     #[error("CPU profile: {0}")]
     Profile(String),

@@ -13,6 +13,7 @@
 //! | [`runtime`] | [`Runtime`](runtime::Runtime): startup probe, mode gate, the door to models and sessions |
 //! | [`model`] | [`Model`](model::Model): TorchScript files and AOTInductor packages, their signatures |
 //! | [`session`] | [`Session`](session::Session) (named tensors of any dtype), [`TypedSession`](session::TypedSession), [`SessionPool`](session::SessionPool): requests over zero-copy regions, CUDA graphs, timing |
+//! | [`batch`] | [`Batcher`](batch::Batcher): dynamic batching over a session per batch size (bucket) |
 //! | [`dtype`] | [`DType`](dtype::DType): the element types, and their names in libtorch, NumPy and the protocol |
 //! | [`host_tensor`] | [`HostTensor`](host_tensor::HostTensor): owned named tensors, `.npy` / `.npz` files |
 //! | [`bench`] | `uminfer bench`: every scheme side by side, statistics, table, JSON, SVG |
@@ -33,6 +34,7 @@
 //! Layering follows cudarc: raw FFI (`shim::ffi`, `cudarc::*::sys`) → thin
 //! fallible wrappers → safe owning types. `unsafe` stays at that edge.
 
+pub mod batch;
 pub mod bench;
 pub mod build_info;
 pub mod client_memory;

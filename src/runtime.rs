@@ -80,6 +80,12 @@ impl Runtime {
         Session::build(self, model, spec)
     }
 
+    /// Builds a dynamic batcher: a session of `spec` per bucket of `batch`
+    /// (see [`Batcher`](crate::batch::Batcher)).
+    pub fn batcher(&self, model: &Model, spec: SessionSpec, batch: crate::batch::BatchSpec) -> Result<crate::batch::Batcher> {
+        crate::batch::Batcher::new(self, model, spec, batch)
+    }
+
     /// Builds a session of one input of `I` and one output of `O` (see [`TypedSession`]).
     pub fn typed_session<I: Element, O: Element>(&self, model: &Model, spec: SessionSpec) -> Result<TypedSession<I, O>> {
         TypedSession::build(self, model, spec)

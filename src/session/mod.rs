@@ -508,6 +508,18 @@ impl Session {
         Ok(unsafe { self.outputs.bytes(i) })
     }
 
+    /// Input `key`'s bytes, writable (the batcher gathers a batch here).
+    ///
+    /// # Safety
+    /// Before the next run every byte written must make a valid element of
+    /// the input's dtype (a bool is 0 or 1).
+    pub(crate) unsafe fn input_bytes_mut(&mut self, key: impl TensorKey) -> Result<&mut [u8]> {
+        let i = self.inputs.index(&key)?;
+        // SAFETY: as for `input_mut` (between runs, `&mut self`); the region
+        // holds `byte_len` bytes; valid values are the caller's promise.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.inputs.regions[i].as_ptr(), self.inputs.infos[i].byte_len()) })
+    }
+
     /// Writes `t` into the input of its name, checking dtype and shape.
     pub fn write_input(&mut self, t: &HostTensor) -> Result<()> {
         let i = self.inputs.index(&t.name.as_str())?;

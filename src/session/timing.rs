@@ -48,12 +48,12 @@ impl Default for TimingRecorder {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // 1 ns .. 100 s, 3 significant figures: fixed size, never resized on record.
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("constant, valid histogram bounds")
 }
 
-fn summarise(h: &Histogram<u64>) -> Summary {
+pub(crate) fn summarise(h: &Histogram<u64>) -> Summary {
     let us = |ns: u64| ns as f64 / 1000.0;
     Summary {
         count: h.len(),

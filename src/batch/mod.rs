@@ -1,0 +1,428 @@
+//! Dynamic batching: requests from any number of threads gathered into one
+//! batch per forward pass ([`Batcher`]), configured by a [`BatchSpec`].
+//!
+//! A model whose inputs and outputs all have the batch as their first
+//! dimension gets one session per batch size ("bucket", by default 1, 2, 4,
+//! ... up to `max_batch`; in graph modes each captures its own CUDA graph),
+//! built largest first. A scheduler thread takes the oldest waiting requests
+//! up to `max_batch` samples, copies their inputs one after another into the
+//! smallest bucket that holds them, fills the rest with zeros (padding), runs
+//! the bucket's session once and copies each request's rows of every output
+//! into that request's memory. Padding rows are never copied out.
+//!
+//! | module | holds |
+//! |---|---|
+//! | `queue` | the queue: admission, gathering a batch, answering each request once |
+//! | [`stats`] | [`BatchSummary`]: batch sizes, padding, queue time |
+
+mod queue;
+pub mod stats;
+
+pub use stats::{BatchSizeStats, BatchSummary};
+
+use crate::error::{Error, Result};
+use crate::mode::Mode;
+use crate::model::{InputDecl, Model, TensorInfo};
+use crate::runtime::Runtime;
+use crate::session::{ModeChoice, RunTiming, Session, SessionSpec, TensorMut, TensorRef};
+use parking_lot::Mutex;
+use queue::{Bindings, Limits, Queue, Request};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Requests a batcher queues by default before it refuses more.
+pub const DEFAULT_MAX_QUEUE: usize = 1024;
+
+/// How a [`Batcher`] gathers requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchSpec {
+    max_batch: usize,
+    buckets: Option<Vec<usize>>,
+    max_queue_delay: Duration,
+    max_queue: usize,
+    timeout: Option<Duration>,
+}
+
+impl BatchSpec {
+    /// Batches of up to `max_batch` samples, the default buckets, no queue
+    /// delay (a lone request runs at once), [`DEFAULT_MAX_QUEUE`] requests
+    /// queued at most, no timeout.
+    pub fn new(max_batch: usize) -> Self {
+        Self { max_batch, buckets: None, max_queue_delay: Duration::ZERO, max_queue: DEFAULT_MAX_QUEUE, timeout: None }
+    }
+
+    /// The batch sizes to build a session (and graph) for: ascending, the
+    /// largest `max_batch`. A batch runs in the smallest that holds it.
+    pub fn buckets(mut self, sizes: &[usize]) -> Self {
+        self.buckets = Some(sizes.to_vec());
+        self
+    }
+
+    /// How long the oldest waiting request may wait for others while a
+    /// full batch cannot be formed (0: never).
+    pub fn max_queue_delay(mut self, delay: Duration) -> Self {
+        self.max_queue_delay = delay;
+        self
+    }
+
+    /// Requests that may wait at once; beyond, a request is refused at once
+    /// ([`Error::QueueFull`]).
+    pub fn max_queue(mut self, requests: usize) -> Self {
+        self.max_queue = requests;
+        self
+    }
+
+    /// How long a request may wait in the queue before it is refused
+    /// ([`Error::QueueTimeout`]); once its batch has started it is answered.
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    pub fn delay(&self) -> Duration {
+        self.max_queue_delay
+    }
+
+    pub fn queue_bound(&self) -> usize {
+        self.max_queue
+    }
+
+    /// The buckets, checked: the ones given, else 1, 2, 4, ... below
+    /// `max_batch`, then `max_batch`.
+    pub fn bucket_sizes(&self) -> Result<Vec<usize>> {
+        if self.max_batch == 0 {
+            return Err(Error::Argument("max_batch must be at least 1".into()));
+        }
+        if self.max_queue == 0 {
+            return Err(Error::Argument("max_queue must be at least 1".into()));
+        }
+        let Some(given) = &self.buckets else {
+            let mut sizes: Vec<usize> = std::iter::successors(Some(1usize), |b| b.checked_mul(2)).take_while(|&b| b < self.max_batch).collect();
+            sizes.push(self.max_batch);
+            return Ok(sizes);
+        };
+        if given.is_empty() || given.contains(&0) || given.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::Argument(format!("buckets {given:?}: give ascending batch sizes of at least 1, e.g. 1,2,4,8")));
+        }
+        if given.last() != Some(&self.max_batch) {
+            return Err(Error::Argument(format!("buckets {given:?}: the largest must be max_batch ({}), so that a full batch has a bucket", self.max_batch)));
+        }
+        Ok(given.clone())
+    }
+}
+
+/// One bucket: its batch size and what building its session said and cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bucket {
+    /// Samples the bucket's session runs at once.
+    pub size: usize,
+    /// The session's build note (mode, graph, placement).
+    pub note: String,
+    /// Bytes of its input and output regions.
+    pub region_bytes: usize,
+    /// Device memory its build took (the drop in free memory: regions,
+    /// libtorch's caching allocator, the graph's pool); `None` on the CPU.
+    pub device_bytes: Option<usize>,
+}
+
+/// How one request ran.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchedRun {
+    /// Time from queueing to its batch's start.
+    pub queued: Duration,
+    /// The request's samples.
+    pub samples: usize,
+    /// Samples in the batch it ran in.
+    pub batch: usize,
+    /// The bucket that batch ran in (`batch` plus padding).
+    pub bucket: usize,
+    /// The batch's forward pass (host time; device time on the GPU).
+    pub run: RunTiming,
+}
+
+/// A dynamic batcher in front of one session per bucket; share it between
+/// threads (`&self` methods, `Sync`).
+pub struct Batcher {
+    queue: Arc<Queue>,
+    stats: Arc<Mutex<stats::BatchStats>>,
+    scheduler: Option<std::thread::JoinHandle<()>>,
+    /// One sample of each input and output (first dimension 1).
+    inputs: Vec<TensorInfo>,
+    outputs: Vec<TensorInfo>,
+    buckets: Vec<Bucket>,
+    spec: BatchSpec,
+    mode: Mode,
+}
+
+/// `info` with `n` as its first dimension.
+fn with_batch(info: &TensorInfo, n: usize) -> TensorInfo {
+    let mut shape = info.shape.clone();
+    shape[0] = n as i64;
+    TensorInfo { name: info.name.clone(), dtype: info.dtype, shape }
+}
+
+impl Batcher {
+    /// Builds a session of `spec` per bucket of `batch`, largest first (the
+    /// first dimension of every input declared or recorded is replaced by the
+    /// bucket's size), and starts the scheduler. `ModeChoice::Auto` picks the
+    /// mode with the largest bucket; the others use it.
+    pub fn new(rt: &Runtime, model: &Model, spec: SessionSpec, batch: BatchSpec) -> Result<Self> {
+        let sizes = batch.bucket_sizes()?;
+        if spec.preprocess.is_some() {
+            return Err(Error::Session("a batcher's sessions cannot preprocess images: batch the preprocessed tensors".into()));
+        }
+        let declared = model.resolve(&spec.inputs, None)?;
+        if let Some(t) = declared.iter().find(|t| t.shape.is_empty()) {
+            return Err(Error::Session(format!("input `{}` is a scalar: batching needs the batch as every input's first dimension", t.name)));
+        }
+        let inputs: Vec<TensorInfo> = declared.iter().map(|t| with_batch(t, 1)).collect();
+        let mut spec = spec;
+        let mut mode = None;
+        let mut outputs: Option<Vec<TensorInfo>> = None;
+        let mut built: Vec<(Session, Bucket)> = Vec::with_capacity(sizes.len());
+        for &size in sizes.iter().rev() {
+            let decls = inputs.iter().map(|t| InputDecl { name: Some(t.name.clone()), dtype: Some(t.dtype), shape: Some(with_batch(t, size).shape) }).collect();
+            let s = SessionSpec { inputs: decls, ..spec.clone() };
+            let gpu = mode.is_none_or(|m: Mode| m.needs_gpu()) && !matches!(s.mode, ModeChoice::Fixed(Mode::Cpu));
+            let device = s.device;
+            let free = |on: bool| on.then(|| crate::cuda::driver::memory_info(device).ok().map(|(free, _)| free)).flatten();
+            let before = free(gpu);
+            let session = rt.session(model, s).map_err(|e| Error::Session(format!("bucket {size}: {e}")))?;
+            let device_bytes = before.zip(free(session.mode().needs_gpu())).map(|(b, a)| b.saturating_sub(a));
+            for o in session.outputs() {
+                if o.shape.first() != Some(&(size as i64)) {
+                    return Err(Error::Session(format!(
+                        "output `{}` is {:?} for a batch of {size}: batching needs the batch as every output's first dimension",
+                        o.name, o.shape
+                    )));
+                }
+            }
+            let one: Vec<TensorInfo> = session.outputs().iter().map(|o| with_batch(o, 1)).collect();
+            match &outputs {
+                Some(first) if *first != one => {
+                    return Err(Error::Session(format!("the outputs per sample differ between batch sizes: {} and {size}: {first:?} against {one:?}", sizes[sizes.len() - 1])));
+                }
+                Some(_) => {}
+                None => outputs = Some(one),
+            }
+            if mode.is_none() {
+                mode = Some(session.mode());
+                spec = spec.mode(session.mode());
+            }
+            let region_bytes = session.inputs().iter().chain(session.outputs()).map(TensorInfo::byte_len).sum();
+            let bucket = Bucket { size, note: session.note().to_string(), region_bytes, device_bytes };
+            tracing::info!(
+                "bucket {size}: {} MiB of tensors{}; {}",
+                region_bytes as f64 / (1u64 << 20) as f64,
+                device_bytes.map(|b| format!(", {:.1} MiB of device memory", b as f64 / (1u64 << 20) as f64)).unwrap_or_default(),
+                bucket.note
+            );
+            built.push((session, bucket));
+        }
+        built.reverse();
+        let (sessions, buckets): (Vec<Session>, Vec<Bucket>) = built.into_iter().unzip();
+        let outputs = outputs.unwrap_or_default();
+        let limits = Limits { max_batch: batch.max_batch, max_queue: batch.max_queue, max_queue_delay: batch.max_queue_delay, timeout: batch.timeout };
+        let queue = Arc::new(Queue::new(limits));
+        let stats = Arc::new(Mutex::new(stats::BatchStats::new(batch.max_batch, &sizes)));
+        let plan = Plan {
+            sizes,
+            input_bytes: inputs.iter().map(TensorInfo::byte_len).collect(),
+            output_bytes: outputs.iter().map(TensorInfo::byte_len).collect(),
+        };
+        let (q, st) = (queue.clone(), stats.clone());
+        let scheduler = std::thread::Builder::new()
+            .name(format!("uminfer-batch-{}", model.path().file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()))
+            .spawn(move || schedule(&q, sessions, &plan, &st))
+            .map_err(|e| Error::Session(format!("starting the batch scheduler thread: {e}")))?;
+        Ok(Self { queue, stats, scheduler: Some(scheduler), inputs, outputs, buckets, spec: batch, mode: mode.unwrap_or(Mode::Cpu) })
+    }
+
+    /// Runs one request of `n` samples (`n` from the first input's length,
+    /// 1 to `max_batch`): each input holds `n` samples of its tensor (first
+    /// dimension `n`, the rest as [`inputs`](Self::inputs) say), each output
+    /// room for `n`. Blocks until the request's batch has run; on `Ok` every
+    /// byte of every output is written, with this request's results only.
+    pub fn run(&self, inputs: &[TensorRef<'_>], outputs: &mut [TensorMut<'_>]) -> Result<BatchedRun> {
+        let samples = self.samples_of(inputs)?;
+        crate::session::tensor_ref::check_bindings("input", &self.infos(&self.inputs, samples), inputs.iter().map(|t| (t.dtype(), t.bytes().len())))?;
+        crate::session::tensor_ref::check_bindings("output", &self.infos(&self.outputs, samples), outputs.iter().map(|t| (t.dtype(), t.len())))?;
+        let bindings = Bindings {
+            inputs: inputs.iter().map(|t| (t.bytes().as_ptr(), t.bytes().len())).collect(),
+            outputs: outputs.iter_mut().map(|t| (t.as_mut_ptr(), t.len())).collect(),
+        };
+        // SAFETY: `inputs` and `outputs` are borrowed (shared, exclusive) for
+        // this whole call, which `Queue::run` does not leave while a batch may
+        // use them; each pointer is valid for its length (the slices').
+        let ran = unsafe { self.queue.run(samples, bindings) };
+        if ran.is_err() {
+            self.stats.lock().refused(1);
+        }
+        ran
+    }
+
+    /// The samples a request carries, from its first input.
+    fn samples_of(&self, inputs: &[TensorRef<'_>]) -> Result<usize> {
+        let (Some(first), Some(info)) = (inputs.first(), self.inputs.first()) else {
+            return Err(Error::Session(format!("run: no inputs given; the model takes {}", crate::session::tensor_ref::list(&self.inputs))));
+        };
+        let per = info.byte_len();
+        let len = first.bytes().len();
+        if per == 0 || !len.is_multiple_of(per) || len == 0 {
+            return Err(Error::Session(format!("input `{}`: {len} bytes is not a whole number of samples of {per} bytes ({} {:?} each)", info.name, info.dtype, &info.shape[1..])));
+        }
+        let n = len / per;
+        if n > self.spec.max_batch {
+            return Err(Error::Session(format!("input `{}` holds {n} samples, over max_batch {}: split the request", info.name, self.spec.max_batch)));
+        }
+        Ok(n)
+    }
+
+    fn infos(&self, one: &[TensorInfo], n: usize) -> Vec<TensorInfo> {
+        one.iter().map(|t| with_batch(t, n)).collect()
+    }
+
+    /// One sample of each input (first dimension 1; a request may carry
+    /// 1 to `max_batch`).
+    pub fn inputs(&self) -> &[TensorInfo] {
+        &self.inputs
+    }
+
+    /// One sample of each output.
+    pub fn outputs(&self) -> &[TensorInfo] {
+        &self.outputs
+    }
+
+    /// The buckets, smallest first.
+    pub fn buckets(&self) -> &[Bucket] {
+        &self.buckets
+    }
+
+    pub fn spec(&self) -> &BatchSpec {
+        &self.spec
+    }
+
+    /// The mode every bucket's session runs in.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Requests waiting now.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// What the batcher did so far.
+    pub fn stats(&self) -> BatchSummary {
+        self.stats.lock().summary()
+    }
+
+    /// Refuses new requests ([`Error::BatcherClosed`]); the waiting ones
+    /// still run and are answered. Dropping the batcher closes it and waits
+    /// for them.
+    pub fn close(&self) {
+        self.queue.close();
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        self.queue.close();
+        if let Some(t) = self.scheduler.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the scheduler needs of the signature.
+struct Plan {
+    sizes: Vec<usize>,
+    /// Bytes per sample of each input and output.
+    input_bytes: Vec<usize>,
+    output_bytes: Vec<usize>,
+}
+
+/// The scheduler thread: runs batches until the queue is closed and empty.
+/// If it ends otherwise (a panic), every waiting request is answered.
+fn schedule(queue: &Queue, mut sessions: Vec<Session>, plan: &Plan, stats: &Mutex<stats::BatchStats>) {
+    struct Answer<'a>(&'a Queue);
+    impl Drop for Answer<'_> {
+        fn drop(&mut self) {
+            self.0.fail_all(|| Error::BatcherClosed);
+        }
+    }
+    let _answer = Answer(queue);
+    while let Some(batch) = queue.next_batch() {
+        let started = Instant::now();
+        let samples: usize = batch.iter().map(|r| r.samples).sum();
+        let b = plan.sizes.iter().position(|&s| s >= samples).unwrap_or(plan.sizes.len() - 1);
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_batch(&mut sessions[b], &batch, plan)))
+            .unwrap_or_else(|_| Err(Error::Session("the batch's forward pass panicked".into())));
+        match ran {
+            Ok(run) => {
+                let mut st = stats.lock();
+                st.batch(samples, b, started.elapsed());
+                for r in &batch {
+                    st.answered(started - r.enqueued);
+                }
+                drop(st);
+                for r in &batch {
+                    r.complete(Ok(BatchedRun { queued: started - r.enqueued, samples: r.samples, batch: samples, bucket: plan.sizes[b], run }));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                stats.lock().refused(1);
+                batch[0].complete(Err(e));
+            }
+            Err(e) => {
+                stats.lock().refused(batch.len() as u64);
+                let message = format!("the batch of {samples} samples from {} requests this one ran in failed: {e}", batch.len());
+                for r in &batch {
+                    r.complete(Err(Error::Session(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Gathers `batch`'s inputs into `session`'s (zeros after them), runs it,
+/// and copies each request's rows of every output into its memory.
+fn run_batch(session: &mut Session, batch: &[Arc<Request>], plan: &Plan) -> Result<RunTiming> {
+    for (i, per) in plan.input_bytes.iter().enumerate() {
+        // SAFETY: every byte written below is a request's input byte (a
+        // TensorRef of this input's dtype, checked in `Batcher::run`: valid
+        // elements) or zero, a valid element of every dtype.
+        let dst = unsafe { session.input_bytes_mut(i) }?;
+        let mut at = 0;
+        for r in batch {
+            let (p, len) = r.bindings.inputs[i];
+            debug_assert_eq!(len, r.samples * per);
+            // SAFETY: `p` is valid for reads of `len` bytes while the request
+            // is in a batch (Request's `Send`); it is caller memory, distinct
+            // from the session's regions.
+            let src = unsafe { std::slice::from_raw_parts(p, len) };
+            dst[at..at + len].copy_from_slice(src);
+            at += len;
+        }
+        dst[at..].fill(0);
+    }
+    let t = session.run()?;
+    for i in 0..plan.output_bytes.len() {
+        let src = session.output_bytes(i)?;
+        let mut at = 0;
+        for r in batch {
+            let (p, len) = r.bindings.outputs[i];
+            let rows = &src[at..at + len];
+            // SAFETY: `p` is valid for writes of `len` bytes, and nothing
+            // else accesses them, while the request is in a batch (Request's
+            // `Send`); `rows` (the session's region) is a distinct allocation.
+            unsafe { std::ptr::copy_nonoverlapping(rows.as_ptr(), p, len) };
+            at += len;
+        }
+    }
+    Ok(t)
+}
