@@ -64,6 +64,30 @@ enum Command {
         /// Sessions and worker threads (with --grpc: sessions per model).
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// With --grpc: gather requests into batches of up to N samples. Every
+        /// input's and output's first dimension is the batch, and a request
+        /// carries 1 to N samples. A session per bucket (--buckets) replaces
+        /// --workers; in graph modes each captures its own CUDA graph.
+        #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), conflicts_with = "name")]
+        max_batch: Option<usize>,
+        /// With --max-batch: how long the oldest waiting request may wait for
+        /// others while a full batch cannot be formed, in µs (0: a lone
+        /// request runs at once).
+        #[arg(long, value_name = "US", default_value_t = 0, requires = "max_batch")]
+        batch_delay_us: u64,
+        /// With --max-batch: the batch sizes to build a session for, ascending,
+        /// the largest N (default 1,2,4,... below N, then N). A batch runs in
+        /// the smallest that holds it, padded with zeros.
+        #[arg(long, value_name = "SIZES", value_delimiter = ',', requires = "max_batch")]
+        buckets: Vec<usize>,
+        /// With --max-batch: requests that may wait per model; beyond, a request
+        /// is refused at once with RESOURCE_EXHAUSTED (REST: 429).
+        #[arg(long, value_name = "Q", default_value_t = uminfer::batch::DEFAULT_MAX_QUEUE, requires = "max_batch")]
+        max_queue: usize,
+        /// With --max-batch: a request still waiting after this many ms is
+        /// refused with UNAVAILABLE (REST: 503); 0: no timeout.
+        #[arg(long, value_name = "MS", default_value_t = 0, requires = "max_batch")]
+        queue_timeout_ms: u64,
         /// Largest request payload in bytes (with --grpc: largest request message).
         #[arg(long, default_value_t = 64 << 20)]
         max_bytes: usize,
@@ -350,6 +374,27 @@ struct BenchArgs {
     /// (the timed figures are not profiled; a server scheme's shows its client side).
     #[arg(long, value_name = "DIR")]
     profile: Option<PathBuf>,
+    /// Measure closed-loop throughput instead of the latency schemes: K client
+    /// threads per value, each sending its next request when its answer is
+    /// back, through one session (`sessions`) and through a batcher
+    /// (`batched`), in --server-mode, interleaved (docs/bench.md).
+    #[arg(long, value_name = "K,...", value_delimiter = ',')]
+    concurrency: Option<Vec<usize>>,
+    /// With --concurrency: the batcher's largest batch (default: the largest K, at most 64).
+    #[arg(long, value_name = "N", requires = "concurrency")]
+    max_batch: Option<usize>,
+    /// With --concurrency: the batcher's queue delay in µs.
+    #[arg(long, value_name = "US", default_value_t = 0, requires = "concurrency")]
+    batch_delay_us: u64,
+    /// With --concurrency: the batcher's buckets (default 1,2,4,... up to --max-batch).
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', requires = "concurrency")]
+    buckets: Vec<usize>,
+    /// With --concurrency: milliseconds of one measurement (a scheme at one K) per round.
+    #[arg(long, value_name = "MS", default_value_t = 1000, requires = "concurrency")]
+    cell_ms: u64,
+    /// With --concurrency: rounds, each measuring every scheme at every K once.
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "concurrency")]
+    rounds: usize,
 }
 
 /// A bench model argument: a reference name (`models/NAME.pt`), a file in
@@ -405,6 +450,37 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         progress: true,
         profile: a.profile,
     };
+    if let Some(concurrency) = a.concurrency {
+        let max_batch = a.max_batch.unwrap_or_else(|| concurrency.iter().copied().max().unwrap_or(1).clamp(1, 64));
+        let batch = uminfer::batch::BatchSpec::new(max_batch).max_queue_delay(std::time::Duration::from_micros(a.batch_delay_us));
+        let batch = if a.buckets.is_empty() { batch } else { batch.buckets(&a.buckets) };
+        let t = bench::throughput::ThroughputOptions { concurrency, batch, mode: a.server_mode, cell: std::time::Duration::from_millis(a.cell_ms), rounds: a.rounds };
+        let report = bench::throughput::run(&rt, &opts, &t)?;
+        let labels: Vec<&str> = report.models.iter().map(|m| m.label.as_str()).collect();
+        println!(
+            "\n{} — closed-loop throughput, {} rounds of {} ms per scheme and K, mode {}, batches up to {} (buckets {:?}, delay {} µs); {} ({} cores)",
+            labels.join(" + "),
+            report.rounds,
+            report.cell_ms,
+            report.mode,
+            report.max_batch,
+            report.buckets,
+            report.batch_delay_us,
+            report.machine.cpu,
+            report.machine.cores
+        );
+        print!("{}", bench::throughput::table(&report.results));
+        if let Some(p) = &a.json {
+            std::fs::write(p, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;
+            tracing::info!("wrote {}", p.display());
+        }
+        if let Some(p) = &a.plot {
+            let title = format!("{} throughput against P99 latency, {} ({} cores)", labels.join(" + "), report.machine.cpu, report.machine.cores);
+            bench::plot::throughput_svg(&report.results, &title, p)?;
+            tracing::info!("wrote {}", p.display());
+        }
+        return Ok(());
+    }
     let report = bench::run(&rt, &opts)?;
     let order = if report.burst == 1 { "interleaved".to_string() } else { format!("interleaved in bursts of {}", report.burst) };
     let gpus = if report.machine.gpus.is_empty() { String::new() } else { format!(", {}", report.machine.gpus.join(", ")) };
@@ -705,6 +781,11 @@ fn main() {
             model,
             mode,
             workers,
+            max_batch,
+            batch_delay_us,
+            buckets,
+            max_queue,
+            queue_timeout_ms,
             max_bytes,
             input_shape,
             metrics,
@@ -748,6 +829,18 @@ fn main() {
                 opts.shm_from_any_peer = shm_from_any_peer;
                 opts.grpc_restricted = grpc_restricted_protocol;
                 opts.http_restricted = http_restricted_api;
+                if let Some(n) = max_batch {
+                    if workers > 1 {
+                        bail!("--max-batch runs one batcher per model, with a session per bucket: drop --workers {workers}");
+                    }
+                    let spec = uminfer::batch::BatchSpec::new(n)
+                        .max_queue_delay(std::time::Duration::from_micros(batch_delay_us))
+                        .max_queue(max_queue)
+                        .timeout((queue_timeout_ms > 0).then(|| std::time::Duration::from_millis(queue_timeout_ms)));
+                    let spec = if buckets.is_empty() { spec } else { spec.buckets(&buckets) };
+                    spec.bucket_sizes()?;
+                    opts.batching = Some(spec);
+                }
                 serve_grpc(opts, intra_op_threads)
             })),
             (None, name) => report_error(shm_options(name, model).and_then(|mut opts| {

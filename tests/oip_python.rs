@@ -675,3 +675,38 @@ fn tritonclient_runs_models_of_any_signature_over_grpc_and_rest() {
     }
     server.stop_cleanly();
 }
+
+/// Dynamic batching (`tests/oip_batching.py`): tritonclient over gRPC and
+/// REST from 8 threads against `--max-batch 8`, every answer PyTorch's for
+/// its own samples, batches formed and counted in the statistics, metadata
+/// and config as Triton shows a batching model; then a full queue and a
+/// queue timeout refused with their statuses, and a full batch at once.
+#[test]
+fn tritonclient_requests_are_batched_and_each_gets_its_own_answer() {
+    let py = require_python!();
+    let (tiny, encoder) = (served("tiny"), served("encoder"));
+    let models = common::model_path("tiny.pt").parent().unwrap().display().to_string();
+    let mut server = GrpcServer::start("batching", &["--http", "127.0.0.1:0", "--model", &tiny, "--model", &encoder, "--max-batch", "8", "--batch-delay-us", "2000"]);
+    let http = server.reported("http");
+    let out = common::finish(script(&py, "oip_batching.py", &["load", &server.url, &http, &models]).spawn().expect("starting the venv python"), PYTHON_DEADLINE);
+    let got = server.check("oip_batching.py load", &out);
+    let _ = writeln!(std::io::stderr(), "{got}");
+    for want in ["metadata=ok", "config=ok", "over_max_batch=refused", "done=ok"] {
+        assert!(got.lines().any(|l| l == want), "no {want:?} in:\n{got}");
+    }
+    assert!(got.lines().any(|l| l.starts_with("load=ok ")), "{got}");
+    assert!(server.log().contains("bucket 8: "), "the build logs each bucket:\n{}", server.log());
+    server.stop_cleanly();
+
+    let mut server = GrpcServer::start(
+        "batch-refusals",
+        &["--http", "127.0.0.1:0", "--model", &tiny, "--max-batch", "8", "--max-queue", "1", "--batch-delay-us", "500000", "--queue-timeout-ms", "150"],
+    );
+    let http = server.reported("http");
+    let out = common::finish(script(&py, "oip_batching.py", &["refusals", &server.url, &http]).spawn().expect("starting the venv python"), PYTHON_DEADLINE);
+    let got = server.check("oip_batching.py refusals", &out);
+    for want in ["grpc_queue_full=refused grpc_queue_timeout=refused grpc_full_batch=ok", "http_queue_full=refused http_queue_timeout=refused http_full_batch=ok", "done=ok"] {
+        assert!(got.lines().any(|l| l == want), "no {want:?} in:\n{got}");
+    }
+    server.stop_cleanly();
+}

@@ -127,6 +127,9 @@ pub struct Bucket {
     /// Device memory its build took (the drop in free memory: regions,
     /// libtorch's caching allocator, the graph's pool); `None` on the CPU.
     pub device_bytes: Option<usize>,
+    /// Its fastest forward pass at build, alone (host time, over its own
+    /// tensors): what the model itself does at this batch size.
+    pub pass: Duration,
 }
 
 /// How one request ran.
@@ -165,11 +168,73 @@ fn with_batch(info: &TensorInfo, n: usize) -> TensorInfo {
     TensorInfo { name: info.name.clone(), dtype: info.dtype, shape }
 }
 
+/// What the scheduler thread built: the bucket sessions and what they are.
+struct Built {
+    sessions: Vec<Session>,
+    buckets: Vec<Bucket>,
+    outputs: Vec<TensorInfo>,
+    mode: Mode,
+}
+
+/// Builds a session of `spec` per size of `sizes`, largest first, over
+/// `inputs` (one sample each) with the size as their first dimension; each
+/// one's outputs must carry the batch first and agree per sample. Every
+/// bucket's fastest pass is timed.
+fn build_buckets(rt: &Runtime, model: &Model, mut spec: SessionSpec, sizes: &[usize], inputs: &[TensorInfo]) -> Result<Built> {
+    let mut mode = None;
+    let mut outputs: Option<Vec<TensorInfo>> = None;
+    let mut built: Vec<(Session, Bucket)> = Vec::with_capacity(sizes.len());
+    for &size in sizes.iter().rev() {
+        let decls = inputs.iter().map(|t| InputDecl { name: Some(t.name.clone()), dtype: Some(t.dtype), shape: Some(with_batch(t, size).shape) }).collect();
+        let s = SessionSpec { inputs: decls, ..spec.clone() };
+        let device = s.device;
+        let free = |on: bool| on.then(|| crate::cuda::driver::memory_info(device).ok().map(|(free, _)| free)).flatten();
+        let before = free(!matches!(s.mode, ModeChoice::Fixed(Mode::Cpu)));
+        let mut session = rt.session(model, s).map_err(|e| Error::Session(format!("bucket {size}: {e}")))?;
+        let device_bytes = before.zip(free(session.mode().needs_gpu())).map(|(b, a)| b.saturating_sub(a));
+        for o in session.outputs() {
+            if o.shape.first() != Some(&(size as i64)) {
+                return Err(Error::Session(format!("output `{}` is {:?} for a batch of {size}: batching needs the batch as every output's first dimension", o.name, o.shape)));
+            }
+        }
+        let one: Vec<TensorInfo> = session.outputs().iter().map(|o| with_batch(o, 1)).collect();
+        match &outputs {
+            Some(first) if *first != one => {
+                return Err(Error::Session(format!("the outputs per sample differ between batch sizes {} and {size}: {first:?} against {one:?}", sizes[sizes.len() - 1])));
+            }
+            Some(_) => {}
+            None => outputs = Some(one),
+        }
+        if mode.is_none() {
+            mode = Some(session.mode());
+            spec = spec.mode(session.mode());
+        }
+        let pass = crate::intra_op::fastest_pass(|| Ok(session.run()?.host))?;
+        session.reset_timing();
+        let region_bytes = session.inputs().iter().chain(session.outputs()).map(TensorInfo::byte_len).sum();
+        let bucket = Bucket { size, note: session.note().to_string(), region_bytes, device_bytes, pass };
+        let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+        tracing::info!(
+            "bucket {size}: {:.2} MiB of tensors{}, a pass takes {:.1} µs; {}",
+            mib(region_bytes),
+            device_bytes.map(|b| format!(", {:.1} MiB of device memory", mib(b))).unwrap_or_default(),
+            pass.as_secs_f64() * 1e6,
+            bucket.note
+        );
+        built.push((session, bucket));
+    }
+    built.reverse();
+    let (sessions, buckets) = built.into_iter().unzip();
+    Ok(Built { sessions, buckets, outputs: outputs.unwrap_or_default(), mode: mode.unwrap_or(Mode::Cpu) })
+}
+
 impl Batcher {
     /// Builds a session of `spec` per bucket of `batch`, largest first (the
     /// first dimension of every input declared or recorded is replaced by the
-    /// bucket's size), and starts the scheduler. `ModeChoice::Auto` picks the
-    /// mode with the largest bucket; the others use it.
+    /// bucket's size), and starts the scheduler. The sessions are built on
+    /// the scheduler's thread and run there (a CPU session's passes, and its
+    /// libtorch thread team, stay on that one thread); `ModeChoice::Auto`
+    /// picks the mode with the largest bucket, the others use it.
     pub fn new(rt: &Runtime, model: &Model, spec: SessionSpec, batch: BatchSpec) -> Result<Self> {
         let sizes = batch.bucket_sizes()?;
         if spec.preprocess.is_some() {
@@ -180,66 +245,40 @@ impl Batcher {
             return Err(Error::Session(format!("input `{}` is a scalar: batching needs the batch as every input's first dimension", t.name)));
         }
         let inputs: Vec<TensorInfo> = declared.iter().map(|t| with_batch(t, 1)).collect();
-        let mut spec = spec;
-        let mut mode = None;
-        let mut outputs: Option<Vec<TensorInfo>> = None;
-        let mut built: Vec<(Session, Bucket)> = Vec::with_capacity(sizes.len());
-        for &size in sizes.iter().rev() {
-            let decls = inputs.iter().map(|t| InputDecl { name: Some(t.name.clone()), dtype: Some(t.dtype), shape: Some(with_batch(t, size).shape) }).collect();
-            let s = SessionSpec { inputs: decls, ..spec.clone() };
-            let gpu = mode.is_none_or(|m: Mode| m.needs_gpu()) && !matches!(s.mode, ModeChoice::Fixed(Mode::Cpu));
-            let device = s.device;
-            let free = |on: bool| on.then(|| crate::cuda::driver::memory_info(device).ok().map(|(free, _)| free)).flatten();
-            let before = free(gpu);
-            let session = rt.session(model, s).map_err(|e| Error::Session(format!("bucket {size}: {e}")))?;
-            let device_bytes = before.zip(free(session.mode().needs_gpu())).map(|(b, a)| b.saturating_sub(a));
-            for o in session.outputs() {
-                if o.shape.first() != Some(&(size as i64)) {
-                    return Err(Error::Session(format!(
-                        "output `{}` is {:?} for a batch of {size}: batching needs the batch as every output's first dimension",
-                        o.name, o.shape
-                    )));
-                }
-            }
-            let one: Vec<TensorInfo> = session.outputs().iter().map(|o| with_batch(o, 1)).collect();
-            match &outputs {
-                Some(first) if *first != one => {
-                    return Err(Error::Session(format!("the outputs per sample differ between batch sizes: {} and {size}: {first:?} against {one:?}", sizes[sizes.len() - 1])));
-                }
-                Some(_) => {}
-                None => outputs = Some(one),
-            }
-            if mode.is_none() {
-                mode = Some(session.mode());
-                spec = spec.mode(session.mode());
-            }
-            let region_bytes = session.inputs().iter().chain(session.outputs()).map(TensorInfo::byte_len).sum();
-            let bucket = Bucket { size, note: session.note().to_string(), region_bytes, device_bytes };
-            tracing::info!(
-                "bucket {size}: {} MiB of tensors{}; {}",
-                region_bytes as f64 / (1u64 << 20) as f64,
-                device_bytes.map(|b| format!(", {:.1} MiB of device memory", b as f64 / (1u64 << 20) as f64)).unwrap_or_default(),
-                bucket.note
-            );
-            built.push((session, bucket));
-        }
-        built.reverse();
-        let (sessions, buckets): (Vec<Session>, Vec<Bucket>) = built.into_iter().unzip();
-        let outputs = outputs.unwrap_or_default();
+        // The scheduler runs the sessions itself: no session thread of their own.
+        let spec = SessionSpec { dedicated_thread: None, ..spec };
         let limits = Limits { max_batch: batch.max_batch, max_queue: batch.max_queue, max_queue_delay: batch.max_queue_delay, timeout: batch.timeout };
         let queue = Arc::new(Queue::new(limits));
         let stats = Arc::new(Mutex::new(stats::BatchStats::new(batch.max_batch, &sizes)));
-        let plan = Plan {
-            sizes,
-            input_bytes: inputs.iter().map(TensorInfo::byte_len).collect(),
-            output_bytes: outputs.iter().map(TensorInfo::byte_len).collect(),
-        };
-        let (q, st) = (queue.clone(), stats.clone());
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (q, st, rt, m, ins) = (queue.clone(), stats.clone(), rt.clone(), model.clone(), inputs.clone());
         let scheduler = std::thread::Builder::new()
             .name(format!("uminfer-batch-{}", model.path().file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()))
-            .spawn(move || schedule(&q, sessions, &plan, &st))
+            .spawn(move || {
+                let built = build_buckets(&rt, &m, spec, &sizes, &ins);
+                let (sessions, plan) = match built {
+                    Ok(b) => {
+                        let plan = Plan { sizes, input_bytes: ins.iter().map(TensorInfo::byte_len).collect(), output_bytes: b.outputs.iter().map(TensorInfo::byte_len).collect() };
+                        let _ = tx.send(Ok((b.buckets, b.outputs, b.mode)));
+                        (b.sessions, plan)
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                schedule(&q, sessions, &plan, &st);
+            })
             .map_err(|e| Error::Session(format!("starting the batch scheduler thread: {e}")))?;
-        Ok(Self { queue, stats, scheduler: Some(scheduler), inputs, outputs, buckets, spec: batch, mode: mode.unwrap_or(Mode::Cpu) })
+        let built = rx.recv().unwrap_or_else(|_| Err(Error::Session("the batch scheduler thread ended while building its sessions".into())));
+        let (buckets, outputs, mode) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = scheduler.join();
+                return Err(e);
+            }
+        };
+        Ok(Self { queue, stats, scheduler: Some(scheduler), inputs, outputs, buckets, spec: batch, mode })
     }
 
     /// Runs one request of `n` samples (`n` from the first input's length,

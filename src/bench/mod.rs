@@ -10,13 +10,15 @@
 //! | [`json_server`] | serialize-copy's HTTP/JSON server process (`uminfer bench-json-server`) |
 //! | `oip` | the Open Inference Protocol schemes: oip-grpc, oip-grpc-shm and their floor grpc-echo (a `serve --grpc` child, a tonic client) |
 //! | [`stats`] | per-scheme statistics (hdrhistogram), ratios, the table |
-//! | [`plot`] | the latency CDF picture (plotters, SVG) |
+//! | [`plot`] | the latency CDF and throughput-vs-latency pictures (plotters, SVG) |
+//! | [`throughput`] | `--concurrency`: closed-loop throughput, unbatched and batched |
 
 pub mod json_server;
 mod oip;
 pub mod plot;
 mod schemes;
 pub mod stats;
+pub mod throughput;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};

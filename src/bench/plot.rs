@@ -45,3 +45,54 @@ pub fn cdf_svg(results: &[SchemeResult], title: &str, path: &Path) -> Result<()>
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
+
+/// Draws requests/s against P99 latency, one line per model and scheme over
+/// its concurrencies (each point labelled `K=`), into an SVG file.
+pub fn throughput_svg(results: &[super::throughput::ThroughputResult], title: &str, path: &Path) -> Result<()> {
+    let err = |e: &dyn std::fmt::Display| Error::Session(format!("drawing {}: {e}", path.display()));
+    let mut lines: Vec<((String, String), Vec<(f64, f64, usize)>)> = Vec::new();
+    for r in results {
+        let key = (r.model.clone(), r.scheme.clone());
+        let point = (r.requests_per_s, r.latency.p99_us / 1e3, r.concurrency);
+        match lines.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, pts)) => pts.push(point),
+            None => lines.push((key, vec![point])),
+        }
+    }
+    let x_hi = results.iter().map(|r| r.requests_per_s).fold(1.0, f64::max) * 1.15;
+    let y_lo = results.iter().map(|r| r.latency.p99_us / 1e3).fold(f64::INFINITY, f64::min).max(1e-3);
+    let y_hi = results.iter().map(|r| r.latency.p99_us / 1e3).fold(1e-3, f64::max);
+    let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0f64..x_hi, (y_lo / 1.5..y_hi * 1.5).log_scale())
+        .map_err(|e| err(&e))?;
+    chart.configure_mesh().x_desc("throughput, requests/s").y_desc("P99 latency, ms (log scale)").draw().map_err(|e| err(&e))?;
+    for (i, ((model, scheme), pts)) in lines.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(format!("{model} {scheme}"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 3, color.filled())))
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(pts.iter().map(|p| Text::new(format!("K={}", p.2), (p.0, p.1), ("sans-serif", 12))))
+            .map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

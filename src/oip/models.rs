@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::dtype::DType;
 use crate::model::{InputDecl, TensorInfo};
-use crate::session::{ModeChoice, SessionPool, SessionSpec};
+use crate::batch::{BatchSpec, Batcher};
+use crate::session::{ModeChoice, SessionPool, SessionSpec, TensorMut, TensorRef};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -130,6 +131,43 @@ impl std::str::FromStr for ModelSource {
     }
 }
 
+/// What runs a served model's requests.
+pub enum Execution {
+    /// Each request alone, in a session of the pool.
+    Sessions(SessionPool),
+    /// Requests gathered into batches (`--max-batch`): [`inputs`](ServedModel::inputs)
+    /// and [`outputs`](ServedModel::outputs) are one sample's, and a request
+    /// carries 1 to `max_batch` samples.
+    Batched(Batcher),
+}
+
+impl Execution {
+    /// Sessions that run at once.
+    pub fn sessions(&self) -> usize {
+        match self {
+            Self::Sessions(p) => p.size(),
+            Self::Batched(_) => 1,
+        }
+    }
+
+    /// The batcher, when requests are batched.
+    pub fn batcher(&self) -> Option<&Batcher> {
+        match self {
+            Self::Sessions(_) => None,
+            Self::Batched(b) => Some(b),
+        }
+    }
+
+    /// Runs one request over caller memory (blocking: waits for a session,
+    /// or for its batch to run).
+    pub fn run_on(&self, inputs: &[TensorRef<'_>], outputs: &mut [TensorMut<'_>]) -> Result<()> {
+        match self {
+            Self::Sessions(p) => p.checkout().run_on(inputs, outputs).map(drop),
+            Self::Batched(b) => b.run(inputs, outputs).map(drop),
+        }
+    }
+}
+
 /// One served model.
 pub struct ServedModel {
     /// The model name in the protocol.
@@ -142,8 +180,8 @@ pub struct ServedModel {
     pub outputs: Vec<TensorInfo>,
     /// The execution mode of its sessions.
     pub mode: crate::Mode,
-    /// The sessions that run it.
-    pub pool: SessionPool,
+    /// What runs its requests.
+    pub exec: Execution,
     /// How long one of its requests takes in a session after warm-up
     /// ([`crate::intra_op::fastest_pass`], over the session's own regions).
     pub request_time: Duration,
@@ -154,10 +192,11 @@ pub struct ServedModel {
 }
 
 impl ServedModel {
-    /// Loads `source` and builds `sessions` sessions of it in `mode`; a
-    /// declared `input_shape` is the shape of its only input (of the dtype
-    /// the model records, else float32).
-    pub fn load(rt: &Runtime, source: &ModelSource, input_shape: Option<&[i64]>, mode: ModeChoice, sessions: usize, echo: bool) -> Result<Self> {
+    /// Loads `source` and builds `sessions` sessions of it in `mode`, or
+    /// with `batching` a batcher (a session per bucket); a declared
+    /// `input_shape` is the shape of its only input (of the dtype the model
+    /// records, else float32).
+    pub fn load(rt: &Runtime, source: &ModelSource, input_shape: Option<&[i64]>, mode: ModeChoice, sessions: usize, echo: bool, batching: Option<&BatchSpec>) -> Result<Self> {
         let model = rt.model(&source.path)?;
         let decls: Vec<InputDecl> = input_shape.map(|s| InputDecl { name: None, dtype: None, shape: Some(s.to_vec()) }).into_iter().collect();
         let inputs = model.resolve(&decls, input_shape.map(|_| DType::F32))?;
@@ -165,29 +204,61 @@ impl ServedModel {
         for i in &inputs {
             spec = spec.input(&i.name, i.dtype, &i.shape);
         }
-        let pool = SessionPool::new(rt, &model, spec, sessions.max(1))?;
         let list = |ts: &[TensorInfo]| ts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-        let (mode, request_time) = {
-            let mut s = pool.checkout();
-            let fastest = crate::intra_op::fastest_pass(|| Ok(s.run()?.host))?;
-            s.reset_timing();
-            tracing::info!(
-                "model {} ({}): inputs {}, outputs {}, mode {}: {}; a request takes {:.1} µs",
-                source.name,
-                source.path.display(),
-                list(pool.inputs()),
-                list(pool.outputs()),
-                s.mode(),
-                s.note(),
-                fastest.as_secs_f64() * 1e6
-            );
-            (s.mode(), fastest)
+        let (exec, inputs, outputs, mode, note, request_time) = match batching {
+            None => {
+                let pool = SessionPool::new(rt, &model, spec, sessions.max(1))?;
+                let mut s = pool.checkout();
+                let fastest = crate::intra_op::fastest_pass(|| Ok(s.run()?.host))?;
+                s.reset_timing();
+                let (mode, note) = (s.mode(), s.note().to_string());
+                drop(s);
+                let (inputs, outputs) = (pool.inputs().to_vec(), pool.outputs().to_vec());
+                (Execution::Sessions(pool), inputs, outputs, mode, note, fastest)
+            }
+            Some(b) => {
+                let batcher = Batcher::new(rt, &model, spec, b.clone()).map_err(|e| Error::Argument(format!("model {} ({}) with --max-batch: {e}", source.name, source.path.display())))?;
+                let fastest = batcher.buckets().first().map(|k| k.pass).unwrap_or_default();
+                let buckets: Vec<String> = batcher.buckets().iter().map(|k| k.size.to_string()).collect();
+                let note = format!(
+                    "batched: up to {} samples per pass, buckets {}, queue delay {} µs, at most {} requests queued; {}",
+                    b.max_batch(),
+                    buckets.join(","),
+                    b.delay().as_micros(),
+                    b.queue_bound(),
+                    batcher.buckets().last().map(|k| k.note.as_str()).unwrap_or_default()
+                );
+                let (inputs, outputs, mode) = (batcher.inputs().to_vec(), batcher.outputs().to_vec(), batcher.mode());
+                (Execution::Batched(batcher), inputs, outputs, mode, note, fastest)
+            }
         };
-        let (inputs, outputs) = (pool.inputs().to_vec(), pool.outputs().to_vec());
+        tracing::info!(
+            "model {} ({}): inputs {}, outputs {}, mode {mode}: {note}; a request takes {:.1} µs",
+            source.name,
+            source.path.display(),
+            list(&inputs),
+            list(&outputs),
+            request_time.as_secs_f64() * 1e6
+        );
         if echo {
             tracing::info!("model {}: answered without running it (--echo): zeros of its outputs' shapes", source.name);
         }
-        Ok(Self { name: source.name.clone(), format: model.format(), inputs, outputs, mode, pool, request_time, stats: Default::default(), echo })
+        Ok(Self { name: source.name.clone(), format: model.format(), inputs, outputs, mode, exec, request_time, stats: Default::default(), echo })
+    }
+
+    /// A batched model's tensors for a request of `samples` samples: each
+    /// with `samples` as its first dimension.
+    pub fn batched_signature(&self, samples: usize) -> (Vec<TensorInfo>, Vec<TensorInfo>) {
+        let with = |ts: &[TensorInfo]| {
+            ts.iter()
+                .map(|t| {
+                    let mut t = t.clone();
+                    t.shape[0] = samples as i64;
+                    t
+                })
+                .collect()
+        };
+        (with(&self.inputs), with(&self.outputs))
     }
 
     /// Its metric labels: name and mode.
@@ -202,7 +273,7 @@ pub struct Models(BTreeMap<String, Arc<ServedModel>>);
 
 impl Models {
     /// Loads every source; two sources of the same name are refused.
-    pub fn load(rt: &Runtime, sources: &[ModelSource], shapes: &InputShapes, mode: ModeChoice, sessions: usize, echo: bool) -> Result<Self> {
+    pub fn load(rt: &Runtime, sources: &[ModelSource], shapes: &InputShapes, mode: ModeChoice, sessions: usize, echo: bool, batching: Option<&BatchSpec>) -> Result<Self> {
         let mut map = BTreeMap::new();
         for s in sources {
             let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
@@ -216,7 +287,7 @@ impl Models {
             if map.contains_key(&s.name) {
                 return Err(Error::Argument(format!("model name {} is given twice; name each --model NAME=PATH differently", s.name)));
             }
-            map.insert(s.name.clone(), Arc::new(ServedModel::load(rt, s, shapes.of(&s.name), mode, sessions, echo)?));
+            map.insert(s.name.clone(), Arc::new(ServedModel::load(rt, s, shapes.of(&s.name), mode, sessions, echo, batching)?));
         }
         if map.is_empty() {
             return Err(Error::Argument("no model to serve: give at least one --model NAME=PATH".into()));
@@ -226,7 +297,12 @@ impl Models {
 
     /// Sessions of all models together: how many requests run at once at most.
     pub fn sessions(&self) -> usize {
-        self.0.values().map(|m| m.pool.size()).sum()
+        self.0.values().map(|m| m.exec.sessions()).sum()
+    }
+
+    /// Whether any model's requests are batched.
+    pub fn batching(&self) -> bool {
+        self.0.values().any(|m| m.exec.batcher().is_some())
     }
 
     /// The longest [`ServedModel::request_time`] of all models.

@@ -77,6 +77,9 @@ pub struct GrpcOptions {
     /// REST routes of some categories served only with a given header and
     /// value (`--http-restricted-api`).
     pub http_restricted: Vec<super::access::Restriction>,
+    /// Gather requests into batches (`--max-batch` and its options): one
+    /// batcher per model instead of `sessions` sessions.
+    pub batching: Option<crate::batch::BatchSpec>,
 }
 
 /// The `grpc.health.v1` service name that answers `SERVING` while the
@@ -229,6 +232,7 @@ impl GrpcOptions {
             shm_from_any_peer: false,
             grpc_restricted: Vec::new(),
             http_restricted: Vec::new(),
+            batching: None,
         }
     }
 }
@@ -242,7 +246,7 @@ pub struct GrpcServer {
 impl GrpcServer {
     /// Loads every model and builds its sessions (errors name the model).
     pub fn new(rt: &Runtime, opts: GrpcOptions) -> Result<Self> {
-        let models = Models::load(rt, &opts.models, &opts.input_shapes, opts.mode, opts.sessions, opts.echo)?;
+        let models = Models::load(rt, &opts.models, &opts.input_shapes, opts.mode, opts.sessions, opts.echo, opts.batching.as_ref())?;
         Ok(Self { opts, models })
     }
 

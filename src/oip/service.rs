@@ -23,6 +23,7 @@ use super::shm::Registry;
 use super::stats::Phases;
 use super::status::{unimplemented_rpc, RequestError};
 use super::tensors;
+use crate::model::TensorInfo;
 use crate::session::{TensorMut, TensorRef};
 use std::sync::Arc;
 use std::time::Instant;
@@ -107,9 +108,11 @@ impl OipService {
     /// ([`Admission`]); shared memory registrations are bounded by `shm_limits`.
     pub fn new(models: Models, stopping: watch::Receiver<bool>, metrics: Arc<Metrics>, polling: Arc<Polling>, max_calls: usize, shm_limits: super::shm::Limits) -> Self {
         let (sessions, slowest) = (models.sessions(), models.slowest_request());
-        let inline = runs_inline(sessions, slowest);
+        let inline = runs_inline(sessions, slowest) && !models.batching();
         let us = slowest.as_secs_f64() * 1e6;
-        if inline {
+        if models.batching() {
+            tracing::info!("inference runs on blocking threads: requests wait there for their batch");
+        } else if inline {
             tracing::info!("inference runs on the transport thread: one session, whose requests take {us:.1} µs (under {} µs)", INLINE_LIMIT.as_micros());
         } else if sessions == 1 {
             tracing::info!("inference runs on blocking threads: its requests take {us:.1} µs, over {} µs, and would hold up health checks, metadata and /metrics", INLINE_LIMIT.as_micros());
@@ -238,10 +241,17 @@ enum Target<'p> {
 /// the request names for it.
 pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result<Answer, RequestError> {
     let received = Instant::now();
-    let plan = tensors::plan(req, &m.name, &m.inputs, &m.outputs, shm)?;
+    let batched;
+    let (in_sig, out_sig): (&[TensorInfo], &[TensorInfo]) = match m.exec.batcher() {
+        None => (&m.inputs, &m.outputs),
+        Some(b) => {
+            batched = m.batched_signature(samples(req, m, b.spec().max_batch())?);
+            (&batched.0, &batched.1)
+        }
+    };
+    let plan = tensors::plan(req, &m.name, in_sig, out_sig, shm)?;
     let mut copied = plan.copied;
-    let mut targets: Vec<Target<'_>> = m
-        .outputs
+    let mut targets: Vec<Target<'_>> = out_sig
         .iter()
         .zip(&plan.outputs)
         .map(|(o, place)| -> Result<Target<'_>, RequestError> {
@@ -263,9 +273,9 @@ pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result
     let input_regions = plan.inputs.iter().filter_map(|b| if let tensors::InputBytes::Shm(t) = b { Some(t) } else { None });
     let output_regions = plan.outputs.iter().filter_map(|p| if let tensors::OutputPlace::Shm(_, t) = p { Some(t) } else { None });
     let locks = super::shm::lock_regions(input_regions.chain(output_regions));
-    let ins = m.inputs.iter().zip(&plan.inputs).map(|(i, b)| TensorRef::from_bytes(i.dtype, b.bytes())).collect::<crate::Result<Vec<_>>>()?;
-    let mut outs = Vec::with_capacity(m.outputs.len());
-    for (o, target) in m.outputs.iter().zip(targets.iter_mut()) {
+    let ins = in_sig.iter().zip(&plan.inputs).map(|(i, b)| TensorRef::from_bytes(i.dtype, b.bytes())).collect::<crate::Result<Vec<_>>>()?;
+    let mut outs = Vec::with_capacity(out_sig.len());
+    for (o, target) in out_sig.iter().zip(targets.iter_mut()) {
         let n = o.byte_len();
         let bytes: &mut [std::mem::MaybeUninit<u8>] = match target {
             // SAFETY: the region's lock is held (`locks`) until the session
@@ -278,18 +288,14 @@ pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result
         outs.push(TensorMut::from_bytes(o.dtype, bytes)?);
     }
     let checked = Instant::now();
-    let mut session = m.pool.checkout();
     let started = Instant::now();
     let run = if m.echo {
-        drop(session);
         for o in &mut outs {
             o.fill_zero();
         }
         Ok(())
     } else {
-        let run = session.run_on(&ins, &mut outs).map(drop);
-        drop(session);
-        run
+        m.exec.run_on(&ins, &mut outs)
     };
     drop((outs, ins));
     // A region its owner truncated meanwhile held zeros and lost the writes:
@@ -306,7 +312,7 @@ pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result
     let ran = Instant::now();
     let mut in_response: Vec<Option<Vec<u8>>> = targets
         .into_iter()
-        .zip(&m.outputs)
+        .zip(out_sig)
         .map(|(t, o)| match t {
             Target::Response(mut v) => {
                 // SAFETY: every byte of every output (here the first
@@ -330,7 +336,7 @@ pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result
     let mut raw_output_contents = Vec::new();
     let mut outputs = Vec::with_capacity(plan.answer.len());
     for a in &plan.answer {
-        let o = &m.outputs[a.index];
+        let o = &out_sig[a.index];
         outputs.push(InferOutputTensor { name: a.name.clone(), datatype: o.dtype.oip_name().into(), shape: o.shape.clone(), parameters: Default::default(), contents: None });
         if any_in_response {
             raw_output_contents.push(in_response[a.index].take().unwrap_or_default());
@@ -339,6 +345,22 @@ pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result
     m.stats.record_phases(Phases { compute_input: checked - received, queue: started - checked, compute_infer: ran - started, compute_output: ran.elapsed() });
     let response = ModelInferResponse { model_name: m.name.clone(), model_version: VERSION.into(), id: req.id.clone(), parameters: Default::default(), outputs, raw_output_contents };
     Ok(Answer { response, copied })
+}
+
+/// The samples a request to batched model `m` carries: its first input's
+/// first dimension, 1 to `max_batch` (the plan then checks every tensor
+/// against it).
+fn samples(req: &ModelInferRequest, m: &ServedModel, max_batch: usize) -> Result<usize, RequestError> {
+    let Some(first) = req.inputs.first() else { return Ok(1) };
+    match first.shape.first() {
+        Some(&n) if n >= 1 && n as u64 <= max_batch as u64 => Ok(n as usize),
+        _ => Err(RequestError::Invalid(format!(
+            "model {:?} batches: every tensor's first dimension is the request's samples, 1 to {max_batch}; input {} has shape {:?}",
+            m.name,
+            super::status::echo(&first.name),
+            super::status::echo_debug(&first.shape)
+        ))),
+    }
 }
 
 /// Initialised bytes viewed as bytes that may be uninitialised (to be overwritten).
@@ -409,7 +431,16 @@ impl GrpcInferenceService for OipService {
     async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = r.into_inner();
         let m = self.model(&r.name, &r.version)?;
-        let tensors = |ts: &[crate::model::TensorInfo]| ts.iter().map(|t| TensorMetadata { name: t.name.clone(), datatype: t.dtype.oip_name().into(), shape: t.shape.clone() }).collect();
+        // A batched model's first dimension is the request's: -1, as Triton shows it.
+        let batched = m.exec.batcher().is_some();
+        let shape = |t: &TensorInfo| {
+            let mut shape = t.shape.clone();
+            if batched {
+                shape[0] = -1;
+            }
+            shape
+        };
+        let tensors = |ts: &[TensorInfo]| ts.iter().map(|t| TensorMetadata { name: t.name.clone(), datatype: t.dtype.oip_name().into(), shape: shape(t) }).collect();
         Ok(Response::new(ModelMetadataResponse {
             name: m.name.clone(),
             versions: vec![VERSION.into()],
@@ -420,27 +451,46 @@ impl GrpcInferenceService for OipService {
     }
 
     /// The configuration Triton would show for the model: platform and
-    /// backend, no batching (`max_batch_size` 0: shapes include the batch
-    /// dimension), every input and output with its datatype and shape, and
-    /// one instance group of the model's sessions (CPU or GPU by its mode).
+    /// backend, every input and output with its datatype and shape, and one
+    /// instance group of the model's sessions (CPU or GPU by its mode).
+    /// Unbatched: `max_batch_size` 0, shapes include the batch dimension.
+    /// Batched: `max_batch_size`, shapes without the batch dimension,
+    /// `dynamic_batching` with the queue delay, and the buckets with what
+    /// each cost in `parameters` (`bucket_sizes`, `bucket_bytes`).
     async fn model_config(&self, r: Request<ModelConfigRequest>) -> Result<Response<ModelConfigResponse>, Status> {
         let r = r.into_inner();
         let m = self.model(&r.name, &r.version)?;
         let gpu = m.mode != crate::Mode::Cpu;
         let kind = if gpu { model_instance_group::Kind::Gpu } else { model_instance_group::Kind::Cpu };
+        let batcher = m.exec.batcher();
+        let dims = |t: &TensorInfo| if batcher.is_some() { t.shape[1..].to_vec() } else { t.shape.clone() };
+        let mut parameters = std::collections::HashMap::new();
+        if let Some(b) = batcher {
+            let param = |v: Vec<String>| ModelParameter { string_value: v.join(",") };
+            parameters.insert("bucket_sizes".to_string(), param(b.buckets().iter().map(|k| k.size.to_string()).collect()));
+            parameters.insert("bucket_bytes".to_string(), param(b.buckets().iter().map(|k| format!("{}:{}", k.size, k.device_bytes.unwrap_or(k.region_bytes))).collect()));
+        }
         let config = ModelConfig {
             name: m.name.clone(),
             platform: platform(m.format).into(),
             backend: "pytorch".into(),
-            max_batch_size: 0,
-            input: m.inputs.iter().map(|t| ModelInput { name: t.name.clone(), data_type: config_type(t.dtype) as i32, dims: t.shape.clone(), ..Default::default() }).collect(),
-            output: m.outputs.iter().map(|t| ModelOutput { name: t.name.clone(), data_type: config_type(t.dtype) as i32, dims: t.shape.clone(), ..Default::default() }).collect(),
+            max_batch_size: batcher.map(|b| i32::try_from(b.spec().max_batch()).unwrap_or(i32::MAX)).unwrap_or(0),
+            input: m.inputs.iter().map(|t| ModelInput { name: t.name.clone(), data_type: config_type(t.dtype) as i32, dims: dims(t), ..Default::default() }).collect(),
+            output: m.outputs.iter().map(|t| ModelOutput { name: t.name.clone(), data_type: config_type(t.dtype) as i32, dims: dims(t), ..Default::default() }).collect(),
             instance_group: vec![ModelInstanceGroup {
                 name: m.name.clone(),
                 kind: kind as i32,
-                count: i32::try_from(m.pool.size()).unwrap_or(i32::MAX),
+                count: i32::try_from(m.exec.sessions()).unwrap_or(i32::MAX),
                 ..Default::default()
             }],
+            scheduling_choice: batcher.map(|b| {
+                model_config::SchedulingChoice::DynamicBatching(ModelDynamicBatching {
+                    max_queue_delay_microseconds: u64::try_from(b.spec().delay().as_micros()).unwrap_or(u64::MAX),
+                    preserve_ordering: true,
+                    ..Default::default()
+                })
+            }),
+            parameters,
             ..Default::default()
         };
         Ok(Response::new(ModelConfigResponse { config: Some(config) }))
@@ -450,10 +500,10 @@ impl GrpcInferenceService for OipService {
     async fn model_statistics(&self, r: Request<ModelStatisticsRequest>) -> Result<Response<ModelStatisticsResponse>, Status> {
         let r = r.into_inner();
         let model_stats = if r.name.is_empty() {
-            self.models.all().map(|m| m.stats.to_proto(&m.name, VERSION)).collect()
+            self.models.all().map(|m| m.stats.to_proto(&m.name, VERSION, m.exec.batcher().map(|b| b.stats()).as_ref())).collect()
         } else {
             let m = self.model(&r.name, &r.version)?;
-            vec![m.stats.to_proto(&m.name, VERSION)]
+            vec![m.stats.to_proto(&m.name, VERSION, m.exec.batcher().map(|b| b.stats()).as_ref())]
         };
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }

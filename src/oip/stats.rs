@@ -12,7 +12,7 @@
 //! - `compute_infer`: the session's run (the forward pass over the input);
 //! - `compute_output`: writing the output into the response or its region.
 
-use super::proto::{InferStatistics, ModelStatistics, StatisticDuration};
+use super::proto::{InferBatchStatistics, InferStatistics, ModelStatistics, StatisticDuration};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -81,16 +81,37 @@ impl ModelStats {
         self.fail.add(took);
     }
 
-    /// The protocol's message for model `name`, version `version`.
-    pub fn to_proto(&self, name: &str, version: &str) -> ModelStatistics {
+    /// The protocol's message for model `name`, version `version`; with
+    /// `batches` (a batched model's), Triton's counts: inferences are
+    /// samples, executions are batches, and `batch_stats` holds the batches
+    /// of each size (their forward passes as `compute_infer`).
+    pub fn to_proto(&self, name: &str, version: &str, batches: Option<&crate::batch::BatchSummary>) -> ModelStatistics {
         let success = self.success.get();
+        let (inference_count, execution_count) = match batches {
+            Some(b) => (b.samples, b.batches),
+            // One inference per request, each its own execution.
+            None => (success.count, success.count),
+        };
+        let batch_stats = batches
+            .map(|b| {
+                b.batch_sizes
+                    .iter()
+                    .map(|s| InferBatchStatistics {
+                        batch_size: s.batch_size as u64,
+                        compute_input: Some(StatisticDuration::default()),
+                        compute_infer: Some(StatisticDuration { count: s.executions, ns: s.run_ns }),
+                        compute_output: Some(StatisticDuration::default()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         ModelStatistics {
             name: name.to_string(),
             version: version.to_string(),
             last_inference: self.last_inference_ms.load(Ordering::Relaxed),
-            // One inference per request, each its own execution: no batching.
-            inference_count: success.count,
-            execution_count: success.count,
+            inference_count,
+            execution_count,
+            batch_stats,
             inference_stats: Some(InferStatistics {
                 success: Some(success),
                 fail: Some(self.fail.get()),
@@ -113,7 +134,7 @@ mod tests {
     #[test]
     fn counts_and_sums_each_phase_and_outcome() {
         let s = ModelStats::default();
-        let before = s.to_proto("tiny", "1");
+        let before = s.to_proto("tiny", "1", None);
         assert_eq!((before.inference_count, before.last_inference), (0, 0));
         let us = Duration::from_micros;
         for _ in 0..3 {
@@ -121,7 +142,7 @@ mod tests {
             s.success(us(120));
         }
         s.failure(us(5));
-        let p = s.to_proto("tiny", "1");
+        let p = s.to_proto("tiny", "1", None);
         assert_eq!((p.name.as_str(), p.version.as_str(), p.inference_count, p.execution_count), ("tiny", "1", 3, 3));
         assert!(p.last_inference > 1_700_000_000_000, "milliseconds since the epoch: {}", p.last_inference);
         let i = p.inference_stats.unwrap();
@@ -132,5 +153,29 @@ mod tests {
         assert_eq!(pair(i.queue), (3, 6_000));
         assert_eq!(pair(i.compute_input), (3, 3_000));
         assert_eq!(pair(i.compute_output), (3, 9_000));
+        assert!(p.batch_stats.is_empty());
+    }
+
+    #[test]
+    fn a_batched_model_counts_samples_batches_and_each_batch_size() {
+        use crate::batch::{BatchSizeStats, BatchSummary};
+        let s = ModelStats::default();
+        s.success(Duration::from_micros(50));
+        let b = BatchSummary {
+            requests: 5,
+            refused: 0,
+            batches: 3,
+            samples: 7,
+            padded: 1,
+            mean_batch: 7.0 / 3.0,
+            padding_share: 0.125,
+            queue: None,
+            batch_sizes: vec![BatchSizeStats { batch_size: 1, executions: 1, run_ns: 100 }, BatchSizeStats { batch_size: 3, executions: 2, run_ns: 500 }],
+            bucket_runs: vec![(1, 1), (4, 2)],
+        };
+        let p = s.to_proto("tiny", "1", Some(&b));
+        assert_eq!((p.inference_count, p.execution_count), (7, 3));
+        let got: Vec<(u64, u64, u64)> = p.batch_stats.iter().map(|x| (x.batch_size, x.compute_infer.unwrap().count, x.compute_infer.unwrap().ns)).collect();
+        assert_eq!(got, [(1, 1, 100), (3, 2, 500)]);
     }
 }

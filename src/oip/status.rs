@@ -101,12 +101,28 @@ pub enum RequestError {
     /// A protocol feature this server does not implement.
     #[error("{0}")]
     Unimplemented(String),
+    /// A request that waited in the batch queue past its timeout.
+    #[error("{0}")]
+    Unavailable(String),
     /// The model failed on a valid request.
     #[error("inference failed: {0}")]
-    Model(#[from] crate::Error),
+    Model(crate::Error),
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+}
+
+impl From<crate::Error> for RequestError {
+    /// A batcher's refusals keep their kind (a full queue is the client's
+    /// cue to back off); every other error is the model's.
+    fn from(e: crate::Error) -> Self {
+        match e {
+            crate::Error::QueueFull { .. } => RequestError::ResourceExhausted(e.to_string()),
+            crate::Error::QueueTimeout(_) => RequestError::Unavailable(e.to_string()),
+            crate::Error::BatcherClosed => RequestError::ShuttingDown,
+            e => RequestError::Model(e),
+        }
+    }
 }
 
 impl From<RequestError> for Status {
@@ -120,7 +136,7 @@ impl From<RequestError> for Status {
             RequestError::ResourceExhausted(_) => Code::ResourceExhausted,
             RequestError::Unimplemented(_) => Code::Unimplemented,
             RequestError::Model(_) => Code::Internal,
-            RequestError::ShuttingDown => Code::Unavailable,
+            RequestError::ShuttingDown | RequestError::Unavailable(_) => Code::Unavailable,
         };
         Status::new(code, bounded(e.to_string()))
     }

@@ -1,0 +1,346 @@
+//! `uminfer bench --concurrency K,...`: closed-loop throughput of each model
+//! under K client threads (each sends its next request when its answer is
+//! back), unbatched and batched, interleaved in one run: requests/s,
+//! latency percentiles, the mean batch formed and its padding, and the
+//! model's own throughput at that batch size (its forward pass timed alone).
+//!
+//! | scheme | what runs the requests |
+//! |---|---|
+//! | `sessions` | one session on its own thread, shared by the K clients (a server with one instance, no batching) |
+//! | `batched` | a [`Batcher`] with a session per bucket |
+
+use super::{check_outputs, Bench, BenchModel, BenchOptions, Machine};
+use crate::batch::{BatchSpec, Batcher};
+use crate::error::{Error, Result};
+use crate::host_tensor::HostTensor;
+use crate::mode::Mode;
+use crate::model::{InputDecl, TensorInfo};
+use crate::runtime::Runtime;
+use crate::session::timing::{histogram, summarise};
+use crate::session::{SessionPool, SessionSpec, Summary, TensorMut, TensorRef};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// The throughput schemes, in table order.
+pub const THROUGHPUT_SCHEMES: [&str; 2] = ["sessions", "batched"];
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct ThroughputOptions {
+    /// Client threads, one measurement per value.
+    pub concurrency: Vec<usize>,
+    /// The batched scheme's batcher.
+    pub batch: BatchSpec,
+    /// Session mode of both schemes.
+    pub mode: Mode,
+    /// Length of one measurement (one scheme at one K) per round.
+    pub cell: Duration,
+    /// Rounds; each measures every scheme at every K once, the scheme order rotating.
+    pub rounds: usize,
+}
+
+/// The model alone at one batch size: its fastest forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Alone {
+    pub batch: usize,
+    pub pass_us: f64,
+    /// `batch` requests of one sample per pass.
+    pub requests_per_s: f64,
+}
+
+/// One scheme at one concurrency.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThroughputResult {
+    pub model: String,
+    pub scheme: String,
+    pub concurrency: usize,
+    pub requests: u64,
+    pub seconds: f64,
+    pub requests_per_s: f64,
+    /// Each request's time from sending to its answer, in µs.
+    pub latency: Summary,
+    /// Samples per forward pass (1 unbatched).
+    pub mean_batch: f64,
+    /// Padding as a share of the samples computed (0 unbatched).
+    pub padding_share: f64,
+    /// Batched: the model alone at the mean batch formed (rounded).
+    pub alone: Option<Alone>,
+    /// Batched: `requests_per_s` over the model alone's.
+    pub vs_alone: Option<f64>,
+    /// Batched: `requests_per_s` over the unbatched scheme's at this K.
+    pub vs_sessions: Option<f64>,
+}
+
+/// The JSON document of a throughput run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputReport {
+    pub schema_version: u32,
+    pub command: String,
+    pub models: Vec<BenchModel>,
+    pub mode: String,
+    pub max_batch: usize,
+    pub batch_delay_us: u64,
+    pub buckets: Vec<usize>,
+    pub cell_ms: f64,
+    pub rounds: usize,
+    pub machine: Machine,
+    pub results: Vec<ThroughputResult>,
+}
+
+/// Bytes aligned for every dtype (8), holding one tensor.
+struct Buffer(Vec<u64>, usize);
+
+impl Buffer {
+    fn of(t: &HostTensor) -> Self {
+        let mut b = Self(vec![0; t.bytes().len().div_ceil(8)], t.bytes().len());
+        b.bytes_mut().copy_from_slice(t.bytes());
+        b
+    }
+
+    fn zeroed(info: &TensorInfo) -> Self {
+        Self(vec![0; info.byte_len().div_ceil(8)], info.byte_len())
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the words hold at least `self.1` initialised bytes.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.1) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, borrowed exclusively.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.1) }
+    }
+}
+
+/// What runs one scheme's requests.
+enum Runner {
+    Sessions(SessionPool),
+    Batched(Batcher),
+}
+
+impl Runner {
+    fn run(&self, inputs: &[TensorRef<'_>], outputs: &mut [TensorMut<'_>]) -> Result<()> {
+        match self {
+            Self::Sessions(p) => p.checkout().run_on(inputs, outputs).map(drop),
+            Self::Batched(b) => b.run(inputs, outputs).map(drop),
+        }
+    }
+}
+
+/// One request over `ins` into `outs` (a client's buffers) through `r`.
+fn request(r: &Runner, infos: &[TensorInfo], out_infos: &[TensorInfo], ins: &[Buffer], outs: &mut [Buffer]) -> Result<()> {
+    let refs = infos.iter().zip(ins).map(|(t, b)| TensorRef::from_bytes(t.dtype, b.bytes())).collect::<Result<Vec<_>>>()?;
+    let mut muts = out_infos
+        .iter()
+        .zip(outs.iter_mut())
+        .map(|(t, b)| {
+            let bytes = b.bytes_mut();
+            // SAFETY: initialised bytes viewed as bytes that may be uninitialised, to be overwritten.
+            TensorMut::from_bytes(t.dtype, unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast(), bytes.len()) })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    r.run(&refs, &mut muts)
+}
+
+/// Requests, their latencies and the time they took, at one K.
+struct Cell {
+    requests: u64,
+    seconds: f64,
+    latency: hdrhistogram::Histogram<u64>,
+    /// Batched: batches, samples and padding over the cell (from the batcher's counters).
+    batches: u64,
+    samples: u64,
+    padded: u64,
+}
+
+/// `k` client threads sending requests through `r` back to back for `cell`.
+fn measure(r: &Runner, bench: &Bench<'_>, k: usize, cell: Duration) -> Result<(u64, f64, hdrhistogram::Histogram<u64>)> {
+    let (infos, out_infos) = (&bench.entry.inputs, &bench.entry.outputs);
+    // Two samples per client, alternating, drawn before the clock starts.
+    let mut clients: Vec<Vec<Vec<Buffer>>> = (0..k).map(|t| (0..2).map(|i| bench.inputs.get((t * 2 + i) as u64).iter().map(Buffer::of).collect()).collect()).collect();
+    let start = Instant::now();
+    let until = start + cell;
+    let per_thread: Vec<Result<hdrhistogram::Histogram<u64>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .drain(..)
+            .map(|samples| {
+                s.spawn(move || -> Result<hdrhistogram::Histogram<u64>> {
+                    let mut outs: Vec<Buffer> = out_infos.iter().map(Buffer::zeroed).collect();
+                    let mut h = histogram();
+                    let mut i = 0usize;
+                    while Instant::now() < until {
+                        let t0 = Instant::now();
+                        request(r, infos, out_infos, &samples[i % 2], &mut outs)?;
+                        h.saturating_record(t0.elapsed().as_nanos().clamp(1, u64::MAX as u128) as u64);
+                        i += 1;
+                    }
+                    Ok(h)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Session("a client thread panicked".into())))).collect()
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    let mut all = histogram();
+    for h in per_thread {
+        all.add(h?).map_err(|e| Error::Session(format!("merging latencies: {e}")))?;
+    }
+    Ok((all.len(), seconds, all))
+}
+
+/// Checks `r`'s answer to the bench's check input against the CPU eager one.
+fn check(r: &Runner, bench: &Bench<'_>, scheme: &str, mode: Mode) -> Result<()> {
+    let (infos, out_infos) = (&bench.entry.inputs, &bench.entry.outputs);
+    let ins: Vec<Buffer> = bench.check_input.iter().map(Buffer::of).collect();
+    let mut outs: Vec<Buffer> = out_infos.iter().map(Buffer::zeroed).collect();
+    request(r, infos, out_infos, &ins, &mut outs)?;
+    let got = out_infos.iter().zip(&outs).map(|(t, b)| HostTensor::new(&t.name, t.dtype, &t.shape, b.bytes().to_vec())).collect::<Result<Vec<_>>>()?;
+    let tol = if mode.needs_gpu() { 1e-3 } else { 1e-4 };
+    check_outputs(&got, &bench.reference, tol).map_err(|e| Error::Check { what: "a throughput scheme", detail: format!("{scheme} on {}: {e}", bench.entry.label) })
+}
+
+/// The fastest forward pass of `bench`'s model at batch `n`, alone.
+fn alone(rt: &Runtime, bench: &Bench<'_>, mode: Mode, n: usize) -> Result<Alone> {
+    let decls: Vec<InputDecl> = bench
+        .entry
+        .inputs
+        .iter()
+        .map(|t| {
+            let mut shape = t.shape.clone();
+            shape[0] = n as i64;
+            InputDecl { name: Some(t.name.clone()), dtype: Some(t.dtype), shape: Some(shape) }
+        })
+        .collect();
+    let mut spec = SessionSpec::new().mode(mode);
+    for d in decls {
+        spec = spec.declare(d);
+    }
+    let mut s = rt.session(&bench.model, spec)?;
+    let pass = crate::intra_op::fastest_pass(|| Ok(s.run()?.host))?;
+    Ok(Alone { batch: n, pass_us: pass.as_secs_f64() * 1e6, requests_per_s: n as f64 / pass.as_secs_f64() })
+}
+
+/// Runs every scheme at every concurrency on every model of `opts`.
+pub fn run(rt: &Runtime, opts: &BenchOptions, t: &ThroughputOptions) -> Result<ThroughputReport> {
+    if t.concurrency.is_empty() || t.concurrency.contains(&0) {
+        return Err(Error::Argument("--concurrency: give client counts of at least 1, e.g. 1,8,64".into()));
+    }
+    let buckets = t.batch.bucket_sizes()?;
+    let benches = opts.models.iter().map(|m| Bench::new(rt, opts, m)).collect::<Result<Vec<_>>>()?;
+    let mut results = Vec::new();
+    for bench in &benches {
+        let label = &bench.entry.label;
+        let mut spec = SessionSpec::new().mode(t.mode);
+        for i in &bench.entry.inputs {
+            spec = spec.input(&i.name, i.dtype, &i.shape);
+        }
+        tracing::info!("building the throughput schemes of {label} in {}", t.mode);
+        let runners = [Runner::Sessions(SessionPool::new(rt, &bench.model, spec.clone().dedicated_thread(true), 1)?), Runner::Batched(rt.batcher(&bench.model, spec, t.batch.clone())?)];
+        for (r, name) in runners.iter().zip(THROUGHPUT_SCHEMES) {
+            check(r, bench, name, t.mode)?;
+            // Warm-up: one short cell at the largest K.
+            measure(r, bench, t.concurrency.iter().copied().max().unwrap_or(1), t.cell / 4)?;
+        }
+        let mut cells: BTreeMap<(usize, usize), Cell> = BTreeMap::new();
+        for round in 0..t.rounds.max(1) {
+            for &k in &t.concurrency {
+                for j in 0..runners.len() {
+                    let which = (j + round) % runners.len();
+                    let r = &runners[which];
+                    let before = match r {
+                        Runner::Batched(b) => Some(b.stats()),
+                        Runner::Sessions(_) => None,
+                    };
+                    let (n, secs, h) = measure(r, bench, k, t.cell)?;
+                    let after = match r {
+                        Runner::Batched(b) => Some(b.stats()),
+                        Runner::Sessions(_) => None,
+                    };
+                    let c = cells.entry((which, k)).or_insert_with(|| Cell { requests: 0, seconds: 0.0, latency: histogram(), batches: 0, samples: 0, padded: 0 });
+                    c.requests += n;
+                    c.seconds += secs;
+                    c.latency.add(h).map_err(|e| Error::Session(format!("merging latencies: {e}")))?;
+                    if let (Some(b), Some(a)) = (before, after) {
+                        c.batches += a.batches - b.batches;
+                        c.samples += a.samples - b.samples;
+                        c.padded += a.padded - b.padded;
+                    }
+                }
+            }
+        }
+        let mut alone_at: BTreeMap<usize, Alone> = BTreeMap::new();
+        for &k in &t.concurrency {
+            let unbatched = &cells[&(0, k)];
+            let unbatched_rps = unbatched.requests as f64 / unbatched.seconds;
+            for (which, name) in THROUGHPUT_SCHEMES.iter().enumerate() {
+                let c = &cells[&(which, k)];
+                let rps = c.requests as f64 / c.seconds;
+                let batched = which == 1;
+                let mean_batch = if batched && c.batches > 0 { c.samples as f64 / c.batches as f64 } else { 1.0 };
+                let alone = if batched {
+                    let n = (mean_batch.round() as usize).clamp(1, t.batch.max_batch());
+                    if !alone_at.contains_key(&n) {
+                        alone_at.insert(n, alone(rt, bench, t.mode, n)?);
+                    }
+                    alone_at.get(&n).copied()
+                } else {
+                    None
+                };
+                results.push(ThroughputResult {
+                    model: label.clone(),
+                    scheme: name.to_string(),
+                    concurrency: k,
+                    requests: c.requests,
+                    seconds: c.seconds,
+                    requests_per_s: rps,
+                    latency: summarise(&c.latency),
+                    mean_batch,
+                    padding_share: if c.samples + c.padded == 0 { 0.0 } else { c.padded as f64 / (c.samples + c.padded) as f64 },
+                    vs_alone: alone.map(|a| rps / a.requests_per_s),
+                    alone,
+                    vs_sessions: batched.then(|| rps / unbatched_rps),
+                });
+            }
+        }
+    }
+    Ok(ThroughputReport {
+        schema_version: super::SCHEMA_VERSION,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        models: benches.iter().map(|b| b.entry.clone()).collect(),
+        mode: t.mode.to_string(),
+        max_batch: t.batch.max_batch(),
+        batch_delay_us: u64::try_from(t.batch.delay().as_micros()).unwrap_or(u64::MAX),
+        buckets,
+        cell_ms: t.cell.as_secs_f64() * 1e3,
+        rounds: t.rounds.max(1),
+        machine: super::machine(rt),
+        results,
+    })
+}
+
+/// The results as a text table.
+pub fn table(results: &[ThroughputResult]) -> String {
+    let mut s = format!(
+        "{:<14} {:<9} {:>4} {:>10} {:>9} {:>9} {:>9} {:>6} {:>8} {:>9} {:>9}\n",
+        "model", "scheme", "K", "req/s", "P50 µs", "P90 µs", "P99 µs", "batch", "padding", "vs alone", "vs unbat."
+    );
+    let ratio = |r: Option<f64>| r.map(|v| format!("{v:.2}x")).unwrap_or_else(|| "-".into());
+    for r in results {
+        s.push_str(&format!(
+            "{:<14} {:<9} {:>4} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>6.2} {:>7.1}% {:>9} {:>9}\n",
+            r.model,
+            r.scheme,
+            r.concurrency,
+            r.requests_per_s,
+            r.latency.p50_us,
+            r.latency.p90_us,
+            r.latency.p99_us,
+            r.mean_batch,
+            r.padding_share * 100.0,
+            ratio(r.vs_alone),
+            ratio(r.vs_sessions)
+        ));
+    }
+    s
+}
