@@ -1,5 +1,6 @@
-//! How many libtorch intra-op threads a server process uses when its clients
-//! share the machine (`uminfer serve`, and the servers `uminfer bench` starts).
+//! How many libtorch intra-op threads a process uses: a server whose
+//! clients share the machine (`uminfer serve`, and the servers `uminfer
+//! bench` starts), and a process that runs its sessions itself.
 //!
 //! A client that waits for a short request polls (a wake-up from sleep costs
 //! 25–150 µs on the 2-core build machine, where the `tiny` model's forward
@@ -26,6 +27,15 @@
 //!   memory took 421–427 µs against 234–242 µs with 1; a long pass wants
 //!   every core (`resnet18`: 14.6 ms with 1 thread against 8.8 ms in
 //!   process with 2).
+//!
+//! - **In process** (`uminfer run`, `uminfer bench`'s in-process schemes,
+//!   [`measured_threads`]): the count under which the model's pass is
+//!   fastest, each count up to the cores shared among the threads that run
+//!   passes side by side timed on the machine at hand. Machines differ: on
+//!   a 2-vCPU AMD EPYC VM `tiny` took ~420 µs with 1 thread and ~850 µs
+//!   with 2 beside a second OpenMP team, and on a 16-core host
+//!   `cpu-zero-copy` took 307 µs with every core where a 2-core machine
+//!   took 147 µs.
 //!
 //! Each thread that runs a forward pass has an OpenMP team of its own, of
 //! that many threads. A server whose sessions run K requests at once
@@ -84,6 +94,82 @@ fn fewer_cores_under(limit: Duration, forward: Duration) -> usize {
 /// `threads / concurrent`, at least 1.
 pub fn shared_by(threads: usize, concurrent: usize) -> usize {
     (threads / concurrent.max(1)).max(1)
+}
+
+/// A larger thread count is chosen over a smaller one only when its pass
+/// is at least this much faster ([`measured_threads`]): a thread that
+/// saves less costs more in wake-ups and cores taken from others.
+pub const WORTH_A_THREAD: f64 = 0.9;
+
+/// The thread counts [`measured_threads`] tries for `teams` threads that
+/// run forward passes side by side: 1, 2, 4, ... up to `cores() / teams`, and that.
+pub fn candidates(teams: usize) -> Vec<usize> {
+    let most = shared_by(cores(), teams);
+    let mut c: Vec<usize> = std::iter::successors(Some(1usize), |n| n.checked_mul(2)).take_while(|&n| n < most).collect();
+    c.push(most);
+    c
+}
+
+/// What [`measured_threads`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measured {
+    /// The count chosen.
+    pub threads: usize,
+    /// Each count tried and its fastest pass.
+    pub tried: Vec<(usize, Duration)>,
+}
+
+impl std::fmt::Display for Measured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tried: Vec<String> = self.tried.iter().map(|(n, t)| format!("{n}: {:.1} µs", t.as_secs_f64() * 1e6)).collect();
+        write!(f, "measured: a forward pass with {} (a larger count must save {:.0}%)", tried.join(", "), (1.0 - WORTH_A_THREAD) * 100.0)
+    }
+}
+
+/// The intra-op thread count under which the CPU forward passes of
+/// `models` (each over zeros of its inputs) take least time together:
+/// each count of [`candidates`]`(teams)` timed with [`time_forward`]; a
+/// larger count wins only by [`WORTH_A_THREAD`]. `teams`: the threads of
+/// this process that will run passes side by side, each with an OpenMP team
+/// of that many threads. libtorch's count is left as it was found.
+pub fn measured_threads(models: &[(&Model, &[TensorInfo])], teams: usize) -> Result<Measured> {
+    let before = tch::get_num_threads();
+    let timed = (|| -> Result<Vec<(usize, Duration)>> {
+        let mut tried = Vec::new();
+        for n in candidates(teams) {
+            tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
+            let mut total = Duration::ZERO;
+            for (model, inputs) in models {
+                total += time_forward(model, inputs)?;
+            }
+            tried.push((n, total));
+        }
+        Ok(tried)
+    })();
+    tch::set_num_threads(before);
+    let tried: Vec<(usize, Duration)> = timed?;
+    let mut best = tried[0];
+    for &(n, t) in &tried[1..] {
+        if t.as_secs_f64() < best.1.as_secs_f64() * WORTH_A_THREAD {
+            best = (n, t);
+        }
+    }
+    Ok(Measured { threads: best.0, tried })
+}
+
+/// Sets libtorch's intra-op threads for a process that runs CPU sessions
+/// itself: `explicit` when given, else [`measured_threads`] over `models`
+/// for `teams` side-by-side threads. Returns the count and why, for the log.
+pub fn set_for_sessions(explicit: Option<usize>, models: &[(&Model, &[TensorInfo])], teams: usize) -> Result<(usize, String)> {
+    let (n, why) = match explicit {
+        Some(n) => (n.max(1), "--intra-op-threads".to_string()),
+        None => {
+            let m = measured_threads(models, teams)?;
+            (m.threads, m.to_string())
+        }
+    };
+    tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
+    Ok((n, why))
 }
 
 /// How many passes [`fastest_pass`] times: at least the first count, at
@@ -195,6 +281,15 @@ mod tests {
         });
         assert!(failed.is_err_and(|e| e.to_string().contains("third pass failed")));
         assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn candidate_counts_double_up_to_the_cores_per_team() {
+        let c = candidates(1);
+        assert_eq!((c[0], *c.last().unwrap()), (1, cores()));
+        assert!(c.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(*candidates(2).last().unwrap(), shared_by(cores(), 2));
+        assert_eq!(candidates(cores() * 2), [1]);
     }
 
     #[test]

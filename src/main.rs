@@ -257,6 +257,10 @@ struct RunArgs {
     /// process) to DIR/run-MODEL.svg.
     #[arg(long, value_name = "DIR")]
     profile: Option<PathBuf>,
+    /// libtorch intra-op threads in `cpu` mode. Default: measured, the count
+    /// of 1, 2, 4, ... cores under which the model's forward pass is fastest.
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    intra_op_threads: Option<usize>,
 }
 
 /// `--input [NAME=]FILE`.
@@ -374,6 +378,11 @@ struct BenchArgs {
     /// (the timed figures are not profiled; a server scheme's shows its client side).
     #[arg(long, value_name = "DIR")]
     profile: Option<PathBuf>,
+    /// libtorch intra-op threads of the in-process CPU schemes (cpu-zero-copy,
+    /// tch-naive, and --concurrency's). Default: measured, the count of 1, 2,
+    /// 4, ... cores under which the models' forward passes are fastest.
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    intra_op_threads: Option<usize>,
     /// Measure closed-loop throughput instead of the latency schemes: K client
     /// threads per value, each sending its next request when its answer is
     /// back, through one session (`sessions`) and through a batcher
@@ -449,6 +458,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         server_exe: std::env::current_exe().context("finding this uminfer binary (the bench starts it as its servers)")?,
         progress: true,
         profile: a.profile,
+        intra_op_threads: a.intra_op_threads,
     };
     if let Some(concurrency) = a.concurrency {
         let max_batch = a.max_batch.unwrap_or_else(|| concurrency.iter().copied().max().unwrap_or(1).clamp(1, 64));
@@ -685,6 +695,11 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     let fitted = model.fit_inputs(read_inputs(&a.input)?)?;
     for n in &fitted.notes {
         tracing::info!("{n}");
+    }
+    if a.mode == ModeChoice::Fixed(uminfer::Mode::Cpu) {
+        let inputs = model.resolve(&fitted.decls(), None)?;
+        let (n, why) = uminfer::intra_op::set_for_sessions(a.intra_op_threads, &[(&model, &inputs)], 1)?;
+        tracing::info!("libtorch intra-op threads: {n} ({why})");
     }
     let mut spec = SessionSpec::new().mode_choice(a.mode).device(a.device).warmup(a.warmup);
     for d in fitted.decls() {

@@ -301,3 +301,51 @@ fn bench_runs_any_signature_and_several_models_side_by_side() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bench --concurrency`: both throughput schemes at every K, checked
+/// against CPU eager first, with their figures in the table, the JSON and
+/// the throughput-vs-latency picture; at 4 clients the batcher forms
+/// batches of several samples (a pass takes long enough on any machine for
+/// the other clients' requests to queue meanwhile).
+#[test]
+fn bench_concurrency_measures_sessions_and_batched_throughput() {
+    let dir = std::env::temp_dir().join(format!("uminfer-bench-throughput-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, svg) = (dir.join("throughput.json"), dir.join("throughput.svg"));
+    let out = Command::new(common::uminfer_bin())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["bench", "--model"])
+        .arg(common::model_path("tiny.pt"))
+        .args(["--concurrency", "1,4", "--max-batch", "4", "--cell-ms", "300", "--rounds", "2", "--json"])
+        .arg(&json)
+        .arg("--plot")
+        .arg(&svg)
+        .output()
+        .expect("running uminfer bench --concurrency");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("closed-loop throughput") && stdout.contains("vs alone"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!((v["max_batch"].as_u64(), v["mode"].as_str(), v["rounds"].as_u64()), (Some(4), Some("cpu"), Some(2)));
+    assert_eq!(v["buckets"], serde_json::json!([1, 2, 4]));
+    let results = v["results"].as_array().unwrap();
+    let got: Vec<(&str, u64)> = results.iter().map(|r| (r["scheme"].as_str().unwrap(), r["concurrency"].as_u64().unwrap())).collect();
+    assert_eq!(got, [("sessions", 1), ("batched", 1), ("sessions", 4), ("batched", 4)]);
+    for r in results {
+        let (rps, n, secs) = (r["requests_per_s"].as_f64().unwrap(), r["requests"].as_f64().unwrap(), r["seconds"].as_f64().unwrap());
+        assert!(n > 0.0 && secs >= 0.5 && (rps - n / secs).abs() < 1e-6 * rps, "{r}");
+        let l = &r["latency"];
+        assert!(l["p50_us"].as_f64().unwrap() > 0.0 && l["p50_us"].as_f64() <= l["p99_us"].as_f64(), "{r}");
+        if r["scheme"] == "batched" {
+            assert!(r["alone"]["pass_us"].as_f64().unwrap() > 0.0 && r["vs_alone"].as_f64().unwrap() > 0.0 && r["vs_sessions"].as_f64().unwrap() > 0.0, "{r}");
+        } else {
+            assert_eq!((r["mean_batch"].as_f64(), r["alone"].is_null()), (Some(1.0), true), "{r}");
+        }
+    }
+    let batched4 = &results[3];
+    assert!(batched4["mean_batch"].as_f64().unwrap() > 1.0, "no batches formed with 4 clients: {batched4}");
+    assert_eq!(batched4["alone"]["batch"].as_f64().unwrap(), batched4["mean_batch"].as_f64().unwrap().round().clamp(1.0, 4.0), "{batched4}");
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    assert!(picture.contains("<svg") && picture.contains("K=4"), "not the throughput picture");
+    let _ = std::fs::remove_dir_all(&dir);
+}

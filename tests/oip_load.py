@@ -15,7 +15,8 @@ models/tiny.expected.npy) and `encoder` (two INT64 inputs, two outputs:
 models/encoder.inputs.npz, both answers equal to models/encoder.expected.npz).
 A stream keeps WINDOW requests in flight, matched to their answers by request
 id; shared memory streams use one region pair per request in flight (the
-encoder's two inputs, and its two outputs, side by side in them). Prints a report (throughput, P50/P99, errors) and
+encoder's two inputs, and its two outputs, side by side in them). Prints a report (throughput, P50/P90/P99,
+errors, and each model's mean batch from the server's statistics: above 1 against `--max-batch`) and
 exits non-zero when any request failed or any answer was wrong.
 """
 import multiprocessing as mp
@@ -186,7 +187,7 @@ def main():
         p.join()
     print(f"load run: {len(procs)} client processes ({per_kind} per kind), {n} requests each, "
           f"rotating identity (random input), tiny and encoder; stream window {WINDOW}")
-    print(f"{'kind':<14} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'kind':<14} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}")
     total_err, all_lat = 0, []
     for kind in [f"{a}-{t}" for a, t, _ in kinds]:
         rows = [r for r in results if r[0] == kind]
@@ -196,14 +197,23 @@ def main():
         rate = reqs / max(max(r[4] for r in rows), 1e-9)
         total_err += len(errs)
         all_lat.extend(lat.tolist())
-        p50, p99 = (np.percentile(lat, 50) * 1e3, np.percentile(lat, 99) * 1e3) if len(lat) else (float("nan"),) * 2
-        print(f"{kind:<14} {reqs:>8} {len(errs):>6} {rate:>8.1f} {p50:>8.2f} {p99:>8.2f}")
+        p50, p90, p99 = (np.percentile(lat, q) * 1e3 for q in (50, 90, 99)) if len(lat) else (float("nan"),) * 3
+        print(f"{kind:<14} {reqs:>8} {len(errs):>6} {rate:>8.1f} {p50:>8.2f} {p90:>8.2f} {p99:>8.2f}")
         for e in errs[:5]:
             print(f"  {kind}: {e}")
     total = sum(r[1] for r in results)
     lat = np.array(all_lat) if all_lat else np.array([float("nan")])
     busy = max(max(r[4] for r in results), 1e-9)
-    print(f"{'all':<14} {total:>8} {total_err:>6} {total / busy:>8.1f} {np.percentile(lat, 50) * 1e3:>8.2f} {np.percentile(lat, 99) * 1e3:>8.2f}")
+    q = [np.percentile(lat, p) * 1e3 for p in (50, 90, 99)]
+    print(f"{'all':<14} {total:>8} {total_err:>6} {total / busy:>8.1f} {q[0]:>8.2f} {q[1]:>8.2f} {q[2]:>8.2f}")
+    # The server's own counts: samples run (inferences) over forward passes
+    # (executions) is the mean batch; 1 without --max-batch.
+    import tritonclient.grpc
+    stats = tritonclient.grpc.InferenceServerClient(url).get_inference_statistics("", as_json=True)["model_stats"]
+    for m in stats:
+        inferences, executions = int(m.get("inference_count", 0)), int(m.get("execution_count", 0))
+        if executions:
+            print(f"mean batch {m['name']}: {inferences / executions:.2f} ({inferences} samples in {executions} forward passes)")
     print(f"req/s: requests over the longest request phase of the row's processes (all processes run at once); "
           f"wall time with process start-up {wall:.1f} s")
     print(f"errors={total_err}")

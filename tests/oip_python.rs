@@ -654,6 +654,30 @@ fn load_run_from_several_tritonclient_processes_has_no_errors() {
     }
 }
 
+/// The same load run against a batching server (`--max-batch 8`): every
+/// answer checked, no errors, and batches of several samples formed.
+#[test]
+fn load_run_against_a_batching_server_has_no_errors_and_forms_batches() {
+    let py = require_python!();
+    let mut server = GrpcServer::start(
+        "load-batched",
+        &["--max-batch", "8", "--batch-delay-us", "1000", "--model", &model("tiny.pt"), "--model", &model("identity.pt"), "--model", &model("encoder.pt"), "--http", "127.0.0.1:0"],
+    );
+    let http = server.reported("http");
+    let models = common::model_path("tiny.pt").parent().expect("the models directory").display().to_string();
+    let out = common::finish(script(&py, "oip_load.py", &[&server.url, &models, "21", "2", &http]).spawn().expect("starting the venv python"), PYTHON_DEADLINE);
+    let report = server.check("load, batched", &out);
+    let _ = writeln!(std::io::stderr(), "{report}");
+    assert!(report.lines().any(|l| l == "errors=0"), "{report}");
+    let mean = |m: &str| {
+        report.lines().find_map(|l| l.strip_prefix(&format!("mean batch {m}: "))).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok())
+    };
+    let means: Vec<(&str, Option<f64>)> = ["tiny", "identity", "encoder"].into_iter().map(|m| (m, mean(m))).collect();
+    assert!(means.iter().all(|(_, v)| v.is_some_and(|v| v >= 1.0)), "{means:?}\n{report}");
+    assert!(means.iter().any(|(_, v)| v.is_some_and(|v| v > 1.0)), "12 client processes formed no batch: {means:?}\n{report}");
+    server.stop_cleanly();
+}
+
 /// Models of any signature (`tests/oip_signatures.py`): the encoder, the
 /// dict-output model and every datatype, over gRPC and over REST (binary and
 /// JSON data), equal to PyTorch's answers; output selection; shared memory

@@ -56,6 +56,9 @@ pub const SCHEMES: [&str; 15] = [
 /// The schemes whose server process runs in [`BenchOptions::server_mode`].
 pub const SERVER_SCHEMES: [&str; 5] = ["shm-ipc", "shm-echo", "oip-grpc", "oip-grpc-shm", "grpc-echo"];
 
+/// The schemes whose CPU forward passes run in the bench's own process.
+pub const IN_PROCESS_CPU: [&str; 2] = ["cpu-zero-copy", "tch-naive"];
+
 /// The floor schemes: the same requests and answers through a server that
 /// runs no model (their answers are zeros: only their shapes are checked).
 pub const ECHO_SCHEMES: [&str; 2] = ["shm-echo", "grpc-echo"];
@@ -123,6 +126,9 @@ pub struct BenchOptions {
     /// model (`MODEL-SCHEME.svg`), of extra requests after the timed run
     /// ([`crate::profile`]; a server scheme's shows its client side).
     pub profile: Option<PathBuf>,
+    /// libtorch intra-op threads of this process's own CPU sessions; `None`:
+    /// measured ([`crate::intra_op::measured_threads`]).
+    pub intra_op_threads: Option<usize>,
 }
 
 /// Machine description recorded with the results.
@@ -176,6 +182,9 @@ pub struct BenchReport {
     pub stage_input: bool,
     /// Session mode of the server processes (`--server-mode`).
     pub server_mode: String,
+    /// libtorch intra-op threads of the in-process schemes, and why.
+    pub intra_op_threads: usize,
+    pub intra_op_choice: String,
     pub warmup: usize,
     pub machine: Machine,
     pub results: Vec<SchemeResult>,
@@ -532,6 +541,15 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         }
     }
 
+    // The in-process CPU schemes run their passes on this thread.
+    let (threads, why) = if opts.schemes.iter().any(|s| IN_PROCESS_CPU.contains(&s.as_str())) {
+        let models: Vec<(&crate::model::Model, &[TensorInfo])> = benches.iter().map(|b| (&b.model, b.entry.inputs.as_slice())).collect();
+        crate::intra_op::set_for_sessions(opts.intra_op_threads, &models, 1)?
+    } else {
+        (tch::get_num_threads().max(1) as usize, "libtorch's default (no in-process CPU scheme)".to_string())
+    };
+    tracing::info!("in-process intra-op threads: {threads} ({why})");
+
     // Build and check every scheme of every model.
     let mut results: Vec<SchemeResult> = Vec::new();
     let mut live: Vec<(String, String, PreparedScheme, TimingRecorder)> = Vec::new();
@@ -624,6 +642,8 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
         gpu_session_thread: opts.gpu_session_thread,
         stage_input: opts.stage_input,
         server_mode: opts.server_mode.to_string(),
+        intra_op_threads: threads,
+        intra_op_choice: why,
         warmup: opts.warmup,
         machine: machine(rt),
         results,

@@ -40,7 +40,7 @@ pub struct ThroughputOptions {
     pub rounds: usize,
 }
 
-/// The model alone at one batch size: its fastest forward pass.
+/// The model alone at one batch size: its median forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Alone {
     pub batch: usize,
@@ -84,6 +84,9 @@ pub struct ThroughputReport {
     pub buckets: Vec<usize>,
     pub cell_ms: f64,
     pub rounds: usize,
+    /// libtorch intra-op threads of the schemes' sessions, and why.
+    pub intra_op_threads: usize,
+    pub intra_op_choice: String,
     pub machine: Machine,
     pub results: Vec<ThroughputResult>,
 }
@@ -200,7 +203,13 @@ fn check(r: &Runner, bench: &Bench<'_>, scheme: &str, mode: Mode) -> Result<()> 
     check_outputs(&got, &bench.reference, tol).map_err(|e| Error::Check { what: "a throughput scheme", detail: format!("{scheme} on {}: {e}", bench.entry.label) })
 }
 
-/// The fastest forward pass of `bench`'s model at batch `n`, alone.
+/// Passes timed for the model alone: at least this many...
+const ALONE_PASSES: usize = 10;
+/// ...and until this much time went into them.
+const ALONE_TIME: Duration = Duration::from_millis(300);
+
+/// The median forward pass of `bench`'s model at batch `n`, alone, in a
+/// session of `mode` (after its warm-up).
 fn alone(rt: &Runtime, bench: &Bench<'_>, mode: Mode, n: usize) -> Result<Alone> {
     let decls: Vec<InputDecl> = bench
         .entry
@@ -217,7 +226,12 @@ fn alone(rt: &Runtime, bench: &Bench<'_>, mode: Mode, n: usize) -> Result<Alone>
         spec = spec.declare(d);
     }
     let mut s = rt.session(&bench.model, spec)?;
-    let pass = crate::intra_op::fastest_pass(|| Ok(s.run()?.host))?;
+    let (mut passes, start) = (Vec::new(), Instant::now());
+    while passes.len() < ALONE_PASSES || start.elapsed() < ALONE_TIME {
+        passes.push(s.run()?.host);
+    }
+    passes.sort_unstable();
+    let pass = passes[passes.len() / 2];
     Ok(Alone { batch: n, pass_us: pass.as_secs_f64() * 1e6, requests_per_s: n as f64 / pass.as_secs_f64() })
 }
 
@@ -228,6 +242,14 @@ pub fn run(rt: &Runtime, opts: &BenchOptions, t: &ThroughputOptions) -> Result<T
     }
     let buckets = t.batch.bucket_sizes()?;
     let benches = opts.models.iter().map(|m| Bench::new(rt, opts, m)).collect::<Result<Vec<_>>>()?;
+    // Two threads run passes side by side: the session's and the batcher's.
+    let (threads, why) = if t.mode == Mode::Cpu {
+        let models: Vec<(&crate::model::Model, &[TensorInfo])> = benches.iter().map(|b| (&b.model, b.entry.inputs.as_slice())).collect();
+        crate::intra_op::set_for_sessions(opts.intra_op_threads, &models, THROUGHPUT_SCHEMES.len())?
+    } else {
+        (tch::get_num_threads().max(1) as usize, "libtorch's default (a GPU mode)".to_string())
+    };
+    tracing::info!("intra-op threads: {threads} ({why})");
     let mut results = Vec::new();
     for bench in &benches {
         let label = &bench.entry.label;
@@ -314,6 +336,8 @@ pub fn run(rt: &Runtime, opts: &BenchOptions, t: &ThroughputOptions) -> Result<T
         buckets,
         cell_ms: t.cell.as_secs_f64() * 1e3,
         rounds: t.rounds.max(1),
+        intra_op_threads: threads,
+        intra_op_choice: why,
         machine: super::machine(rt),
         results,
     })
