@@ -180,7 +180,9 @@ impl OipGrpc {
     /// thread is pinned (after, [`crate::intra_op::cores`] counts that
     /// thread's one core).
     pub(crate) fn start(exe: &Path, model: &Path, inputs: &[TensorInfo], outputs: &[TensorInfo], scheme: GrpcScheme, threads: usize, mode: Mode) -> Result<Self> {
-        let mut args: Vec<OsString> = ["serve", "--grpc", "127.0.0.1:0", "--mode", mode.id(), "--intra-op-threads", &threads.to_string()].map(OsString::from).into();
+        // No idle timeout: the bench's connection idles while the other
+        // schemes are prepared (an ONNX export takes minutes on a slow machine).
+        let mut args: Vec<OsString> = ["serve", "--grpc", "127.0.0.1:0", "--mode", mode.id(), "--intra-op-threads", &threads.to_string(), "--idle-timeout-s", "0"].map(OsString::from).into();
         if scheme == GrpcScheme::Echo {
             args.push("--echo".into());
         }
