@@ -49,6 +49,15 @@ pub struct Alone {
     pub requests_per_s: f64,
 }
 
+/// The intra-op threads one model's schemes ran with.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IntraOp {
+    pub model: String,
+    pub threads: usize,
+    /// What was measured, or the flag.
+    pub why: String,
+}
+
 /// One scheme at one concurrency.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ThroughputResult {
@@ -84,9 +93,8 @@ pub struct ThroughputReport {
     pub buckets: Vec<usize>,
     pub cell_ms: f64,
     pub rounds: usize,
-    /// libtorch intra-op threads of the schemes' sessions, and why.
-    pub intra_op_threads: usize,
-    pub intra_op_choice: String,
+    /// libtorch intra-op threads of each model's schemes, and why.
+    pub intra_op: Vec<IntraOp>,
     pub machine: Machine,
     pub results: Vec<ThroughputResult>,
 }
@@ -242,17 +250,18 @@ pub fn run(rt: &Runtime, opts: &BenchOptions, t: &ThroughputOptions) -> Result<T
     }
     let buckets = t.batch.bucket_sizes()?;
     let benches = opts.models.iter().map(|m| Bench::new(rt, opts, m)).collect::<Result<Vec<_>>>()?;
-    // Two threads run passes side by side: the session's and the batcher's.
-    let (threads, why) = if t.mode == Mode::Cpu {
-        let models: Vec<(&crate::model::Model, &[TensorInfo])> = benches.iter().map(|b| (&b.model, b.entry.inputs.as_slice())).collect();
-        crate::intra_op::set_for_sessions(opts.intra_op_threads, &models, THROUGHPUT_SCHEMES.len())?
-    } else {
-        (tch::get_num_threads().max(1) as usize, "libtorch's default (a GPU mode)".to_string())
-    };
-    tracing::info!("intra-op threads: {threads} ({why})");
     let mut results = Vec::new();
+    let mut choices = Vec::new();
     for bench in &benches {
         let label = &bench.entry.label;
+        // Per model, measured: the schemes take turns, one pass at a time.
+        let (threads, why) = if t.mode == Mode::Cpu {
+            crate::intra_op::set_for_sessions(opts.intra_op_threads, &[(&bench.model, bench.entry.inputs.as_slice())], 1)?
+        } else {
+            (tch::get_num_threads().max(1) as usize, "libtorch's default (a GPU mode)".to_string())
+        };
+        tracing::info!("{label}: intra-op threads {threads} ({why})");
+        choices.push(IntraOp { model: label.clone(), threads, why });
         let mut spec = SessionSpec::new().mode(t.mode);
         for i in &bench.entry.inputs {
             spec = spec.input(&i.name, i.dtype, &i.shape);
@@ -336,8 +345,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions, t: &ThroughputOptions) -> Result<T
         buckets,
         cell_ms: t.cell.as_secs_f64() * 1e3,
         rounds: t.rounds.max(1),
-        intra_op_threads: threads,
-        intra_op_choice: why,
+        intra_op: choices,
         machine: super::machine(rt),
         results,
     })
