@@ -50,7 +50,9 @@ pub fn cdf_svg(results: &[SchemeResult], title: &str, path: &Path) -> Result<()>
 /// its concurrencies (each point labelled `K=`), into an SVG file.
 pub fn throughput_svg(results: &[super::throughput::ThroughputResult], title: &str, path: &Path) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| Error::Session(format!("drawing {}: {e}", path.display()));
-    let mut lines: Vec<((String, String), Vec<(f64, f64, usize)>)> = Vec::new();
+    // (model, scheme) → its points (requests/s, P99 ms, K).
+    type Line = ((String, String), Vec<(f64, f64, usize)>);
+    let mut lines: Vec<Line> = Vec::new();
     for r in results {
         let key = (r.model.clone(), r.scheme.clone());
         let point = (r.requests_per_s, r.latency.p99_us / 1e3, r.concurrency);

@@ -311,8 +311,8 @@ pub fn run(rt: &Runtime, opts: &BenchOptions, t: &ThroughputOptions) -> Result<T
                 let mean_batch = if batched && c.batches > 0 { c.samples as f64 / c.batches as f64 } else { 1.0 };
                 let alone = if batched {
                     let n = (mean_batch.round() as usize).clamp(1, t.batch.max_batch());
-                    if !alone_at.contains_key(&n) {
-                        alone_at.insert(n, alone(rt, bench, t.mode, n)?);
+                    if let std::collections::btree_map::Entry::Vacant(e) = alone_at.entry(n) {
+                        e.insert(alone(rt, bench, t.mode, n)?);
                     }
                     alone_at.get(&n).copied()
                 } else {
