@@ -155,7 +155,9 @@ enum Command {
         #[arg(long, value_name = "S", default_value_t = uminfer::oip::conn::DEFAULT_IDLE_TIMEOUT_S, conflicts_with = "name")]
         idle_timeout_s: u64,
         /// With --grpc: the REST and /metrics listeners close a connection whose
-        /// request head (line and headers) has not arrived within this many seconds.
+        /// request head (line and headers) has not arrived within this many seconds;
+        /// with --tls-cert, every listener closes one whose TLS handshake has not
+        /// finished within it.
         #[arg(long, value_name = "S", default_value_t = uminfer::oip::conn::DEFAULT_HEADER_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "name")]
         header_timeout_s: u64,
         /// With --grpc: REST requests whose body has not arrived whole within
@@ -178,6 +180,16 @@ enum Command {
         /// with header KEY=VALUE (others get 403), as Triton's option. Repeatable.
         #[arg(long, value_name = "CATEGORY[,...]:KEY=VALUE", conflicts_with = "name")]
         http_restricted_api: Vec<uminfer::oip::access::Restriction>,
+        /// With --grpc: serve every listener (gRPC, REST, /metrics) over TLS only,
+        /// with this certificate chain (PEM, the server's certificate first); needs
+        /// --tls-key. gRPC offers ALPN h2, REST and /metrics http/1.1; a plain-text
+        /// client's connection is closed (docs/security.md).
+        #[arg(long, value_name = "PATH", requires = "tls_key", conflicts_with = "name")]
+        tls_cert: Option<PathBuf>,
+        /// With --grpc: the private key of --tls-cert's certificate (PEM: PKCS#8,
+        /// PKCS#1 or SEC1); needs --tls-cert.
+        #[arg(long, value_name = "PATH", requires = "tls_cert", conflicts_with = "name")]
+        tls_key: Option<PathBuf>,
     },
     /// The serialize-copy scheme's HTTP/JSON server (started by `bench`; prints
     /// `http=ADDR`, serves until killed).
@@ -820,6 +832,8 @@ fn main() {
             shm_from_any_peer,
             grpc_restricted_protocol,
             http_restricted_api,
+            tls_cert,
+            tls_key,
         } => match (grpc, name) {
             (Some(addr), _) => report_error(uminfer::oip::InputShapes::new(&input_shape, &model).map_err(Into::into).and_then(|input_shapes| {
                 let mut opts = uminfer::oip::GrpcOptions::new(addr, model);
@@ -856,6 +870,11 @@ fn main() {
                     spec.bucket_sizes()?;
                     opts.batching = Some(spec);
                 }
+                opts.tls = match (tls_cert, tls_key) {
+                    (Some(cert), Some(key)) => Some(uminfer::oip::tls::Tls::from_pem_files(&cert, &key)?),
+                    (None, None) => None,
+                    _ => bail!("--tls-cert and --tls-key go together: give both (PEM files) or neither"),
+                };
                 serve_grpc(opts, intra_op_threads)
             })),
             (None, name) => report_error(shm_options(name, model).and_then(|mut opts| {

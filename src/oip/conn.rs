@@ -1,6 +1,7 @@
 //! The connections of every listener (gRPC, REST, `/metrics`): a bound on
-//! those open at once ([`Gate`]), an idle timeout, TCP keep-alive, and an
-//! accept loop that backs off when the process runs out of file descriptors.
+//! those open at once ([`Gate`]), an idle timeout, TCP keep-alive, TLS when
+//! configured, and an accept loop that backs off when the process runs out
+//! of file descriptors.
 //!
 //! - **Bound.** Beyond [`Limits::max_connections`] open connections across
 //!   all listeners, a new connection is accepted and closed at once (so it
@@ -15,6 +16,12 @@
 //!   the queue and the listener stays readable: retrying at once would spin
 //!   on a core. The loop sleeps [`BACKOFF`] instead and logs it at most once
 //!   a second.
+//! - **TLS.** With an acceptor ([`tls`](super::tls)), each admitted
+//!   connection's handshake runs in a task of its own, so a slow one holds up
+//!   no other; it holds its place under the bound and must finish within
+//!   [`Limits::header`], else the connection is closed. A failed handshake (a
+//!   plain-text client, a certificate the client refuses) closes it and is
+//!   logged at debug level. Only finished handshakes reach the servers.
 
 use parking_lot::Mutex;
 use std::future::Future;
@@ -26,6 +33,8 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 /// The default of [`Limits::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
@@ -55,7 +64,8 @@ pub struct Limits {
     /// Close a connection with no request in progress for this long
     /// (`--idle-timeout-s`); `None`: never.
     pub idle: Option<Duration>,
-    /// HTTP/1: the whole request head must arrive within this (`--header-timeout-s`).
+    /// HTTP/1: the whole request head must arrive within this; TLS: the
+    /// handshake must finish within this (`--header-timeout-s`).
     pub header: Duration,
     /// REST: the whole request body must arrive within this (`--body-timeout-s`).
     pub body: Duration,
@@ -146,9 +156,11 @@ impl Gate {
         self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok().map(|_| Slot(self.clone()))
     }
 
-    /// Accepts connections from `listener` ([`Incoming`]).
-    pub fn incoming(self: &Arc<Self>, listener: TcpListener, what: &'static str) -> Incoming {
-        Incoming { listener, gate: self.clone(), what, backoff: None }
+    /// Accepts connections from `listener` ([`Incoming`]), over TLS when
+    /// given an acceptor.
+    pub fn incoming(self: &Arc<Self>, listener: TcpListener, what: &'static str, tls: Option<TlsAcceptor>) -> Incoming {
+        let tls = tls.map(|acceptor| Handshakes { acceptor, pending: tokio::task::JoinSet::new() });
+        Incoming { listener, gate: self.clone(), what, backoff: None, tls }
     }
 }
 
@@ -205,10 +217,27 @@ pub struct ConnInfo {
     pub activity: Arc<Activity>,
 }
 
-/// An accepted connection under the bound: its reads end (EOF) once it has
-/// been idle for the idle timeout, which closes it.
+/// The byte stream of a connection: plain TCP, or TLS over it.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Calls `$method` on whichever stream `$io` (a `&mut Io`) holds, pinned.
+macro_rules! on_io {
+    ($io:expr, $method:ident($($arg:expr),*)) => {
+        match $io {
+            Io::Plain(s) => Pin::new(s).$method($($arg),*),
+            Io::Tls(s) => Pin::new(s.as_mut()).$method($($arg),*),
+        }
+    };
+}
+
+/// An accepted connection under the bound (its TLS handshake, if any,
+/// finished): its reads end (EOF) once it has been idle for the idle
+/// timeout, which closes it.
 pub struct Conn {
-    io: TcpStream,
+    io: Io,
     info: ConnInfo,
     idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     expired: bool,
@@ -216,6 +245,12 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// `io` from `peer`, holding `slot`; idle from now on.
+    fn new(io: Io, peer: SocketAddr, idle: Option<Duration>, slot: Slot) -> Self {
+        let idle = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+        Conn { io, info: ConnInfo { peer, activity: Activity::new() }, idle, expired: false, _slot: slot }
+    }
+
     pub fn info(&self) -> &ConnInfo {
         &self.info
     }
@@ -246,7 +281,7 @@ impl AsyncRead for Conn {
         if this.expired {
             return Poll::Ready(Ok(()));
         }
-        if let Poll::Ready(r) = Pin::new(&mut this.io).poll_read(cx, buf) {
+        if let Poll::Ready(r) = on_io!(&mut this.io, poll_read(cx, buf)) {
             return Poll::Ready(r);
         }
         if this.idle_expired(cx) {
@@ -260,23 +295,26 @@ impl AsyncRead for Conn {
 
 impl AsyncWrite for Conn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        on_io!(&mut self.io, poll_write(cx, buf))
     }
 
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        on_io!(&mut self.io, poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        on_io!(&mut self.io, poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        on_io!(&mut self.io, poll_shutdown(cx))
     }
 }
 
@@ -294,13 +332,22 @@ fn out_of_resources(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
+/// The TLS handshakes of a listener's admitted connections: each a task
+/// that yields its [`Conn`], or `None` when it failed or timed out.
+struct Handshakes {
+    acceptor: TlsAcceptor,
+    pending: tokio::task::JoinSet<Option<Conn>>,
+}
+
 /// A listener's accepted connections under the [`Gate`]: a stream for
-/// tonic's `serve_with_incoming`, or [`next`](Self::next).
+/// tonic's `serve_with_incoming`, or [`next`](Self::next). Dropping it stops
+/// listening and abandons the handshakes in progress.
 pub struct Incoming {
     listener: TcpListener,
     gate: Arc<Gate>,
     what: &'static str,
     backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+    tls: Option<Handshakes>,
 }
 
 impl Incoming {
@@ -315,14 +362,45 @@ impl Incoming {
 
     fn poll_conn(&mut self, cx: &mut Context<'_>) -> Poll<Conn> {
         loop {
+            // Finished handshakes first; polling them registers this task for the next.
+            if let Some(tls) = &mut self.tls {
+                while let Poll::Ready(Some(done)) = tls.pending.poll_join_next(cx) {
+                    match done {
+                        Ok(Some(c)) => return Poll::Ready(c),
+                        Ok(None) => {}
+                        Err(e) => tracing::debug!("{}: a TLS handshake's task: {e}", self.what),
+                    }
+                }
+            }
             if let Some(b) = &mut self.backoff {
                 ready!(b.as_mut().poll(cx));
                 self.backoff = None;
             }
             match ready!(self.listener.poll_accept(cx)) {
                 Ok((io, peer)) => {
-                    if let Some(c) = self.admit(io, peer) {
-                        return Poll::Ready(c);
+                    let Some(slot) = self.admit(&io, peer) else { continue }; // dropping `io` closes it
+                    let idle = self.gate.limits.idle;
+                    match &mut self.tls {
+                        None => return Poll::Ready(Conn::new(Io::Plain(io), peer, idle, slot)),
+                        Some(tls) => {
+                            let (accept, timeout, what) = (tls.acceptor.accept(io), self.gate.limits.header, self.what);
+                            tls.pending.spawn(async move {
+                                match tokio::time::timeout(timeout, accept).await {
+                                    Ok(Ok(io)) => Some(Conn::new(Io::Tls(Box::new(io)), peer, idle, slot)),
+                                    Ok(Err(e)) => {
+                                        tracing::debug!("{what}: closing the connection from {peer}: its TLS handshake failed: {e}");
+                                        None
+                                    }
+                                    Err(_) => {
+                                        tracing::debug!(
+                                            "{what}: closing the connection from {peer}: its TLS handshake did not finish within {} s (--header-timeout-s)",
+                                            timeout.as_secs_f64()
+                                        );
+                                        None
+                                    }
+                                }
+                            });
+                        }
                     }
                 }
                 Err(e) if out_of_resources(&e) => {
@@ -342,7 +420,9 @@ impl Incoming {
         }
     }
 
-    fn admit(&self, io: TcpStream, peer: SocketAddr) -> Option<Conn> {
+    /// A place under the bound for `io` (else `None`: the caller drops it,
+    /// which closes it), with its socket options set.
+    fn admit(&self, io: &TcpStream, peer: SocketAddr) -> Option<Slot> {
         let Some(slot) = self.gate.take() else {
             if let Some(held) = self.gate.refused.ready() {
                 tracing::warn!(
@@ -351,18 +431,17 @@ impl Incoming {
                     self.gate.limits.max_connections
                 );
             }
-            return None; // dropping `io` closes it
+            return None;
         };
         // TCP_NODELAY: without it Nagle's algorithm holds small responses back.
         if let Err(e) = io.set_nodelay(true) {
             tracing::debug!("{}: TCP_NODELAY on the connection from {peer}: {e}", self.what);
         }
         let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
-        if let Err(e) = socket2::SockRef::from(&io).set_tcp_keepalive(&keepalive) {
+        if let Err(e) = socket2::SockRef::from(io).set_tcp_keepalive(&keepalive) {
             tracing::debug!("{}: TCP keep-alive on the connection from {peer}: {e}", self.what);
         }
-        let idle = self.gate.limits.idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
-        Some(Conn { io, info: ConnInfo { peer, activity: Activity::new() }, idle, expired: false, _slot: slot })
+        Some(slot)
     }
 }
 

@@ -17,7 +17,8 @@
 //! | [`metrics`] | Prometheus request metrics and the `/metrics` HTTP listener |
 //! | [`polling`] | the transport thread: inference on it for a lone session with short requests, polling after each answer |
 //! | [`access`] | restricted APIs (Triton's `--grpc-restricted-protocol`, `--http-restricted-api`) |
-//! | [`conn`] | connections: the bound across listeners, idle timeout, keep-alive, backing off when out of descriptors |
+//! | [`conn`] | connections: the bound across listeners, idle timeout, keep-alive, TLS handshakes, backing off when out of descriptors |
+//! | [`tls`] | TLS (`--tls-cert`, `--tls-key`): the certificate and key from PEM files, an acceptor per ALPN protocol |
 //! | [`server`] | options, listening, the stream bound, graceful shutdown on SIGINT/SIGTERM |
 
 pub mod access;
@@ -34,6 +35,7 @@ pub mod shm;
 pub mod stats;
 pub mod status;
 pub mod tensors;
+pub mod tls;
 
 pub use models::{InputShape, InputShapes, ModelSource, Models, ServedModel};
 pub use server::{GrpcOptions, GrpcServer, Listening};

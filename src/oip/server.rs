@@ -3,7 +3,8 @@
 //! new requests and returns once the requests in flight have been answered
 //! (tonic's graceful shutdown). Each connection is bounded to
 //! [`GrpcOptions::max_streams`] concurrent HTTP/2 streams; connections are
-//! bounded, timed out when idle and pinged ([`conn`](super::conn)). Beside the
+//! bounded, timed out when idle and pinged ([`conn`](super::conn)), and with
+//! [`GrpcOptions::tls`] every listener serves TLS only ([`tls`](super::tls)). Beside the
 //! inference service it serves the standard `grpc.health.v1.Health` service
 //! (`tonic-health`) for orchestrators' probes: `""` and
 //! `inference.GRPCInferenceService` follow `ServerReady`, [`LIVENESS`]
@@ -16,6 +17,7 @@ use super::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use super::access::{RestrictLayer, Restrictions};
 use super::conn::{Gate, Guarded, TrackLayer};
 use super::service::OipService;
+use super::tls::{Alpn, Tls};
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::session::ModeChoice;
@@ -80,6 +82,9 @@ pub struct GrpcOptions {
     /// Gather requests into batches (`--max-batch` and its options): one
     /// batcher per model instead of `sessions` sessions.
     pub batching: Option<crate::batch::BatchSpec>,
+    /// Serve every listener (gRPC, REST, `/metrics`) over TLS with this
+    /// certificate and key (`--tls-cert`, `--tls-key`); `None`: plain text.
+    pub tls: Option<Tls>,
 }
 
 /// The `grpc.health.v1` service name that answers `SERVING` while the
@@ -116,10 +121,11 @@ pub struct Listening {
 /// listener's result) once `stopping` turns true and its requests are answered.
 type HttpListener = (SocketAddr, tokio::task::JoinHandle<Result<()>>);
 
-/// Serves `router` on `at` (HTTP/1) until `stopping` turns true; `what`
-/// names it in the log and in errors. Its connections count under `gate`;
-/// a request head must arrive within the header timeout, a body (at most
-/// `max_body` bytes) within the body timeout.
+/// Serves `router` on `at` (HTTP/1, over TLS when `tls` is given) until
+/// `stopping` turns true; `what` names it in the log and in errors. Its
+/// connections count under `gate`; a request head must arrive within the
+/// header timeout, a body (at most `max_body` bytes) within the body timeout.
+#[allow(clippy::too_many_arguments)]
 async fn serve_http(
     at: SocketAddr,
     what: &'static str,
@@ -127,14 +133,16 @@ async fn serve_http(
     gate: &Arc<Gate>,
     max_body: usize,
     restricted: Arc<Restrictions>,
+    tls: Option<&Tls>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<HttpListener> {
     let err = move |doing: &str, e: &dyn std::fmt::Display| Error::Grpc(format!("{doing} {what} on {at}: {e}"));
     let listener = tokio::net::TcpListener::bind(at).await.map_err(|e| err("listening for", &e))?;
     let bound = listener.local_addr().map_err(|e| err("reading the address of", &e))?;
-    tracing::info!("serving {what} on http://{bound}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("serving {what} on {scheme}://{bound}");
     let limits = *gate.limits();
-    let mut incoming = gate.incoming(listener, what);
+    let mut incoming = gate.incoming(listener, what, tls.map(|t| t.acceptor(Alpn::Http1)));
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header);
     let task = async move {
@@ -233,6 +241,7 @@ impl GrpcOptions {
             grpc_restricted: Vec::new(),
             http_restricted: Vec::new(),
             batching: None,
+            tls: None,
         }
     }
 }
@@ -277,13 +286,14 @@ impl GrpcServer {
             limits.check_descriptors();
             let gate = Gate::new(limits);
             let listener = tokio::net::TcpListener::bind(self.opts.addr).await.map_err(|e| grpc(&format!("listening on {}", self.opts.addr), &e))?;
-            let incoming = gate.incoming(listener, "gRPC");
+            let tls = self.opts.tls.take();
+            let incoming = gate.incoming(listener, "gRPC", tls.as_ref().map(|t| t.acceptor(Alpn::H2)));
             let addr = incoming.local_addr().map_err(|e| grpc("reading the bound address", &e))?;
             let (stop, stopping) = tokio::sync::watch::channel(false);
             let metrics = Arc::new(Metrics::default());
             let metrics_server = match self.opts.metrics_addr {
                 None => None,
-                Some(at) => Some(serve_http(at, "Prometheus /metrics", super::metrics::router(metrics.clone()), &gate, METRICS_MAX_BODY, Default::default(), stopping.clone()).await?),
+                Some(at) => Some(serve_http(at, "Prometheus /metrics", super::metrics::router(metrics.clone()), &gate, METRICS_MAX_BODY, Default::default(), tls.as_ref(), stopping.clone()).await?),
             };
             let polling = Arc::new(Polling::new(self.opts.spin));
             tokio::spawn({
@@ -294,7 +304,7 @@ impl GrpcServer {
             let oip = OipService::new(self.models, stopping.clone(), metrics, polling, self.opts.max_calls, shm_limits).allow_shm_from_any_peer(self.opts.shm_from_any_peer);
             let rest_server = match self.opts.http_addr {
                 None => None,
-                Some(at) => Some(serve_http(at, "the REST form", super::rest::router(oip.clone(), self.opts.max_message_bytes), &gate, self.opts.max_message_bytes, http_restricted, stopping).await?),
+                Some(at) => Some(serve_http(at, "the REST form", super::rest::router(oip.clone(), self.opts.max_message_bytes), &gate, self.opts.max_message_bytes, http_restricted, tls.as_ref(), stopping).await?),
             };
             let service = GrpcInferenceServiceServer::new(oip).max_decoding_message_size(self.opts.max_message_bytes);
             // `""` (the whole server) starts SERVING: every model is loaded by now.
@@ -313,7 +323,10 @@ impl GrpcServer {
                 health.set_not_serving::<GrpcInferenceServiceServer<OipService>>().await;
                 tracing::info!("termination requested: finishing the requests in flight");
             };
-            tracing::info!("serving the Open Inference Protocol (gRPC) on {addr}");
+            match &tls {
+                None => tracing::info!("serving the Open Inference Protocol (gRPC) on {addr}"),
+                Some(t) => tracing::info!("serving the Open Inference Protocol (gRPC) on {addr} over TLS only (certificate {})", t.cert().display()),
+            }
             on_listening(Listening { grpc: addr, metrics: metrics_server.as_ref().map(|(a, _)| *a), http: rest_server.as_ref().map(|(a, _)| *a) });
             let served = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(super::conn::KEEPALIVE_INTERVAL))

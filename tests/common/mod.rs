@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod server;
+
 /// Why GPU tests cannot run here, or `None` when a GPU is usable by libtorch.
 pub fn gpu_unavailable() -> Option<String> {
     if let Err(e) = uminfer::cuda::driver::ensure_driver() {
