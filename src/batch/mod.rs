@@ -14,6 +14,9 @@
 //! |---|---|
 //! | `queue` | the queue: admission, gathering a batch, answering each request once |
 //! | [`stats`] | [`BatchSummary`]: batch sizes, padding, queue time |
+//!
+//! [`Execution`] is either a batcher or a session pool, for callers that
+//! serve a model one way or the other.
 
 mod queue;
 pub mod stats;
@@ -24,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::mode::Mode;
 use crate::model::{InputDecl, Model, TensorInfo};
 use crate::runtime::Runtime;
-use crate::session::{ModeChoice, RunTiming, Session, SessionSpec, TensorMut, TensorRef};
+use crate::session::{ModeChoice, RunTiming, Session, SessionPool, SessionSpec, TensorMut, TensorRef};
 use parking_lot::Mutex;
 use queue::{Bindings, Limits, Queue, Request};
 use std::sync::Arc;
@@ -162,10 +165,46 @@ pub struct Batcher {
 }
 
 /// `info` with `n` as its first dimension.
-fn with_batch(info: &TensorInfo, n: usize) -> TensorInfo {
+pub(crate) fn with_batch(info: &TensorInfo, n: usize) -> TensorInfo {
     let mut shape = info.shape.clone();
     shape[0] = n as i64;
     TensorInfo { name: info.name.clone(), dtype: info.dtype, shape }
+}
+
+/// What runs a model's requests: a pool of sessions, or a batcher (the
+/// servers' models, `bench --concurrency`'s schemes).
+pub enum Execution {
+    /// Each request alone, in a session of the pool.
+    Sessions(SessionPool),
+    /// Requests gathered into batches.
+    Batched(Batcher),
+}
+
+impl Execution {
+    /// Sessions that run at once.
+    pub fn sessions(&self) -> usize {
+        match self {
+            Self::Sessions(p) => p.size(),
+            Self::Batched(_) => 1,
+        }
+    }
+
+    /// The batcher, when requests are batched.
+    pub fn batcher(&self) -> Option<&Batcher> {
+        match self {
+            Self::Sessions(_) => None,
+            Self::Batched(b) => Some(b),
+        }
+    }
+
+    /// Runs one request over caller memory (blocking: waits for a session,
+    /// or for its batch to run).
+    pub fn run_on(&self, inputs: &[TensorRef<'_>], outputs: &mut [TensorMut<'_>]) -> Result<()> {
+        match self {
+            Self::Sessions(p) => p.checkout().run_on(inputs, outputs).map(drop),
+            Self::Batched(b) => b.run(inputs, outputs).map(drop),
+        }
+    }
 }
 
 /// What the scheduler thread built: the bucket sessions and what they are.

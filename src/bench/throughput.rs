@@ -10,7 +10,7 @@
 //! | `batched` | a [`Batcher`] with a session per bucket |
 
 use super::{check_outputs, Bench, BenchModel, BenchOptions, Machine};
-use crate::batch::{BatchSpec, Batcher};
+use crate::batch::{with_batch, BatchSpec, Batcher, Execution};
 use crate::error::{Error, Result};
 use crate::host_tensor::HostTensor;
 use crate::mode::Mode;
@@ -124,23 +124,8 @@ impl Buffer {
     }
 }
 
-/// What runs one scheme's requests.
-enum Runner {
-    Sessions(SessionPool),
-    Batched(Batcher),
-}
-
-impl Runner {
-    fn run(&self, inputs: &[TensorRef<'_>], outputs: &mut [TensorMut<'_>]) -> Result<()> {
-        match self {
-            Self::Sessions(p) => p.checkout().run_on(inputs, outputs).map(drop),
-            Self::Batched(b) => b.run(inputs, outputs).map(drop),
-        }
-    }
-}
-
 /// One request over `ins` into `outs` (a client's buffers) through `r`.
-fn request(r: &Runner, infos: &[TensorInfo], out_infos: &[TensorInfo], ins: &[Buffer], outs: &mut [Buffer]) -> Result<()> {
+fn request(r: &Execution, infos: &[TensorInfo], out_infos: &[TensorInfo], ins: &[Buffer], outs: &mut [Buffer]) -> Result<()> {
     let refs = infos.iter().zip(ins).map(|(t, b)| TensorRef::from_bytes(t.dtype, b.bytes())).collect::<Result<Vec<_>>>()?;
     let mut muts = out_infos
         .iter()
@@ -151,7 +136,7 @@ fn request(r: &Runner, infos: &[TensorInfo], out_infos: &[TensorInfo], ins: &[Bu
             TensorMut::from_bytes(t.dtype, unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast(), bytes.len()) })
         })
         .collect::<Result<Vec<_>>>()?;
-    r.run(&refs, &mut muts)
+    r.run_on(&refs, &mut muts)
 }
 
 /// Requests, their latencies and the time they took, at one K.
@@ -166,7 +151,7 @@ struct Cell {
 }
 
 /// `k` client threads sending requests through `r` back to back for `cell`.
-fn measure(r: &Runner, bench: &Bench<'_>, k: usize, cell: Duration) -> Result<(u64, f64, hdrhistogram::Histogram<u64>)> {
+fn measure(r: &Execution, bench: &Bench<'_>, k: usize, cell: Duration) -> Result<(u64, f64, hdrhistogram::Histogram<u64>)> {
     let (infos, out_infos) = (&bench.entry.inputs, &bench.entry.outputs);
     // Two samples per client, alternating, drawn before the clock starts.
     let mut clients: Vec<Vec<Vec<Buffer>>> = (0..k).map(|t| (0..2).map(|i| bench.inputs.get((t * 2 + i) as u64).iter().map(Buffer::of).collect()).collect()).collect();
@@ -201,7 +186,7 @@ fn measure(r: &Runner, bench: &Bench<'_>, k: usize, cell: Duration) -> Result<(u
 }
 
 /// Checks `r`'s answer to the bench's check input against the CPU eager one.
-fn check(r: &Runner, bench: &Bench<'_>, scheme: &str, mode: Mode) -> Result<()> {
+fn check(r: &Execution, bench: &Bench<'_>, scheme: &str, mode: Mode) -> Result<()> {
     let (infos, out_infos) = (&bench.entry.inputs, &bench.entry.outputs);
     let ins: Vec<Buffer> = bench.check_input.iter().map(Buffer::of).collect();
     let mut outs: Vec<Buffer> = out_infos.iter().map(Buffer::zeroed).collect();
@@ -223,11 +208,7 @@ fn alone(rt: &Runtime, bench: &Bench<'_>, mode: Mode, n: usize) -> Result<Alone>
         .entry
         .inputs
         .iter()
-        .map(|t| {
-            let mut shape = t.shape.clone();
-            shape[0] = n as i64;
-            InputDecl { name: Some(t.name.clone()), dtype: Some(t.dtype), shape: Some(shape) }
-        })
+        .map(|t| InputDecl { name: Some(t.name.clone()), dtype: Some(t.dtype), shape: Some(with_batch(t, n).shape) })
         .collect();
     let mut spec = SessionSpec::new().mode(mode);
     for d in decls {
@@ -267,7 +248,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions, t: &ThroughputOptions) -> Result<T
             spec = spec.input(&i.name, i.dtype, &i.shape);
         }
         tracing::info!("building the throughput schemes of {label} in {}", t.mode);
-        let runners = [Runner::Sessions(SessionPool::new(rt, &bench.model, spec.clone().dedicated_thread(true), 1)?), Runner::Batched(rt.batcher(&bench.model, spec, t.batch.clone())?)];
+        let runners = [Execution::Sessions(SessionPool::new(rt, &bench.model, spec.clone().dedicated_thread(true), 1)?), Execution::Batched(rt.batcher(&bench.model, spec, t.batch.clone())?)];
         for (r, name) in runners.iter().zip(THROUGHPUT_SCHEMES) {
             check(r, bench, name, t.mode)?;
             // Warm-up: one short cell at the largest K.
@@ -279,15 +260,9 @@ pub fn run(rt: &Runtime, opts: &BenchOptions, t: &ThroughputOptions) -> Result<T
                 for j in 0..runners.len() {
                     let which = (j + round) % runners.len();
                     let r = &runners[which];
-                    let before = match r {
-                        Runner::Batched(b) => Some(b.stats()),
-                        Runner::Sessions(_) => None,
-                    };
+                    let before = r.batcher().map(Batcher::stats);
                     let (n, secs, h) = measure(r, bench, k, t.cell)?;
-                    let after = match r {
-                        Runner::Batched(b) => Some(b.stats()),
-                        Runner::Sessions(_) => None,
-                    };
+                    let after = r.batcher().map(Batcher::stats);
                     let c = cells.entry((which, k)).or_insert_with(|| Cell { requests: 0, seconds: 0.0, latency: histogram(), batches: 0, samples: 0, padded: 0 });
                     c.requests += n;
                     c.seconds += secs;

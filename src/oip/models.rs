@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::dtype::DType;
 use crate::model::{InputDecl, TensorInfo};
-use crate::batch::{BatchSpec, Batcher};
-use crate::session::{ModeChoice, SessionPool, SessionSpec, TensorMut, TensorRef};
+use crate::batch::{BatchSpec, Batcher, Execution};
+use crate::session::{ModeChoice, SessionPool, SessionSpec};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -131,43 +131,6 @@ impl std::str::FromStr for ModelSource {
     }
 }
 
-/// What runs a served model's requests.
-pub enum Execution {
-    /// Each request alone, in a session of the pool.
-    Sessions(SessionPool),
-    /// Requests gathered into batches (`--max-batch`): [`inputs`](ServedModel::inputs)
-    /// and [`outputs`](ServedModel::outputs) are one sample's, and a request
-    /// carries 1 to `max_batch` samples.
-    Batched(Batcher),
-}
-
-impl Execution {
-    /// Sessions that run at once.
-    pub fn sessions(&self) -> usize {
-        match self {
-            Self::Sessions(p) => p.size(),
-            Self::Batched(_) => 1,
-        }
-    }
-
-    /// The batcher, when requests are batched.
-    pub fn batcher(&self) -> Option<&Batcher> {
-        match self {
-            Self::Sessions(_) => None,
-            Self::Batched(b) => Some(b),
-        }
-    }
-
-    /// Runs one request over caller memory (blocking: waits for a session,
-    /// or for its batch to run).
-    pub fn run_on(&self, inputs: &[TensorRef<'_>], outputs: &mut [TensorMut<'_>]) -> Result<()> {
-        match self {
-            Self::Sessions(p) => p.checkout().run_on(inputs, outputs).map(drop),
-            Self::Batched(b) => b.run(inputs, outputs).map(drop),
-        }
-    }
-}
-
 /// One served model.
 pub struct ServedModel {
     /// The model name in the protocol.
@@ -180,7 +143,9 @@ pub struct ServedModel {
     pub outputs: Vec<TensorInfo>,
     /// The execution mode of its sessions.
     pub mode: crate::Mode,
-    /// What runs its requests.
+    /// What runs its requests (batched: [`inputs`](Self::inputs) and
+    /// [`outputs`](Self::outputs) are one sample's, and a request carries 1
+    /// to `max_batch` samples).
     pub exec: Execution,
     /// How long one of its requests takes in a session after warm-up
     /// ([`crate::intra_op::fastest_pass`], over the session's own regions).
@@ -249,15 +214,7 @@ impl ServedModel {
     /// A batched model's tensors for a request of `samples` samples: each
     /// with `samples` as its first dimension.
     pub fn batched_signature(&self, samples: usize) -> (Vec<TensorInfo>, Vec<TensorInfo>) {
-        let with = |ts: &[TensorInfo]| {
-            ts.iter()
-                .map(|t| {
-                    let mut t = t.clone();
-                    t.shape[0] = samples as i64;
-                    t
-                })
-                .collect()
-        };
+        let with = |ts: &[TensorInfo]| ts.iter().map(|t| crate::batch::with_batch(t, samples)).collect();
         (with(&self.inputs), with(&self.outputs))
     }
 
