@@ -79,6 +79,7 @@ fn run() -> Result<()> {
 
     compile_shim(&manifest, &out, &torch_dir, &cu13)?;
     embed_kernels(&manifest, &out)?;
+    #[cfg(feature = "grpc")]
     compile_protos(&manifest)?;
 
     println!("cargo:rustc-env=UMINFER_LIBTORCH_VERSION={version}");
@@ -222,6 +223,7 @@ fn embed_kernels(manifest: &Path, out: &Path) -> Result<()> {
 /// Compiles Triton's `proto/grpc_service.proto` (it imports `model_config.proto`)
 /// into the tonic server of `src/oip/` and the client `uminfer bench` uses. `protox` parses the files in Rust, so
 /// no system `protoc` is needed; `OUT_DIR/inference.rs` is the result.
+#[cfg(feature = "grpc")]
 fn compile_protos(manifest: &Path) -> Result<()> {
     let dir = manifest.join("proto");
     for f in ["grpc_service.proto", "model_config.proto"] {

@@ -5,8 +5,8 @@
 //! A client that waits for a short request polls (a wake-up from sleep costs
 //! 25–150 µs on the 2-core build machine, where the `tiny` model's forward
 //! pass is ~150 µs); a long request is waited for asleep
-//! ([`crate::ipc::Client`] polls at most
-//! [`MAX_CLIENT_SPIN`](crate::ipc::client::MAX_CLIENT_SPIN)).
+//! (a shared-memory or gRPC client polls at most
+//! [`MAX_CLIENT_SPIN`](crate::tuning::MAX_CLIENT_SPIN)).
 //!
 //! - **Shared memory** (`serve --name`, [`for_shm_clients`]): every core
 //!   unless the forward pass is tiny. Its client gives its core away at
@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 /// A forward pass shorter than this (timed with libtorch's default threads)
 /// counts as short: two thirds of the client's longest spin, so that clients
 /// spin through the whole request.
-pub const SHORT_FORWARD: Duration = Duration::from_micros(crate::ipc::client::MAX_CLIENT_SPIN.as_micros() as u64 * 2 / 3);
+pub const SHORT_FORWARD: Duration = Duration::from_micros(crate::tuning::MAX_CLIENT_SPIN.as_micros() as u64 * 2 / 3);
 
 /// Cores this process may run on.
 pub fn cores() -> usize {

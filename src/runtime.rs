@@ -23,17 +23,61 @@ pub struct Runtime {
     models: Arc<Mutex<HashMap<PathBuf, Model>>>,
 }
 
+/// How a [`Runtime`] starts: [`Runtime::with_options`].
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeOptions {
+    /// The doctor's probe (its GPU smoke tests allocate a few KB of managed
+    /// memory per device).
+    pub probe: ProbeOptions,
+    /// Set glibc's malloc thresholds so that freed tensor memory stays in the
+    /// process for the next request ([`crate::malloc_tuning`]): process-wide,
+    /// once. `false` leaves malloc as it is (a process that tunes malloc
+    /// itself or uses another allocator).
+    pub keep_freed_memory: bool,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self { probe: ProbeOptions::default(), keep_freed_memory: true }
+    }
+}
+
 impl Runtime {
     /// Probes the machine (the doctor, smoke tests included) once.
+    ///
+    /// **Process-wide effect**: sets glibc's malloc thresholds
+    /// (`M_MMAP_THRESHOLD`, `M_TRIM_THRESHOLD`, [`crate::malloc_tuning`]) once
+    /// per process, unless the environment has `UMINFER_KEEP_FREED_MEMORY=0`;
+    /// [`Runtime::with_options`] with `keep_freed_memory: false` does not.
+    ///
+    /// ```
+    /// let rt = uminfer::Runtime::new();
+    /// assert!(rt.usable_modes().contains(&uminfer::Mode::Cpu));
+    /// ```
     pub fn new() -> Self {
-        Self::from_report(doctor::diagnose(ProbeOptions::default()))
+        Self::with_options(RuntimeOptions::default())
     }
 
-    /// A runtime over an existing report (tests, or a probe made elsewhere).
-    /// Either constructor also sets glibc's malloc thresholds once per process
-    /// ([`crate::malloc_tuning`]; `UMINFER_KEEP_FREED_MEMORY=0` opts out).
+    /// [`Runtime::new`] with a say in the probe and in the malloc tuning.
+    ///
+    /// ```no_run
+    /// use uminfer::runtime::{Runtime, RuntimeOptions};
+    /// let rt = Runtime::with_options(RuntimeOptions { keep_freed_memory: false, ..Default::default() });
+    /// ```
+    pub fn with_options(options: RuntimeOptions) -> Self {
+        Self::build(doctor::diagnose(options.probe), options.keep_freed_memory)
+    }
+
+    /// A runtime over an existing report (tests, or a probe made elsewhere);
+    /// it sets the malloc thresholds as [`Runtime::new`] does.
     pub fn from_report(report: Report) -> Self {
-        crate::malloc_tuning::apply_once();
+        Self::build(report, true)
+    }
+
+    fn build(report: Report, keep_freed_memory: bool) -> Self {
+        if keep_freed_memory {
+            crate::malloc_tuning::apply_once();
+        }
         Self { report: Arc::new(report), models: Arc::default() }
     }
 
@@ -75,7 +119,22 @@ impl Runtime {
         Ok(self.models.lock().entry(key).or_insert(model).clone())
     }
 
-    /// Builds a session over any signature (see [`Session`]).
+    /// Builds a session over any signature (see [`Session`]): its input and
+    /// output regions, in the mode the spec asks for (or the fastest here).
+    ///
+    /// ```
+    /// use uminfer::session::ModeChoice;
+    /// use uminfer::{Runtime, SessionSpec};
+    ///
+    /// let rt = Runtime::new();
+    /// let model = rt.model("models/tiny.pt")?; // made by `bash ci/setup`
+    /// let mut s = rt.session(&model, SessionSpec::new().mode_choice(ModeChoice::Auto))?;
+    /// s.input_mut::<f32>("x")?.fill(0.5); // the memory the model reads
+    /// s.run()?;
+    /// let y: &[f32] = s.output(0)?; // the memory the model wrote
+    /// assert_eq!(y.len(), 10);
+    /// # Ok::<(), uminfer::Error>(())
+    /// ```
     pub fn session(&self, model: &Model, spec: SessionSpec) -> Result<Session> {
         Session::build(self, model, spec)
     }

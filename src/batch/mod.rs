@@ -152,6 +152,21 @@ pub struct BatchedRun {
 
 /// A dynamic batcher in front of one session per bucket; share it between
 /// threads (`&self` methods, `Sync`).
+///
+/// ```
+/// use uminfer::batch::BatchSpec;
+/// use uminfer::session::{TensorMut, TensorRef};
+/// use uminfer::{Runtime, SessionSpec};
+///
+/// let rt = Runtime::new();
+/// let model = rt.model("models/tiny.pt")?; // input x: f32 [1, 3, 128, 128], output [1, 10]
+/// let batcher = rt.batcher(&model, SessionSpec::new(), BatchSpec::new(4))?; // buckets 1, 2, 4
+/// let x = vec![0.5f32; 2 * 3 * 128 * 128]; // one request of two samples
+/// let mut y = vec![0f32; 2 * 10];
+/// let ran = batcher.run(&[TensorRef::new(&x)], &mut [TensorMut::new(&mut y)])?;
+/// assert_eq!((ran.samples, ran.bucket), (2, 2));
+/// # Ok::<(), uminfer::Error>(())
+/// ```
 pub struct Batcher {
     queue: Arc<Queue>,
     stats: Arc<Mutex<stats::BatchStats>>,

@@ -236,7 +236,7 @@ impl OipGrpc {
         // As the shared-memory client: poll for short answers (the server was
         // left a core for that), sleep at once for long ones.
         let short = threads < crate::intra_op::cores();
-        let poll = if short { crate::ipc::client::MAX_CLIENT_SPIN } else { Duration::ZERO };
+        let poll = if short { crate::tuning::MAX_CLIENT_SPIN } else { Duration::ZERO };
         let why = if short { "cores - 1: a short forward pass, a core left to the polling client" } else { "all cores: a long forward pass" };
         let note = format!("{}; serve --mode {mode}", server_threads_note(threads, why));
         Ok(Self { rt, client, template, inputs: inputs.to_vec(), outputs: outputs.to_vec(), transport, server: note, poll, _server: server })

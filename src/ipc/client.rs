@@ -23,13 +23,7 @@ use iceoryx2::prelude::*;
 use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
-/// Least time a client polls for its response (yielding the CPU between
-/// polls) before sleeping on its listener, while responses are short.
-pub const CLIENT_SPIN: Duration = Duration::from_micros(200);
-/// Most time a client polls before sleeping. When its typical response takes
-/// longer than two thirds of this, the client sleeps at once: a wake-up
-/// (25–150 µs) is small beside such a request, and the core is the server's.
-pub const MAX_CLIENT_SPIN: Duration = Duration::from_millis(2);
+pub use crate::tuning::{CLIENT_SPIN, MAX_CLIENT_SPIN};
 
 type RequestSample = iceoryx2::request_mut::RequestMut<Ipc, [u8], RequestHeaderV2, [u8], ResponseHeaderV2>;
 type ResponseSample = iceoryx2::response::Response<Ipc, [u8], ResponseHeaderV2>;
@@ -269,6 +263,21 @@ impl LoanedRequest {
 }
 
 /// A connection to one endpoint (protocol v2).
+///
+/// ```no_run
+/// // Beside `uminfer serve --model models/encoder.pt --name encoder`:
+/// use std::time::Duration;
+/// use uminfer::ipc::{Client, NamedTensor};
+///
+/// let mut c = Client::connect("encoder", Duration::from_secs(5))?;
+/// let (ids, mask) = (vec![7i64; 32], vec![1i64; 32]);
+/// let outputs = c.infer_tensors(&[
+///     NamedTensor::new("input_ids", &[1, 32], &ids)?,
+///     NamedTensor::new("attention_mask", &[1, 32], &mask)?,
+/// ])?;
+/// println!("{}: {:?}", outputs[0].name, outputs[0].shape);
+/// # Ok::<(), uminfer::Error>(())
+/// ```
 pub struct Client {
     names: Names,
     timeout: Duration,

@@ -29,9 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How often the server's poll for the next request gives up the CPU (the
-/// gRPC server's poller too).
-pub(crate) const YIELD_EVERY: Duration = Duration::from_micros(20);
+use crate::tuning::YIELD_EVERY;
 
 /// The clients of protocol v2 to point a v1 client to (the Python package's
 /// version, and the Rust crate's release this server belongs to).
@@ -152,8 +150,8 @@ enum V1 {
     Refuse(String),
 }
 
-/// A running server: [`Server::run`] blocks until [`Server::stop`] is called
-/// from another thread or SIGINT/SIGTERM arrives.
+/// A running server: [`Server::run`] blocks until the flag of
+/// [`Server::stop_handle`] is set from another thread or SIGINT/SIGTERM arrives.
 pub struct Server {
     opts: ServeOptions,
     node: Node<Ipc>,

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | [`signature`] | [`TensorInfo`], [`ModelInput`], [`InputDecl`], the signature hint, resolving a session's inputs |
 //! | [`pytree`] | tensor names from pytree specs (outputs of both formats, a package's inputs) |
-//! | [`file`] | the file's format, what a package was compiled for, whether a target can run it |
+//! | [`file`](mod@self::file) | the file's format, what a package was compiled for, whether a target can run it |
 //!
 //! Inputs are named by the model (TorchScript: `forward`'s arguments; a
 //! package: its call spec, or the hint its exporter recorded); outputs are
@@ -54,6 +54,14 @@ struct Inner {
 
 /// A model file, loaded at most once per device and shared by sessions
 /// (clones share it).
+///
+/// ```
+/// let rt = uminfer::Runtime::new();
+/// let model = rt.model("models/encoder.pt")?; // a TorchScript file; `.pt2`: an AOTInductor package
+/// let names: Vec<&str> = model.inputs()?.iter().map(|i| i.name.as_str()).collect();
+/// assert_eq!(names, ["input_ids", "attention_mask"]);
+/// # Ok::<(), uminfer::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Model {
     inner: Arc<Inner>,

@@ -14,7 +14,7 @@
 //!
 //! [`GrpcOptions::spin`]: super::GrpcOptions::spin
 
-use crate::ipc::server::YIELD_EVERY;
+use crate::tuning::YIELD_EVERY;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -56,15 +56,13 @@ impl Polling {
         }
     }
 
-    /// The poller: a task on the transport thread that, while [`polling`]
+    /// The poller: a task on the transport thread that, while `polling`
     /// (less than `spin` since the last answer), yields to tokio again and
     /// again, so that the runtime checks the network without blocking instead
     /// of sleeping; it gives the CPU to other threads every
     /// [`YIELD_EVERY`] (a client polling for its answer may share this core).
     /// Otherwise it waits for the next answer, using no CPU. Returns when
     /// `stopping` turns true.
-    ///
-    /// [`polling`]: Self::polling
     pub async fn run(&self, mut stopping: watch::Receiver<bool>) {
         if self.spin.is_zero() {
             return;

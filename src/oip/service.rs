@@ -105,7 +105,7 @@ impl OipService {
     /// to `polling`. Inference runs on the calling thread when
     /// [`runs_inline`] says so.
     /// At most `max_calls` inference calls run or streams are open at once
-    /// ([`Admission`]); shared memory registrations are bounded by `shm_limits`.
+    /// (admission control); shared memory registrations are bounded by `shm_limits`.
     pub fn new(models: Models, stopping: watch::Receiver<bool>, metrics: Arc<Metrics>, polling: Arc<Polling>, max_calls: usize, shm_limits: super::shm::Limits) -> Self {
         let (sessions, slowest) = (models.sessions(), models.slowest_request());
         let inline = runs_inline(sessions, slowest) && !models.batching();

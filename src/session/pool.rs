@@ -11,6 +11,26 @@ use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 /// A fixed set of sessions shared by many threads.
+///
+/// ```
+/// use uminfer::{Runtime, SessionPool, SessionSpec};
+///
+/// let rt = Runtime::new();
+/// let model = rt.model("models/tiny.pt")?;
+/// let pool = SessionPool::new(&rt, &model, SessionSpec::new(), 2)?;
+/// let request = |t: usize| -> uminfer::Result<usize> {
+///     let mut s = pool.checkout(); // waits for a free session; back to the pool on drop
+///     s.input_mut::<f32>("x")?.fill(t as f32 / 4.0);
+///     s.run()?;
+///     Ok(s.output::<f32>(0)?.len())
+/// };
+/// let lens = std::thread::scope(|sc| {
+///     let threads: Vec<_> = (0..4).map(|t| sc.spawn(move || request(t))).collect();
+///     threads.into_iter().map(|h| h.join().expect("a request thread panicked")).collect::<uminfer::Result<Vec<_>>>()
+/// })?;
+/// assert_eq!(lens, [10; 4]);
+/// # Ok::<(), uminfer::Error>(())
+/// ```
 pub struct SessionPool {
     idle: Mutex<Vec<Session>>,
     returned: Condvar,

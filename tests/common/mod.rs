@@ -47,7 +47,11 @@ pub fn model_path(name: &str) -> PathBuf {
 
 /// The `uminfer` binary under test: `$UMINFER_BIN` when set (bundles), else cargo's.
 pub fn uminfer_bin() -> PathBuf {
-    std::env::var_os("UMINFER_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_uminfer")))
+    // Cargo builds the binary (and names it here) only with the `cli` feature,
+    // which the tests that run it require.
+    std::env::var_os("UMINFER_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(option_env!("CARGO_BIN_EXE_uminfer").expect("the uminfer binary is built with the `cli` feature only"))
+    })
 }
 
 /// Largest absolute difference between two equally long slices.
