@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use uminfer::host_tensor::{fill_random, HostTensor};
 use uminfer::session::{ModeChoice, TensorMut, TensorRef};
-use uminfer::{Runtime, SessionPool, SessionSpec};
+use uminfer::{Runtime, SessionSpec};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     let rt = Runtime::new();
     let model = rt.model(&model_path)?;
     // The outputs (names, dtypes, shapes) are found when the sessions are built.
-    let pool = SessionPool::new(&rt, &model, SessionSpec::new().mode_choice(mode).calibration_runs(10), sessions)?;
+    let pool = rt.session_pool(&model, SessionSpec::new().mode_choice(mode).calibration_runs(10), sessions)?;
     {
         let s = pool.checkout();
         eprintln!("{} sessions in mode {}: {}", pool.size(), s.mode(), s.note());

@@ -85,9 +85,10 @@ pub enum Error {
     #[error("mode {mode} is not usable here: {reason} (see `uminfer doctor`)")]
     ModeUnusable { mode: crate::Mode, reason: String },
 
-    /// A session's declared shapes or dtypes do not fit the model or the input.
-    #[error("session: {0}")]
-    Session(String),
+    /// A session could not be built as asked, or a request on it failed;
+    /// `kind` says which, for a caller to match on.
+    #[error("session: {message}")]
+    Session { kind: SessionErrorKind, message: String },
 
     /// A session's declarations do not fit the model's inputs.
     #[error("model {}: {source}", path.display())]
@@ -109,9 +110,9 @@ pub enum Error {
     #[error("CUDA graph capture failed: {0}; allow eager fallback with SessionSpec::allow_eager_fallback(true) to run without a graph")]
     Capture(String),
 
-    /// The shared-memory transport failed.
-    #[error("shared-memory IPC: {0}")]
-    Ipc(String),
+    /// The shared-memory transport failed; `kind` says how.
+    #[error("shared-memory IPC: {message}")]
+    Ipc { kind: IpcErrorKind, message: String },
 
     /// The gRPC endpoint could not listen or serve.
     #[error("gRPC endpoint: {0}")]
@@ -154,7 +155,53 @@ pub enum Error {
     },
 }
 
+/// What went wrong in an [`Error::Session`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionErrorKind {
+    /// The request does not fit the session (how many tensors, their bytes,
+    /// dtypes, shapes or samples): fix the request; the session is fine.
+    InvalidRequest,
+    /// The model and spec cannot be built as asked (a mode, preprocessing,
+    /// batching, a typed signature, a pool of no sessions): change the spec.
+    Unsupported,
+    /// No session became free within the caller's timeout: retry, or build
+    /// more sessions.
+    Busy,
+    /// The request did not complete: the model's run, the session's thread
+    /// or its GPU context failed. If it persists, build a new session.
+    Failed,
+}
+
+/// What went wrong in an [`Error::Ipc`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IpcErrorKind {
+    /// iceoryx2 could not create, open, loan, send, receive or wait (shared
+    /// memory, ports, events).
+    Transport,
+    /// The other side's bytes do not follow the protocol (a malformed
+    /// response, a foreign magic or version, an answer to another request).
+    Protocol,
+    /// A live server already serves this endpoint name.
+    AlreadyServing,
+    /// The call cannot work as given: an endpoint name outside the rules, a
+    /// request loaned from another client, a model whose tensors the
+    /// protocol cannot carry within the byte limit.
+    Invalid,
+}
+
 impl Error {
+    /// An [`Error::Session`] of `kind`.
+    pub fn session(kind: SessionErrorKind, message: impl Into<String>) -> Self {
+        Error::Session { kind, message: message.into() }
+    }
+
+    /// An [`Error::Ipc`] of `kind`.
+    pub fn ipc(kind: IpcErrorKind, message: impl Into<String>) -> Self {
+        Error::Ipc { kind, message: message.into() }
+    }
+
     /// Maps a failed CUDA driver call named `call` into [`Error::Driver`]
     /// (for `map_err`).
     pub(crate) fn driver(call: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {

@@ -305,6 +305,66 @@ pub fn write_npz(path: &Path, tensors: &[HostTensor]) -> Result<()> {
     Ok(())
 }
 
+/// A tensor file as the command line names one: `NAME=FILE.npy` (a named
+/// `.npy`), `FILE.npy` (named after its stem; a one-input model takes it
+/// whatever the name), or `FILE.npz` (every tensor under its own name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorFile {
+    /// The name given before `=`, if any.
+    pub name: Option<String>,
+    /// The `.npy` or `.npz` file.
+    pub path: std::path::PathBuf,
+}
+
+impl std::str::FromStr for TensorFile {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s.split_once('=') {
+            Some((name, path)) if !name.is_empty() && !name.contains('/') => Self { name: Some(name.into()), path: path.into() },
+            _ => Self { name: None, path: s.into() },
+        })
+    }
+}
+
+/// The tensors of `files`, in order: a named `.npy` under its name, a lone
+/// `.npy` under its stem, an `.npz`'s tensors under theirs.
+pub fn read_tensor_files(files: &[TensorFile]) -> Result<Vec<HostTensor>> {
+    let mut out = Vec::new();
+    for f in files {
+        if f.path.extension().is_some_and(|e| e == "npz") {
+            if let Some(name) = &f.name {
+                return Err(Error::Argument(format!("{name}={}: an .npz holds its tensors under their own names; give it without NAME=", f.path.display())));
+            }
+            out.extend(read_npz(&f.path)?);
+        } else {
+            let mut t = read_npy(&f.path)?;
+            if let Some(n) = &f.name {
+                t.name.clone_from(n);
+            }
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `tensors` to `path`: an `.npz` holds any number (each under its
+/// name), any other path one tensor as `.npy` (bf16 as float32 in both).
+pub fn write_tensor_file(path: &Path, tensors: &[HostTensor]) -> Result<()> {
+    if path.extension().is_some_and(|e| e == "npz") {
+        write_npz(path, tensors)?;
+    } else {
+        let [only] = tensors else {
+            let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+            return Err(Error::Argument(format!("{} tensors ({}) do not fit one .npy file {}: give an .npz path", tensors.len(), names.join(", "), path.display())));
+        };
+        write_npy(path, only)?;
+    }
+    for t in tensors.iter().filter(|t| t.dtype == DType::Bf16) {
+        tracing::info!("output `{}` is bf16: written as float32 (NumPy has no bfloat16)", t.name);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

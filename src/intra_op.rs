@@ -3,39 +3,23 @@
 //! bench` starts), and a process that runs its sessions itself.
 //!
 //! A client that waits for a short request polls (a wake-up from sleep costs
-//! 25–150 µs on the 2-core build machine, where the `tiny` model's forward
-//! pass is ~150 µs); a long request is waited for asleep
-//! (a shared-memory or gRPC client polls at most
+//! tens of microseconds, comparable to a small model's forward pass); a long
+//! request is waited for asleep (a shared-memory or gRPC client polls at most
 //! [`MAX_CLIENT_SPIN`](crate::tuning::MAX_CLIENT_SPIN)).
 //!
 //! - **Shared memory** (`serve --name`, [`for_shm_clients`]): every core
-//!   unless the forward pass is tiny. Its client gives its core away at
-//!   every poll (`sched_yield`), so the server's second OpenMP thread can
-//!   run there: in `uminfer bench` (pinned client) `tiny` over shared memory
-//!   took 158–165 µs P50 with 2 intra-op threads against 148–153 µs in
-//!   process, and 178–189 µs with 1 (2 cores, three runs each,
-//!   2026-11-28); in criterion (unpinned client) 184 against 182 µs. A pass
-//!   under [`PARALLEL_WORTHWHILE`] gains nothing from a second thread and
-//!   pays for waking it: the `identity` model's round trip in criterion took
-//!   34 µs with 2 threads, 11 µs with 1. (An earlier measurement, `tiny` at
-//!   310 µs with 2 threads against 190 µs with 1, was taken while the
-//!   server's start-up probes still left OpenMP teams behind, see
-//!   [`on_passing_thread`].)
-//! - **gRPC** (`serve --grpc`): one core fewer than the machine has when the
-//!   forward pass is short ([`for_grpc_clients`]), every core otherwise.
-//!   With 2 threads beside a polling gRPC client `tiny` with system shared
-//!   memory took 421–427 µs against 234–242 µs with 1; a long pass wants
-//!   every core (`resnet18`: 14.6 ms with 1 thread against 8.8 ms in
-//!   process with 2).
-//!
+//!   unless the forward pass is tiny (under [`PARALLEL_WORTHWHILE`], where a
+//!   second thread gains nothing and costs its wake-up). Its client gives its
+//!   core away at every poll (`sched_yield`), so the server's second OpenMP
+//!   thread can run there.
+//! - **gRPC** (`serve --grpc`, [`for_grpc_clients`]): one core fewer than the
+//!   machine has when the forward pass is short (under [`SHORT_FORWARD`]),
+//!   left to the polling client; every core otherwise.
 //! - **In process** (`uminfer run`, `uminfer bench`'s in-process schemes,
 //!   [`measured_threads`]): the count under which the model's pass is
 //!   fastest, each count up to the cores shared among the threads that run
-//!   passes side by side timed on the machine at hand. Machines differ: on
-//!   a 2-vCPU AMD EPYC VM `tiny` took ~420 µs with 1 thread and ~850 µs
-//!   with 2 beside a second OpenMP team, and on a 16-core host
-//!   `cpu-zero-copy` took 307 µs with every core where a 2-core machine
-//!   took 147 µs.
+//!   passes side by side timed on the machine at hand (machines differ too
+//!   much for a fixed rule).
 //!
 //! Each thread that runs a forward pass has an OpenMP team of its own, of
 //! that many threads. A server whose sessions run K requests at once
@@ -43,8 +27,10 @@
 //! among them ([`shared_by`]): K teams of the full count would hold more
 //! threads than the machine has cores, and libgomp then stops spinning
 //! between parallel regions in every team (see [`on_passing_thread`]).
+//!
+//! The measurements behind these rules: `docs/notes/thread-choices.md`.
 
-use crate::error::Result;
+use crate::error::{Result, SessionErrorKind};
 use crate::model::{Model, TensorInfo};
 use std::time::{Duration, Instant};
 
@@ -172,6 +158,52 @@ pub fn set_for_sessions(explicit: Option<usize>, models: &[(&Model, &[TensorInfo
     Ok((n, why))
 }
 
+/// Which clients a server process answers, for its thread choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clients {
+    /// Shared-memory clients (`uminfer serve --name`): [`for_shm_clients`].
+    SharedMemory,
+    /// gRPC and REST clients (`uminfer serve --grpc`): [`for_grpc_clients`].
+    Grpc,
+}
+
+/// Sets a server process's libtorch intra-op threads: `explicit` when
+/// given; else, when its sessions run on the CPU (`cpu`), the rule for
+/// `clients` over the slowest model's forward pass with libtorch's default
+/// threads, [shared](shared_by) by the `concurrent` sessions that may run
+/// at once; else libtorch's default. A model's declared shape, where given,
+/// is a one-input model's (of its recorded dtype, else float32), as the
+/// servers take it. Returns the count and why, for the log.
+pub fn set_for_server(explicit: Option<usize>, cpu: bool, clients: Clients, models: &[(Model, Option<&[i64]>)], concurrent: usize) -> Result<(usize, String)> {
+    let why = match explicit {
+        Some(n) => {
+            tch::set_num_threads(i32::try_from(n.max(1)).unwrap_or(i32::MAX));
+            "--intra-op-threads".to_string()
+        }
+        None if cpu => {
+            let mut slowest = Duration::ZERO;
+            for (model, input_shape) in models {
+                let decls: Vec<crate::model::InputDecl> = input_shape.map(|s| crate::model::InputDecl { name: None, dtype: None, shape: Some(s.to_vec()) }).into_iter().collect();
+                let inputs = model.resolve(&decls, input_shape.map(|_| crate::DType::F32))?;
+                slowest = slowest.max(time_forward(model, &inputs)?);
+            }
+            let (rule, under, who) = match clients {
+                Clients::SharedMemory => (for_shm_clients(slowest), PARALLEL_WORTHWHILE, "shared-memory"),
+                Clients::Grpc => (for_grpc_clients(slowest), SHORT_FORWARD, "gRPC"),
+            };
+            tch::set_num_threads(i32::try_from(shared_by(rule, concurrent)).unwrap_or(i32::MAX));
+            format!(
+                "automatic: a forward pass takes {:.1} µs with libtorch's default threads; under {} µs a core is left to the {who} clients, otherwise every core; shared by {} session(s) that run at once",
+                slowest.as_secs_f64() * 1e6,
+                under.as_micros(),
+                concurrent.max(1),
+            )
+        }
+        None => "libtorch's default".to_string(),
+    };
+    Ok((usize::try_from(tch::get_num_threads()).unwrap_or(1), why))
+}
+
 /// How many passes [`fastest_pass`] times: at least the first count, at
 /// most the second, and in between until [`PROBE_TIME`] went into them.
 pub const PROBE_PASSES: std::ops::RangeInclusive<u32> = 5..=200;
@@ -234,7 +266,7 @@ pub fn time_forward(model: &Model, inputs: &[TensorInfo]) -> Result<Duration> {
 /// team doubled the `tiny` model's in-process latency, 153 → 295 µs). A
 /// passing thread's team ends with it.
 pub fn on_passing_thread<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    std::thread::scope(|s| s.spawn(f).join()).unwrap_or_else(|_| Err(crate::error::Error::Session("a probe thread panicked".into())))
+    std::thread::scope(|s| s.spawn(f).join()).unwrap_or_else(|_| Err(crate::error::Error::session(SessionErrorKind::Failed, "a probe thread panicked")))
 }
 
 #[cfg(test)]
@@ -277,7 +309,7 @@ mod tests {
         let mut calls = 0;
         let failed = fastest_pass(|| {
             calls += 1;
-            if calls == 3 { Err(crate::error::Error::Session("third pass failed".into())) } else { Ok(Duration::from_micros(5)) }
+            if calls == 3 { Err(crate::error::Error::session(SessionErrorKind::Failed, "third pass failed")) } else { Ok(Duration::from_micros(5)) }
         });
         assert!(failed.is_err_and(|e| e.to_string().contains("third pass failed")));
         assert_eq!(calls, 3);

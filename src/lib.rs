@@ -73,7 +73,7 @@ mod torch_version;
 pub mod shim;
 pub mod tuning;
 
-pub use error::{Error, Result};
+pub use error::{Error, IpcErrorKind, Result, SessionErrorKind};
 pub use dtype::DType;
 pub use mode::Mode;
 pub use model::Model;

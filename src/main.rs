@@ -45,152 +45,7 @@ enum Command {
     /// Shared memory: `serve --name NAME --model PATH`. gRPC: `serve --grpc
     /// [ADDR] --model NAME=PATH [--model NAME=PATH ...]` (docs/oip.md).
     /// Stops cleanly on SIGINT/SIGTERM after finishing the requests in flight.
-    Serve {
-        /// Shared-memory endpoint name (without --grpc). Prints
-        /// `ipc=uminfer/NAME` on stdout once the service exists.
-        #[arg(long, required_unless_present = "grpc", conflicts_with = "grpc")]
-        name: Option<String>,
-        /// Serve the Open Inference Protocol over gRPC on ADDR (default 127.0.0.1:8001;
-        /// port 0 picks a free port). Prints `grpc=ADDR` on stdout once listening.
-        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = uminfer::oip::server::DEFAULT_ADDR)]
-        grpc: Option<std::net::SocketAddr>,
-        /// TorchScript model: PATH, or NAME=PATH (repeat for several models with --grpc;
-        /// a bare PATH is named after its file stem).
-        #[arg(long, required = true)]
-        model: Vec<uminfer::oip::ModelSource>,
-        /// cpu, gpu-copy, gpu-pinned, gpu-managed, gpu-managed-graph or auto.
-        #[arg(long, default_value = "cpu")]
-        mode: ModeChoice,
-        /// Sessions and worker threads (with --grpc: sessions per model).
-        #[arg(long, default_value_t = 1)]
-        workers: usize,
-        /// With --grpc: gather requests into batches of up to N samples. Every
-        /// input's and output's first dimension is the batch, and a request
-        /// carries 1 to N samples. A session per bucket (--buckets) replaces
-        /// --workers; in graph modes each captures its own CUDA graph.
-        #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), conflicts_with = "name")]
-        max_batch: Option<usize>,
-        /// With --max-batch: how long the oldest waiting request may wait for
-        /// others while a full batch cannot be formed, in µs (0: a lone
-        /// request runs at once).
-        #[arg(long, value_name = "US", default_value_t = 0, requires = "max_batch")]
-        batch_delay_us: u64,
-        /// With --max-batch: the batch sizes to build a session for, ascending,
-        /// the largest N (default 1,2,4,... below N, then N). A batch runs in
-        /// the smallest that holds it, padded with zeros.
-        #[arg(long, value_name = "SIZES", value_delimiter = ',', requires = "max_batch")]
-        buckets: Vec<usize>,
-        /// With --max-batch: requests that may wait per model; beyond, a request
-        /// is refused at once with RESOURCE_EXHAUSTED (REST: 429).
-        #[arg(long, value_name = "Q", default_value_t = uminfer::batch::DEFAULT_MAX_QUEUE, requires = "max_batch")]
-        max_queue: usize,
-        /// With --max-batch: a request still waiting after this many ms is
-        /// refused with UNAVAILABLE (REST: 503); 0: no timeout.
-        #[arg(long, value_name = "MS", default_value_t = 0, requires = "max_batch")]
-        queue_timeout_ms: u64,
-        /// Largest request payload in bytes (with --grpc: largest request message).
-        #[arg(long, default_value_t = 64 << 20)]
-        max_bytes: usize,
-        /// A one-input model's input shape, comma-separated, where the model
-        /// records none (default: the recorded shape). With --grpc: every such
-        /// model's, and NAME=DIMS (repeatable) gives model NAME a shape of its own.
-        #[arg(long, value_name = "[NAME=]DIMS")]
-        input_shape: Vec<uminfer::oip::InputShape>,
-        /// With --grpc: serve Prometheus metrics on http://ADDR/metrics (port 0 picks
-        /// a free port). Prints `metrics=ADDR` on stdout after `grpc=ADDR`.
-        #[arg(long, value_name = "ADDR", conflicts_with = "name")]
-        metrics: Option<std::net::SocketAddr>,
-        /// With --grpc: also serve the protocol's REST/JSON form (Triton's HTTP
-        /// routes under /v2, binary tensor data included) on ADDR (port 0 picks a
-        /// free port). Prints `http=ADDR` on stdout after `grpc=ADDR` (and `metrics=`).
-        #[arg(long, value_name = "ADDR", conflicts_with = "name")]
-        http: Option<std::net::SocketAddr>,
-        /// With --grpc: concurrent streams (RPCs) per client connection (HTTP/2
-        /// SETTINGS_MAX_CONCURRENT_STREAMS).
-        #[arg(long, value_name = "N", default_value_t = uminfer::oip::server::DEFAULT_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "name")]
-        max_streams: u32,
-        /// With --grpc: inference calls in flight and inference streams open at once
-        /// across all connections (gRPC and REST); beyond it a call is refused with
-        /// RESOURCE_EXHAUSTED (REST: 429). Health, metadata and /metrics are never refused.
-        #[arg(long, value_name = "N", default_value_t = uminfer::oip::server::DEFAULT_MAX_CALLS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), conflicts_with = "name")]
-        max_calls: usize,
-        /// With --grpc: system shared memory regions registered at once; beyond
-        /// it a registration is refused with RESOURCE_EXHAUSTED.
-        #[arg(long, value_name = "N", default_value_t = uminfer::oip::shm::DEFAULT_MAX_REGIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), conflicts_with = "name")]
-        max_shm_regions: usize,
-        /// With --grpc: bytes mapped by all registered shared memory regions
-        /// together (default 16 GiB); beyond it a registration is refused with RESOURCE_EXHAUSTED.
-        #[arg(long, value_name = "BYTES", default_value_t = uminfer::oip::shm::DEFAULT_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "name")]
-        max_shm_bytes: u64,
-        /// libtorch intra-op threads of this process. Default in `cpu` mode:
-        /// every core, or one fewer when a forward pass is short (shared
-        /// memory: under 50 µs; with --grpc: under 1.33 ms, as its clients poll
-        /// on a core for such answers); divided among the sessions that run at
-        /// once (--workers; with --grpc, per model). Other modes: libtorch's
-        /// default. The log says which and why (docs/ipc.md).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        intra_op_threads: Option<u32>,
-        /// After each answer, poll this many µs for the next request before
-        /// sleeping (shared memory: the request port; --grpc: the network, on
-        /// the transport thread). Catches back-to-back requests without a
-        /// wake-up; costs up to that much CPU per answer, yielding to other
-        /// threads; 0 sleeps at once.
-        #[arg(long, value_name = "US", default_value_t = 200)]
-        spin_us: u64,
-        /// Shared memory: declare an input NAME=DTYPE:DIMS (e.g. input_ids=int64:1,128)
-        /// where the model records none (or to override a TorchScript file's record);
-        /// requests must match. Repeatable.
-        #[arg(long, value_name = "NAME=DTYPE:DIMS", conflicts_with = "grpc")]
-        input_spec: Vec<uminfer::model::InputDecl>,
-        /// Answer without running the model: zeros of the outputs' shapes after
-        /// the same checks (`bench`'s floor schemes `shm-echo` and `grpc-echo`).
-        #[arg(long, hide = true)]
-        echo: bool,
-        /// With --grpc: connections open at once across the gRPC, REST and
-        /// /metrics listeners; beyond it a new connection is closed at once.
-        #[arg(long, value_name = "N", default_value_t = uminfer::oip::conn::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), conflicts_with = "name")]
-        max_connections: usize,
-        /// With --grpc: close a connection that has had no request or stream in
-        /// progress for this many seconds (0: never).
-        #[arg(long, value_name = "S", default_value_t = uminfer::oip::conn::DEFAULT_IDLE_TIMEOUT_S, conflicts_with = "name")]
-        idle_timeout_s: u64,
-        /// With --grpc: the REST and /metrics listeners close a connection whose
-        /// request head (line and headers) has not arrived within this many seconds;
-        /// with --tls-cert, every listener closes one whose TLS handshake has not
-        /// finished within it.
-        #[arg(long, value_name = "S", default_value_t = uminfer::oip::conn::DEFAULT_HEADER_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "name")]
-        header_timeout_s: u64,
-        /// With --grpc: REST requests whose body has not arrived whole within
-        /// this many seconds are answered 408.
-        #[arg(long, value_name = "S", default_value_t = uminfer::oip::conn::DEFAULT_BODY_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "name")]
-        body_timeout_s: u64,
-        /// With --grpc: accept system shared memory registration from any peer.
-        /// By default only loopback peers may register: a registered region is
-        /// read back through the model, so a remote peer could read any
-        /// /dev/shm object this server's user owns.
-        #[arg(long, conflicts_with = "name")]
-        shm_from_any_peer: bool,
-        /// With --grpc: serve gRPC calls of these categories only with metadata
-        /// KEY=VALUE (others get UNAVAILABLE), as Triton's option. Categories:
-        /// health, metadata, inference, shared-memory, model-config,
-        /// model-repository, statistics, trace, logging. Repeatable.
-        #[arg(long, value_name = "CATEGORY[,...]:KEY=VALUE", conflicts_with = "name")]
-        grpc_restricted_protocol: Vec<uminfer::oip::access::Restriction>,
-        /// With --grpc and --http: serve REST routes of these categories only
-        /// with header KEY=VALUE (others get 403), as Triton's option. Repeatable.
-        #[arg(long, value_name = "CATEGORY[,...]:KEY=VALUE", conflicts_with = "name")]
-        http_restricted_api: Vec<uminfer::oip::access::Restriction>,
-        /// With --grpc: serve every listener (gRPC, REST, /metrics) over TLS only,
-        /// with this certificate chain (PEM, the server's certificate first); needs
-        /// --tls-key. gRPC offers ALPN h2, REST and /metrics http/1.1; a plain-text
-        /// client's connection is closed (docs/security.md).
-        #[arg(long, value_name = "PATH", requires = "tls_key", conflicts_with = "name")]
-        tls_cert: Option<PathBuf>,
-        /// With --grpc: the private key of --tls-cert's certificate (PEM: PKCS#8,
-        /// PKCS#1 or SEC1); needs --tls-cert.
-        #[arg(long, value_name = "PATH", requires = "tls_cert", conflicts_with = "name")]
-        tls_key: Option<PathBuf>,
-    },
+    Serve(ServeArgs),
     /// The serialize-copy scheme's HTTP/JSON server (started by `bench`; prints
     /// `http=ADDR`, serves until killed).
     #[command(hide = true)]
@@ -217,7 +72,7 @@ enum Command {
         /// with one input, or FILE.npz holding every input under its name.
         /// bfloat16 inputs take float32 files (converted; NumPy has no bf16).
         #[arg(long, value_name = "[NAME=]FILE", required = true)]
-        input: Vec<InputArg>,
+        input: Vec<uminfer::host_tensor::TensorFile>,
         /// Where to write the outputs: FILE.npy for a model with one output,
         /// FILE.npz for several (each under its name; bf16 as float32).
         #[arg(long)]
@@ -237,7 +92,7 @@ struct RunArgs {
     /// with one input, or FILE.npz holding every input under its name.
     /// bfloat16 inputs take float32 files (converted; NumPy has no bf16).
     #[arg(long, value_name = "[NAME=]FILE", required_unless_present = "describe")]
-    input: Vec<InputArg>,
+    input: Vec<uminfer::host_tensor::TensorFile>,
     /// Where to write the outputs: FILE.npy for a model with one output,
     /// FILE.npz for several (each under its name; bf16 as float32).
     #[arg(long, required_unless_present = "describe")]
@@ -275,21 +130,177 @@ struct RunArgs {
     intra_op_threads: Option<usize>,
 }
 
-/// `--input [NAME=]FILE`.
-#[derive(Clone, Debug)]
-struct InputArg {
-    name: Option<String>,
-    path: PathBuf,
+/// `uminfer serve`: the flags of both transports, then each one's own (a
+/// flag of one transport beside the other's is refused).
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: ServeCommon,
+    #[command(flatten)]
+    shm: ShmServeArgs,
+    #[command(flatten)]
+    grpc: GrpcServeArgs,
 }
 
-impl std::str::FromStr for InputArg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s.split_once('=') {
-            Some((name, path)) if !name.is_empty() && !name.contains('/') => Self { name: Some(name.into()), path: path.into() },
-            _ => Self { name: None, path: s.into() },
-        })
-    }
+/// What both transports take.
+#[derive(clap::Args)]
+struct ServeCommon {
+    /// TorchScript model: PATH, or NAME=PATH (repeat for several models with --grpc;
+    /// a bare PATH is named after its file stem).
+    #[arg(long, required = true)]
+    model: Vec<uminfer::oip::ModelSource>,
+    /// cpu, gpu-copy, gpu-pinned, gpu-managed, gpu-managed-graph or auto.
+    #[arg(long, default_value = "cpu")]
+    mode: ModeChoice,
+    /// Sessions and worker threads (with --grpc: sessions per model).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Largest request payload in bytes (with --grpc: largest request message).
+    #[arg(long, default_value_t = 64 << 20)]
+    max_bytes: usize,
+    /// A one-input model's input shape, comma-separated, where the model
+    /// records none (default: the recorded shape). With --grpc: every such
+    /// model's, and NAME=DIMS (repeatable) gives model NAME a shape of its own.
+    #[arg(long, value_name = "[NAME=]DIMS")]
+    input_shape: Vec<uminfer::oip::InputShape>,
+    /// libtorch intra-op threads of this process. Default in `cpu` mode:
+    /// every core, or one fewer when a forward pass is short (shared
+    /// memory: under 50 µs; with --grpc: under 1.33 ms, as its clients poll
+    /// on a core for such answers); divided among the sessions that run at
+    /// once (--workers; with --grpc, per model). Other modes: libtorch's
+    /// default. The log says which and why (docs/ipc.md).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    intra_op_threads: Option<u32>,
+    /// After each answer, poll this many µs for the next request before
+    /// sleeping (shared memory: the request port; --grpc: the network, on
+    /// the transport thread). Catches back-to-back requests without a
+    /// wake-up; costs up to that much CPU per answer, yielding to other
+    /// threads; 0 sleeps at once.
+    #[arg(long, value_name = "US", default_value_t = 200)]
+    spin_us: u64,
+    /// Answer without running the model: zeros of the outputs' shapes after
+    /// the same checks (`bench`'s floor schemes `shm-echo` and `grpc-echo`).
+    #[arg(long, hide = true)]
+    echo: bool,
+}
+
+/// Shared memory only (`--name`).
+#[derive(clap::Args)]
+#[command(next_help_heading = "Shared memory (--name)")]
+struct ShmServeArgs {
+    /// Shared-memory endpoint name (without --grpc). Prints
+    /// `ipc=uminfer/NAME` on stdout once the service exists.
+    #[arg(long, required_unless_present = "grpc", conflicts_with = "grpc")]
+    name: Option<String>,
+    /// Shared memory: declare an input NAME=DTYPE:DIMS (e.g. input_ids=int64:1,128)
+    /// where the model records none (or to override a TorchScript file's record);
+    /// requests must match. Repeatable.
+    #[arg(long, value_name = "NAME=DTYPE:DIMS", conflicts_with = "grpc")]
+    input_spec: Vec<uminfer::model::InputDecl>,
+}
+
+/// The Open Inference Protocol only (`--grpc`).
+#[derive(clap::Args)]
+#[command(next_help_heading = "Open Inference Protocol (--grpc)")]
+struct GrpcServeArgs {
+    /// Serve the Open Inference Protocol over gRPC on ADDR (default 127.0.0.1:8001;
+    /// port 0 picks a free port). Prints `grpc=ADDR` on stdout once listening.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = uminfer::oip::server::DEFAULT_ADDR)]
+    grpc: Option<std::net::SocketAddr>,
+    /// With --grpc: gather requests into batches of up to N samples. Every
+    /// input's and output's first dimension is the batch, and a request
+    /// carries 1 to N samples. A session per bucket (--buckets) replaces
+    /// --workers; in graph modes each captures its own CUDA graph.
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), conflicts_with = "name")]
+    max_batch: Option<usize>,
+    /// With --max-batch: how long the oldest waiting request may wait for
+    /// others while a full batch cannot be formed, in µs (0: a lone
+    /// request runs at once).
+    #[arg(long, value_name = "US", default_value_t = 0, requires = "max_batch")]
+    batch_delay_us: u64,
+    /// With --max-batch: the batch sizes to build a session for, ascending,
+    /// the largest N (default 1,2,4,... below N, then N). A batch runs in
+    /// the smallest that holds it, padded with zeros.
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', requires = "max_batch")]
+    buckets: Vec<usize>,
+    /// With --max-batch: requests that may wait per model; beyond, a request
+    /// is refused at once with RESOURCE_EXHAUSTED (REST: 429).
+    #[arg(long, value_name = "Q", default_value_t = uminfer::batch::DEFAULT_MAX_QUEUE, requires = "max_batch")]
+    max_queue: usize,
+    /// With --max-batch: a request still waiting after this many ms is
+    /// refused with UNAVAILABLE (REST: 503); 0: no timeout.
+    #[arg(long, value_name = "MS", default_value_t = 0, requires = "max_batch")]
+    queue_timeout_ms: u64,
+    /// With --grpc: serve Prometheus metrics on http://ADDR/metrics (port 0 picks
+    /// a free port). Prints `metrics=ADDR` on stdout after `grpc=ADDR`.
+    #[arg(long, value_name = "ADDR", conflicts_with = "name")]
+    metrics: Option<std::net::SocketAddr>,
+    /// With --grpc: also serve the protocol's REST/JSON form (Triton's HTTP
+    /// routes under /v2, binary tensor data included) on ADDR (port 0 picks a
+    /// free port). Prints `http=ADDR` on stdout after `grpc=ADDR` (and `metrics=`).
+    #[arg(long, value_name = "ADDR", conflicts_with = "name")]
+    http: Option<std::net::SocketAddr>,
+    /// With --grpc: concurrent streams (RPCs) per client connection (HTTP/2
+    /// SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, value_name = "N", default_value_t = uminfer::oip::server::DEFAULT_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "name")]
+    max_streams: u32,
+    /// With --grpc: inference calls in flight and inference streams open at once
+    /// across all connections (gRPC and REST); beyond it a call is refused with
+    /// RESOURCE_EXHAUSTED (REST: 429). Health, metadata and /metrics are never refused.
+    #[arg(long, value_name = "N", default_value_t = uminfer::oip::server::DEFAULT_MAX_CALLS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), conflicts_with = "name")]
+    max_calls: usize,
+    /// With --grpc: system shared memory regions registered at once; beyond
+    /// it a registration is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "N", default_value_t = uminfer::oip::shm::DEFAULT_MAX_REGIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), conflicts_with = "name")]
+    max_shm_regions: usize,
+    /// With --grpc: bytes mapped by all registered shared memory regions
+    /// together (default 16 GiB); beyond it a registration is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "BYTES", default_value_t = uminfer::oip::shm::DEFAULT_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "name")]
+    max_shm_bytes: u64,
+    /// With --grpc: connections open at once across the gRPC, REST and
+    /// /metrics listeners; beyond it a new connection is closed at once.
+    #[arg(long, value_name = "N", default_value_t = uminfer::oip::conn::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), conflicts_with = "name")]
+    max_connections: usize,
+    /// With --grpc: close a connection that has had no request or stream in
+    /// progress for this many seconds (0: never).
+    #[arg(long, value_name = "S", default_value_t = uminfer::oip::conn::DEFAULT_IDLE_TIMEOUT_S, conflicts_with = "name")]
+    idle_timeout_s: u64,
+    /// With --grpc: the REST and /metrics listeners close a connection whose
+    /// request head (line and headers) has not arrived within this many seconds;
+    /// with --tls-cert, every listener closes one whose TLS handshake has not
+    /// finished within it.
+    #[arg(long, value_name = "S", default_value_t = uminfer::oip::conn::DEFAULT_HEADER_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "name")]
+    header_timeout_s: u64,
+    /// With --grpc: REST requests whose body has not arrived whole within
+    /// this many seconds are answered 408.
+    #[arg(long, value_name = "S", default_value_t = uminfer::oip::conn::DEFAULT_BODY_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "name")]
+    body_timeout_s: u64,
+    /// With --grpc: accept system shared memory registration from any peer.
+    /// By default only loopback peers may register: a registered region is
+    /// read back through the model, so a remote peer could read any
+    /// /dev/shm object this server's user owns.
+    #[arg(long, conflicts_with = "name")]
+    shm_from_any_peer: bool,
+    /// With --grpc: serve gRPC calls of these categories only with metadata
+    /// KEY=VALUE (others get UNAVAILABLE), as Triton's option. Categories:
+    /// health, metadata, inference, shared-memory, model-config,
+    /// model-repository, statistics, trace, logging. Repeatable.
+    #[arg(long, value_name = "CATEGORY[,...]:KEY=VALUE", conflicts_with = "name")]
+    grpc_restricted_protocol: Vec<uminfer::oip::access::Restriction>,
+    /// With --grpc and --http: serve REST routes of these categories only
+    /// with header KEY=VALUE (others get 403), as Triton's option. Repeatable.
+    #[arg(long, value_name = "CATEGORY[,...]:KEY=VALUE", conflicts_with = "name")]
+    http_restricted_api: Vec<uminfer::oip::access::Restriction>,
+    /// With --grpc: serve every listener (gRPC, REST, /metrics) over TLS only,
+    /// with this certificate chain (PEM, the server's certificate first); needs
+    /// --tls-key. gRPC offers ALPN h2, REST and /metrics http/1.1; a plain-text
+    /// client's connection is closed (docs/security.md).
+    #[arg(long, value_name = "PATH", requires = "tls_key", conflicts_with = "name")]
+    tls_cert: Option<PathBuf>,
+    /// With --grpc: the private key of --tls-cert's certificate (PEM: PKCS#8,
+    /// PKCS#1 or SEC1); needs --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert", conflicts_with = "name")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -525,7 +536,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(opts: uminfer::ipc::ServeOptions, threads: Option<u32>) -> anyhow::Result<()> {
+fn serve_shm(opts: uminfer::ipc::ServeOptions, threads: Option<u32>) -> anyhow::Result<()> {
     let rt = Runtime::new();
     // The thread choice times a pass over the inputs the model records, or
     // over a one-input model's declared shape.
@@ -534,7 +545,7 @@ fn serve(opts: uminfer::ipc::ServeOptions, threads: Option<u32>) -> anyhow::Resu
         [only] if one_input => only.shape.as_deref(),
         _ => None,
     };
-    choose_intra_op_threads(&rt, threads, opts.mode, Clients::SharedMemory, &[(opts.model.clone(), shape)], opts.workers)?;
+    choose_intra_op_threads(&rt, threads, opts.mode, uminfer::intra_op::Clients::SharedMemory, &[(opts.model.clone(), shape)], opts.workers)?;
     let service = format!("uminfer/{}", opts.name);
     let server = uminfer::ipc::Server::new(&rt, opts)?;
     // What a parent process waits for (as `serve --grpc` prints `grpc=ADDR`).
@@ -552,61 +563,92 @@ fn serve(opts: uminfer::ipc::ServeOptions, threads: Option<u32>) -> anyhow::Resu
     Ok(())
 }
 
-/// Which clients a server process answers, for its thread choice
-/// ([`uminfer::intra_op`]).
-#[derive(Clone, Copy, PartialEq)]
-enum Clients {
-    SharedMemory,
-    Grpc,
-}
-
-/// Sets this server process's libtorch intra-op threads: `explicit`, else in
-/// `cpu` mode the choice for `clients` on this machine over the slowest
-/// model's forward pass ([`uminfer::intra_op::for_shm_clients`],
-/// [`uminfer::intra_op::for_grpc_clients`]),
-/// [shared](uminfer::intra_op::shared_by) by the `concurrent` sessions that
-/// may run at once; else libtorch's default. Logs the result.
-fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice, clients: Clients, models: &[(PathBuf, Option<&[i64]>)], concurrent: usize) -> anyhow::Result<()> {
-    use uminfer::intra_op;
-    let shared = format!("shared by {} session(s) that run at once", concurrent.max(1));
-    let why = match explicit {
-        Some(n) => {
-            tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
-            "--intra-op-threads".to_string()
-        }
-        None if mode == ModeChoice::Fixed(uminfer::Mode::Cpu) => {
-            let mut slowest = std::time::Duration::ZERO;
-            for (path, input_shape) in models {
-                // A declared shape is a one-input model's (of its dtype, else float32), as the servers take it.
-                let model = rt.model(path)?;
-                let decls: Vec<uminfer::model::InputDecl> = input_shape.map(|s| uminfer::model::InputDecl { name: None, dtype: None, shape: Some(s.to_vec()) }).into_iter().collect();
-                let inputs = model.resolve(&decls, input_shape.map(|_| uminfer::DType::F32))?;
-                slowest = slowest.max(intra_op::time_forward(&model, &inputs)?);
-            }
-            let (rule, under) = match clients {
-                Clients::SharedMemory => (intra_op::for_shm_clients(slowest), intra_op::PARALLEL_WORTHWHILE),
-                Clients::Grpc => (intra_op::for_grpc_clients(slowest), intra_op::SHORT_FORWARD),
-            };
-            tch::set_num_threads(i32::try_from(intra_op::shared_by(rule, concurrent)).unwrap_or(i32::MAX));
-            format!(
-                "automatic: a forward pass takes {:.1} µs with libtorch's default threads; under {} µs a core is left to the {} clients, otherwise every core; {shared}",
-                slowest.as_secs_f64() * 1e6,
-                under.as_micros(),
-                if clients == Clients::Grpc { "gRPC" } else { "shared-memory" },
-            )
-        }
-        None => "libtorch's default".to_string(),
-    };
-    tracing::info!("libtorch intra-op threads: {} ({why})", tch::get_num_threads());
+/// Sets this server process's libtorch intra-op threads
+/// ([`uminfer::intra_op::set_for_server`]) and logs the choice.
+fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice, clients: uminfer::intra_op::Clients, models: &[(PathBuf, Option<&[i64]>)], concurrent: usize) -> anyhow::Result<()> {
+    let opened = models.iter().map(|(path, shape)| Ok((rt.model(path)?, *shape))).collect::<uminfer::Result<Vec<_>>>()?;
+    let cpu = mode == ModeChoice::Fixed(uminfer::Mode::Cpu);
+    let (n, why) = uminfer::intra_op::set_for_server(explicit.map(|n| n as usize), cpu, clients, &opened, concurrent)?;
+    tracing::info!("libtorch intra-op threads: {n} ({why})");
     Ok(())
 }
 
-/// Shared-memory serving takes one endpoint name and one model path.
-fn shm_options(name: Option<String>, models: Vec<uminfer::oip::ModelSource>) -> anyhow::Result<uminfer::ipc::ServeOptions> {
-    let name = name.context("--name is required without --grpc")?;
-    match models.as_slice() {
-        [m] => Ok(uminfer::ipc::ServeOptions::new(&name, m.path.clone())),
-        _ => bail!("shared-memory serving takes one --model PATH ({} given); serve several models with --grpc", models.len()),
+/// `uminfer serve`: over the Open Inference Protocol with `--grpc`, else over shared memory.
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let threads = a.common.intra_op_threads;
+    match a.grpc.grpc {
+        Some(addr) => serve_grpc(a.grpc.options(addr, a.common)?, threads),
+        None => serve_shm(a.shm.options(a.common)?, threads),
+    }
+}
+
+impl ShmServeArgs {
+    /// One endpoint name and one model path.
+    fn options(self, c: ServeCommon) -> anyhow::Result<uminfer::ipc::ServeOptions> {
+        let name = self.name.context("--name is required without --grpc")?;
+        let mut opts = match c.model.as_slice() {
+            [m] => uminfer::ipc::ServeOptions::new(&name, m.path.clone()),
+            _ => bail!("shared-memory serving takes one --model PATH ({} given); serve several models with --grpc", c.model.len()),
+        };
+        opts.mode = c.mode;
+        opts.workers = c.workers;
+        opts.spin = std::time::Duration::from_micros(c.spin_us);
+        opts.max_bytes = c.max_bytes;
+        opts.echo = c.echo;
+        match c.input_shape.as_slice() {
+            [] => {}
+            [uminfer::oip::InputShape { model: None, dims }] => opts = opts.input_shape(dims),
+            _ => bail!("shared-memory serving takes one --input-shape DIMS (NAME=DIMS is for --grpc with several models)"),
+        }
+        opts.inputs.extend(self.input_spec);
+        Ok(opts)
+    }
+}
+
+impl GrpcServeArgs {
+    /// The models, limits, listeners and batching of `serve --grpc ADDR`.
+    fn options(self, addr: std::net::SocketAddr, c: ServeCommon) -> anyhow::Result<uminfer::oip::GrpcOptions> {
+        let input_shapes = uminfer::oip::InputShapes::new(&c.input_shape, &c.model)?;
+        let mut opts = uminfer::oip::GrpcOptions::new(addr, c.model);
+        opts.mode = c.mode;
+        opts.sessions = c.workers;
+        opts.max_message_bytes = c.max_bytes;
+        opts.input_shapes = input_shapes;
+        opts.metrics_addr = self.metrics;
+        opts.http_addr = self.http;
+        opts.max_streams = self.max_streams;
+        opts.max_calls = self.max_calls;
+        opts.max_shm_regions = self.max_shm_regions;
+        opts.max_shm_bytes = self.max_shm_bytes;
+        opts.spin = std::time::Duration::from_micros(c.spin_us);
+        opts.echo = c.echo;
+        opts.connections = uminfer::oip::conn::Limits {
+            max_connections: self.max_connections,
+            idle: (self.idle_timeout_s > 0).then(|| std::time::Duration::from_secs(self.idle_timeout_s)),
+            header: std::time::Duration::from_secs(self.header_timeout_s),
+            body: std::time::Duration::from_secs(self.body_timeout_s),
+        };
+        opts.shm_from_any_peer = self.shm_from_any_peer;
+        opts.grpc_restricted = self.grpc_restricted_protocol;
+        opts.http_restricted = self.http_restricted_api;
+        if let Some(n) = self.max_batch {
+            if c.workers > 1 {
+                bail!("--max-batch runs one batcher per model, with a session per bucket: drop --workers {}", c.workers);
+            }
+            let spec = uminfer::batch::BatchSpec::new(n)
+                .max_queue_delay(std::time::Duration::from_micros(self.batch_delay_us))
+                .max_queue(self.max_queue)
+                .timeout((self.queue_timeout_ms > 0).then(|| std::time::Duration::from_millis(self.queue_timeout_ms)));
+            let spec = if self.buckets.is_empty() { spec } else { spec.buckets(&self.buckets) };
+            spec.bucket_sizes()?;
+            opts.batching = Some(spec);
+        }
+        opts.tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(uminfer::oip::tls::Tls::from_pem_files(&cert, &key)?),
+            (None, None) => None,
+            _ => bail!("--tls-cert and --tls-key go together: give both (PEM files) or neither"),
+        };
+        Ok(opts)
     }
 }
 
@@ -615,7 +657,7 @@ fn shm_options(name: Option<String>, models: Vec<uminfer::oip::ModelSource>) -> 
 fn serve_grpc(opts: uminfer::oip::GrpcOptions, threads: Option<u32>) -> anyhow::Result<()> {
     let rt = Runtime::new();
     let models: Vec<(PathBuf, Option<&[i64]>)> = opts.models.iter().map(|m| (m.path.clone(), opts.input_shapes.of(&m.name))).collect();
-    choose_intra_op_threads(&rt, threads, opts.mode, Clients::Grpc, &models, opts.sessions * models.len())?;
+    choose_intra_op_threads(&rt, threads, opts.mode, uminfer::intra_op::Clients::Grpc, &models, opts.sessions * models.len())?;
     let server = uminfer::oip::GrpcServer::new(&rt, opts)?;
     server.run(|at| {
         use std::io::Write;
@@ -636,8 +678,8 @@ fn serve_grpc(opts: uminfer::oip::GrpcOptions, threads: Option<u32>) -> anyhow::
 /// `uminfer infer`: the inputs fitted to the endpoint's model as `uminfer
 /// run` fits them (a lone tensor to a one-input model, float32 files to
 /// bf16 inputs), sent over shared memory; the outputs written.
-fn infer(name: &str, inputs: &[InputArg], output: &std::path::Path, timeout: f64) -> anyhow::Result<()> {
-    let mut given = read_inputs(inputs)?;
+fn infer(name: &str, inputs: &[uminfer::host_tensor::TensorFile], output: &std::path::Path, timeout: f64) -> anyhow::Result<()> {
+    let mut given = uminfer::host_tensor::read_tensor_files(inputs).context("--input")?;
     let timeout = std::time::Duration::try_from_secs_f64(timeout).context("--timeout must be a finite number of seconds")?;
     let mut client = uminfer::ipc::Client::connect(name, timeout)?;
     if let ([only], [t]) = (client.inputs(), given.as_mut_slice()) {
@@ -650,50 +692,14 @@ fn infer(name: &str, inputs: &[InputArg], output: &std::path::Path, timeout: f64
         }
     }
     let views = given.iter().map(uminfer::ipc::NamedTensor::of).collect::<uminfer::Result<Vec<_>>>()?;
-    write_outputs(output, &client.infer_tensors(&views)?)
-}
-
-/// The tensors of `--input` arguments: named `.npy` files, a lone `.npy`
-/// (named after its stem; a one-input model takes it whatever the name), `.npz` files.
-fn read_inputs(args: &[InputArg]) -> anyhow::Result<Vec<uminfer::host_tensor::HostTensor>> {
-    let mut out = Vec::new();
-    for a in args {
-        if a.path.extension().is_some_and(|e| e == "npz") {
-            anyhow::ensure!(a.name.is_none(), "--input {}={}: an .npz holds its inputs under their own names; give it without NAME=", a.name.as_deref().unwrap_or(""), a.path.display());
-            out.extend(uminfer::host_tensor::read_npz(&a.path)?);
-        } else {
-            let mut t = uminfer::host_tensor::read_npy(&a.path)?;
-            if let Some(n) = &a.name {
-                t.name.clone_from(n);
-            }
-            out.push(t);
-        }
-    }
-    Ok(out)
-}
-
-/// Writes `outputs` to `path`: one output as `.npy`, several (or any) as `.npz`.
-fn write_outputs(path: &std::path::Path, outputs: &[uminfer::host_tensor::HostTensor]) -> anyhow::Result<()> {
-    if path.extension().is_some_and(|e| e == "npz") {
-        uminfer::host_tensor::write_npz(path, outputs)?;
-    } else {
-        let [only] = outputs else {
-            let names: Vec<&str> = outputs.iter().map(|t| t.name.as_str()).collect();
-            bail!("the model has {} outputs ({}): give --output FILE.npz", outputs.len(), names.join(", "));
-        };
-        uminfer::host_tensor::write_npy(path, only)?;
-    }
-    for t in outputs.iter().filter(|t| t.dtype == uminfer::DType::Bf16) {
-        tracing::info!("output `{}` is bf16: written as float32 (NumPy has no bfloat16)", t.name);
-    }
-    Ok(())
+    Ok(uminfer::host_tensor::write_tensor_file(output, &client.infer_tensors(&views)?).context("--output")?)
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
     let rt = Runtime::new();
     let model = rt.model(&a.model)?;
     if a.describe {
-        let fitted = if a.input.is_empty() { None } else { Some(model.fit_inputs(read_inputs(&a.input)?)?) };
+        let fitted = if a.input.is_empty() { None } else { Some(model.fit_inputs(uminfer::host_tensor::read_tensor_files(&a.input).context("--input")?)?) };
         let decls = fitted.map_or(a.input_spec, |f| f.decls());
         let d = model.describe(&decls);
         if a.json {
@@ -704,7 +710,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let output = a.output.context("--output is required")?;
-    let fitted = model.fit_inputs(read_inputs(&a.input)?)?;
+    let fitted = model.fit_inputs(uminfer::host_tensor::read_tensor_files(&a.input).context("--input")?)?;
     for n in &fitted.notes {
         tracing::info!("{n}");
     }
@@ -733,7 +739,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         tracing::info!("CPU flame graph of the requests: {} ({samples} samples)", path.display());
     }
     let outputs = (0..session.outputs().len()).map(|i| session.read_output(i)).collect::<uminfer::Result<Vec<_>>>()?;
-    write_outputs(&output, &outputs)?;
+    uminfer::host_tensor::write_tensor_file(&output, &outputs).context("--output")?;
     let timing = session.timing().context("no request was timed")?;
     if a.json {
         let v = serde_json::json!({ "mode": session.mode(), "note": session.note(), "output": output, "outputs": session.outputs(), "timing": timing });
@@ -802,96 +808,7 @@ fn main() {
             }
         }
         Command::Run(a) => report_error(run(a)),
-        Command::Serve {
-            name,
-            grpc,
-            model,
-            mode,
-            workers,
-            max_batch,
-            batch_delay_us,
-            buckets,
-            max_queue,
-            queue_timeout_ms,
-            max_bytes,
-            input_shape,
-            metrics,
-            http,
-            max_streams,
-            max_calls,
-            max_shm_regions,
-            max_shm_bytes,
-            intra_op_threads,
-            spin_us,
-            input_spec,
-            echo,
-            max_connections,
-            idle_timeout_s,
-            header_timeout_s,
-            body_timeout_s,
-            shm_from_any_peer,
-            grpc_restricted_protocol,
-            http_restricted_api,
-            tls_cert,
-            tls_key,
-        } => match (grpc, name) {
-            (Some(addr), _) => report_error(uminfer::oip::InputShapes::new(&input_shape, &model).map_err(Into::into).and_then(|input_shapes| {
-                let mut opts = uminfer::oip::GrpcOptions::new(addr, model);
-                opts.mode = mode;
-                opts.sessions = workers;
-                opts.max_message_bytes = max_bytes;
-                opts.input_shapes = input_shapes;
-                opts.metrics_addr = metrics;
-                opts.http_addr = http;
-                opts.max_streams = max_streams;
-                opts.max_calls = max_calls;
-                opts.max_shm_regions = max_shm_regions;
-                opts.max_shm_bytes = max_shm_bytes;
-                opts.spin = std::time::Duration::from_micros(spin_us);
-                opts.echo = echo;
-                opts.connections = uminfer::oip::conn::Limits {
-                    max_connections,
-                    idle: (idle_timeout_s > 0).then(|| std::time::Duration::from_secs(idle_timeout_s)),
-                    header: std::time::Duration::from_secs(header_timeout_s),
-                    body: std::time::Duration::from_secs(body_timeout_s),
-                };
-                opts.shm_from_any_peer = shm_from_any_peer;
-                opts.grpc_restricted = grpc_restricted_protocol;
-                opts.http_restricted = http_restricted_api;
-                if let Some(n) = max_batch {
-                    if workers > 1 {
-                        bail!("--max-batch runs one batcher per model, with a session per bucket: drop --workers {workers}");
-                    }
-                    let spec = uminfer::batch::BatchSpec::new(n)
-                        .max_queue_delay(std::time::Duration::from_micros(batch_delay_us))
-                        .max_queue(max_queue)
-                        .timeout((queue_timeout_ms > 0).then(|| std::time::Duration::from_millis(queue_timeout_ms)));
-                    let spec = if buckets.is_empty() { spec } else { spec.buckets(&buckets) };
-                    spec.bucket_sizes()?;
-                    opts.batching = Some(spec);
-                }
-                opts.tls = match (tls_cert, tls_key) {
-                    (Some(cert), Some(key)) => Some(uminfer::oip::tls::Tls::from_pem_files(&cert, &key)?),
-                    (None, None) => None,
-                    _ => bail!("--tls-cert and --tls-key go together: give both (PEM files) or neither"),
-                };
-                serve_grpc(opts, intra_op_threads)
-            })),
-            (None, name) => report_error(shm_options(name, model).and_then(|mut opts| {
-                opts.mode = mode;
-                opts.workers = workers;
-                opts.spin = std::time::Duration::from_micros(spin_us);
-                opts.max_bytes = max_bytes;
-                opts.echo = echo;
-                match input_shape.as_slice() {
-                    [] => {}
-                    [uminfer::oip::InputShape { model: None, dims }] => opts = opts.input_shape(dims),
-                    _ => bail!("shared-memory serving takes one --input-shape DIMS (NAME=DIMS is for --grpc with several models)"),
-                }
-                opts.inputs.extend(input_spec);
-                serve(opts, intra_op_threads)
-            })),
-        },
+        Command::Serve(a) => report_error(serve(a)),
         Command::Bench(a) => report_error(bench(a)),
         Command::BenchJsonServer { model, input_shape, intra_op_threads } => {
             if let Some(n) = intra_op_threads {

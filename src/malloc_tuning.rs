@@ -4,18 +4,18 @@
 //! frees them at the end of the request. With glibc's default, adaptive
 //! thresholds, blocks of a few hundred KiB are sometimes taken with `mmap` and
 //! given back with `munmap`, or the heap's top is trimmed back to the kernel,
-//! so that the next request page-faults the same memory in again: on the
-//! 2-core build machine the `tiny` model's in-process request took 145 µs in
-//! some runs and 330–440 µs in others of the same binary, the slow runs
-//! spending their extra time freeing and zeroing pages in the kernel
-//! (`perf`: `free_pages_and_swap_cache`, `__rmqueue_pcplist`). Fixed
-//! thresholds keep freed memory in the process: every run took ~150 µs.
+//! so that the next request page-faults the same memory in again, and a
+//! process's requests are slow for its whole life in some runs and not in
+//! others. Fixed thresholds keep freed memory in the process.
 //!
 //! [`Runtime`](crate::Runtime) applies [`keep_freed_memory`] once per process;
-//! `UMINFER_KEEP_FREED_MEMORY=0` leaves glibc's defaults alone (for processes
-//! that tune malloc themselves or use another allocator).
+//! `UMINFER_KEEP_FREED_MEMORY=0`, or
+//! [`RuntimeOptions::keep_freed_memory`](crate::runtime::RuntimeOptions::keep_freed_memory)
+//! `false`, leaves glibc's defaults alone (for processes that tune malloc
+//! themselves or use another allocator). The measurements:
+//! `docs/notes/thread-choices.md`.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SessionErrorKind};
 use std::sync::OnceLock;
 
 /// Blocks up to this size come from the heap, never from a fresh `mmap`:
@@ -31,7 +31,7 @@ pub fn keep_freed_memory() -> Result<()> {
         // SAFETY: mallopt only changes allocator parameters; both values are in
         // the ranges glibc accepts, and it reports failure by returning 0.
         if unsafe { libc::mallopt(param, value) } != 1 {
-            return Err(Error::Session(format!("mallopt({name}, {value}) was refused by the C library")));
+            return Err(Error::session(SessionErrorKind::Failed, format!("mallopt({name}, {value}) was refused by the C library")));
         }
     }
     Ok(())

@@ -63,3 +63,20 @@ impl std::str::FromStr for Mode {
         })
     }
 }
+
+/// Which execution modes may run on this machine: what sessions are built
+/// against. The doctor's [`Report`](crate::doctor::Report) is one (a
+/// [`Runtime`](crate::Runtime) holds it); a session refuses a mode the gate
+/// refuses, quoting its reason.
+pub trait ModeGate: Send + Sync {
+    /// `Ok` when `mode` is usable here, else why not.
+    fn check_mode(&self, mode: Mode) -> Result<(), String>;
+
+    /// The session modes usable here, in the order of preference (fastest first).
+    fn usable_modes(&self) -> Vec<Mode> {
+        [Mode::GpuManagedGraph, Mode::GpuManaged, Mode::GpuPinned, Mode::GpuCopy, Mode::Cpu]
+            .into_iter()
+            .filter(|m| self.check_mode(*m).is_ok())
+            .collect()
+    }
+}

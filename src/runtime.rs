@@ -8,8 +8,9 @@ use crate::doctor::{self, probe::ProbeOptions, Report};
 use crate::error::{Error, Result};
 use crate::memory::Element;
 use crate::mode::Mode;
-use crate::model::{MachineView, Model};
-use crate::session::{Session, SessionSpec, TypedSession};
+use crate::model::Model;
+use crate::mode::ModeGate;
+use crate::session::{Session, SessionPool, SessionSpec, TypedSession};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -93,10 +94,7 @@ impl Runtime {
 
     /// Modes usable here, fastest-first in the usual order of preference.
     pub fn usable_modes(&self) -> Vec<Mode> {
-        [Mode::GpuManagedGraph, Mode::GpuManaged, Mode::GpuPinned, Mode::GpuCopy, Mode::Cpu]
-            .into_iter()
-            .filter(|m| self.check_mode(*m).is_ok())
-            .collect()
+        self.report.usable_modes()
     }
 
     /// Opens a model: a TorchScript file or an AOTInductor package (see
@@ -110,12 +108,7 @@ impl Runtime {
         if let Some(m) = self.models.lock().get(&key) {
             return Ok(m.clone());
         }
-        let torch = &self.report.facts.torch;
-        let machine = MachineView {
-            torch_version: torch.runtime_version.clone().unwrap_or_else(|| torch.build_version.clone()),
-            capabilities: self.report.facts.devices.iter().map(|d| d.compute_capability).collect(),
-        };
-        let model = Model::open(path, machine)?;
+        let model = Model::open(path, self.report.machine_view())?;
         Ok(self.models.lock().entry(key).or_insert(model).clone())
     }
 
@@ -136,18 +129,24 @@ impl Runtime {
     /// # Ok::<(), uminfer::Error>(())
     /// ```
     pub fn session(&self, model: &Model, spec: SessionSpec) -> Result<Session> {
-        Session::build(self, model, spec)
+        Session::build(&*self.report, model, spec, None)
+    }
+
+    /// Builds `size` sessions of `spec`, shared by many threads (see
+    /// [`SessionPool`]).
+    pub fn session_pool(&self, model: &Model, spec: SessionSpec, size: usize) -> Result<SessionPool> {
+        SessionPool::build(&*self.report, model, spec, size)
     }
 
     /// Builds a dynamic batcher: a session of `spec` per bucket of `batch`
     /// (see [`Batcher`](crate::batch::Batcher)).
     pub fn batcher(&self, model: &Model, spec: SessionSpec, batch: crate::batch::BatchSpec) -> Result<crate::batch::Batcher> {
-        crate::batch::Batcher::new(self, model, spec, batch)
+        crate::batch::Batcher::build(self.report.clone(), model, spec, batch)
     }
 
     /// Builds a session of one input of `I` and one output of `O` (see [`TypedSession`]).
     pub fn typed_session<I: Element, O: Element>(&self, model: &Model, spec: SessionSpec) -> Result<TypedSession<I, O>> {
-        TypedSession::build(self, model, spec)
+        TypedSession::build(&*self.report, model, spec)
     }
 }
 

@@ -49,7 +49,7 @@ fn a_bert_like_model_runs_from_named_npy_files_into_an_npz() {
     // Several outputs do not fit one .npy.
     let o = run(&["--model", path(&common::model_path("encoder.pt")), "--input", path(&common::model_path("encoder.inputs.npz")), "--output", path(&dir.0.join("y.npy"))]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("the model has 2 outputs (output__0, output__1): give --output FILE.npz"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--output: invalid argument: 2 tensors (output__0, output__1) do not fit one .npy file"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]

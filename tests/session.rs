@@ -173,7 +173,7 @@ fn cpu_session_on_a_pinned_dedicated_thread() {
 fn run_on_with_dedicated_threads_from_several_callers() {
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
-    let pool: SessionPool = SessionPool::new(&rt, &model, SessionSpec::new().input_shape(&INPUT).dedicated_thread(true), 2).unwrap();
+    let pool: SessionPool = rt.session_pool(&model, SessionSpec::new().input_shape(&INPUT).dedicated_thread(true), 2).unwrap();
     let inputs: Vec<Vec<f32>> = (0..4).map(|k| random_input(300 + k, 3 * 128 * 128)).collect();
     let refs: Vec<Vec<f32>> = inputs.iter().map(|x| reference(&model, x, Device::Cpu)).collect();
     std::thread::scope(|sc| {
@@ -197,7 +197,7 @@ fn run_on_with_dedicated_threads_from_several_callers() {
 fn pool_under_threads(mode: Mode, device: Device, per_thread: usize) -> (SessionPool, Vec<Vec<f32>>) {
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
-    let pool: SessionPool = SessionPool::new(&rt, &model, SessionSpec::new().input_shape(&INPUT).mode(mode), 3).unwrap();
+    let pool: SessionPool = rt.session_pool(&model, SessionSpec::new().input_shape(&INPUT).mode(mode), 3).unwrap();
     let inputs: Vec<Vec<f32>> = (0..8).map(|k| random_input(100 + k, 3 * 128 * 128)).collect();
     let refs: Vec<Vec<f32>> = inputs.iter().map(|x| reference(&model, x, device)).collect();
     let served = std::sync::atomic::AtomicUsize::new(0);
@@ -225,7 +225,7 @@ fn pool_serves_many_threads_without_mixing_results() {
     let (pool, inputs) = pool_under_threads(Mode::Cpu, Device::Cpu, 15);
     assert_eq!(pool.size(), 3);
     let mut out = vec![0f32; 9];
-    assert!(matches!(pool.infer(&[TensorRef::new(&inputs[0])], &mut [TensorMut::new(&mut out)]), Err(Error::Session(_))));
+    assert!(matches!(pool.infer(&[TensorRef::new(&inputs[0])], &mut [TensorMut::new(&mut out)]), Err(Error::Session { kind: uminfer::SessionErrorKind::InvalidRequest, .. })));
 }
 
 #[test]
@@ -245,7 +245,7 @@ fn errors_are_typed_and_say_what_to_do() {
 
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
     let wrong_in = rt.typed_session::<f32, f32>(&model, SessionSpec::new().input_shape(&[1, 3, 128])).err().unwrap();
-    assert!(matches!(wrong_in, Error::Session(_)), "{wrong_in}");
+    assert!(matches!(wrong_in, Error::Session { kind: uminfer::SessionErrorKind::Unsupported, .. }), "{wrong_in}");
     let wrong_dtype = rt.typed_session::<f32, i64>(&model, SessionSpec::new().input_shape(&INPUT)).err().unwrap();
     assert!(wrong_dtype.to_string().contains("returns one i64 output") && wrong_dtype.to_string().contains("output__0: f32 [1, 10]"), "{wrong_dtype}");
     let empty = rt.typed_session::<f32, f32>(&model, SessionSpec::new().input_shape(&[1, 0, 128, 128])).err().unwrap();
@@ -264,7 +264,7 @@ fn wrong_input_dtype_fails_at_build_with_libtorchs_reason() {
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
     let err = rt.session(&model, SessionSpec::new().input("x", DType::I32, &INPUT)).err().unwrap();
-    assert!(matches!(err, Error::Session(_)), "{err}");
+    assert!(matches!(err, Error::Session { kind: uminfer::SessionErrorKind::Unsupported, .. }), "{err}");
     assert!(err.to_string().contains("tiny.pt") && err.to_string().contains("x: i32 [1, 3, 128, 128]"), "{err}");
 }
 
@@ -459,5 +459,5 @@ fn preprocessing_needs_a_matching_f32_input() {
     let err = rt.typed_session::<f32, f32>(&model, SessionSpec::new().input_shape(&INPUT).preprocess(params)).err().unwrap();
     assert!(err.to_string().contains("[1, 3, 64, 64]"), "{err}");
     let mut plain: TypedSession = rt.typed_session(&model, SessionSpec::new().input_shape(&INPUT)).unwrap();
-    assert!(matches!(plain.raw_input_mut(), Err(Error::Session(_))));
+    assert!(matches!(plain.raw_input_mut(), Err(Error::Session { kind: uminfer::SessionErrorKind::Unsupported, .. })));
 }

@@ -23,10 +23,10 @@ pub mod stats;
 
 pub use stats::{BatchSizeStats, BatchSummary};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SessionErrorKind};
 use crate::mode::Mode;
 use crate::model::{InputDecl, Model, TensorInfo};
-use crate::runtime::Runtime;
+use crate::mode::ModeGate;
 use crate::session::{ModeChoice, RunTiming, Session, SessionPool, SessionSpec, TensorMut, TensorRef};
 use parking_lot::Mutex;
 use queue::{Bindings, Limits, Queue, Request};
@@ -234,7 +234,7 @@ struct Built {
 /// `inputs` (one sample each) with the size as their first dimension; each
 /// one's outputs must carry the batch first and agree per sample. Every
 /// bucket's fastest pass is timed.
-fn build_buckets(rt: &Runtime, model: &Model, mut spec: SessionSpec, sizes: &[usize], inputs: &[TensorInfo]) -> Result<Built> {
+fn build_buckets(gate: &dyn ModeGate, model: &Model, mut spec: SessionSpec, sizes: &[usize], inputs: &[TensorInfo]) -> Result<Built> {
     let mut mode = None;
     let mut outputs: Option<Vec<TensorInfo>> = None;
     let mut built: Vec<(Session, Bucket)> = Vec::with_capacity(sizes.len());
@@ -244,17 +244,17 @@ fn build_buckets(rt: &Runtime, model: &Model, mut spec: SessionSpec, sizes: &[us
         let device = s.device;
         let free = |on: bool| on.then(|| crate::cuda::driver::memory_info(device).ok().map(|(free, _)| free)).flatten();
         let before = free(!matches!(s.mode, ModeChoice::Fixed(Mode::Cpu)));
-        let mut session = rt.session(model, s).map_err(|e| Error::Session(format!("bucket {size}: {e}")))?;
+        let mut session = Session::build(gate, model, s, None).map_err(|e| Error::session(SessionErrorKind::Unsupported, format!("bucket {size}: {e}")))?;
         let device_bytes = before.zip(free(session.mode().needs_gpu())).map(|(b, a)| b.saturating_sub(a));
         for o in session.outputs() {
             if o.shape.first() != Some(&(size as i64)) {
-                return Err(Error::Session(format!("output `{}` is {:?} for a batch of {size}: batching needs the batch as every output's first dimension", o.name, o.shape)));
+                return Err(Error::session(SessionErrorKind::Unsupported, format!("output `{}` is {:?} for a batch of {size}: batching needs the batch as every output's first dimension", o.name, o.shape)));
             }
         }
         let one: Vec<TensorInfo> = session.outputs().iter().map(|o| with_batch(o, 1)).collect();
         match &outputs {
             Some(first) if *first != one => {
-                return Err(Error::Session(format!("the outputs per sample differ between batch sizes {} and {size}: {first:?} against {one:?}", sizes[sizes.len() - 1])));
+                return Err(Error::session(SessionErrorKind::Unsupported, format!("the outputs per sample differ between batch sizes {} and {size}: {first:?} against {one:?}", sizes[sizes.len() - 1])));
             }
             Some(_) => {}
             None => outputs = Some(one),
@@ -289,14 +289,16 @@ impl Batcher {
     /// the scheduler's thread and run there (a CPU session's passes, and its
     /// libtorch thread team, stay on that one thread); `ModeChoice::Auto`
     /// picks the mode with the largest bucket, the others use it.
-    pub fn new(rt: &Runtime, model: &Model, spec: SessionSpec, batch: BatchSpec) -> Result<Self> {
+    ///
+    /// [`Runtime::batcher`](crate::Runtime::batcher) is the public way.
+    pub(crate) fn build(gate: Arc<dyn ModeGate>, model: &Model, spec: SessionSpec, batch: BatchSpec) -> Result<Self> {
         let sizes = batch.bucket_sizes()?;
         if spec.preprocess.is_some() {
-            return Err(Error::Session("a batcher's sessions cannot preprocess images: batch the preprocessed tensors".into()));
+            return Err(Error::session(SessionErrorKind::Unsupported, "a batcher's sessions cannot preprocess images: batch the preprocessed tensors"));
         }
         let declared = model.resolve(&spec.inputs, None)?;
         if let Some(t) = declared.iter().find(|t| t.shape.is_empty()) {
-            return Err(Error::Session(format!("input `{}` is a scalar: batching needs the batch as every input's first dimension", t.name)));
+            return Err(Error::session(SessionErrorKind::Unsupported, format!("input `{}` is a scalar: batching needs the batch as every input's first dimension", t.name)));
         }
         let inputs: Vec<TensorInfo> = declared.iter().map(|t| with_batch(t, 1)).collect();
         // The scheduler runs the sessions itself: no session thread of their own.
@@ -305,11 +307,11 @@ impl Batcher {
         let queue = Arc::new(Queue::new(limits));
         let stats = Arc::new(Mutex::new(stats::BatchStats::new(batch.max_batch, &sizes)));
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let (q, st, rt, m, ins) = (queue.clone(), stats.clone(), rt.clone(), model.clone(), inputs.clone());
+        let (q, st, m, ins) = (queue.clone(), stats.clone(), model.clone(), inputs.clone());
         let scheduler = std::thread::Builder::new()
             .name(format!("uminfer-batch-{}", model.path().file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()))
             .spawn(move || {
-                let built = build_buckets(&rt, &m, spec, &sizes, &ins);
+                let built = build_buckets(&*gate, &m, spec, &sizes, &ins);
                 let (sessions, plan) = match built {
                     Ok(b) => {
                         let plan = Plan { sizes, input_bytes: ins.iter().map(TensorInfo::byte_len).collect(), output_bytes: b.outputs.iter().map(TensorInfo::byte_len).collect() };
@@ -323,8 +325,8 @@ impl Batcher {
                 };
                 schedule(&q, sessions, &plan, &st);
             })
-            .map_err(|e| Error::Session(format!("starting the batch scheduler thread: {e}")))?;
-        let built = rx.recv().unwrap_or_else(|_| Err(Error::Session("the batch scheduler thread ended while building its sessions".into())));
+            .map_err(|e| Error::session(SessionErrorKind::Failed, format!("starting the batch scheduler thread: {e}")))?;
+        let built = rx.recv().unwrap_or_else(|_| Err(Error::session(SessionErrorKind::Failed, "the batch scheduler thread ended while building its sessions")));
         let (buckets, outputs, mode) = match built {
             Ok(b) => b,
             Err(e) => {
@@ -361,16 +363,16 @@ impl Batcher {
     /// The samples a request carries, from its first input.
     fn samples_of(&self, inputs: &[TensorRef<'_>]) -> Result<usize> {
         let (Some(first), Some(info)) = (inputs.first(), self.inputs.first()) else {
-            return Err(Error::Session(format!("run: no inputs given; the model takes {}", crate::session::tensor_ref::list(&self.inputs))));
+            return Err(Error::session(SessionErrorKind::InvalidRequest, format!("run: no inputs given; the model takes {}", crate::session::tensor_ref::list(&self.inputs))));
         };
         let per = info.byte_len();
         let len = first.bytes().len();
         if per == 0 || !len.is_multiple_of(per) || len == 0 {
-            return Err(Error::Session(format!("input `{}`: {len} bytes is not a whole number of samples of {per} bytes ({} {:?} each)", info.name, info.dtype, &info.shape[1..])));
+            return Err(Error::session(SessionErrorKind::InvalidRequest, format!("input `{}`: {len} bytes is not a whole number of samples of {per} bytes ({} {:?} each)", info.name, info.dtype, &info.shape[1..])));
         }
         let n = len / per;
         if n > self.spec.max_batch {
-            return Err(Error::Session(format!("input `{}` holds {n} samples, over max_batch {}: split the request", info.name, self.spec.max_batch)));
+            return Err(Error::session(SessionErrorKind::InvalidRequest, format!("input `{}` holds {n} samples, over max_batch {}: split the request", info.name, self.spec.max_batch)));
         }
         Ok(n)
     }
@@ -454,7 +456,7 @@ fn schedule(queue: &Queue, mut sessions: Vec<Session>, plan: &Plan, stats: &Mute
         let samples: usize = batch.iter().map(|r| r.samples).sum();
         let b = plan.sizes.iter().position(|&s| s >= samples).unwrap_or(plan.sizes.len() - 1);
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_batch(&mut sessions[b], &batch, plan)))
-            .unwrap_or_else(|_| Err(Error::Session("the batch's forward pass panicked".into())));
+            .unwrap_or_else(|_| Err(Error::session(SessionErrorKind::Failed, "the batch's forward pass panicked")));
         match ran {
             Ok(run) => {
                 let mut st = stats.lock();
@@ -475,7 +477,7 @@ fn schedule(queue: &Queue, mut sessions: Vec<Session>, plan: &Plan, stats: &Mute
                 stats.lock().refused(batch.len() as u64);
                 let message = format!("the batch of {samples} samples from {} requests this one ran in failed: {e}", batch.len());
                 for r in &batch {
-                    r.complete(Err(Error::Session(message.clone())));
+                    r.complete(Err(Error::session(SessionErrorKind::Failed, message.clone())));
                 }
             }
         }

@@ -7,10 +7,9 @@
 //! second thread running forward passes inside the bench process would give
 //! that process a second OpenMP team: libgomp then counts more threads than
 //! cores and stops spinning between parallel regions in every team, which
-//! doubled `cpu-zero-copy`'s in-process latency on 2 cores (155 → 295 µs P50)
-//! whenever `serialize-copy` was in the run. TCP_NODELAY: without it a
-//! response's last segment waits for the client's delayed ACK (`resnet18`:
-//! P50 52 ms against a fastest request of 11 ms).
+//! slows the in-process schemes of the same run. TCP_NODELAY: without it a
+//! response's last segment waits for the client's delayed ACK
+//! (`docs/notes/thread-choices.md`).
 
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;

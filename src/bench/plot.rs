@@ -1,13 +1,13 @@
 //! The latency picture: one cumulative distribution per scheme on a log time axis.
 
 use super::stats::{SchemeResult, Status};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SessionErrorKind};
 use plotters::prelude::*;
 use std::path::Path;
 
 /// Draws every measured scheme's latency CDF into an SVG file.
 pub fn cdf_svg(results: &[SchemeResult], title: &str, path: &Path) -> Result<()> {
-    let err = |e: &dyn std::fmt::Display| Error::Session(format!("drawing {}: {e}", path.display()));
+    let err = |e: &dyn std::fmt::Display| Error::session(SessionErrorKind::Failed, format!("drawing {}: {e}", path.display()));
     let measured: Vec<&SchemeResult> = results.iter().filter(|r| r.status == Status::Ok && !r.cdf.is_empty()).collect();
     let lo = measured.iter().flat_map(|r| r.cdf.iter().map(|p| p.0)).fold(f64::INFINITY, f64::min).max(0.1);
     let hi = measured.iter().flat_map(|r| r.cdf.iter().map(|p| p.0)).fold(1.0, f64::max);
@@ -49,7 +49,7 @@ pub fn cdf_svg(results: &[SchemeResult], title: &str, path: &Path) -> Result<()>
 /// Draws requests/s against P99 latency, one line per model and scheme over
 /// its concurrencies (each point labelled `K=`), into an SVG file.
 pub fn throughput_svg(results: &[super::throughput::ThroughputResult], title: &str, path: &Path) -> Result<()> {
-    let err = |e: &dyn std::fmt::Display| Error::Session(format!("drawing {}: {e}", path.display()));
+    let err = |e: &dyn std::fmt::Display| Error::session(SessionErrorKind::Failed, format!("drawing {}: {e}", path.display()));
     // (model, scheme) → its points (requests/s, P99 ms, K).
     type Line = ((String, String), Vec<(f64, f64, usize)>);
     let mut lines: Vec<Line> = Vec::new();

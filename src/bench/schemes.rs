@@ -3,7 +3,7 @@
 //! memory" to "the output is readable by the caller".
 
 use super::BenchOptions;
-use crate::error::{Error, Result};
+use crate::error::{Error, IpcErrorKind, Result, SessionErrorKind};
 use crate::host_tensor::HostTensor;
 use crate::ipc::{Client, LoanedRequest, NamedTensor, Response};
 use crate::mode::Mode;
@@ -111,10 +111,10 @@ impl SerializeCopy {
     }
 
     fn post(&mut self) -> Result<()> {
-        let body = serde_json::to_string(&self.input).map_err(|e| Error::Session(e.to_string()))?;
-        let mut resp = self.agent.post(&self.url).send(body).map_err(|e| Error::Session(format!("HTTP: {e}")))?;
-        let text = resp.body_mut().read_to_string().map_err(|e| Error::Session(format!("HTTP body: {e}")))?;
-        self.output = serde_json::from_str(&text).map_err(|e| Error::Session(format!("JSON: {e}")))?;
+        let body = serde_json::to_string(&self.input).map_err(|e| Error::session(SessionErrorKind::Failed, e.to_string()))?;
+        let mut resp = self.agent.post(&self.url).send(body).map_err(|e| Error::session(SessionErrorKind::Failed, format!("HTTP: {e}")))?;
+        let text = resp.body_mut().read_to_string().map_err(|e| Error::session(SessionErrorKind::Failed, format!("HTTP body: {e}")))?;
+        self.output = serde_json::from_str(&text).map_err(|e| Error::session(SessionErrorKind::Failed, format!("JSON: {e}")))?;
         Ok(())
     }
 }
@@ -214,14 +214,14 @@ impl ServerChild {
             })
         };
         let mut child = Self(cmd.spawn().map_err(|source| Error::Os { call: "starting a uminfer server process", source })?);
-        let stdout = child.0.stdout.take().ok_or_else(|| Error::Session(format!("uminfer {what}: no stdout pipe")))?;
+        let stdout = child.0.stdout.take().ok_or_else(|| Error::session(SessionErrorKind::Failed, format!("uminfer {what}: no stdout pipe")))?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).map_err(|source| Error::Os { call: "reading a server process's first line", source })?;
         let value = line
             .trim()
             .strip_prefix(key)
             .and_then(|rest| rest.strip_prefix('='))
-            .ok_or_else(|| Error::Session(format!("uminfer {what} did not report {key}=… (it said {:?}; its log is above)", line.trim())))?;
+            .ok_or_else(|| Error::session(SessionErrorKind::Failed, format!("uminfer {what} did not report {key}=… (it said {:?}; its log is above)", line.trim())))?;
         Ok((child, value.to_string()))
     }
 }
@@ -274,7 +274,7 @@ impl ShmIpc {
         let (server, _) = ServerChild::start_reporting(exe, args, "ipc")?;
         let client = Client::connect(&name, Duration::from_secs(10))?;
         if client.inputs() != inputs {
-            return Err(Error::Ipc(format!("the server took the inputs {}, not {}", crate::session::tensor_ref::list(client.inputs()), crate::session::tensor_ref::list(inputs))));
+            return Err(Error::ipc(IpcErrorKind::Invalid, format!("the server took the inputs {}, not {}", crate::session::tensor_ref::list(client.inputs()), crate::session::tensor_ref::list(inputs))));
         }
         let why = if threads < crate::intra_op::cores() { "cores - 1, as `uminfer serve` chooses: a tiny forward pass" } else { "all cores, as `uminfer serve` chooses: its client gives its core away while it polls" };
         let note = format!("{}; serve --mode {mode}", server_threads_note(threads, why));
@@ -283,7 +283,7 @@ impl ShmIpc {
 
     /// Sends the request `refresh` prepared; `read` gets the outputs in place.
     fn round_trip<R>(&mut self, read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
-        let req = self.next.take().ok_or_else(|| Error::Ipc("shm-ipc: no request was prepared".into()))?;
+        let req = self.next.take().ok_or_else(|| Error::ipc(IpcErrorKind::Invalid, "shm-ipc: no request was prepared"))?;
         self.client.send(req, read)
     }
 }
@@ -325,7 +325,7 @@ fn flatten_ivalue(v: tch::IValue, out: &mut Vec<tch::Tensor>) -> Result<()> {
         tch::IValue::Tuple(vs) | tch::IValue::GenericList(vs) => vs.into_iter().try_for_each(|v| flatten_ivalue(v, out))?,
         tch::IValue::TensorList(ts) => out.extend(ts),
         tch::IValue::GenericDict(kvs) => kvs.into_iter().try_for_each(|(_, v)| flatten_ivalue(v, out))?,
-        other => return Err(Error::Session(format!("tch-naive: the model returned {other:?} among its outputs"))),
+        other => return Err(Error::session(SessionErrorKind::Failed, format!("tch-naive: the model returned {other:?} among its outputs"))),
     }
     Ok(())
 }
@@ -414,15 +414,15 @@ impl PyPeer {
 
     fn line(&mut self) -> Result<String> {
         let mut s = String::new();
-        let n = self.stdout.read_line(&mut s).map_err(|e| Error::Session(format!("Python peer: {e}")))?;
+        let n = self.stdout.read_line(&mut s).map_err(|e| Error::session(SessionErrorKind::Failed, format!("Python peer: {e}")))?;
         if n == 0 {
-            return Err(Error::Session("the Python peer exited (see its stderr above)".into()));
+            return Err(Error::session(SessionErrorKind::Failed, "the Python peer exited (see its stderr above)"));
         }
         Ok(s.trim().to_string())
     }
 
     fn send(&mut self, cmd: &str) -> Result<String> {
-        writeln!(self.stdin, "{cmd}").and_then(|_| self.stdin.flush()).map_err(|e| Error::Session(format!("Python peer: {e}")))?;
+        writeln!(self.stdin, "{cmd}").and_then(|_| self.stdin.flush()).map_err(|e| Error::session(SessionErrorKind::Failed, format!("Python peer: {e}")))?;
         self.line()
     }
 }
@@ -435,7 +435,7 @@ impl Scheme for PyPeer {
     fn request(&mut self) -> Result<RunTiming> {
         let seed = self.seed;
         let line = self.send(&format!("run {seed}"))?;
-        let ns: u64 = line.strip_prefix("t ").and_then(|v| v.parse().ok()).ok_or_else(|| Error::Session(format!("Python peer said {line:?}")))?;
+        let ns: u64 = line.strip_prefix("t ").and_then(|v| v.parse().ok()).ok_or_else(|| Error::session(SessionErrorKind::Failed, format!("Python peer said {line:?}")))?;
         Ok(RunTiming { host: Duration::from_nanos(ns), device: None })
     }
     fn check(&mut self, sample: &[HostTensor]) -> Result<Vec<HostTensor>> {
@@ -443,7 +443,7 @@ impl Scheme for PyPeer {
         crate::host_tensor::write_npz(&inp, sample)?;
         let reply = self.send(&format!("check {} {}", inp.display(), out.display()))?;
         if reply != "ok" {
-            return Err(Error::Session(format!("Python peer said {reply:?}")));
+            return Err(Error::session(SessionErrorKind::Failed, format!("Python peer said {reply:?}")));
         }
         crate::host_tensor::read_npz(&out)
     }

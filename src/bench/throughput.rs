@@ -11,13 +11,13 @@
 
 use super::{check_outputs, Bench, BenchModel, BenchOptions, Machine};
 use crate::batch::{with_batch, BatchSpec, Batcher, Execution};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SessionErrorKind};
 use crate::host_tensor::HostTensor;
 use crate::mode::Mode;
 use crate::model::{InputDecl, TensorInfo};
 use crate::runtime::Runtime;
 use crate::session::timing::{histogram, summarise};
-use crate::session::{SessionPool, SessionSpec, Summary, TensorMut, TensorRef};
+use crate::session::{SessionSpec, Summary, TensorMut, TensorRef};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -175,12 +175,12 @@ fn measure(r: &Execution, bench: &Bench<'_>, k: usize, cell: Duration) -> Result
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Session("a client thread panicked".into())))).collect()
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::session(SessionErrorKind::Failed, "a client thread panicked")))).collect()
     });
     let seconds = start.elapsed().as_secs_f64();
     let mut all = histogram();
     for h in per_thread {
-        all.add(h?).map_err(|e| Error::Session(format!("merging latencies: {e}")))?;
+        all.add(h?).map_err(|e| Error::session(SessionErrorKind::Failed, format!("merging latencies: {e}")))?;
     }
     Ok((all.len(), seconds, all))
 }
@@ -248,7 +248,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions, t: &ThroughputOptions) -> Result<T
             spec = spec.input(&i.name, i.dtype, &i.shape);
         }
         tracing::info!("building the throughput schemes of {label} in {}", t.mode);
-        let runners = [Execution::Sessions(SessionPool::new(rt, &bench.model, spec.clone().dedicated_thread(true), 1)?), Execution::Batched(rt.batcher(&bench.model, spec, t.batch.clone())?)];
+        let runners = [Execution::Sessions(rt.session_pool(&bench.model, spec.clone().dedicated_thread(true), 1)?), Execution::Batched(rt.batcher(&bench.model, spec, t.batch.clone())?)];
         for (r, name) in runners.iter().zip(THROUGHPUT_SCHEMES) {
             check(r, bench, name, t.mode)?;
             // Warm-up: one short cell at the largest K.
@@ -266,7 +266,7 @@ pub fn run(rt: &Runtime, opts: &BenchOptions, t: &ThroughputOptions) -> Result<T
                     let c = cells.entry((which, k)).or_insert_with(|| Cell { requests: 0, seconds: 0.0, latency: histogram(), batches: 0, samples: 0, padded: 0 });
                     c.requests += n;
                     c.seconds += secs;
-                    c.latency.add(h).map_err(|e| Error::Session(format!("merging latencies: {e}")))?;
+                    c.latency.add(h).map_err(|e| Error::session(SessionErrorKind::Failed, format!("merging latencies: {e}")))?;
                     if let (Some(b), Some(a)) = (before, after) {
                         c.batches += a.batches - b.batches;
                         c.samples += a.samples - b.samples;

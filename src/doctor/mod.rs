@@ -138,6 +138,16 @@ impl Report {
         }
     }
 
+    /// What decides where a model package can run: libtorch's version and
+    /// the GPUs' compute capabilities.
+    pub(crate) fn machine_view(&self) -> crate::model::MachineView {
+        let torch = &self.facts.torch;
+        crate::model::MachineView {
+            torch_version: torch.runtime_version.clone().unwrap_or_else(|| torch.build_version.clone()),
+            capabilities: self.facts.devices.iter().map(|d| d.compute_capability).collect(),
+        }
+    }
+
     /// `Ok` when `mode` is usable here, else the doctor's reason.
     pub fn check_mode(&self, mode: Mode) -> Result<(), String> {
         match self.modes.get(&mode) {
@@ -145,6 +155,12 @@ impl Report {
             Some(v) => Err(v.reason.clone()),
             None => Err(format!("mode {mode} was not assessed")),
         }
+    }
+}
+
+impl crate::mode::ModeGate for Report {
+    fn check_mode(&self, mode: Mode) -> Result<(), String> {
+        Report::check_mode(self, mode)
     }
 }
 

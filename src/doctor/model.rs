@@ -38,8 +38,7 @@ use crate::host_tensor::{fill_random, HostTensor};
 use crate::mode::Mode;
 use crate::model::file::{self, check_target, Target};
 use crate::model::{Model, ModelInput, PackageFacts, TensorInfo};
-use crate::runtime::Runtime;
-use crate::session::SessionSpec;
+use crate::session::{Session, SessionSpec};
 use crate::shim::Format;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -362,8 +361,7 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, St
 /// Never panics: every failure becomes a fact.
 pub fn probe(machine: &Report, path: &Path) -> ModelFacts {
     let mut facts = ModelFacts { path: path.to_path_buf(), ..ModelFacts::default() };
-    let rt = Runtime::from_report(machine.clone());
-    let model = match guarded("opening the model", || rt.model(path).map_err(|e| error_text(&e))) {
+    let model = match guarded("opening the model", || Model::open(path, machine.machine_view()).map_err(|e| error_text(&e))) {
         Ok(m) => m,
         Err(e) => {
             facts.open_error = Some(e);
@@ -385,7 +383,7 @@ pub fn probe(machine: &Report, path: &Path) -> ModelFacts {
         let resolved = resolved.clone();
         facts.cpu_run = Some(guarded("running the model on the CPU", || run_on_zeros(&model, &resolved, &ranges)));
     }
-    try_gpu_sessions(&rt, &model, machine, &mut facts);
+    try_gpu_sessions(&model, machine, &mut facts);
     facts
 }
 
@@ -413,7 +411,7 @@ fn run_on_zeros(model: &Model, inputs: &[TensorInfo], ranges: &[Option<(i64, i64
 /// mode should run it, and serves one request on it; records what happened.
 /// Returns at once where the machine's verdict has no usable GPU (so it is
 /// never executed without one), or where the inputs did not resolve.
-fn try_gpu_sessions(rt: &Runtime, model: &Model, machine: &Report, facts: &mut ModelFacts) {
+fn try_gpu_sessions(model: &Model, machine: &Report, facts: &mut ModelFacts) {
     if machine.check_mode(Mode::GpuCopy).is_err() || !matches!(facts.resolved, Some(Ok(_))) {
         return;
     }
@@ -424,7 +422,7 @@ fn try_gpu_sessions(rt: &Runtime, model: &Model, machine: &Report, facts: &mut M
             continue;
         }
         let built = guarded("building a session", || {
-            let mut s = rt.session(model, SessionSpec::new().mode(mode).device(device)).map_err(|e| error_text(&e))?;
+            let mut s = Session::build(machine, model, SessionSpec::new().mode(mode).device(device), None).map_err(|e| error_text(&e))?;
             s.run().map_err(|e| format!("the first request failed: {}", error_text(&e)))?;
             Ok((s.note().to_string(), s.outputs().to_vec()))
         });

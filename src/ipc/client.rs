@@ -15,7 +15,7 @@ use super::header::{Status, MAGIC, MAX_RANK};
 use super::service::{self, Ipc, Names, ServiceV2};
 use super::table::{dtype_code, dtype_of_code, layout, Described, RequestHeaderV2, ResponseHeaderV2, Table, TensorEntry, KIND_DESCRIBE, PROTOCOL_V2};
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::{Error, IpcErrorKind, Result};
 use crate::host_tensor::HostTensor;
 use crate::memory::Element;
 use crate::model::TensorInfo;
@@ -123,7 +123,7 @@ impl<'a> Response<'a> {
     /// Checks the table of an `Ok` response against its payload: every
     /// entry a valid name, dtype and shape whose bytes lie inside the payload.
     fn checked(header: &'a ResponseHeaderV2, payload: &'a [u8]) -> Result<Self> {
-        let bad = |what: String| Error::Ipc(format!("malformed response: {what}"));
+        let bad = |what: String| Error::ipc(IpcErrorKind::Protocol, format!("malformed response: {what}"));
         if header.count as usize > header.tensors.len() {
             return Err(bad(format!("{} table entries", header.count)));
         }
@@ -318,17 +318,17 @@ impl Client {
             .initial_max_slice_len(1)
             .allocation_strategy(AllocationStrategy::PowerOfTwo)
             .create()
-            .map_err(|e| Error::Ipc(format!("client port: {e}")))?;
+            .map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("client port: {e}")))?;
         let notifier = service::request_events(&node, &names)?
             .notifier_builder()
             .create()
-            .map_err(|e| Error::Ipc(format!("request notifier: {e}")))?;
-        let listener_name = PortName::new(&format!("{}", port.id())).map_err(|e| Error::Ipc(format!("listener name: {e:?}")))?;
+            .map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("request notifier: {e}")))?;
+        let listener_name = PortName::new(&format!("{}", port.id())).map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("listener name: {e:?}")))?;
         let listener = service::response_events(&node, &names)?
             .listener_builder()
             .name(&listener_name)
             .create()
-            .map_err(|e| Error::Ipc(format!("response listener: {e}")))?;
+            .map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("response listener: {e}")))?;
         let empty = Described { inputs: Vec::new(), ranges: Vec::new(), outputs: Vec::new(), max_bytes: 0 };
         let mut c = Self { names, timeout, next_id: 1, typical: Duration::ZERO, described: empty, port, notifier, listener, service, node };
         c.described = c.describe()?;
@@ -354,7 +354,7 @@ impl Client {
     pub fn describe(&mut self) -> Result<Described> {
         let h = RequestHeaderV2 { kind: KIND_DESCRIBE, ..RequestHeaderV2::default() };
         let req = self.loan_sample(&h, 0, |_| {})?;
-        self.send_sample(req, |_: &ResponseHeaderV2, payload: &[u8]| Described::parse(payload).map_err(|e| Error::Ipc(format!("the server's signature: {e}"))))?
+        self.send_sample(req, |_: &ResponseHeaderV2, payload: &[u8]| Described::parse(payload).map_err(|e| Error::ipc(IpcErrorKind::Protocol, format!("the server's signature: {e}"))))?
     }
 
     /// Sends `inputs` (one per model input, by name, in any order; a lone
@@ -407,7 +407,7 @@ impl Client {
     /// response in place with `read`.
     pub fn send<R>(&mut self, request: LoanedRequest, read: impl FnOnce(Response<'_>) -> R) -> Result<R> {
         if request.owner != self.port.id() {
-            return Err(Error::Ipc("this request was loaned from another client: send it with the client that loaned it".into()));
+            return Err(Error::ipc(IpcErrorKind::Invalid, "this request was loaned from another client: send it with the client that loaned it"));
         }
         let mut sample = request.sample;
         // Each send is a request of its own: a fresh id.
@@ -452,7 +452,7 @@ impl Client {
     /// Loans a sample of `len` bytes under `header` (with the next request
     /// id); `fill` must initialise every byte of the payload.
     fn loan_sample(&mut self, header: &RequestHeaderV2, len: usize, fill: impl FnOnce(&mut [MaybeUninit<u8>])) -> Result<RequestSample> {
-        let mut req = self.port.loan_slice_uninit(len).map_err(|e| Error::Ipc(format!("loaning {len} bytes of shared memory: {e}")))?;
+        let mut req = self.port.loan_slice_uninit(len).map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("loaning {len} bytes of shared memory: {e}")))?;
         *req.user_header_mut() = RequestHeaderV2 { request_id: self.take_id(), ..*header };
         fill(req.payload_mut());
         // SAFETY: `fill` initialised every byte of the payload (each caller
@@ -468,21 +468,21 @@ impl Client {
             service::cleanup_dead_nodes(&self.node);
             return Err(Error::ServerGone(format!("no server serves {}", self.names.service_v2)));
         }
-        let pending = req.send().map_err(|e| Error::Ipc(format!("sending: {e}")))?;
-        self.notifier.notify().map_err(|e| Error::Ipc(format!("notifying the server: {e}")))?;
+        let pending = req.send().map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("sending: {e}")))?;
+        self.notifier.notify().map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("notifying the server: {e}")))?;
         let start = Instant::now();
         let deadline = start + self.timeout;
         let spin = self.spin();
         let mut last_check = start;
         loop {
-            if let Some(resp) = pending.receive().map_err(|e| Error::Ipc(format!("receiving: {e}")))? {
+            if let Some(resp) = pending.receive().map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("receiving: {e}")))? {
                 self.learn(start.elapsed());
                 return answer(&resp, id, read);
             }
             if !pending.is_connected() {
                 // The server may have sent the response and dropped the request
                 // between the receive above and this check: look once more.
-                if let Some(resp) = pending.receive().map_err(|e| Error::Ipc(format!("receiving: {e}")))? {
+                if let Some(resp) = pending.receive().map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("receiving: {e}")))? {
                     return answer(&resp, id, read);
                 }
                 return Err(Error::ServerGone(format!("{} dropped the request without answering", self.names.service_v2)));
@@ -505,7 +505,7 @@ impl Client {
                 }
             }
             let wait = (deadline - now).min(Duration::from_millis(50));
-            self.listener.timed_wait(|_| {}, wait).map_err(|e| Error::Ipc(format!("waiting for the response: {e:?}")))?;
+            self.listener.timed_wait(|_| {}, wait).map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("waiting for the response: {e:?}")))?;
         }
     }
 }
@@ -537,10 +537,10 @@ fn no_v2_server(node: &Node<Ipc>, names: &Names, waited: Duration) -> Error {
 fn answer<R>(resp: &ResponseSample, id: u64, read: impl FnOnce(&ResponseHeaderV2, &[u8]) -> R) -> Result<R> {
     let h = resp.user_header();
     if h.magic != MAGIC || h.version != PROTOCOL_V2 {
-        return Err(Error::Ipc(format!("the server answered with magic 0x{:08x} version {}", h.magic, h.version)));
+        return Err(Error::ipc(IpcErrorKind::Protocol, format!("the server answered with magic 0x{:08x} version {}", h.magic, h.version)));
     }
     if h.request_id != id {
-        return Err(Error::Ipc(format!("response to request {} arrived for request {id}", h.request_id)));
+        return Err(Error::ipc(IpcErrorKind::Protocol, format!("response to request {} arrived for request {id}", h.request_id)));
     }
     match h.status {
         s if s == Status::Ok as u16 => Ok(read(h, resp.payload())),

@@ -16,7 +16,7 @@ use super::header::{validate_request_v1, RequestHeaderV1, ResponseHeaderV1, Stat
 use super::service::{self, Ipc};
 use super::table::{RequestHeaderV2, ResponseHeaderV2, Signature, KIND_DESCRIBE, MAX_TENSORS, PROTOCOL_V2};
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::{Error, IpcErrorKind, Result};
 use crate::model::InputDecl;
 use crate::runtime::Runtime;
 use crate::session::{ModeChoice, SessionPool, SessionSpec, TensorMut, TensorRef};
@@ -183,7 +183,7 @@ impl Server {
         }
         let svc_v2 = service::service_v2(&node, &names, true)?;
         let svc_v1 = service::service_v1(&node, &names, true)?;
-        let refuse = || Error::Ipc(format!("a live server already serves {}; stop it first", names.service));
+        let refuse = || Error::ipc(IpcErrorKind::AlreadyServing, format!("a live server already serves {}; stop it first", names.service));
         if svc_v2.dynamic_config().number_of_servers() > 0 || svc_v1.dynamic_config().number_of_servers() > 0 {
             return Err(refuse());
         }
@@ -198,11 +198,11 @@ impl Server {
             };
             spec = spec.declare(InputDecl { dtype, ..d.clone() });
         }
-        let pool = SessionPool::new(rt, &model, spec, opts.workers.max(1))?;
-        let signature = Signature::new(pool.inputs(), pool.outputs(), opts.max_bytes).map_err(|e| Error::Ipc(format!("model {}: {e}", opts.model.display())))?;
-        let request_bytes = super::table::layout(pool.inputs().iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice()))).map_err(Error::Ipc)?.len;
+        let pool = rt.session_pool(&model, spec, opts.workers.max(1))?;
+        let signature = Signature::new(pool.inputs(), pool.outputs(), opts.max_bytes).map_err(|e| Error::ipc(IpcErrorKind::Invalid, format!("model {}: {e}", opts.model.display())))?;
+        let request_bytes = super::table::layout(pool.inputs().iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice()))).map_err(|m| Error::ipc(IpcErrorKind::Invalid, m))?.len;
         if request_bytes > opts.max_bytes {
-            return Err(Error::Ipc(format!(
+            return Err(Error::ipc(IpcErrorKind::Invalid, format!(
                 "the model's inputs ({}) take {request_bytes} bytes, above --max-bytes {}",
                 crate::session::tensor_ref::list(pool.inputs()),
                 opts.max_bytes
@@ -221,7 +221,7 @@ impl Server {
                 crate::session::tensor_ref::list(outs)
             )),
         };
-        let server_port_err = |e: &dyn std::fmt::Display| if format!("{e}").contains("ExceedsMaxSupportedServers") { refuse() } else { Error::Ipc(format!("server port: {e}")) };
+        let server_port_err = |e: &dyn std::fmt::Display| if format!("{e}").contains("ExceedsMaxSupportedServers") { refuse() } else { Error::ipc(IpcErrorKind::Transport, format!("server port: {e}")) };
         let port_v2 = svc_v2
             .server_builder()
             .initial_max_slice_len(signature.response_len().max(1))
@@ -243,7 +243,7 @@ impl Server {
         let listener = service::request_events(&node, &names)?
             .listener_builder()
             .create()
-            .map_err(|e| Error::Ipc(format!("request listener: {e}")))?;
+            .map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("request listener: {e}")))?;
         let response_events = service::response_events(&node, &names)?;
         {
             let s = pool.checkout();
@@ -305,7 +305,7 @@ impl Server {
     }
 
     fn receive_unguarded(&self) -> Result<Option<Incoming>> {
-        let err = |e: &dyn std::fmt::Display| Error::Ipc(format!("receiving a request: {e}"));
+        let err = |e: &dyn std::fmt::Display| Error::ipc(IpcErrorKind::Transport, format!("receiving a request: {e}"));
         if let Some(r) = self.port_v2.receive().map_err(|e| err(&e))? {
             return Ok(Some(Incoming::V2(r)));
         }
@@ -319,11 +319,11 @@ impl Server {
         let waitset = WaitSetBuilder::new()
             .signal_handling_mode(SignalHandlingMode::HandleTerminationRequests)
             .create::<Ipc>()
-            .map_err(|e| Error::Ipc(format!("waitset: {e:?}")))?;
-        let guard = waitset.attach_notification(&self.listener).map_err(|e| Error::Ipc(format!("waitset attach: {e:?}")))?;
+            .map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("waitset: {e:?}")))?;
+        let guard = waitset.attach_notification(&self.listener).map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("waitset attach: {e:?}")))?;
         std::thread::scope(|sc| -> Result<()> {
             let worker = Worker { pool: &self.pool, signature: &self.signature, describe: &self.describe, v1: &self.v1, stats: &self.stats, echo: self.opts.echo };
-            let new_notifier = || self.response_events.notifier_builder().create().map_err(|e| Error::Ipc(format!("response notifier: {e}")));
+            let new_notifier = || self.response_events.notifier_builder().create().map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("response notifier: {e}")));
             // One worker: the dispatcher answers requests itself (no thread handoff).
             let inline = if self.opts.workers <= 1 { Some(new_notifier()?) } else { None };
             for w in 0..if inline.is_some() { 0 } else { self.opts.workers } {
@@ -395,7 +395,7 @@ impl Server {
                         },
                         Duration::from_millis(250),
                     )
-                    .map_err(|e| Error::Ipc(format!("waiting for requests: {e:?}")))?;
+                    .map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("waiting for requests: {e:?}")))?;
                 if woke {
                     // Consume the events, or the WaitSet reports them again at once.
                     let _ = self.listener.try_wait(|_| {});
@@ -517,7 +517,7 @@ impl Worker<'_> {
             Ok(r) => r,
             Err(e) => {
                 let msg = format!("no shared memory for the response of {} bytes: {e}", self.signature.response_len());
-                return respond_error_v2(&req, Status::ServerError, &msg).and(Err(Error::Ipc(msg)));
+                return respond_error_v2(&req, Status::ServerError, &msg).and(Err(Error::ipc(IpcErrorKind::Transport, msg)));
             }
         };
         let ran = {
@@ -572,7 +572,7 @@ impl Worker<'_> {
 
     /// Counts a response sent (or says why it was not).
     fn sent<E: std::fmt::Display>(&self, sent: std::result::Result<(), E>) -> Result<()> {
-        sent.map_err(|e| Error::Ipc(format!("sending a response: {e}")))?;
+        sent.map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("sending a response: {e}")))?;
         self.stats.served.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -586,10 +586,10 @@ impl Worker<'_> {
     /// Answers a describe request: the signature as JSON.
     fn describe(&self, req: &RequestV2) -> Result<()> {
         let bytes = self.describe.as_bytes();
-        let resp = req.loan_slice_uninit(bytes.len()).map_err(|e| Error::Ipc(format!("loaning a describe response: {e}")))?;
+        let resp = req.loan_slice_uninit(bytes.len()).map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("loaning a describe response: {e}")))?;
         let mut resp = resp.write_from_slice(bytes);
         resp.user_header_mut().request_id = req.user_header().request_id;
-        resp.send().map_err(|e| Error::Ipc(format!("sending a describe response: {e}")))
+        resp.send().map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("sending a describe response: {e}")))
     }
 
     fn answer_v1(&self, req: RequestV1, access: &crate::client_memory::Access) -> Result<()> {
@@ -606,7 +606,7 @@ impl Worker<'_> {
             return respond_error_v1(&req, h.request_id, Status::BadRequest, &msg);
         }
         let n_out: i64 = output_shape.iter().product();
-        let mut resp = req.loan_slice_uninit(n_out as usize).map_err(|e| Error::Ipc(format!("loaning a response: {e}")))?;
+        let mut resp = req.loan_slice_uninit(n_out as usize).map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("loaning a response: {e}")))?;
         let ran = self.pool.infer(&[TensorRef::new(req.payload())], &mut [TensorMut::uninit(resp.payload_mut())]);
         if access.truncated() {
             drop(resp);
@@ -628,17 +628,17 @@ impl Worker<'_> {
 }
 
 fn respond_error_v2(req: &RequestV2, status: Status, message: &str) -> Result<()> {
-    let mut resp = req.loan_slice_uninit(0).map_err(|e| Error::Ipc(format!("loaning an error response: {e}")))?;
+    let mut resp = req.loan_slice_uninit(0).map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("loaning an error response: {e}")))?;
     resp.user_header_mut().fail(req.user_header().request_id, status, message);
     // SAFETY: the payload has zero bytes, so there is nothing to initialise.
     let resp = unsafe { resp.assume_init() };
-    resp.send().map_err(|e| Error::Ipc(format!("sending an error response: {e}")))
+    resp.send().map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("sending an error response: {e}")))
 }
 
 fn respond_error_v1(req: &RequestV1, request_id: u64, status: Status, message: &str) -> Result<()> {
-    let mut resp = req.loan_slice_uninit(0).map_err(|e| Error::Ipc(format!("loaning an error response: {e}")))?;
+    let mut resp = req.loan_slice_uninit(0).map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("loaning an error response: {e}")))?;
     *resp.user_header_mut() = ResponseHeaderV1::failed(request_id, status, message);
     // SAFETY: the payload has zero elements, so there is nothing to initialise.
     let resp = unsafe { resp.assume_init() };
-    resp.send().map_err(|e| Error::Ipc(format!("sending an error response: {e}")))
+    resp.send().map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("sending an error response: {e}")))
 }

@@ -2,7 +2,7 @@
 //! iceoryx2 configuration, and identical service settings (iceoryx2 refuses
 //! to connect ports whose service was built differently).
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IpcErrorKind, Result};
 use iceoryx2::prelude::*;
 use iceoryx2::service::port_factory::event::PortFactory as EventFactory;
 use iceoryx2::service::port_factory::request_response::PortFactory as RrFactory;
@@ -43,7 +43,7 @@ pub struct Names {
 /// `uminfer/<NAME>` and its event services.
 pub fn names(endpoint: &str) -> Result<Names> {
     if endpoint.is_empty() || endpoint.len() > 200 || !endpoint.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(Error::Ipc(format!("endpoint name {endpoint:?} must be 1 to 200 characters of [A-Za-z0-9-_.]")));
+        return Err(Error::ipc(IpcErrorKind::Invalid, format!("endpoint name {endpoint:?} must be 1 to 200 characters of [A-Za-z0-9-_.]")));
     }
     Ok(Names {
         service: format!("uminfer/{endpoint}"),
@@ -57,17 +57,17 @@ pub fn names(endpoint: &str) -> Result<Names> {
 /// file" warning), iceoryx2's own logs routed through `tracing` at warn level.
 pub fn node(name: &str) -> Result<Node<Ipc>> {
     set_log_level(LogLevel::Warn);
-    let node_name = NodeName::new(name).map_err(|e| Error::Ipc(format!("node name {name:?}: {e:?}")))?;
+    let node_name = NodeName::new(name).map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("node name {name:?}: {e:?}")))?;
     NodeBuilder::new()
         .name(&node_name)
         .config(&Config::default())
         .signal_handling_mode(SignalHandlingMode::HandleTerminationRequests)
         .create::<Ipc>()
-        .map_err(|e| Error::Ipc(format!("creating an iceoryx2 node: {e}")))
+        .map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("creating an iceoryx2 node: {e}")))
 }
 
 fn service_name(s: &str) -> Result<ServiceName> {
-    ServiceName::new(s).map_err(|e| Error::Ipc(format!("service name {s:?}: {e:?}")))
+    ServiceName::new(s).map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("service name {s:?}: {e:?}")))
 }
 
 /// The settings both request-response services are built with (the same on
@@ -120,11 +120,11 @@ fn opened<S, E: std::fmt::Display>(r: std::result::Result<S, E>, create: bool, s
         let text = format!("{e}");
         // IsMarkedForDestruction: a stopped server's service is being removed (a new one may follow).
         if create {
-            Error::Ipc(format!("creating service {service}: {text}"))
+            Error::ipc(IpcErrorKind::Transport, format!("creating service {service}: {text}"))
         } else if text.contains("DoesNotExist") || text.contains("IsMarkedForDestruction") {
             Error::ServerGone(format!("no server serves {service} (start one with `uminfer serve --name …`)"))
         } else {
-            Error::Ipc(format!("opening service {service}: {text}"))
+            Error::ipc(IpcErrorKind::Transport, format!("opening service {service}: {text}"))
         }
     })
 }
@@ -137,7 +137,7 @@ pub fn request_events(node: &Node<Ipc>, names: &Names) -> Result<EventFactory<Ip
         .max_listeners(2)
         .max_nodes(MAX_NODES)
         .open_or_create()
-        .map_err(|e| Error::Ipc(format!("event service {}: {e}", names.request_event)))
+        .map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("event service {}: {e}", names.request_event)))
 }
 
 /// The event service the server notifies a client's listener on when its response is ready.
@@ -148,7 +148,7 @@ pub fn response_events(node: &Node<Ipc>, names: &Names) -> Result<EventFactory<I
         .max_listeners(MAX_CLIENTS)
         .max_nodes(MAX_NODES)
         .open_or_create()
-        .map_err(|e| Error::Ipc(format!("event service {}: {e}", names.response_event)))
+        .map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("event service {}: {e}", names.response_event)))
 }
 
 /// Removes the resources of dead nodes (crashed servers or clients) on this machine.

@@ -1,4 +1,4 @@
-//! The models a gRPC server serves: each a [`SessionPool`] over the model's
+//! The models a gRPC server serves: each a [`SessionPool`](crate::SessionPool) over the model's
 //! signature (named tensors of any dtype), plus the metadata the protocol
 //! reports about it.
 //!
@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::dtype::DType;
 use crate::model::{InputDecl, TensorInfo};
-use crate::batch::{BatchSpec, Batcher, Execution};
-use crate::session::{ModeChoice, SessionPool, SessionSpec};
+use crate::batch::{BatchSpec, Execution};
+use crate::session::{ModeChoice, SessionSpec};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -172,7 +172,7 @@ impl ServedModel {
         let list = |ts: &[TensorInfo]| ts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         let (exec, inputs, outputs, mode, note, request_time) = match batching {
             None => {
-                let pool = SessionPool::new(rt, &model, spec, sessions.max(1))?;
+                let pool = rt.session_pool(&model, spec, sessions.max(1))?;
                 let mut s = pool.checkout();
                 let fastest = crate::intra_op::fastest_pass(|| Ok(s.run()?.host))?;
                 s.reset_timing();
@@ -182,7 +182,7 @@ impl ServedModel {
                 (Execution::Sessions(pool), inputs, outputs, mode, note, fastest)
             }
             Some(b) => {
-                let batcher = Batcher::new(rt, &model, spec, b.clone()).map_err(|e| Error::Argument(format!("model {} ({}) with --max-batch: {e}", source.name, source.path.display())))?;
+                let batcher = rt.batcher(&model, spec, b.clone()).map_err(|e| Error::Argument(format!("model {} ({}) with --max-batch: {e}", source.name, source.path.display())))?;
                 let fastest = batcher.buckets().first().map(|k| k.pass).unwrap_or_default();
                 let buckets: Vec<String> = batcher.buckets().iter().map(|k| k.size.to_string()).collect();
                 let note = format!(

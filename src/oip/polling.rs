@@ -6,11 +6,9 @@
 //! a blocking thread; with more sessions, or long requests, they run on
 //! tokio's blocking threads, [`runs_inline`](super::service::runs_inline)).
 //!
-//! On the 2-core build machine a wake-up of a sleeping thread costs 25 µs or
-//! more; the `identity` model over gRPC with shared memory took 141–145 µs
-//! P50 with a blocking thread and a sleeping transport, 69–74 µs with
-//! inference on the transport thread (and a polling client), 50–77 µs with
-//! the transport polling as well (`docs/oip.md`).
+//! A wake-up of a sleeping thread costs tens of microseconds, as much as a
+//! small model's whole request: both the hand-off and the sleep are avoided
+//! while requests come back to back (`docs/notes/thread-choices.md`).
 //!
 //! [`GrpcOptions::spin`]: super::GrpcOptions::spin
 

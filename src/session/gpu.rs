@@ -10,7 +10,7 @@ use super::engine::Engine;
 use super::spec::GraphLaunch;
 use super::timing::RunTiming;
 use crate::cuda::Gpu;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SessionErrorKind};
 use crate::memory::managed::{attach_raw, prefetch_raw};
 use crate::memory::{Attach, Location};
 use crate::mode::Mode;
@@ -169,7 +169,7 @@ impl RequestEvents {
         // this thread, and the callers run on the thread that called `begin`.
         match unsafe { result::stream::synchronize(self.stream.cu_stream()) } {
             Ok(()) => failed,
-            Err(e) => Error::Session(format!("{failed}; synchronising the session stream afterwards failed too ({e}): the GPU context is unusable, build a new session")),
+            Err(e) => Error::session(SessionErrorKind::Failed, format!("{failed}; synchronising the session stream afterwards failed too ({e}): the GPU context is unusable, build a new session")),
         }
     }
 }

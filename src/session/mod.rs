@@ -36,13 +36,13 @@ pub use worker::pin_to_core as pin_current_thread;
 
 use crate::cuda::Gpu;
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SessionErrorKind};
 use crate::host_tensor::{fill_random, HostTensor};
 use crate::memory::region::{contiguous_strides, raw_tensor, TensorSide};
 use crate::memory::{Advice, Element, Location, RawRegion, Region};
 use crate::mode::Mode;
 use crate::model::Model;
-use crate::runtime::Runtime;
+use crate::mode::ModeGate;
 use crate::shim::LoadedModel;
 use engine::{CpuEngine, Engine, HostPreprocess};
 use gpu::{GpuEngine, GpuParts, GraphLauncher, ManagedRange};
@@ -224,37 +224,35 @@ fn fill_inputs(t: &mut Tensors, ranges: &[Option<(i64, i64)>]) -> Result<()> {
 }
 
 impl Session {
-    /// Builds a session; see [`Runtime::session`]. `default_dtype`: the
-    /// dtype of an input neither the spec nor the model gives one.
-    pub(crate) fn build(rt: &Runtime, model: &Model, spec: SessionSpec) -> Result<Self> {
-        Self::build_with(rt, model, spec, None)
-    }
-
-    pub(crate) fn build_with(rt: &Runtime, model: &Model, spec: SessionSpec, default_dtype: Option<DType>) -> Result<Self> {
+    /// Builds a session in a mode `gate` allows; see
+    /// [`Runtime::session`](crate::Runtime::session), the public way.
+    /// `default_dtype`: the dtype of an input neither the spec nor the model
+    /// gives one.
+    pub(crate) fn build(gate: &dyn ModeGate, model: &Model, spec: SessionSpec, default_dtype: Option<DType>) -> Result<Self> {
         match spec.mode {
-            ModeChoice::Fixed(mode) => Self::build_mode(rt, model, spec, mode, default_dtype),
-            ModeChoice::Auto => Self::build_auto(rt, model, spec, default_dtype),
+            ModeChoice::Fixed(mode) => Self::build_mode(gate, model, spec, mode, default_dtype),
+            ModeChoice::Auto => Self::build_auto(gate, model, spec, default_dtype),
         }
     }
 
-    fn build_mode(rt: &Runtime, model: &Model, spec: SessionSpec, mode: Mode, default_dtype: Option<DType>) -> Result<Self> {
+    fn build_mode(gate: &dyn ModeGate, model: &Model, spec: SessionSpec, mode: Mode, default_dtype: Option<DType>) -> Result<Self> {
         if mode == Mode::ShmIpc {
-            return Err(Error::Session("shm-ipc is a transport, not a session mode: serve a session with `uminfer serve`".into()));
+            return Err(Error::session(SessionErrorKind::Unsupported, "shm-ipc is a transport, not a session mode: serve a session with `uminfer serve`"));
         }
-        rt.check_mode(mode)?;
+        gate.check_mode(mode).map_err(|reason| Error::ModeUnusable { mode, reason })?;
         let in_infos = model.resolve(&spec.inputs, default_dtype)?;
         let ranges: Vec<Option<(i64, i64)>> = model.inputs()?.iter().map(|m| m.range).collect();
         if let Some(p) = &spec.preprocess {
             let fits = matches!(in_infos.as_slice(), [only] if only.dtype == DType::F32 && only.shape == p.output_shape());
             if !fits {
-                return Err(Error::Session(format!(
+                return Err(Error::session(SessionErrorKind::Unsupported, format!(
                     "preprocessing writes one f32 input {:?}; the session's inputs are {}",
                     p.output_shape(),
                     tensor_ref::list(&in_infos)
                 )));
             }
             if mode == Mode::GpuCopy {
-                return Err(Error::Session("preprocessing is not offered in gpu-copy; use gpu-pinned, gpu-managed or gpu-managed-graph".into()));
+                return Err(Error::session(SessionErrorKind::Unsupported, "preprocessing is not offered in gpu-copy; use gpu-pinned, gpu-managed or gpu-managed-graph"));
             }
         }
         let fail = |e: Error| build_error(model, &in_infos, e);
@@ -412,11 +410,11 @@ impl Session {
         Ok(session)
     }
 
-    fn build_auto(rt: &Runtime, model: &Model, spec: SessionSpec, default_dtype: Option<DType>) -> Result<Self> {
+    fn build_auto(gate: &dyn ModeGate, model: &Model, spec: SessionSpec, default_dtype: Option<DType>) -> Result<Self> {
         let mut best: Option<(f64, Self)> = None;
         let mut tried = Vec::new();
-        for mode in rt.usable_modes() {
-            let built = Self::build_mode(rt, model, spec.clone().mode(mode), mode, default_dtype).and_then(|mut s| {
+        for mode in gate.usable_modes() {
+            let built = Self::build_mode(gate, model, spec.clone().mode(mode), mode, default_dtype).and_then(|mut s| {
                 for _ in 0..spec.calibration_runs {
                     s.run()?;
                 }
@@ -433,7 +431,7 @@ impl Session {
                 Err(e) => tried.push(format!("{mode} failed: {e}")),
             }
         }
-        let (p50, mut s) = best.ok_or_else(|| Error::Session(format!("auto: no mode could be built ({})", tried.join("; "))))?;
+        let (p50, mut s) = best.ok_or_else(|| Error::session(SessionErrorKind::Unsupported, format!("auto: no mode could be built ({})", tried.join("; "))))?;
         s.note = format!(
             "auto picked {} (fastest host P50 {p50:.1} µs over {} calibration runs; {}); {}",
             s.mode,
@@ -494,7 +492,9 @@ impl Session {
         Ok(unsafe { self.outputs.slice(i) })
     }
 
-    /// Output `key`'s region, writable (e.g. to poison it before a run in tests).
+    /// Output `key`'s region, writable (the tests poison it before a run).
+    /// Hidden from the documentation: for the test suite, not the API.
+    #[doc(hidden)]
     pub fn output_mut<T: Element>(&mut self, key: impl TensorKey) -> Result<&mut [T]> {
         let i = self.outputs.typed::<T>(&key)?;
         // SAFETY: as for `input_mut`.
@@ -525,7 +525,7 @@ impl Session {
         let i = self.inputs.index(&t.name.as_str())?;
         let info = &self.inputs.infos[i];
         if info.dtype != t.dtype || info.shape != t.shape {
-            return Err(Error::Session(format!("input `{}` takes {} {:?}; {} {:?} given", info.name, info.dtype, info.shape, t.dtype, t.shape)));
+            return Err(Error::session(SessionErrorKind::InvalidRequest, format!("input `{}` takes {} {:?}; {} {:?} given", info.name, info.dtype, info.shape, t.dtype, t.shape)));
         }
         // SAFETY: as for `input_mut`; the region holds exactly `byte_len`
         // bytes, which `t` has (same dtype and shape), and `t`'s bytes are a
@@ -549,7 +549,7 @@ impl Session {
         match self.raw.as_mut() {
             // SAFETY: as for `input_mut`.
             Some(r) => Ok(unsafe { r.host_slice_mut_unchecked() }),
-            None => Err(Error::Session("this session has no preprocessing: build it with SessionSpec::preprocess".into())),
+            None => Err(Error::session(SessionErrorKind::Unsupported, "this session has no preprocessing: build it with SessionSpec::preprocess")),
         }
     }
 
@@ -557,16 +557,22 @@ impl Session {
     /// results are copied into, in order: the regions' own addresses in the
     /// zero-copy modes (the device address for pinned-mapped memory; the
     /// pinned staging address in `gpu-copy`, whose device tensors are separate).
+    /// Hidden from the documentation: for the test suite's zero-copy checks.
+    #[doc(hidden)]
     pub fn tensor_addresses(&self) -> (&[usize], &[usize]) {
         (&self.inputs.addrs, &self.outputs.addrs)
     }
 
-    /// Input `key`'s region.
+    /// Input `key`'s region. Hidden from the documentation: for the test
+    /// suite's zero-copy checks.
+    #[doc(hidden)]
     pub fn input_region(&self, key: impl TensorKey) -> Result<&RawRegion> {
         Ok(&self.inputs.regions[self.inputs.index(&key)?])
     }
 
-    /// Output `key`'s region.
+    /// Output `key`'s region. Hidden from the documentation: for the test
+    /// suite's zero-copy checks.
+    #[doc(hidden)]
     pub fn output_region(&self, key: impl TensorKey) -> Result<&RawRegion> {
         Ok(&self.outputs.regions[self.outputs.index(&key)?])
     }
@@ -600,7 +606,7 @@ impl Session {
         let t = match &self.cpu_direct {
             Some(model) => {
                 let (ins, outs) = (&self.inputs, &self.outputs);
-                let mut ran: Result<()> = Err(Error::Session("the session thread did not run the request".into()));
+                let mut ran: Result<()> = Err(Error::session(SessionErrorKind::Failed, "the session thread did not run the request"));
                 let mut job = || {
                     ran = (|| {
                         let ti = ins
@@ -687,7 +693,7 @@ fn fill_raw(r: &mut Region<u8>) -> Result<()> {
 /// model and the inputs it was given.
 fn build_error(model: &Model, inputs: &[crate::model::TensorInfo], e: Error) -> Error {
     match e {
-        Error::Shim { message, .. } => Error::Session(format!("model {} with inputs {}: {message}", model.path().display(), tensor_ref::list(inputs))),
+        Error::Shim { message, .. } => Error::session(SessionErrorKind::Unsupported, format!("model {} with inputs {}: {message}", model.path().display(), tensor_ref::list(inputs))),
         other => other,
     }
 }

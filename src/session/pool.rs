@@ -3,9 +3,9 @@
 //! checks one out, uses it, and it returns to the pool on drop.
 
 use super::{RunTiming, Session, SessionSpec, TensorInfo, TensorMut, TensorRef};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SessionErrorKind};
 use crate::model::Model;
-use crate::runtime::Runtime;
+use crate::mode::ModeGate;
 use parking_lot::{Condvar, Mutex};
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 /// A fixed set of sessions shared by many threads.
 ///
 /// ```
-/// use uminfer::{Runtime, SessionPool, SessionSpec};
+/// use uminfer::{Runtime, SessionSpec};
 ///
 /// let rt = Runtime::new();
 /// let model = rt.model("models/tiny.pt")?;
-/// let pool = SessionPool::new(&rt, &model, SessionSpec::new(), 2)?;
+/// let pool = rt.session_pool(&model, SessionSpec::new(), 2)?;
 /// let request = |t: usize| -> uminfer::Result<usize> {
 ///     let mut s = pool.checkout(); // waits for a free session; back to the pool on drop
 ///     s.input_mut::<f32>("x")?.fill(t as f32 / 4.0);
@@ -40,11 +40,12 @@ pub struct SessionPool {
 }
 
 impl SessionPool {
-    /// Builds `size` sessions one after another (captures never overlap).
+    /// Builds `size` sessions one after another (captures never overlap);
+    /// see [`Runtime::session_pool`](crate::Runtime::session_pool), the public way.
     /// With `spec.pin_core(c)`, session `i` is pinned to core `(c + i) % cores`.
-    pub fn new(rt: &Runtime, model: &Model, spec: SessionSpec, size: usize) -> Result<Self> {
+    pub(crate) fn build(gate: &dyn ModeGate, model: &Model, spec: SessionSpec, size: usize) -> Result<Self> {
         if size == 0 {
-            return Err(Error::Session("a session pool needs at least one session".into()));
+            return Err(Error::session(SessionErrorKind::Unsupported, "a session pool needs at least one session"));
         }
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let mut sessions: Vec<Session> = Vec::with_capacity(size);
@@ -53,7 +54,7 @@ impl SessionPool {
             if let Some(c) = spec.pin_core {
                 s = s.pin_core((c + i) % cores);
             }
-            sessions.push(rt.session(model, s)?);
+            sessions.push(Session::build(gate, model, s, None)?);
         }
         let signature = (sessions[0].inputs().to_vec(), sessions[0].outputs().to_vec());
         Ok(Self { idle: Mutex::new(sessions), returned: Condvar::new(), size, signature })
@@ -94,7 +95,7 @@ impl SessionPool {
                 return Ok(PooledSession { pool: self, session: Some(s) });
             }
             if self.returned.wait_until(&mut idle, deadline).timed_out() && idle.is_empty() {
-                return Err(Error::Session(format!("no session of {} became free within {timeout:?}", self.size)));
+                return Err(Error::session(SessionErrorKind::Busy, format!("no session of {} became free within {timeout:?}", self.size)));
             }
         }
     }
@@ -103,25 +104,6 @@ impl SessionPool {
     pub fn infer(&self, inputs: &[TensorRef<'_>], outputs: &mut [TensorMut<'_>]) -> Result<RunTiming> {
         self.checkout().run_on(inputs, outputs)
     }
-}
-
-/// A pool for a front end that carries one float32 tensor each way (the
-/// shared-memory protocol v1, the Open Inference Protocol endpoint): `spec`
-/// with the model's only input declared float32 of `input_shape`. Returns
-/// the pool and its output's shape, or says why `front` cannot serve the model.
-pub fn one_f32_tensor(rt: &Runtime, model: &Model, spec: SessionSpec, input_shape: &[i64], sessions: usize, front: &str) -> Result<(SessionPool, Vec<i64>)> {
-    let refuse = |what: String| Error::Session(format!("{front} carries one float32 tensor each way; model {} {what}", model.path().display()));
-    let inputs = model.inputs()?;
-    if inputs.len() != 1 {
-        return Err(refuse(format!("takes {} inputs ({})", inputs.len(), inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "))));
-    }
-    let spec = spec.declare(crate::model::InputDecl { name: None, dtype: Some(crate::dtype::DType::F32), shape: Some(input_shape.to_vec()) });
-    let pool = SessionPool::new(rt, model, spec, sessions)?;
-    let shape = match pool.outputs() {
-        [o] if o.dtype == crate::dtype::DType::F32 => o.shape.clone(),
-        outs => return Err(refuse(format!("returns {}", super::tensor_ref::list(outs)))),
-    };
-    Ok((pool, shape))
 }
 
 /// A session checked out of a [`SessionPool`]; returns on drop.

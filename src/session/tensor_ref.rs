@@ -3,7 +3,7 @@
 //! one per tensor, in the session's order.
 
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SessionErrorKind};
 use crate::memory::Element;
 use crate::model::TensorInfo;
 use std::mem::MaybeUninit;
@@ -104,14 +104,14 @@ impl<'a> TensorMut<'a> {
 /// Checks that `given` (dtype, byte length) match the session's `infos`, in order.
 pub(crate) fn check_bindings(side: &str, infos: &[TensorInfo], given: impl ExactSizeIterator<Item = (DType, usize)>) -> Result<()> {
     if given.len() != infos.len() {
-        return Err(Error::Session(format!("run_on: {} {side} tensors given, the session has {} ({})", given.len(), infos.len(), list(infos))));
+        return Err(Error::session(SessionErrorKind::InvalidRequest, format!("run_on: {} {side} tensors given, the session has {} ({})", given.len(), infos.len(), list(infos))));
     }
     for (info, (dtype, len)) in infos.iter().zip(given) {
         if dtype != info.dtype {
             return Err(Error::DType { tensor: info.name.clone(), expected: info.dtype, given: dtype });
         }
         if len != info.byte_len() {
-            return Err(Error::Session(format!("run_on: {side} `{}` takes {} bytes ({} {:?}), {len} given", info.name, info.byte_len(), info.dtype, info.shape)));
+            return Err(Error::session(SessionErrorKind::InvalidRequest, format!("run_on: {side} `{}` takes {} bytes ({} {:?}), {len} given", info.name, info.byte_len(), info.dtype, info.shape)));
         }
     }
     Ok(())

@@ -2,11 +2,11 @@
 //! types are known at compile time, with infallible slice access.
 
 use super::{RunTiming, Session, SessionSpec, TensorMut, TensorRef, Timing};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SessionErrorKind};
 use crate::memory::{Element, RawRegion};
 use crate::mode::Mode;
 use crate::model::Model;
-use crate::runtime::Runtime;
+use crate::mode::ModeGate;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 
@@ -19,12 +19,12 @@ pub struct TypedSession<I: Element = f32, O: Element = f32> {
 }
 
 impl<I: Element, O: Element> TypedSession<I, O> {
-    /// Builds the session; see [`Runtime::typed_session`].
-    pub(crate) fn build(rt: &Runtime, model: &Model, spec: SessionSpec) -> Result<Self> {
-        let session = Session::build_with(rt, model, spec, Some(I::DTYPE))?;
+    /// Builds the session; see [`Runtime::typed_session`](crate::Runtime::typed_session).
+    pub(crate) fn build(gate: &dyn ModeGate, model: &Model, spec: SessionSpec) -> Result<Self> {
+        let session = Session::build(gate, model, spec, Some(I::DTYPE))?;
         let fits = |infos: &[super::TensorInfo], dtype| matches!(infos, [only] if only.dtype == dtype);
         if !fits(session.inputs(), I::DTYPE) || !fits(session.outputs(), O::DTYPE) {
-            return Err(Error::Session(format!(
+            return Err(Error::session(SessionErrorKind::Unsupported, format!(
                 "a typed session takes one {} input and returns one {} output; model {} takes {} and returns {}: use Runtime::session, which takes any signature",
                 I::NAME,
                 O::NAME,
@@ -86,18 +86,22 @@ impl<I: Element, O: Element> TypedSession<I, O> {
         self.session.raw_input_mut()
     }
 
-    /// The input region.
+    /// The input region (hidden from the documentation: for the test suite).
+    #[doc(hidden)]
     pub fn input_region(&self) -> &RawRegion {
         &self.session.inputs.regions[0]
     }
 
-    /// The output region.
+    /// The output region (hidden from the documentation: for the test suite).
+    #[doc(hidden)]
     pub fn output_region(&self) -> &RawRegion {
         &self.session.outputs.regions[0]
     }
 
     /// `data_ptr()` of the tensor the model reads and of the one its result
-    /// is copied into ([`Session::tensor_addresses`]).
+    /// is copied into (hidden from the documentation: for the test suite's
+    /// zero-copy checks).
+    #[doc(hidden)]
     pub fn tensor_addresses(&self) -> (usize, usize) {
         let (i, o) = self.session.tensor_addresses();
         (i[0], o[0])

@@ -5,7 +5,7 @@
 
 use super::engine::Engine;
 use super::timing::RunTiming;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SessionErrorKind};
 use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -77,7 +77,7 @@ pub fn pin_to_core(core: usize) -> Result<()> {
     // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     if core >= libc::CPU_SETSIZE as usize {
-        return Err(Error::Session(format!("core {core} is beyond CPU_SETSIZE")));
+        return Err(Error::session(SessionErrorKind::Unsupported, format!("core {core} is beyond CPU_SETSIZE")));
     }
     // SAFETY: CPU_SET writes within `set`: `core` is below CPU_SETSIZE (checked above).
     unsafe { libc::CPU_SET(core, &mut set) };
@@ -134,7 +134,7 @@ impl Worker {
             }
             Err(_) => {
                 worker.join();
-                Err(Error::Session("the session thread died while building its engine".into()))
+                Err(Error::session(SessionErrorKind::Failed, "the session thread died while building its engine"))
             }
         }
     }
@@ -175,7 +175,7 @@ impl Worker {
                 return r;
             }
             if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
-                return Err(Error::Session("the session thread has stopped".into()));
+                return Err(Error::session(SessionErrorKind::Failed, "the session thread has stopped"));
             }
             sh.to_caller.wait_for(&mut slot, Duration::from_millis(100));
         }
