@@ -247,6 +247,18 @@ impl GrpcOptions {
 }
 
 /// A gRPC server with its models loaded.
+///
+/// ```no_run
+/// use uminfer::oip::{GrpcOptions, GrpcServer};
+///
+/// let rt = uminfer::Runtime::new();
+/// let models = vec!["tiny=models/tiny.pt".parse().map_err(uminfer::Error::Argument)?];
+/// let mut opts = GrpcOptions::new("127.0.0.1:8001".parse().unwrap(), models);
+/// opts.http_addr = Some("127.0.0.1:8000".parse().unwrap()); // REST beside gRPC
+/// let server = GrpcServer::new(&rt, opts)?; // loads the models, builds their sessions
+/// server.run(|at| println!("serving on {}", at.grpc))?; // until SIGINT/SIGTERM
+/// # Ok::<(), uminfer::Error>(())
+/// ```
 pub struct GrpcServer {
     opts: GrpcOptions,
     models: Models,
