@@ -172,8 +172,8 @@ pub enum Clients {
 /// `clients` over the slowest model's forward pass with libtorch's default
 /// threads, [shared](shared_by) by the `concurrent` sessions that may run
 /// at once; else libtorch's default. A model's declared shape, where given,
-/// is a one-input model's (of its recorded dtype, else float32), as the
-/// servers take it. Returns the count and why, for the log.
+/// is a one-input model's ([`Model::resolve_input_shape`]), as the servers
+/// take it. Returns the count and why, for the log.
 pub fn set_for_server(explicit: Option<usize>, cpu: bool, clients: Clients, models: &[(Model, Option<&[i64]>)], concurrent: usize) -> Result<(usize, String)> {
     let why = match explicit {
         Some(n) => {
@@ -183,8 +183,7 @@ pub fn set_for_server(explicit: Option<usize>, cpu: bool, clients: Clients, mode
         None if cpu => {
             let mut slowest = Duration::ZERO;
             for (model, input_shape) in models {
-                let decls: Vec<crate::model::InputDecl> = input_shape.map(|s| crate::model::InputDecl { name: None, dtype: None, shape: Some(s.to_vec()) }).into_iter().collect();
-                let inputs = model.resolve(&decls, input_shape.map(|_| crate::DType::F32))?;
+                let inputs = model.resolve_input_shape(*input_shape)?;
                 slowest = slowest.max(time_forward(model, &inputs)?);
             }
             let (rule, under, who) = match clients {

@@ -221,6 +221,14 @@ impl Model {
         signature::resolve(self.inputs()?, decls, default_dtype).map_err(|source| Error::Signature { path: self.inner.path.clone(), source })
     }
 
+    /// The inputs a server gives the model: as recorded, or with
+    /// `input_shape`, a one-input model's declared shape (of the dtype the
+    /// model records, else float32).
+    pub fn resolve_input_shape(&self, input_shape: Option<&[i64]>) -> Result<Vec<TensorInfo>> {
+        let decls: Vec<InputDecl> = input_shape.map(|s| InputDecl { name: None, dtype: None, shape: Some(s.to_vec()) }).into_iter().collect();
+        self.resolve(&decls, input_shape.map(|_| crate::dtype::DType::F32))
+    }
+
     /// Runs the model once on `loaded` over `inputs` (eager, new tensors):
     /// its outputs, named and described, and the tensors.
     pub(crate) fn discover_outputs(&self, loaded: &LoadedModel, inputs: &[tch::Tensor]) -> Result<(Vec<TensorInfo>, Vec<tch::Tensor>)> {

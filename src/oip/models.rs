@@ -12,8 +12,7 @@
 use super::metrics::ModelLabels;
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
-use crate::dtype::DType;
-use crate::model::{InputDecl, TensorInfo};
+use crate::model::TensorInfo;
 use crate::batch::{BatchSpec, Execution};
 use crate::session::{ModeChoice, SessionSpec};
 use std::collections::BTreeMap;
@@ -163,8 +162,7 @@ impl ServedModel {
     /// records, else float32).
     pub fn load(rt: &Runtime, source: &ModelSource, input_shape: Option<&[i64]>, mode: ModeChoice, sessions: usize, echo: bool, batching: Option<&BatchSpec>) -> Result<Self> {
         let model = rt.model(&source.path)?;
-        let decls: Vec<InputDecl> = input_shape.map(|s| InputDecl { name: None, dtype: None, shape: Some(s.to_vec()) }).into_iter().collect();
-        let inputs = model.resolve(&decls, input_shape.map(|_| DType::F32))?;
+        let inputs = model.resolve_input_shape(input_shape)?;
         let mut spec = SessionSpec::new().mode_choice(mode).dedicated_thread(true);
         for i in &inputs {
             spec = spec.input(&i.name, i.dtype, &i.shape);
