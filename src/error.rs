@@ -95,7 +95,7 @@ pub enum Error {
     Signature {
         path: PathBuf,
         #[source]
-        source: crate::model::signature::SignatureError,
+        source: SignatureError,
     },
 
     /// A tensor accessed or given with another dtype than the session's.
@@ -207,4 +207,21 @@ impl Error {
     pub(crate) fn driver(call: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
         move |source| Error::Driver { call, source }
     }
+}
+
+/// Why a session's declarations do not fit the model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("the model has no input `{given}`; its inputs: {known}")]
+    UnknownInput { given: String, known: String },
+    #[error("input `{0}` is declared twice")]
+    Duplicate(String),
+    #[error("an input declared without a name needs a model with one input; this one takes {0}: name each")]
+    Unnamed(String),
+    #[error("input `{name}`: the model does not record its {what}; declare it (SessionSpec::input(\"{name}\", dtype, &shape), or --input-spec {name}=DTYPE:DIMS on the command line)")]
+    Missing { name: String, what: &'static str },
+    #[error("input `{name}`: declared {declared}, but the package was compiled for {compiled}; declare {compiled} or export the model again for {declared}")]
+    Fixed { name: String, declared: String, compiled: String },
+    #[error("input `{name}`: shape {shape:?} must have positive dimensions")]
+    BadShape { name: String, shape: Vec<i64> },
 }

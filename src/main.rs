@@ -137,9 +137,57 @@ struct ServeArgs {
     #[command(flatten)]
     common: ServeCommon,
     #[command(flatten)]
+    batch: BatchArgs,
+    #[command(flatten)]
     shm: ShmServeArgs,
     #[command(flatten)]
     grpc: GrpcServeArgs,
+}
+
+/// Dynamic batching, on either transport (`--max-batch`).
+#[derive(clap::Args)]
+#[command(next_help_heading = "Dynamic batching (--max-batch)")]
+struct BatchArgs {
+    /// Gather requests into batches of up to N samples. Every input's and
+    /// output's first dimension is the batch, and a request carries 1 to N
+    /// samples. A session per bucket (--buckets) replaces --workers; in
+    /// graph modes each captures its own CUDA graph.
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_batch: Option<usize>,
+    /// How long the oldest waiting request may wait for others while a
+    /// full batch cannot be formed, in µs (0: a lone request runs at once).
+    #[arg(long, value_name = "US", default_value_t = 0, requires = "max_batch")]
+    batch_delay_us: u64,
+    /// The batch sizes to build a session for, ascending, the largest N
+    /// (default 1,2,4,... below N, then N). A batch runs in the smallest
+    /// that holds it, padded with zeros.
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', requires = "max_batch")]
+    buckets: Vec<usize>,
+    /// Requests that may wait (per model); beyond, a request is refused at
+    /// once: RESOURCE_EXHAUSTED (REST: 429), shared memory: status busy.
+    #[arg(long, value_name = "Q", default_value_t = uminfer::batch::DEFAULT_MAX_QUEUE, requires = "max_batch")]
+    max_queue: usize,
+    /// A request still waiting after this many ms is refused: UNAVAILABLE
+    /// (REST: 503), shared memory: status busy; 0: no timeout.
+    #[arg(long, value_name = "MS", default_value_t = 0, requires = "max_batch")]
+    queue_timeout_ms: u64,
+}
+
+impl BatchArgs {
+    /// The batching asked for, checked; `None` without --max-batch.
+    fn spec(&self, workers: usize) -> anyhow::Result<Option<uminfer::batch::BatchSpec>> {
+        let Some(n) = self.max_batch else { return Ok(None) };
+        if workers > 1 {
+            bail!("--max-batch runs one batcher per model, with a session per bucket: drop --workers {workers}");
+        }
+        let spec = uminfer::batch::BatchSpec::new(n)
+            .max_queue_delay(std::time::Duration::from_micros(self.batch_delay_us))
+            .max_queue(self.max_queue)
+            .timeout((self.queue_timeout_ms > 0).then(|| std::time::Duration::from_millis(self.queue_timeout_ms)));
+        let spec = if self.buckets.is_empty() { spec } else { spec.buckets(&self.buckets) };
+        spec.bucket_sizes()?;
+        Ok(Some(spec))
+    }
 }
 
 /// What both transports take.
@@ -207,30 +255,6 @@ struct GrpcServeArgs {
     /// port 0 picks a free port). Prints `grpc=ADDR` on stdout once listening.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = uminfer::oip::server::DEFAULT_ADDR)]
     grpc: Option<std::net::SocketAddr>,
-    /// With --grpc: gather requests into batches of up to N samples. Every
-    /// input's and output's first dimension is the batch, and a request
-    /// carries 1 to N samples. A session per bucket (--buckets) replaces
-    /// --workers; in graph modes each captures its own CUDA graph.
-    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), conflicts_with = "name")]
-    max_batch: Option<usize>,
-    /// With --max-batch: how long the oldest waiting request may wait for
-    /// others while a full batch cannot be formed, in µs (0: a lone
-    /// request runs at once).
-    #[arg(long, value_name = "US", default_value_t = 0, requires = "max_batch")]
-    batch_delay_us: u64,
-    /// With --max-batch: the batch sizes to build a session for, ascending,
-    /// the largest N (default 1,2,4,... below N, then N). A batch runs in
-    /// the smallest that holds it, padded with zeros.
-    #[arg(long, value_name = "SIZES", value_delimiter = ',', requires = "max_batch")]
-    buckets: Vec<usize>,
-    /// With --max-batch: requests that may wait per model; beyond, a request
-    /// is refused at once with RESOURCE_EXHAUSTED (REST: 429).
-    #[arg(long, value_name = "Q", default_value_t = uminfer::batch::DEFAULT_MAX_QUEUE, requires = "max_batch")]
-    max_queue: usize,
-    /// With --max-batch: a request still waiting after this many ms is
-    /// refused with UNAVAILABLE (REST: 503); 0: no timeout.
-    #[arg(long, value_name = "MS", default_value_t = 0, requires = "max_batch")]
-    queue_timeout_ms: u64,
     /// With --grpc: serve Prometheus metrics on http://ADDR/metrics (port 0 picks
     /// a free port). Prints `metrics=ADDR` on stdout after `grpc=ADDR`.
     #[arg(long, value_name = "ADDR", conflicts_with = "name")]
@@ -545,7 +569,9 @@ fn serve_shm(opts: uminfer::ipc::ServeOptions, threads: Option<u32>) -> anyhow::
         [only] if one_input => only.shape.as_deref(),
         _ => None,
     };
-    choose_intra_op_threads(&rt, threads, opts.mode, uminfer::intra_op::Clients::SharedMemory, &[(opts.model.clone(), shape)], opts.workers)?;
+    // Batched, one thread (the batcher's) runs the passes.
+    let concurrent = if opts.batching.is_some() { 1 } else { opts.workers };
+    choose_intra_op_threads(&rt, threads, opts.mode, uminfer::intra_op::Clients::SharedMemory, &[(opts.model.clone(), shape)], concurrent)?;
     let service = format!("uminfer/{}", opts.name);
     let server = uminfer::ipc::Server::new(&rt, opts)?;
     // What a parent process waits for (as `serve --grpc` prints `grpc=ADDR`).
@@ -554,12 +580,16 @@ fn serve_shm(opts: uminfer::ipc::ServeOptions, threads: Option<u32>) -> anyhow::
     let st = server.stats();
     let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
-        "stopped: {} served, {} bad requests, {} model errors, {} abandoned by their clients",
+        "stopped: {} served, {} bad requests, {} model errors, {} refused busy, {} abandoned by their clients",
         n(&st.served),
         n(&st.bad_requests),
         n(&st.model_errors),
+        n(&st.busy),
         n(&st.abandoned)
     );
+    if let Some(b) = server.batch_stats() {
+        tracing::info!("batching: {b}");
+    }
     Ok(())
 }
 
@@ -576,15 +606,16 @@ fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice
 /// `uminfer serve`: over the Open Inference Protocol with `--grpc`, else over shared memory.
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let threads = a.common.intra_op_threads;
+    let batching = a.batch.spec(a.common.workers)?;
     match a.grpc.grpc {
-        Some(addr) => serve_grpc(a.grpc.options(addr, a.common)?, threads),
-        None => serve_shm(a.shm.options(a.common)?, threads),
+        Some(addr) => serve_grpc(a.grpc.options(addr, a.common, batching)?, threads),
+        None => serve_shm(a.shm.options(a.common, batching)?, threads),
     }
 }
 
 impl ShmServeArgs {
     /// One endpoint name and one model path.
-    fn options(self, c: ServeCommon) -> anyhow::Result<uminfer::ipc::ServeOptions> {
+    fn options(self, c: ServeCommon, batching: Option<uminfer::batch::BatchSpec>) -> anyhow::Result<uminfer::ipc::ServeOptions> {
         let name = self.name.context("--name is required without --grpc")?;
         let mut opts = match c.model.as_slice() {
             [m] => uminfer::ipc::ServeOptions::new(&name, m.path.clone()),
@@ -595,6 +626,7 @@ impl ShmServeArgs {
         opts.spin = std::time::Duration::from_micros(c.spin_us);
         opts.max_bytes = c.max_bytes;
         opts.echo = c.echo;
+        opts.batching = batching;
         match c.input_shape.as_slice() {
             [] => {}
             [uminfer::oip::InputShape { model: None, dims }] => opts = opts.input_shape(dims),
@@ -607,7 +639,7 @@ impl ShmServeArgs {
 
 impl GrpcServeArgs {
     /// The models, limits, listeners and batching of `serve --grpc ADDR`.
-    fn options(self, addr: std::net::SocketAddr, c: ServeCommon) -> anyhow::Result<uminfer::oip::GrpcOptions> {
+    fn options(self, addr: std::net::SocketAddr, c: ServeCommon, batching: Option<uminfer::batch::BatchSpec>) -> anyhow::Result<uminfer::oip::GrpcOptions> {
         let input_shapes = uminfer::oip::InputShapes::new(&c.input_shape, &c.model)?;
         let mut opts = uminfer::oip::GrpcOptions::new(addr, c.model);
         opts.mode = c.mode;
@@ -631,18 +663,7 @@ impl GrpcServeArgs {
         opts.shm_from_any_peer = self.shm_from_any_peer;
         opts.grpc_restricted = self.grpc_restricted_protocol;
         opts.http_restricted = self.http_restricted_api;
-        if let Some(n) = self.max_batch {
-            if c.workers > 1 {
-                bail!("--max-batch runs one batcher per model, with a session per bucket: drop --workers {}", c.workers);
-            }
-            let spec = uminfer::batch::BatchSpec::new(n)
-                .max_queue_delay(std::time::Duration::from_micros(self.batch_delay_us))
-                .max_queue(self.max_queue)
-                .timeout((self.queue_timeout_ms > 0).then(|| std::time::Duration::from_millis(self.queue_timeout_ms)));
-            let spec = if self.buckets.is_empty() { spec } else { spec.buckets(&self.buckets) };
-            spec.bucket_sizes()?;
-            opts.batching = Some(spec);
-        }
+        opts.batching = batching;
         opts.tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(uminfer::oip::tls::Tls::from_pem_files(&cert, &key)?),
             (None, None) => None,
@@ -692,7 +713,7 @@ fn infer(name: &str, inputs: &[uminfer::host_tensor::TensorFile], output: &std::
         }
     }
     let views = given.iter().map(uminfer::ipc::NamedTensor::of).collect::<uminfer::Result<Vec<_>>>()?;
-    Ok(uminfer::host_tensor::write_tensor_file(output, &client.infer_tensors(&views)?).context("--output")?)
+    uminfer::host_tensor::write_tensor_file(output, &client.infer_tensors(&views)?).context("--output")
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {

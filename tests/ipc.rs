@@ -416,6 +416,140 @@ fn a_v1_client_is_served_for_one_float32_tensor_and_told_to_use_v2_otherwise() {
     });
 }
 
+/// Random inputs of `samples` samples for a batching server's `client`
+/// (seeded by `seed`), in the model's order.
+fn batch_inputs(client: &Client, samples: usize, seed: u64) -> Vec<HostTensor> {
+    client
+        .inputs()
+        .iter()
+        .zip(client.input_ranges())
+        .enumerate()
+        .map(|(i, (t, &range))| {
+            let mut shape = t.shape.clone();
+            shape[0] = samples as i64;
+            let mut bytes = vec![0u8; uminfer::host_tensor::numel(&shape).unwrap() * t.dtype.size()];
+            uminfer::host_tensor::fill_random(t.dtype, range, seed * 31 + i as u64, &mut bytes);
+            HostTensor::new(&t.name, t.dtype, &shape, bytes).unwrap()
+        })
+        .collect()
+}
+
+/// Sample `k` of `t` (its first dimension).
+fn sample(t: &HostTensor, k: usize) -> HostTensor {
+    let n = t.shape[0] as usize;
+    let per = t.bytes().len() / n;
+    let mut shape = t.shape.clone();
+    shape[0] = 1;
+    HostTensor::new(&t.name, t.dtype, &shape, t.bytes()[k * per..(k + 1) * per].to_vec()).unwrap()
+}
+
+/// A batching server (`--max-batch 4`): 6 client threads × 10 requests of
+/// 1 to 3 samples, each with its own random inputs, get their own outputs
+/// (every row within 1e-4 of the model's batch-1 result), batches of
+/// several samples form, the describe response shows the batch as -1, and
+/// requests over the batch or that disagree on it are refused.
+#[test]
+fn a_batching_server_answers_each_client_with_its_own_rows() {
+    const THREADS: usize = 6;
+    const REQUESTS: usize = 10;
+    let rt = runtime();
+    for model in ["tiny.pt", "encoder.pt"] {
+        let batching = uminfer::batch::BatchSpec::new(4).max_queue_delay(Duration::from_millis(2));
+        with_server_tuned(model, |o| o.batching = Some(batching), |name, server| {
+            let mut c = connect(name);
+            assert_eq!(c.max_batch(), Some(4), "{model}");
+            assert!(c.inputs().iter().chain(c.outputs()).all(|t| t.shape[0] == -1), "{model}: {:?} {:?}", c.inputs(), c.outputs());
+            let done: Vec<(Vec<HostTensor>, Vec<HostTensor>)> = std::thread::scope(|sc| {
+                let handles: Vec<_> = (0..THREADS)
+                    .map(|t| {
+                        sc.spawn(move || {
+                            let mut c = connect(name);
+                            (0..REQUESTS)
+                                .map(|m| {
+                                    let samples = 1 + (t + m) % 3;
+                                    let ins = batch_inputs(&c, samples, (t * REQUESTS + m) as u64 + 1);
+                                    let named: Vec<NamedTensor<'_>> = ins.iter().map(|x| NamedTensor::of(x).unwrap()).collect();
+                                    let outs = c.infer_tensors(&named).unwrap_or_else(|e| panic!("{model}: thread {t}, request {m}: {e}"));
+                                    assert!(outs.iter().all(|o| o.shape[0] == samples as i64), "{model}: {samples} samples, outputs {:?}", outs.iter().map(|o| &o.shape).collect::<Vec<_>>());
+                                    (ins, outs)
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+            });
+            let stats = server.batch_stats().expect("a batching server has batch statistics");
+            let samples: usize = done.iter().map(|(ins, _)| ins[0].shape[0] as usize).sum();
+            assert_eq!((stats.requests as usize, stats.samples as usize, stats.refused), (THREADS * REQUESTS, samples, 0), "{model}: {stats:?}");
+            assert!(stats.mean_batch > 1.0, "{model}: no batch of several samples formed under load: {stats:?}");
+            eprintln!("{model} over shared memory: {stats}");
+            // Every row is its own request's: the model's batch-1 result for that sample.
+            let m = rt.model(common::model_path(model)).unwrap();
+            let mut reference = rt.session(&m, uminfer::SessionSpec::new()).unwrap();
+            for (r, (ins, outs)) in done.iter().enumerate() {
+                for k in 0..ins[0].shape[0] as usize {
+                    for x in ins {
+                        reference.write_input(&sample(x, k)).unwrap();
+                    }
+                    reference.run().unwrap();
+                    for (i, o) in outs.iter().enumerate() {
+                        sample(o, k).check_close(&reference.read_output(i).unwrap(), 1e-4).unwrap_or_else(|e| panic!("{model}: request {r}, sample {k}: {e}"));
+                    }
+                }
+            }
+            // Over the batch, and inputs that disagree on it: refused, the server serving on.
+            let five = batch_inputs(&c, 5, 99);
+            let err = c.infer_tensors(&five.iter().map(|x| NamedTensor::of(x).unwrap()).collect::<Vec<_>>()).unwrap_err().to_string();
+            assert!(err.contains("5 samples given; this server takes 1 to 4 per request"), "{err}");
+            if model == "encoder.pt" {
+                let (two, three) = (batch_inputs(&c, 2, 7), batch_inputs(&c, 3, 8));
+                let mixed = [NamedTensor::of(&two[0]).unwrap(), NamedTensor::of(&three[1]).unwrap()];
+                let err = c.infer_tensors(&mixed).unwrap_err().to_string();
+                assert!(err.contains("the inputs disagree on the samples"), "{err}");
+            } else {
+                let (h, y) = v1_request(name, RequestHeaderV1::new(1, &SHAPE).unwrap(), &npy("tiny.input.npy"));
+                assert_eq!((h.status, h.shape()), (0, vec![1, 10]), "{}", h.error_text());
+                assert!(common::max_abs_diff(&y, &npy("tiny.expected.npy")) <= 1e-4);
+            }
+            let one = batch_inputs(&c, 1, 5);
+            assert_eq!(c.infer_tensors(&one.iter().map(|x| NamedTensor::of(x).unwrap()).collect::<Vec<_>>()).unwrap()[0].shape[0], 1);
+        });
+    }
+}
+
+/// A batching server refuses a request that waited past the queue timeout
+/// with status busy, and serves the others.
+#[test]
+fn a_batching_server_answers_busy_past_the_queue_timeout() {
+    // resnet18's pass on the CPU takes well over the 2 ms timeout: of
+    // requests sent at once to one bucket of 1, those behind the first wait it out.
+    let batching = uminfer::batch::BatchSpec::new(1).timeout(Some(Duration::from_millis(2)));
+    with_server_tuned("resnet18.pt", |o| o.batching = Some(batching), |name, server| {
+        let input = npy("resnet18.input.npy");
+        let results: Vec<uminfer::Result<Vec<HostTensor>>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    let input = &input;
+                    sc.spawn(move || {
+                        let mut c = connect(name);
+                        (0..3).map(|_| c.infer_tensors(&[NamedTensor::new("", &SHAPE, input).unwrap()])).collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let busy = results.iter().filter(|r| matches!(r, Err(Error::Remote { status: "busy", message }) if message.contains("waited"))).count();
+        let served = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(busy + served, results.len(), "every request is served or busy: {:?}", results.iter().filter_map(|r| r.as_ref().err()).collect::<Vec<_>>());
+        assert!(busy >= 1 && served >= 1, "{busy} busy, {served} served");
+        assert_eq!(server.stats().busy.load(Relaxed), busy as u64);
+        for r in results.iter().flatten() {
+            assert!(common::max_abs_diff(&r[0].to_vec::<f32>().unwrap(), &npy("resnet18.expected.npy")) <= 1e-3);
+        }
+    });
+}
+
 /// A v2 client that finds only a protocol v1 server says so.
 #[test]
 fn a_v2_client_of_a_v1_only_server_says_the_server_is_too_old() {

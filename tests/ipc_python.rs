@@ -86,11 +86,17 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start(tag: &str, model: &str) -> Self {
+        Self::start_with(tag, model, &[])
+    }
+
+    /// With `extra` flags for `uminfer serve`.
+    fn start_with(tag: &str, model: &str, extra: &[&str]) -> Self {
         let name = unique(tag);
         let log = std::env::temp_dir().join(format!("uminfer-{name}.log"));
         let child = Command::new(common::uminfer_bin())
             .args(["serve", "--name", &name, "--model"])
             .arg(common::model_path(model))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("creating the server log file"))
@@ -458,6 +464,65 @@ print(f"refused={len(cases)}")
     assert_eq!(field(&stdout, "refused"), Some("4"), "{stdout}");
     assert!(field(&stdout, "bare").is_some_and(|m| m.contains("the model takes 2 inputs (input_ids, attention_mask): pass a dict")), "{stdout}");
     assert!(server.is_running(), "the server exited after bad requests:\n{}", server.log());
+}
+
+/// Python clients of a batching server (`--max-batch 4`): 4 threads × 8
+/// requests of 1 to 3 samples of random tokens, every row equal (1e-4) to
+/// PyTorch's own run of that sample alone; the describe response shows the
+/// batch as -1; the server logs its batches at shutdown.
+#[test]
+fn python_clients_of_a_batching_server_get_their_own_rows() {
+    let env = require_python!();
+    let mut server = ServerProcess::start_with("batched", "encoder.pt", &["--max-batch", "4", "--batch-delay-us", "2000"]);
+    let script = r#"
+import sys, threading
+import numpy as np, torch
+from uminfer_client import Client
+
+name, timeout, models = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+model = torch.jit.load(f"{models}/encoder.pt").eval()
+with Client(name, timeout=timeout) as c:
+    shapes = [i.shape for i in c.inputs] + [o.shape for o in c.outputs]
+    assert all(s[0] == -1 for s in shapes), shapes
+done, errors = [], []
+
+def client(t):
+    try:
+        rng = np.random.default_rng(t)
+        with Client(name, timeout=timeout) as c:
+            for m in range(8):
+                n = 1 + (t + m) % 3
+                ids = rng.integers(0, 1000, (n, 32), dtype=np.int64)
+                mask = (rng.random((n, 32)) < 0.8).astype(np.int64)
+                out = c.infer({"input_ids": ids, "attention_mask": mask})
+                done.append((ids, mask, out))
+    except Exception as e:
+        errors.append(repr(e))
+
+threads = [threading.Thread(target=client, args=(t,)) for t in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+assert not errors, errors
+with torch.inference_mode():
+    for ids, mask, out in done:
+        for k in range(ids.shape[0]):
+            want = model(torch.from_numpy(ids[k:k + 1]), torch.from_numpy(mask[k:k + 1]))
+            for i, w in enumerate(want):
+                got = out[f"output__{i}"][k:k + 1]
+                err = np.abs(got - w.numpy()).max() / max(1e-6, np.abs(w.numpy()).max())
+                assert err <= 1e-4, (k, i, err)
+print(f"requests={len(done)} samples={sum(ids.shape[0] for ids, _, _ in done)}")
+"#;
+    let out = python_script(&env, script, &server.name);
+    if !out.status.success() {
+        server.fail("the batching script failed", &out);
+    }
+    let stdout = text(&out.stdout);
+    let samples: usize = (0..4).flat_map(|t| (0..8).map(move |m| 1 + (t + m) % 3)).sum();
+    assert_eq!(field(&stdout, "requests"), Some(format!("32 samples={samples}").as_str()), "{stdout}");
+    assert!(server.stop().success(), "{}", server.log());
+    let log = server.log();
+    assert!(log.contains("batching: 32 requests (0 refused) in "), "{log}");
 }
 
 #[test]

@@ -15,7 +15,8 @@ Usage:
       the server serves tiny with --max-batch 8 --max-queue 1, a long queue
       delay and a shorter queue timeout: a request behind a waiting one is
       refused at once (RESOURCE_EXHAUSTED, REST 429), the waiting one after
-      its timeout (UNAVAILABLE, REST 503), a full batch runs at once.
+      its timeout (UNAVAILABLE, REST 503), a full batch runs at once, and a
+      request's own shorter `timeout` parameter applies.
 
 Prints KEY=ok lines; exits 1 with FAILED: ... on the first wrong answer.
 """
@@ -163,7 +164,15 @@ def refusals(grpc_url, http_url):
         t0 = time.monotonic()
         out = c.infer("tiny", inputs_for(tc, {"x": x8})).as_numpy("output__0")
         check(out.shape == (8, 10) and time.monotonic() - t0 < 0.14, f"{name}: a full batch waited or failed")
-        print(f"{name}_queue_full=refused {name}_queue_timeout=refused {name}_full_batch=ok", flush=True)
+        # The request's own timeout (30 ms, under the server's 150 ms) applies.
+        t0 = time.monotonic()
+        try:
+            c.infer("tiny", inputs_for(tc, {"x": x}), timeout=30000)
+            fail(f"{name}: a request past its own 30 ms timeout was answered")
+        except InferenceServerException as e:
+            took = time.monotonic() - t0
+            check(str(e.status()) == timeout and "queue timeout" in e.message() and 0.03 <= took < 0.14, f"{name} own timeout: {e.status()} {e.message()} after {took:.3f} s")
+        print(f"{name}_queue_full=refused {name}_queue_timeout=refused {name}_full_batch=ok {name}_own_timeout=refused", flush=True)
 
 
 if __name__ == "__main__":

@@ -729,7 +729,7 @@ fn tritonclient_requests_are_batched_and_each_gets_its_own_answer() {
     let http = server.reported("http");
     let out = common::finish(script(&py, "oip_batching.py", &["refusals", &server.url, &http]).spawn().expect("starting the venv python"), PYTHON_DEADLINE);
     let got = server.check("oip_batching.py refusals", &out);
-    for want in ["grpc_queue_full=refused grpc_queue_timeout=refused grpc_full_batch=ok", "http_queue_full=refused http_queue_timeout=refused http_full_batch=ok", "done=ok"] {
+    for want in ["grpc_queue_full=refused grpc_queue_timeout=refused grpc_full_batch=ok grpc_own_timeout=refused", "http_queue_full=refused http_queue_timeout=refused http_full_batch=ok http_own_timeout=refused", "done=ok"] {
         assert!(got.lines().any(|l| l == want), "no {want:?} in:\n{got}");
     }
     server.stop_cleanly();

@@ -213,11 +213,12 @@ impl Execution {
     }
 
     /// Runs one request over caller memory (blocking: waits for a session,
-    /// or for its batch to run).
-    pub fn run_on(&self, inputs: &[TensorRef<'_>], outputs: &mut [TensorMut<'_>]) -> Result<()> {
+    /// or for its batch to run). `timeout`, batched only: the request's own
+    /// queue timeout ([`Batcher::run_within`]).
+    pub fn run_on(&self, inputs: &[TensorRef<'_>], outputs: &mut [TensorMut<'_>], timeout: Option<Duration>) -> Result<()> {
         match self {
             Self::Sessions(p) => p.checkout().run_on(inputs, outputs).map(drop),
-            Self::Batched(b) => b.run(inputs, outputs).map(drop),
+            Self::Batched(b) => b.run_within(inputs, outputs, timeout).map(drop),
         }
     }
 }
@@ -303,7 +304,7 @@ impl Batcher {
         let inputs: Vec<TensorInfo> = declared.iter().map(|t| with_batch(t, 1)).collect();
         // The scheduler runs the sessions itself: no session thread of their own.
         let spec = SessionSpec { dedicated_thread: None, ..spec };
-        let limits = Limits { max_batch: batch.max_batch, max_queue: batch.max_queue, max_queue_delay: batch.max_queue_delay, timeout: batch.timeout };
+        let limits = Limits { max_batch: batch.max_batch, max_queue: batch.max_queue, max_queue_delay: batch.max_queue_delay };
         let queue = Arc::new(Queue::new(limits));
         let stats = Arc::new(Mutex::new(stats::BatchStats::new(batch.max_batch, &sizes)));
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -343,6 +344,17 @@ impl Batcher {
     /// room for `n`. Blocks until the request's batch has run; on `Ok` every
     /// byte of every output is written, with this request's results only.
     pub fn run(&self, inputs: &[TensorRef<'_>], outputs: &mut [TensorMut<'_>]) -> Result<BatchedRun> {
+        self.run_within(inputs, outputs, None)
+    }
+
+    /// [`run`](Self::run) with a queue timeout of this request's own: the
+    /// shorter of `timeout` and the batcher's ([`BatchSpec::timeout`])
+    /// applies, as Triton lets a request shorten but not lengthen it.
+    pub fn run_within(&self, inputs: &[TensorRef<'_>], outputs: &mut [TensorMut<'_>], timeout: Option<Duration>) -> Result<BatchedRun> {
+        let timeout = match (timeout, self.spec.timeout) {
+            (Some(asked), Some(limit)) => Some(asked.min(limit)),
+            (asked, limit) => asked.or(limit),
+        };
         let samples = self.samples_of(inputs)?;
         crate::session::tensor_ref::check_bindings("input", &self.infos(&self.inputs, samples), inputs.iter().map(|t| (t.dtype(), t.bytes().len())))?;
         crate::session::tensor_ref::check_bindings("output", &self.infos(&self.outputs, samples), outputs.iter().map(|t| (t.dtype(), t.len())))?;
@@ -353,7 +365,7 @@ impl Batcher {
         // SAFETY: `inputs` and `outputs` are borrowed (shared, exclusive) for
         // this whole call, which `Queue::run` does not leave while a batch may
         // use them; each pointer is valid for its length (the slices').
-        let ran = unsafe { self.queue.run(samples, bindings) };
+        let ran = unsafe { self.queue.run(samples, bindings, timeout) };
         if ran.is_err() {
             self.stats.lock().refused(1);
         }
@@ -379,6 +391,21 @@ impl Batcher {
 
     fn infos(&self, one: &[TensorInfo], n: usize) -> Vec<TensorInfo> {
         one.iter().map(|t| with_batch(t, n)).collect()
+    }
+
+    /// What the batcher is, for logs: `batched: up to 8 samples per pass,
+    /// buckets 1,2,4,8, queue delay 0 µs, at most 1024 requests queued;`
+    /// and the largest bucket's session note.
+    pub fn note(&self) -> String {
+        let buckets: Vec<String> = self.buckets.iter().map(|k| k.size.to_string()).collect();
+        format!(
+            "batched: up to {} samples per pass, buckets {}, queue delay {} µs, at most {} requests queued; {}",
+            self.spec.max_batch(),
+            buckets.join(","),
+            self.spec.delay().as_micros(),
+            self.spec.queue_bound(),
+            self.buckets.last().map(|k| k.note.as_str()).unwrap_or_default()
+        )
     }
 
     /// One sample of each input (first dimension 1; a request may carry

@@ -77,7 +77,6 @@ pub(super) struct Limits {
     pub max_batch: usize,
     pub max_queue: usize,
     pub max_queue_delay: Duration,
-    pub timeout: Option<Duration>,
 }
 
 /// Requests waiting for the scheduler.
@@ -94,13 +93,13 @@ impl Queue {
 
     /// Queues a request of `samples` samples over `bindings` and waits for
     /// its result: refused at once when the queue is full or closed, and
-    /// after the timeout when no batch took it by then.
+    /// after `timeout` when no batch took it by then.
     ///
     /// # Safety
     /// Each pointer of `bindings` must be valid for its length for the whole
     /// call: inputs for reads, outputs for writes, and nothing else may
     /// access the outputs meanwhile.
-    pub unsafe fn run(&self, samples: usize, bindings: Bindings) -> Result<BatchedRun> {
+    pub unsafe fn run(&self, samples: usize, bindings: Bindings, timeout: Option<Duration>) -> Result<BatchedRun> {
         let request = Arc::new(Request { samples, bindings, enqueued: Instant::now(), state: Mutex::new(State::Queued), done: Condvar::new() });
         {
             let mut w = self.waiting.lock();
@@ -114,7 +113,7 @@ impl Queue {
             w.requests.push_back(request.clone());
         }
         self.arrived.notify_one();
-        let deadline = self.limits.timeout.map(|t| request.enqueued + t);
+        let deadline = timeout.map(|t| request.enqueued + t);
         let mut state = request.state.lock();
         loop {
             if let State::Done(_) = *state {
@@ -128,7 +127,7 @@ impl Queue {
                         // Lock order: the queue, then the request.
                         drop(state);
                         if self.withdraw(&request) {
-                            return Err(Error::QueueTimeout(self.limits.timeout.unwrap_or_default()));
+                            return Err(Error::QueueTimeout(timeout.unwrap_or_default()));
                         }
                         state = request.state.lock();
                     }

@@ -45,6 +45,25 @@ pub struct BatchSummary {
     pub bucket_runs: Vec<(usize, u64)>,
 }
 
+/// One line: `120 requests (3 refused) in 40 batches, mean batch 3.00, padding 4.0 %, queue P50/P99 12.0/80.0 µs`.
+impl std::fmt::Display for BatchSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requests ({} refused) in {} batches, mean batch {:.2}, padding {:.1} %",
+            self.requests,
+            self.refused,
+            self.batches,
+            self.mean_batch,
+            self.padding_share * 100.0
+        )?;
+        if let Some(q) = &self.queue {
+            write!(f, ", queue P50/P99 {:.1}/{:.1} µs", q.p50_us, q.p99_us)?;
+        }
+        Ok(())
+    }
+}
+
 /// Counters the scheduler updates after each batch.
 pub(super) struct BatchStats {
     requests: u64,

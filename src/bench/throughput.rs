@@ -136,7 +136,7 @@ fn request(r: &Execution, infos: &[TensorInfo], out_infos: &[TensorInfo], ins: &
             TensorMut::from_bytes(t.dtype, unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast(), bytes.len()) })
         })
         .collect::<Result<Vec<_>>>()?;
-    r.run_on(&refs, &mut muts)
+    r.run_on(&refs, &mut muts, None)
 }
 
 /// Requests, their latencies and the time they took, at one K.

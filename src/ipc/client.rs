@@ -329,13 +329,14 @@ impl Client {
             .name(&listener_name)
             .create()
             .map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("response listener: {e}")))?;
-        let empty = Described { inputs: Vec::new(), ranges: Vec::new(), outputs: Vec::new(), max_bytes: 0 };
+        let empty = Described { inputs: Vec::new(), ranges: Vec::new(), outputs: Vec::new(), max_bytes: 0, max_batch: None };
         let mut c = Self { names, timeout, next_id: 1, typical: Duration::ZERO, described: empty, port, notifier, listener, service, node };
         c.described = c.describe()?;
         Ok(c)
     }
 
-    /// The model's inputs, in its order (as the server described them at connect).
+    /// The model's inputs, in its order (as the server described them at
+    /// connect; a batching server's with `-1` as the first dimension).
     pub fn inputs(&self) -> &[TensorInfo] {
         &self.described.inputs
     }
@@ -348,6 +349,13 @@ impl Client {
     /// The model's outputs, in its order.
     pub fn outputs(&self) -> &[TensorInfo] {
         &self.described.outputs
+    }
+
+    /// A batching server's most samples per request (`uminfer serve
+    /// --max-batch`): every input's first dimension is then the request's
+    /// samples, 1 to this, the same in every input.
+    pub fn max_batch(&self) -> Option<usize> {
+        self.described.max_batch
     }
 
     /// Asks the server for the model's signature again.
@@ -386,10 +394,13 @@ impl Client {
     }
 
     /// Loans a request for the model's own inputs (as described at
-    /// connect), zeroed: the caller fills it in shared memory, at leisure,
-    /// and sends it with [`send`](Self::send). At most two may be loaned at a time.
+    /// connect; from a batching server, one sample), zeroed: the caller
+    /// fills it in shared memory, at leisure, and sends it with
+    /// [`send`](Self::send). At most two may be loaned at a time.
     pub fn loan(&mut self) -> Result<LoanedRequest> {
-        let table = layout(self.described.inputs.iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice()))).map_err(Error::Argument)?;
+        let one_sample = |t: &TensorInfo| -> Vec<i64> { t.shape.iter().enumerate().map(|(i, &d)| if i == 0 && self.described.max_batch.is_some() { 1 } else { d }).collect() };
+        let shapes: Vec<Vec<i64>> = self.described.inputs.iter().map(one_sample).collect();
+        let table = layout(self.described.inputs.iter().zip(&shapes).map(|(t, s)| (t.name.as_str(), t.dtype, s.as_slice()))).map_err(Error::Argument)?;
         self.loan_table(&table)
     }
 

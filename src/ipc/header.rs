@@ -28,6 +28,10 @@ pub enum Status {
     /// The server could not answer a well-formed request (no shared memory
     /// for the response); `error` says why.
     ServerError = 3,
+    /// The server is at capacity (a batching server's queue is full, the
+    /// request waited past the queue timeout, or the server is stopping):
+    /// retry later; `error` says which.
+    Busy = 4,
 }
 
 impl Status {
@@ -37,6 +41,7 @@ impl Status {
             x if x == Status::BadRequest as u16 => "bad request",
             x if x == Status::ModelError as u16 => "model error",
             x if x == Status::ServerError as u16 => "server error",
+            x if x == Status::Busy as u16 => "busy",
             _ => "unknown status",
         }
     }

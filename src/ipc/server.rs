@@ -1,4 +1,6 @@
-//! `uminfer serve`: one endpoint, a [`SessionPool`] behind it, any model.
+//! `uminfer serve`: one endpoint, a [`SessionPool`](crate::SessionPool) (or,
+//! with [`ServeOptions::batching`], a [`Batcher`](crate::batch::Batcher))
+//! behind it, any model.
 //!
 //! The endpoint offers both protocols (`docs/ipc.md`): v2 (`uminfer/NAME/v2`,
 //! named tensors of any dtype) and v1 (`uminfer/NAME`, one float32 tensor
@@ -10,16 +12,19 @@
 //! before it reads the payload, runs the model over the request sample in
 //! shared memory (`cpu`: tensors over the sample, no copy; GPU modes: copied
 //! into the session's input regions) straight into the loaned response
-//! sample, sends it and wakes that client's listener.
+//! sample, sends it and wakes that client's listener. Batched, each worker
+//! hands its request to the batcher and waits for its batch; the batcher
+//! copies the request's samples in and its outputs back.
 
 use super::header::{validate_request_v1, RequestHeaderV1, ResponseHeaderV1, Status, MAGIC};
 use super::service::{self, Ipc};
 use super::table::{RequestHeaderV2, ResponseHeaderV2, Signature, KIND_DESCRIBE, MAX_TENSORS, PROTOCOL_V2};
 use crate::dtype::DType;
+use crate::batch::{BatchSpec, Execution};
 use crate::error::{Error, IpcErrorKind, Result};
 use crate::model::InputDecl;
 use crate::runtime::Runtime;
-use crate::session::{ModeChoice, SessionPool, SessionSpec, TensorMut, TensorRef};
+use crate::session::{ModeChoice, SessionSpec, TensorMut, TensorRef};
 use iceoryx2::active_request::ActiveRequest;
 use iceoryx2::prelude::*;
 use iceoryx2::waitset::WaitSetRunResult;
@@ -110,7 +115,20 @@ pub struct ServeOptions {
     /// dtypes and shapes, after the same checks (`uminfer bench`'s
     /// `shm-echo`, the transport's floor).
     pub echo: bool,
+    /// Gather requests into batches (`--max-batch`): every input's and
+    /// output's first dimension is the batch, a request carries 1 to
+    /// `max_batch` samples, and [`BATCH_WORKERS_PER_SAMPLE`] × `max_batch`
+    /// worker threads (at most [`MAX_BATCH_WORKERS`]) hand requests to one
+    /// batcher; `workers` must then be 1.
+    pub batching: Option<BatchSpec>,
 }
+
+/// Worker threads per sample of `max_batch` when batching: enough that the
+/// next batch gathers while one runs.
+pub const BATCH_WORKERS_PER_SAMPLE: usize = 2;
+/// Most worker threads when batching (iceoryx2's port holds at most 128
+/// requests in flight: 64 clients, 2 each).
+pub const MAX_BATCH_WORKERS: usize = 128;
 
 impl ServeOptions {
     /// Defaults: the inputs as the model records them, `cpu`, 1 worker, 64 MiB, 200 µs spin.
@@ -124,6 +142,7 @@ impl ServeOptions {
             max_bytes: 64 << 20,
             spin: Duration::from_micros(200),
             echo: false,
+            batching: None,
         }
     }
 
@@ -140,6 +159,8 @@ pub struct ServeStats {
     pub served: AtomicU64,
     pub bad_requests: AtomicU64,
     pub model_errors: AtomicU64,
+    /// Refused while batching: the queue full, a queue timeout, shutdown.
+    pub busy: AtomicU64,
     pub abandoned: AtomicU64,
 }
 
@@ -159,7 +180,9 @@ pub struct Server {
     port_v1: iceoryx2::port::server::Server<Ipc, [f32], RequestHeaderV1, [f32], ResponseHeaderV1>,
     listener: iceoryx2::port::listener::Listener<Ipc>,
     response_events: iceoryx2::service::port_factory::event::PortFactory<Ipc>,
-    pool: Arc<SessionPool>,
+    exec: Execution,
+    /// Worker threads (1: the dispatcher answers requests itself).
+    workers: usize,
     signature: Signature,
     /// The describe response's payload.
     describe: String,
@@ -198,19 +221,41 @@ impl Server {
             };
             spec = spec.declare(InputDecl { dtype, ..d.clone() });
         }
-        let pool = rt.session_pool(&model, spec, opts.workers.max(1))?;
-        let signature = Signature::new(pool.inputs(), pool.outputs(), opts.max_bytes).map_err(|e| Error::ipc(IpcErrorKind::Invalid, format!("model {}: {e}", opts.model.display())))?;
-        let request_bytes = super::table::layout(pool.inputs().iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice()))).map_err(|m| Error::ipc(IpcErrorKind::Invalid, m))?.len;
+        let invalid = |e: String| Error::ipc(IpcErrorKind::Invalid, format!("model {}: {e}", opts.model.display()));
+        let (exec, signature, workers, mode, note) = match &opts.batching {
+            None => {
+                let pool = rt.session_pool(&model, spec, opts.workers.max(1))?;
+                let signature = Signature::new(pool.inputs(), pool.outputs(), opts.max_bytes).map_err(invalid)?;
+                let (mode, note) = {
+                    let s = pool.checkout();
+                    (s.mode(), s.note().to_string())
+                };
+                (Execution::Sessions(pool), signature, opts.workers.max(1), mode, note)
+            }
+            Some(b) => {
+                if opts.workers > 1 {
+                    return Err(Error::Argument(format!("batching runs one batcher, with a session per bucket, fed by its own worker threads: drop --workers {}", opts.workers)));
+                }
+                let batcher = rt.batcher(&model, spec, b.clone())?;
+                let signature = Signature::batched(batcher.inputs(), batcher.outputs(), b.max_batch(), opts.max_bytes).map_err(invalid)?;
+                let note = batcher.note();
+                let workers = (BATCH_WORKERS_PER_SAMPLE * b.max_batch()).clamp(2, MAX_BATCH_WORKERS);
+                let mode = batcher.mode();
+                (Execution::Batched(batcher), signature, workers, mode, note)
+            }
+        };
+        let request_bytes = signature.max_request_len();
         if request_bytes > opts.max_bytes {
             return Err(Error::ipc(IpcErrorKind::Invalid, format!(
-                "the model's inputs ({}) take {request_bytes} bytes, above --max-bytes {}",
-                crate::session::tensor_ref::list(pool.inputs()),
+                "the model's inputs ({}{}) take {request_bytes} bytes, above --max-bytes {}",
+                crate::session::tensor_ref::list(signature.inputs()),
+                signature.max_batch().map(|n| format!(" per sample, {n} samples")).unwrap_or_default(),
                 opts.max_bytes
             )));
         }
         let ranges: Vec<Option<(i64, i64)>> = recorded.iter().map(|m| m.range).collect();
         let describe = signature.describe(&ranges);
-        let v1 = match (pool.inputs(), pool.outputs()) {
+        let v1 = match (signature.inputs(), signature.outputs()) {
             ([i], [o]) if i.dtype == DType::F32 && o.dtype == DType::F32 => {
                 V1::Serve { input_shape: i.shape.clone(), output_shape: o.shape.clone(), max_elements: opts.max_bytes / std::mem::size_of::<f32>() }
             }
@@ -224,7 +269,7 @@ impl Server {
         let server_port_err = |e: &dyn std::fmt::Display| if format!("{e}").contains("ExceedsMaxSupportedServers") { refuse() } else { Error::ipc(IpcErrorKind::Transport, format!("server port: {e}")) };
         let port_v2 = svc_v2
             .server_builder()
-            .initial_max_slice_len(signature.response_len().max(1))
+            .initial_max_slice_len(signature.max_response_len().max(1))
             .allocation_strategy(AllocationStrategy::PowerOfTwo)
             .backpressure_strategy(BackpressureStrategy::DiscardData)
             .create()
@@ -245,20 +290,15 @@ impl Server {
             .create()
             .map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("request listener: {e}")))?;
         let response_events = service::response_events(&node, &names)?;
-        {
-            let s = pool.checkout();
-            let v1_note = if matches!(v1, V1::Serve { .. }) { "v1 too" } else { "v1 refused: the model is not one float32 tensor each way" };
-            tracing::info!(
-                "serving {} on {} (protocol v2; {v1_note} on {}) in mode {}: {}; inputs {}; outputs {}",
-                opts.model.display(),
-                names.service_v2,
-                names.service,
-                s.mode(),
-                s.note(),
-                crate::session::tensor_ref::list(pool.inputs()),
-                crate::session::tensor_ref::list(pool.outputs())
-            );
-        }
+        let v1_note = if matches!(v1, V1::Serve { .. }) { "v1 too" } else { "v1 refused: the model is not one float32 tensor each way" };
+        tracing::info!(
+            "serving {} on {} (protocol v2; {v1_note} on {}) in mode {mode}: {note}; inputs {}; outputs {}",
+            opts.model.display(),
+            names.service_v2,
+            names.service,
+            crate::session::tensor_ref::list(signature.inputs()),
+            crate::session::tensor_ref::list(signature.outputs())
+        );
         Ok(Self {
             opts,
             node,
@@ -266,7 +306,8 @@ impl Server {
             port_v1,
             listener,
             response_events,
-            pool: Arc::new(pool),
+            exec,
+            workers,
             signature,
             describe,
             v1,
@@ -284,6 +325,11 @@ impl Server {
     /// Counters.
     pub fn stats(&self) -> Arc<ServeStats> {
         self.stats.clone()
+    }
+
+    /// The batcher's statistics (batch sizes, padding, queue time), when batching.
+    pub fn batch_stats(&self) -> Option<crate::batch::BatchSummary> {
+        self.exec.batcher().map(crate::batch::Batcher::stats)
     }
 
     /// The next request of either protocol, if one is waiting (v2 first).
@@ -314,7 +360,7 @@ impl Server {
 
     /// Serves until stopped; finishes the requests in flight before returning.
     pub fn run(&self) -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Incoming>(self.opts.workers.max(1) * 2);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Incoming>(self.workers * 2);
         let rx = Arc::new(parking_lot::Mutex::new(rx));
         let waitset = WaitSetBuilder::new()
             .signal_handling_mode(SignalHandlingMode::HandleTerminationRequests)
@@ -322,11 +368,11 @@ impl Server {
             .map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("waitset: {e:?}")))?;
         let guard = waitset.attach_notification(&self.listener).map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("waitset attach: {e:?}")))?;
         std::thread::scope(|sc| -> Result<()> {
-            let worker = Worker { pool: &self.pool, signature: &self.signature, describe: &self.describe, v1: &self.v1, stats: &self.stats, echo: self.opts.echo };
+            let worker = Worker { exec: &self.exec, signature: &self.signature, describe: &self.describe, v1: &self.v1, stats: &self.stats, echo: self.opts.echo };
             let new_notifier = || self.response_events.notifier_builder().create().map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("response notifier: {e}")));
             // One worker: the dispatcher answers requests itself (no thread handoff).
-            let inline = if self.opts.workers <= 1 { Some(new_notifier()?) } else { None };
-            for w in 0..if inline.is_some() { 0 } else { self.opts.workers } {
+            let inline = if self.workers <= 1 { Some(new_notifier()?) } else { None };
+            for w in 0..if inline.is_some() { 0 } else { self.workers } {
                 let rx = rx.clone();
                 let notifier = new_notifier()?;
                 std::thread::Builder::new()
@@ -444,7 +490,7 @@ impl std::fmt::Write for ListenerName {
 
 #[derive(Clone, Copy)]
 struct Worker<'a> {
-    pool: &'a SessionPool,
+    exec: &'a Execution,
     signature: &'a Signature,
     describe: &'a str,
     v1: &'a V1,
@@ -513,10 +559,11 @@ impl Worker<'_> {
                 Err(e) => return self.bad_v2(&req, &format!("input `{}`: {e}", info.name)),
             }
         }
-        let mut resp = match req.loan_slice_uninit(self.signature.response_len()) {
+        let table = self.signature.response(&placement);
+        let mut resp = match req.loan_slice_uninit(table.len) {
             Ok(r) => r,
             Err(e) => {
-                let msg = format!("no shared memory for the response of {} bytes: {e}", self.signature.response_len());
+                let msg = format!("no shared memory for the response of {} bytes: {e}", table.len);
                 return respond_error_v2(&req, Status::ServerError, &msg).and(Err(Error::ipc(IpcErrorKind::Transport, msg)));
             }
         };
@@ -525,7 +572,7 @@ impl Worker<'_> {
             let mut rest: &mut [MaybeUninit<u8>] = resp.payload_mut();
             let mut pos = 0;
             let mut split = Ok(());
-            for (e, info) in self.signature.response_table().iter().zip(self.signature.outputs()) {
+            for (e, info) in table.used().iter().zip(self.signature.outputs()) {
                 // Offsets grow and lie inside the payload (`layout`): the gap before
                 // each output is padding, zeroed so that every byte sent is initialised.
                 let (pad, r) = std::mem::take(&mut rest).split_at_mut(e.offset as usize - pos);
@@ -543,7 +590,7 @@ impl Worker<'_> {
                     outputs.iter_mut().for_each(TensorMut::fill_zero);
                     Ok(())
                 } else {
-                    self.pool.infer(&inputs, &mut outputs).map(drop)
+                    self.exec.run_on(&inputs, &mut outputs, None)
                 }
             })
         };
@@ -552,12 +599,11 @@ impl Worker<'_> {
             return self.bad_v2(&req, TRUNCATED);
         }
         match ran {
-            Ok(_) => {
-                let table = self.signature.response_table();
+            Ok(()) => {
                 let rh = resp.user_header_mut();
                 rh.request_id = h.request_id;
-                rh.count = table.len() as u8;
-                rh.tensors[..table.len()].copy_from_slice(table);
+                rh.count = table.count as u8;
+                rh.tensors[..table.count].copy_from_slice(table.used());
                 // SAFETY: `run_on` returned Ok, which guarantees every byte of every
                 // output was written (or, echoing, `fill_zero` wrote them), and the
                 // padding between them was zeroed above: the whole payload is initialised.
@@ -565,7 +611,8 @@ impl Worker<'_> {
             }
             Err(e) => {
                 drop(resp);
-                respond_error_v2(&req, Status::ModelError, &self.model_error(&e))
+                let (status, message) = self.failure(&e);
+                respond_error_v2(&req, status, &message)
             }
         }
     }
@@ -577,10 +624,20 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Counts a model error; its message for the client.
-    fn model_error(&self, e: &Error) -> String {
-        self.stats.model_errors.fetch_add(1, Ordering::Relaxed);
-        e.to_string()
+    /// The status and message of a request that failed: busy (the batch
+    /// queue full, the request waited past its timeout, the batcher closing)
+    /// or a model error, each counted.
+    fn failure(&self, e: &Error) -> (Status, String) {
+        match e {
+            Error::QueueFull { .. } | Error::QueueTimeout(_) | Error::BatcherClosed => {
+                self.stats.busy.fetch_add(1, Ordering::Relaxed);
+                (Status::Busy, e.to_string())
+            }
+            _ => {
+                self.stats.model_errors.fetch_add(1, Ordering::Relaxed);
+                (Status::ModelError, e.to_string())
+            }
+        }
     }
 
     /// Answers a describe request: the signature as JSON.
@@ -607,21 +664,22 @@ impl Worker<'_> {
         }
         let n_out: i64 = output_shape.iter().product();
         let mut resp = req.loan_slice_uninit(n_out as usize).map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("loaning a response: {e}")))?;
-        let ran = self.pool.infer(&[TensorRef::new(req.payload())], &mut [TensorMut::uninit(resp.payload_mut())]);
+        let ran = self.exec.run_on(&[TensorRef::new(req.payload())], &mut [TensorMut::uninit(resp.payload_mut())], None);
         if access.truncated() {
             drop(resp);
             self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
             return respond_error_v1(&req, h.request_id, Status::BadRequest, TRUNCATED);
         }
         match ran {
-            Ok(_) => {
+            Ok(()) => {
                 *resp.user_header_mut() = ResponseHeaderV1::ok(h.request_id, output_shape);
                 // SAFETY: `run_on` returned Ok, which guarantees every output element was written.
                 self.sent(unsafe { resp.assume_init() }.send().map(drop))
             }
             Err(e) => {
                 drop(resp);
-                respond_error_v1(&req, h.request_id, Status::ModelError, &self.model_error(&e))
+                let (status, message) = self.failure(&e);
+                respond_error_v1(&req, h.request_id, status, &message)
             }
         }
     }

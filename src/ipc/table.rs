@@ -252,24 +252,50 @@ pub fn layout<'a>(tensors: impl IntoIterator<Item = (&'a str, DType, &'a [i64])>
 }
 
 /// Where each of the model's inputs lies in a request's payload, in the
-/// model's order: `(offset, len)` for the first `inputs` slots.
+/// model's order: `(offset, len)` for the first `inputs` slots; and, for a
+/// batched signature, the samples the request carries.
 #[derive(Debug, Clone, Copy)]
 pub struct Placement {
     pub spans: [(usize, usize); MAX_TENSORS],
+    /// Samples (every tensor's first dimension) of a batched signature's
+    /// request; `None` for a signature of fixed shapes.
+    pub samples: Option<usize>,
 }
 
 /// A model's signature as a v2 server checks requests against it and lays
-/// out its responses.
+/// out its responses: fixed shapes, or (batched) every tensor's first
+/// dimension the request's samples, 1 to `max_batch`.
 #[derive(Debug, Clone)]
 pub struct Signature {
+    /// The inputs (batched: one sample's, first dimension 1).
     inputs: Vec<TensorInfo>,
-    /// Each input's entry as a request must carry it (offsets aside).
+    /// Each input's entry as a request must carry it (offsets aside;
+    /// batched: one sample's).
     expected: Vec<TensorEntry>,
+    /// The outputs (batched: one sample's).
     outputs: Vec<TensorInfo>,
-    /// The response's table.
-    response: Vec<TensorEntry>,
-    response_len: usize,
+    /// The response's table (batched: for `max_batch` samples).
+    response: Table,
+    /// Bytes of the largest request's payload.
+    max_request_len: usize,
+    max_batch: Option<usize>,
     max_bytes: usize,
+}
+
+/// `shape` with its first dimension `n`, on the stack (rank ≤ [`MAX_RANK`]).
+fn shape_with_batch(shape: &[i64], n: usize) -> ([i64; MAX_RANK], usize) {
+    let mut s = [0i64; MAX_RANK];
+    let rank = shape.len().min(MAX_RANK);
+    s[..rank].copy_from_slice(&shape[..rank]);
+    if rank > 0 {
+        s[0] = n as i64;
+    }
+    (s, rank)
+}
+
+/// `[N, 3, 128, 128]`: a batched shape of one sample's `dims` (without the batch), for messages.
+fn batched_shape(per_sample: &[u64]) -> String {
+    std::iter::once("N".to_string()).chain(per_sample.iter().map(u64::to_string)).collect::<Vec<_>>().join(", ")
 }
 
 impl Signature {
@@ -277,30 +303,73 @@ impl Signature {
     /// of at most `max_bytes` of payload; or why protocol v2 cannot carry it
     /// (more than [`MAX_TENSORS`] tensors a side, a name over [`MAX_NAME_LEN`] bytes).
     pub fn new(inputs: &[TensorInfo], outputs: &[TensorInfo], max_bytes: usize) -> Result<Self, String> {
-        let side = |what: &str, ts: &[TensorInfo]| {
-            layout(ts.iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice()))).map_err(|e| format!("the model's {what} ({}): {e}", ts.len()))
-        };
-        let expected = side("inputs", inputs)?;
-        let response = side("outputs", outputs)?;
-        Ok(Self { inputs: inputs.to_vec(), expected: expected.used().to_vec(), outputs: outputs.to_vec(), response: response.used().to_vec(), response_len: response.len, max_bytes })
+        Self::build(inputs, outputs, None, max_bytes)
     }
 
+    /// The signature of a batched model: `inputs` and `outputs` are one
+    /// sample's (each of rank ≥ 1, first dimension 1), and a request
+    /// carries 1 to `max_batch` samples, the same number in every input;
+    /// its response has that many in every output.
+    pub fn batched(inputs: &[TensorInfo], outputs: &[TensorInfo], max_batch: usize, max_bytes: usize) -> Result<Self, String> {
+        if max_batch == 0 {
+            return Err("a batched signature needs max_batch ≥ 1".into());
+        }
+        if let Some(t) = inputs.iter().chain(outputs).find(|t| t.shape.first() != Some(&1)) {
+            return Err(format!("tensor `{}` is {:?}: a batched signature takes one sample's shapes (first dimension 1)", t.name, t.shape));
+        }
+        Self::build(inputs, outputs, Some(max_batch), max_bytes)
+    }
+
+    fn build(inputs: &[TensorInfo], outputs: &[TensorInfo], max_batch: Option<usize>, max_bytes: usize) -> Result<Self, String> {
+        // Laid out with `n` samples (batched), else as they are.
+        let side = |what: &str, ts: &[TensorInfo], n: usize| {
+            let shapes: Vec<([i64; MAX_RANK], usize)> = ts.iter().map(|t| if max_batch.is_some() { shape_with_batch(&t.shape, n) } else { shape_with_batch(&t.shape, t.shape.first().map_or(0, |&d| d as usize)) }).collect();
+            layout(ts.iter().zip(&shapes).map(|(t, (s, rank))| (t.name.as_str(), t.dtype, &s[..*rank]))).map_err(|e| format!("the model's {what} ({}): {e}", ts.len()))
+        };
+        let largest = max_batch.unwrap_or(1);
+        let expected = side("inputs", inputs, 1)?;
+        let max_request_len = side("inputs", inputs, largest)?.len;
+        let response = side("outputs", outputs, largest)?;
+        Ok(Self { inputs: inputs.to_vec(), expected: expected.used().to_vec(), outputs: outputs.to_vec(), response, max_request_len, max_batch, max_bytes })
+    }
+
+    /// The inputs (batched: one sample's).
     pub fn inputs(&self) -> &[TensorInfo] {
         &self.inputs
     }
 
+    /// The outputs (batched: one sample's).
     pub fn outputs(&self) -> &[TensorInfo] {
         &self.outputs
     }
 
-    /// The response's table: the outputs in the model's order, each at its offset.
-    pub fn response_table(&self) -> &[TensorEntry] {
-        &self.response
+    /// The most samples a request may carry, for a batched signature.
+    pub fn max_batch(&self) -> Option<usize> {
+        self.max_batch
     }
 
-    /// Bytes of a response's payload.
-    pub fn response_len(&self) -> usize {
-        self.response_len
+    /// The table of the response to a request placed as `placement`: the
+    /// outputs in the model's order, each at its offset (batched: with the
+    /// request's samples first). Allocates nothing.
+    pub fn response(&self, placement: &Placement) -> Table {
+        match placement.samples {
+            Some(n) if Some(n) != self.max_batch => {
+                let shapes: [([i64; MAX_RANK], usize); MAX_TENSORS] = std::array::from_fn(|i| self.outputs.get(i).map_or(([0; MAX_RANK], 0), |t| shape_with_batch(&t.shape, n)));
+                // Fewer samples than max_batch, which `build` laid out: this cannot fail.
+                layout(self.outputs.iter().zip(&shapes).map(|(t, (s, rank))| (t.name.as_str(), t.dtype, &s[..*rank]))).unwrap_or(self.response)
+            }
+            _ => self.response,
+        }
+    }
+
+    /// Bytes of the largest response's payload (batched: of `max_batch` samples).
+    pub fn max_response_len(&self) -> usize {
+        self.response.len
+    }
+
+    /// Bytes of the largest request's payload (batched: of `max_batch` samples).
+    pub fn max_request_len(&self) -> usize {
+        self.max_request_len
     }
 
     /// `a: i64 [1, 32], b: f32 [1]`: the inputs, for messages.
@@ -334,7 +403,7 @@ impl Signature {
         if count > MAX_TENSORS {
             return Err(format!("the table has {count} entries; protocol v2 carries at most {MAX_TENSORS}"));
         }
-        let mut placement = Placement { spans: [(0, 0); MAX_TENSORS] };
+        let mut placement = Placement { spans: [(0, 0); MAX_TENSORS], samples: None };
         let mut seen: u32 = 0;
         for e in &h.tensors[..count] {
             if e.name_len as usize > MAX_NAME_LEN {
@@ -358,11 +427,35 @@ impl Signature {
             if e.shape[e.rank as usize..].iter().any(|&d| d != 0) {
                 return Err(format!("input `{}`: shape entries past rank {} must be 0; the entry has {:?}", info.name, e.rank, e.shape));
             }
-            if e.dims() != want.dims() {
-                return Err(format!("input `{}` is {} {:?}; shape {:?} given", info.name, info.dtype, info.shape, e.dims()));
-            }
-            if e.len != want.len {
-                return Err(format!("input `{}`: {} bytes given, its shape {:?} of {} takes {}", info.name, e.len, info.shape, info.dtype, want.len));
+            let samples = match self.max_batch {
+                None => {
+                    if e.dims() != want.dims() {
+                        return Err(format!("input `{}` is {} {:?}; shape {:?} given", info.name, info.dtype, info.shape, e.dims()));
+                    }
+                    1
+                }
+                Some(max) => {
+                    let (dims, per_sample) = (e.dims(), &want.dims()[1..]);
+                    if dims.len() != want.dims().len() || &dims[1..] != per_sample {
+                        return Err(format!("input `{}` is {} [{}] (N samples, 1 to {max}); shape {dims:?} given", info.name, info.dtype, batched_shape(per_sample)));
+                    }
+                    let n = dims[0];
+                    if n == 0 || n > max as u64 {
+                        return Err(format!("input `{}`: {n} samples given; this server takes 1 to {max} per request (--max-batch)", info.name));
+                    }
+                    match placement.samples {
+                        Some(m) if m as u64 != n => {
+                            return Err(format!("the inputs disagree on the samples: input `{}` has {n}, an earlier one {m}; every input's first dimension is the request's samples", info.name));
+                        }
+                        _ => placement.samples = Some(n as usize),
+                    }
+                    n
+                }
+            };
+            // Both factors are bounded (a checked one-sample size, and max_batch or 1).
+            let want_len = want.len.saturating_mul(samples);
+            if e.len != want_len {
+                return Err(format!("input `{}`: {} bytes given, its shape {:?} of {} takes {want_len}", info.name, e.len, e.dims(), info.dtype));
             }
             if e.offset % TENSOR_ALIGN as u64 != 0 {
                 return Err(format!("input `{}`: offset {} is not a multiple of {TENSOR_ALIGN}", info.name, e.offset));
@@ -394,11 +487,12 @@ impl Signature {
             let missing: Vec<String> = self.inputs.iter().enumerate().filter(|(i, _)| seen & (1 << i) == 0).map(|(_, t)| format!("`{}`", t.name)).collect();
             return Err(format!("input {} not given; the model takes {}", missing.join(", "), self.input_list()));
         }
-        if h.max_response_bytes != 0 && self.response_len as u64 > h.max_response_bytes {
+        let response_len = self.response(&placement).len;
+        if h.max_response_bytes != 0 && response_len as u64 > h.max_response_bytes {
             return Err(format!(
-                "the response takes {} bytes ({}), more than the {} the request allows (max_response_bytes)",
-                self.response_len,
+                "the response takes {response_len} bytes ({}{}), more than the {} the request allows (max_response_bytes)",
                 crate::session::tensor_ref::list(&self.outputs),
+                placement.samples.map(|n| format!(" per sample, {n} samples")).unwrap_or_default(),
                 h.max_response_bytes
             ));
         }
@@ -409,7 +503,13 @@ impl Signature {
     /// and `outputs` (`name`, `dtype` as PyTorch names it, `shape`; inputs
     /// also `range`, `[low, high)` or null), `max_bytes`.
     pub fn describe(&self, ranges: &[Option<(i64, i64)>]) -> String {
-        let tensor = |t: &TensorInfo| serde_json::json!({"name": t.name, "dtype": t.dtype.torch_name(), "shape": t.shape});
+        let tensor = |t: &TensorInfo| {
+            let mut shape = t.shape.clone();
+            if let (Some(_), Some(first)) = (self.max_batch, shape.first_mut()) {
+                *first = -1;
+            }
+            serde_json::json!({"name": t.name, "dtype": t.dtype.torch_name(), "shape": shape})
+        };
         let inputs: Vec<serde_json::Value> = self
             .inputs
             .iter()
@@ -421,7 +521,11 @@ impl Signature {
             })
             .collect();
         let outputs: Vec<serde_json::Value> = self.outputs.iter().map(tensor).collect();
-        serde_json::json!({"protocol": PROTOCOL_V2, "inputs": inputs, "outputs": outputs, "max_bytes": self.max_bytes}).to_string()
+        let mut doc = serde_json::json!({"protocol": PROTOCOL_V2, "inputs": inputs, "outputs": outputs, "max_bytes": self.max_bytes});
+        if let Some(n) = self.max_batch {
+            doc["max_batch"] = serde_json::json!(n);
+        }
+        doc.to_string()
     }
 }
 
@@ -434,6 +538,9 @@ pub struct Described {
     pub outputs: Vec<TensorInfo>,
     /// The server's largest request payload.
     pub max_bytes: usize,
+    /// A batched server's most samples per request: every tensor's first
+    /// dimension is then the request's samples (`-1` in the shapes above).
+    pub max_batch: Option<usize>,
 }
 
 impl Described {
@@ -458,7 +565,11 @@ impl Described {
         let (inputs, ranges) = tensors("inputs")?.into_iter().unzip();
         let outputs = tensors("outputs")?.into_iter().map(|(t, _)| t).collect();
         let max_bytes = v["max_bytes"].as_u64().and_then(|m| usize::try_from(m).ok()).ok_or("the signature has no `max_bytes`")?;
-        Ok(Self { inputs, ranges, outputs, max_bytes })
+        let max_batch = match &v["max_batch"] {
+            serde_json::Value::Null => None,
+            n => Some(n.as_u64().and_then(|n| usize::try_from(n).ok()).filter(|&n| n > 0).ok_or("`max_batch` is not a positive integer")?),
+        };
+        Ok(Self { inputs, ranges, outputs, max_bytes, max_batch })
     }
 }
 
@@ -499,11 +610,55 @@ mod tests {
     }
 
     #[test]
+    fn a_batched_signature_takes_1_to_max_batch_samples_the_same_in_every_input() {
+        let info = |name: &str, dtype, shape: &[i64]| TensorInfo { name: name.into(), dtype, shape: shape.to_vec() };
+        let ins = [info("ids", DType::I64, &[1, 4]), info("mask", DType::I64, &[1, 4])];
+        let outs = [info("y", DType::F32, &[1, 3]), info("pooled", DType::F32, &[1])];
+        let s = Signature::batched(&ins, &outs, 4, 1 << 20).unwrap();
+        assert_eq!((s.max_batch(), s.max_request_len(), s.max_response_len()), (Some(4), 128 + 128, 64 + 16));
+        let request = |a: i64, b: i64| {
+            let t = layout([("ids", DType::I64, &[a, 4][..]), ("mask", DType::I64, &[b, 4][..])]).unwrap();
+            let mut h = t.request();
+            h.magic = MAGIC;
+            h.version = PROTOCOL_V2;
+            (h, t.len)
+        };
+        let (h, len) = request(2, 2);
+        let p = s.check_request(&h, len).unwrap();
+        assert_eq!(p.samples, Some(2));
+        let r = s.response(&p);
+        assert_eq!(r.used().iter().map(|e| (e.dims().to_vec(), e.offset, e.len)).collect::<Vec<_>>(), [(vec![2, 3], 0, 24), (vec![2], 64, 8)]);
+        assert_eq!(r.len, 72);
+        let (h, len) = request(4, 4);
+        assert_eq!(s.response(&s.check_request(&h, len).unwrap()).len, s.max_response_len());
+        for (a, b, want) in [(5, 5, "5 samples given; this server takes 1 to 4"), (0, 0, "0 samples given"), (2, 3, "the inputs disagree on the samples: input `mask` has 3, an earlier one 2")] {
+            let (h, len) = request(a, b);
+            let e = s.check_request(&h, len).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+        let t = layout([("ids", DType::I64, &[2, 5][..]), ("mask", DType::I64, &[2, 4][..])]).unwrap();
+        let mut h = t.request();
+        (h.magic, h.version) = (MAGIC, PROTOCOL_V2);
+        assert!(s.check_request(&h, t.len).unwrap_err().contains("input `ids` is i64 [N, 4] (N samples, 1 to 4); shape [2, 5] given"));
+        let (mut h, len) = request(2, 2);
+        h.tensors[1].len -= 8;
+        assert!(s.check_request(&h, len).unwrap_err().contains("input `mask`: 56 bytes given, its shape [2, 4] of i64 takes 64"));
+        let (mut h, len) = request(3, 3);
+        h.max_response_bytes = 64;
+        assert!(s.check_request(&h, len).unwrap_err().contains("per sample, 3 samples"));
+        let described = Described::parse(s.describe(&[None, None]).as_bytes()).unwrap();
+        assert_eq!(described.max_batch, Some(4));
+        assert!(described.inputs.iter().chain(&described.outputs).all(|t| t.shape[0] == -1), "{described:?}");
+        assert!(Signature::batched(&[info("x", DType::F32, &[2, 4])], &outs, 4, 1 << 20).unwrap_err().contains("one sample's shapes"));
+        assert!(Signature::batched(&[info("x", DType::F32, &[])], &outs, 4, 1 << 20).is_err());
+    }
+
+    #[test]
     fn the_description_round_trips() {
         let i = [TensorInfo { name: "ids".into(), dtype: DType::I64, shape: vec![1, 4] }, TensorInfo { name: "x".into(), dtype: DType::Bf16, shape: vec![] }];
         let o = [TensorInfo { name: "output__1.0".into(), dtype: DType::Bool, shape: vec![2] }];
         let s = Signature::new(&i, &o, 1 << 20).unwrap();
         let d = Described::parse(s.describe(&[Some((0, 100)), None]).as_bytes()).unwrap();
-        assert_eq!(d, Described { inputs: i.to_vec(), ranges: vec![Some((0, 100)), None], outputs: o.to_vec(), max_bytes: 1 << 20 });
+        assert_eq!(d, Described { inputs: i.to_vec(), ranges: vec![Some((0, 100)), None], outputs: o.to_vec(), max_bytes: 1 << 20, max_batch: None });
     }
 }

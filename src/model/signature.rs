@@ -5,6 +5,7 @@
 //! `uminfer.signature` in an AOTInductor package).
 
 use crate::dtype::DType;
+pub use crate::error::SignatureError;
 use serde::{Deserialize, Serialize};
 
 /// One tensor of a session: its name, dtype and (concrete) shape.
@@ -129,23 +130,6 @@ pub fn inputs_from(names: &[String], hint: Option<&Hint>, fixed: bool) -> Vec<Mo
             }
         })
         .collect()
-}
-
-/// Why a session's declarations do not fit the model.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
-    #[error("the model has no input `{given}`; its inputs: {known}")]
-    UnknownInput { given: String, known: String },
-    #[error("input `{0}` is declared twice")]
-    Duplicate(String),
-    #[error("an input declared without a name needs a model with one input; this one takes {0}: name each")]
-    Unnamed(String),
-    #[error("input `{name}`: the model does not record its {what}; declare it (SessionSpec::input(\"{name}\", dtype, &shape), or --input-spec {name}=DTYPE:DIMS on the command line)")]
-    Missing { name: String, what: &'static str },
-    #[error("input `{name}`: declared {declared}, but the package was compiled for {compiled}; declare {compiled} or export the model again for {declared}")]
-    Fixed { name: String, declared: String, compiled: String },
-    #[error("input `{name}`: shape {shape:?} must have positive dimensions")]
-    BadShape { name: String, shape: Vec<i64> },
 }
 
 fn names(inputs: &[ModelInput]) -> String {

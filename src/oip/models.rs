@@ -182,15 +182,7 @@ impl ServedModel {
             Some(b) => {
                 let batcher = rt.batcher(&model, spec, b.clone()).map_err(|e| Error::Argument(format!("model {} ({}) with --max-batch: {e}", source.name, source.path.display())))?;
                 let fastest = batcher.buckets().first().map(|k| k.pass).unwrap_or_default();
-                let buckets: Vec<String> = batcher.buckets().iter().map(|k| k.size.to_string()).collect();
-                let note = format!(
-                    "batched: up to {} samples per pass, buckets {}, queue delay {} µs, at most {} requests queued; {}",
-                    b.max_batch(),
-                    buckets.join(","),
-                    b.delay().as_micros(),
-                    b.queue_bound(),
-                    batcher.buckets().last().map(|k| k.note.as_str()).unwrap_or_default()
-                );
+                let note = batcher.note();
                 let (inputs, outputs, mode) = (batcher.inputs().to_vec(), batcher.outputs().to_vec(), batcher.mode());
                 (Execution::Batched(batcher), inputs, outputs, mode, note, fastest)
             }

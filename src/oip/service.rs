@@ -26,7 +26,7 @@ use super::tensors;
 use crate::model::TensorInfo;
 use crate::session::{TensorMut, TensorRef};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -79,12 +79,12 @@ impl Admission {
 /// cores: `ServerLive` took 39 ms P50, 54 ms at most, during a stream). A
 /// longer request goes to a blocking thread, whose hand-off (25–100 µs of
 /// thread wake-ups on 2 cores) is under a tenth of it.
-pub const INLINE_LIMIT: std::time::Duration = std::time::Duration::from_millis(1);
+pub const INLINE_LIMIT: Duration = Duration::from_millis(1);
 
 /// Whether inference runs on the transport thread: a single session among
 /// all models (nothing else to run side by side) whose requests take less
 /// than [`INLINE_LIMIT`] (`slowest`, measured at load).
-pub fn runs_inline(sessions: usize, slowest: std::time::Duration) -> bool {
+pub fn runs_inline(sessions: usize, slowest: Duration) -> bool {
     sessions == 1 && slowest < INLINE_LIMIT
 }
 
@@ -235,12 +235,31 @@ enum Target<'p> {
     Discard(tensors::Aligned),
 }
 
+/// The request parameter Triton's clients send as `timeout` (`infer(...,
+/// timeout=US)`): microseconds a request may wait in a batching model's
+/// queue, shortening the server's `--queue-timeout-ms`; 0 or absent: the
+/// server's. An integer; anything else is refused.
+pub const TIMEOUT_PARAMETER: &str = "timeout";
+
+/// The request's own queue timeout ([`TIMEOUT_PARAMETER`]).
+fn request_timeout(req: &ModelInferRequest) -> Result<Option<Duration>, RequestError> {
+    use super::proto::infer_parameter::ParameterChoice;
+    let Some(p) = req.parameters.get(TIMEOUT_PARAMETER) else { return Ok(None) };
+    let us = match p.parameter_choice {
+        Some(ParameterChoice::Int64Param(us)) if us >= 0 => us as u64,
+        Some(ParameterChoice::Uint64Param(us)) => us,
+        _ => return Err(RequestError::Invalid(format!("the request's parameter \"{TIMEOUT_PARAMETER}\" must be a non-negative integer (microseconds in the batch queue); {:?} given", p.parameter_choice))),
+    };
+    Ok((us > 0).then(|| Duration::from_micros(us)))
+}
+
 /// Runs one request on model `m` (blocking: takes a session from its pool).
 /// The session reads every input where it lies and writes every output once,
 /// into its final place: the response's bytes or the shared memory region
 /// the request names for it.
 pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result<Answer, RequestError> {
     let received = Instant::now();
+    let timeout = request_timeout(req)?;
     let batched;
     let (in_sig, out_sig): (&[TensorInfo], &[TensorInfo]) = match m.exec.batcher() {
         None => (&m.inputs, &m.outputs),
@@ -295,7 +314,7 @@ pub fn infer(req: &ModelInferRequest, m: &ServedModel, shm: &Registry) -> Result
         }
         Ok(())
     } else {
-        m.exec.run_on(&ins, &mut outs)
+        m.exec.run_on(&ins, &mut outs, timeout)
     };
     drop((outs, ins));
     // A region its owner truncated meanwhile held zeros and lost the writes:
@@ -613,11 +632,32 @@ impl GrpcInferenceService for OipService {
 
 #[cfg(test)]
 mod tests {
-    use super::{caught, runs_inline, INLINE_LIMIT};
+    use super::{caught, request_timeout, runs_inline, INLINE_LIMIT, TIMEOUT_PARAMETER};
+    use crate::oip::proto::infer_parameter::ParameterChoice;
+    use crate::oip::proto::{InferParameter, ModelInferRequest};
+    use std::time::Duration;
+
+    #[test]
+    fn the_timeout_parameter_is_microseconds_and_anything_else_is_refused() {
+        let with = |p: Option<ParameterChoice>| {
+            let mut req = ModelInferRequest::default();
+            if let Some(p) = p {
+                req.parameters.insert(TIMEOUT_PARAMETER.into(), InferParameter { parameter_choice: Some(p) });
+            }
+            request_timeout(&req)
+        };
+        assert_eq!(with(None).unwrap(), None);
+        assert_eq!(with(Some(ParameterChoice::Int64Param(30_000))).unwrap(), Some(Duration::from_millis(30)));
+        assert_eq!(with(Some(ParameterChoice::Uint64Param(5))).unwrap(), Some(Duration::from_micros(5)));
+        assert_eq!(with(Some(ParameterChoice::Int64Param(0))).unwrap(), None, "0: the server's timeout");
+        for bad in [ParameterChoice::Int64Param(-1), ParameterChoice::StringParam("30ms".into()), ParameterChoice::DoubleParam(1.5), ParameterChoice::BoolParam(true)] {
+            let e = with(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("parameter \"timeout\" must be a non-negative integer (microseconds"), "{e}");
+        }
+    }
 
     #[test]
     fn only_a_lone_session_with_short_requests_runs_on_the_transport_thread() {
-        use std::time::Duration;
         assert!(runs_inline(1, Duration::from_micros(150)));
         assert!(!runs_inline(1, INLINE_LIMIT), "a request as long as the limit");
         assert!(!runs_inline(1, Duration::from_millis(8)), "resnet18 on 2 cores");

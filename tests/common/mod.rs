@@ -46,6 +46,8 @@ pub fn model_path(name: &str) -> PathBuf {
 }
 
 /// The `uminfer` binary under test: `$UMINFER_BIN` when set (bundles), else cargo's.
+// `env!` would not compile the tests that share this module without the binary.
+#[allow(clippy::option_env_unwrap)]
 pub fn uminfer_bin() -> PathBuf {
     // Cargo builds the binary (and names it here) only with the `cli` feature,
     // which the tests that run it require.

@@ -61,6 +61,7 @@ __all__ = [
     "STATUS_BAD_REQUEST",
     "STATUS_MODEL_ERROR",
     "STATUS_SERVER_ERROR",
+    "STATUS_BUSY",
 ]
 
 __version__ = "0.2.0"
@@ -90,6 +91,8 @@ STATUS_MODEL_ERROR: Final = 2
 """Response status: the model failed on a well-formed request."""
 STATUS_SERVER_ERROR: Final = 3
 """Response status: the server could not answer a well-formed request (shared memory)."""
+STATUS_BUSY: Final = 4
+"""Response status: a batching server is at capacity (queue full, queue timeout, stopping): retry later."""
 
 # dtype codes of a table entry (docs/ipc.md) and the NumPy dtype of each.
 _DTYPES: Final[dict[int, np.dtype[Any]]] = {
@@ -220,7 +223,8 @@ class RemoteError(UminferError):
     """The server answered with an error status.
 
     Attributes:
-        status: :data:`STATUS_BAD_REQUEST` (1), :data:`STATUS_MODEL_ERROR` (2) or :data:`STATUS_SERVER_ERROR` (3).
+        status: :data:`STATUS_BAD_REQUEST` (1), :data:`STATUS_MODEL_ERROR` (2), :data:`STATUS_SERVER_ERROR` (3)
+            or :data:`STATUS_BUSY` (4).
         message: the server's explanation.
 
     """
@@ -228,9 +232,12 @@ class RemoteError(UminferError):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         self.message = message
-        kind = {STATUS_BAD_REQUEST: "bad request", STATUS_MODEL_ERROR: "model error", STATUS_SERVER_ERROR: "server error"}.get(
-            status, "unknown status"
-        )
+        kind = {
+            STATUS_BAD_REQUEST: "bad request",
+            STATUS_MODEL_ERROR: "model error",
+            STATUS_SERVER_ERROR: "server error",
+            STATUS_BUSY: "busy",
+        }.get(status, "unknown status")
         super().__init__(f"{kind} (status {status}): {message}")
 
 
