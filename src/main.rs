@@ -124,6 +124,14 @@ struct RunArgs {
     /// process) to DIR/run-MODEL.svg.
     #[arg(long, value_name = "DIR")]
     profile: Option<PathBuf>,
+    /// After the timed requests, run --trace-requests more under libtorch's
+    /// profiler and write its trace (Chrome trace JSON: operators, and on a
+    /// GPU kernels and copies) to PATH.json. Open it in Perfetto.
+    #[arg(long, value_name = "PATH.json")]
+    torch_trace: Option<PathBuf>,
+    /// Requests in the --torch-trace.
+    #[arg(long, value_name = "N", default_value_t = 10, requires = "torch_trace", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    trace_requests: usize,
     /// libtorch intra-op threads in `cpu` mode. Default: measured, the count
     /// of 1, 2, 4, ... cores under which the model's forward pass is fastest.
     #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -762,6 +770,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     let outputs = (0..session.outputs().len()).map(|i| session.read_output(i)).collect::<uminfer::Result<Vec<_>>>()?;
     uminfer::host_tensor::write_tensor_file(&output, &outputs).context("--output")?;
     let timing = session.timing().context("no request was timed")?;
+    if let Some(path) = &a.torch_trace {
+        session.trace(a.trace_requests, path).context("--torch-trace")?;
+        tracing::info!("libtorch trace of {} requests: {}", a.trace_requests, path.display());
+    }
     if a.json {
         let v = serde_json::json!({ "mode": session.mode(), "note": session.note(), "output": output, "outputs": session.outputs(), "timing": timing });
         println!("{}", serde_json::to_string_pretty(&v)?);

@@ -22,24 +22,43 @@ fn assert_flame_graph_of_tiny(svg: &std::path::Path) {
     assert!(text.contains("convolution"), "{} names no convolution frame", svg.display());
 }
 
-#[test]
-fn run_writes_a_flame_graph_of_its_requests() {
-    let dir = scratch("run");
-    let out = dir.join("y.npy");
-    let o = Command::new(common::uminfer_bin())
+/// `uminfer run` of `tiny` with `extra` flags, its output written into `dir`.
+fn run_tiny(dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(common::uminfer_bin())
         .args(["run", "--model"])
         .arg(common::model_path("tiny.pt"))
         .arg("--input")
         .arg(common::model_path("tiny.input.npy"))
         .arg("--output")
-        .arg(&out)
-        .args(["--repeat", "400", "--profile"])
-        .arg(&dir)
+        .arg(dir.join("y.npy"))
+        .args(extra)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn run_writes_a_flame_graph_of_its_requests() {
+    let dir = scratch("run");
+    let o = run_tiny(&dir, &["--repeat".as_ref(), "400".as_ref(), "--profile".as_ref(), dir.as_os_str()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("CPU flame graph of the requests"), "{}", String::from_utf8_lossy(&o.stderr));
     assert_flame_graph_of_tiny(&dir.join("run-tiny.svg"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn run_writes_a_torch_trace_of_extra_requests() {
+    let dir = scratch("trace");
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("tiny.trace.json");
+    let o = run_tiny(&dir, &["--repeat", "5", "--trace-requests", "3", "--json", "--torch-trace"].map(std::ffi::OsStr::new).into_iter().chain([trace.as_os_str()]).collect::<Vec<_>>());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("libtorch trace of 3 requests"), "{stderr}");
+    let events = common::check_torch_trace(&trace, 3, true);
+    assert!(events.iter().any(|e| e["name"] == "aten::conv2d"), "tiny's convolution is not in the trace");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["timing"]["host"]["count"], 5, "the traced requests are not in the timing");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

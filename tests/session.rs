@@ -97,8 +97,47 @@ macro_rules! per_mode {
                 if $gpu { require_gpu!(); }
                 matches_eager($mode, "resnet18.pt", 1000, 3);
             }
+            #[test]
+            fn a_trace_holds_each_request() {
+                if $gpu { require_gpu!(); }
+                trace_holds_each_request($mode);
+            }
         }
     )*};
+}
+
+/// `Session::trace` of 4 requests: each request's scope holds libtorch
+/// operators (a graph replay: none); on a GPU the trace has CUDA kernels
+/// (and, copying, memcpys); the session's timing is untouched; a second
+/// trace at once is refused; a session with a thread of its own is traced there.
+fn trace_holds_each_request(mode: Mode) {
+    let rt = runtime();
+    let model = rt.model(common::model_path("tiny.pt")).unwrap();
+    let spec = SessionSpec::new().input_shape(&INPUT).mode(mode).allow_eager_fallback(false);
+    let mut s = rt.session(&model, spec.clone()).unwrap();
+    s.run().unwrap();
+    let path = std::env::temp_dir().join(format!("uminfer-trace-{mode}-{}.json", std::process::id()));
+    s.trace(4, &path).unwrap();
+    // A graph replay runs no libtorch operator.
+    let operators = mode != Mode::GpuManagedGraph;
+    let events = common::check_torch_trace(&path, 4, operators);
+    let has = |cat: &str| events.iter().any(|e| e["cat"] == cat);
+    if mode.needs_gpu() {
+        assert!(has("kernel"), "{mode}: no CUDA kernel in the trace");
+        if mode == Mode::GpuCopy {
+            assert!(has("gpu_memcpy"), "{mode}: no memcpy in the trace");
+        }
+    }
+    assert_eq!(s.timing().unwrap().host.count, 1, "traced requests are not timed");
+    let running = uminfer::shim::TorchTrace::start(false).unwrap();
+    let again = uminfer::shim::TorchTrace::start(false).err().expect("a second trace at once");
+    assert!(again.to_string().contains("already running"), "{again}");
+    drop(running);
+    // On the session's own thread, where its requests run.
+    let mut threaded = rt.session(&model, spec.dedicated_thread(true)).unwrap();
+    threaded.trace(2, &path).unwrap();
+    common::check_torch_trace(&path, 2, operators);
+    let _ = std::fs::remove_file(&path);
 }
 
 per_mode! {

@@ -66,6 +66,17 @@ impl Runner {
     }
 }
 
+/// `requests` calls of `run` on this thread under a libtorch trace, each in
+/// its scope, the trace written to `path` (see [`Session::trace`]).
+fn trace_requests(cuda: bool, requests: usize, path: &std::path::Path, mut run: impl FnMut() -> Result<RunTiming>) -> Result<()> {
+    let trace = crate::shim::TorchTrace::start(cuda)?;
+    for i in 0..requests {
+        let _scope = trace.scope(&format!("{} {i}", crate::shim::trace::REQUEST_SCOPE))?;
+        run()?;
+    }
+    trace.save(path)
+}
+
 /// Names one of a session's tensors: by name (`&str`, `String`) or by index (`usize`).
 pub trait TensorKey {
     /// Its index among `infos`.
@@ -582,6 +593,38 @@ impl Session {
         let t = self.run_untimed()?;
         self.timing.record(t);
         Ok(t)
+    }
+
+    /// Runs `requests` requests over the session's regions (not recorded in
+    /// its timing) under a libtorch trace ([`TorchTrace`](crate::shim::TorchTrace);
+    /// on a GPU with its kernels and copies), each inside a scope named
+    /// [`REQUEST_SCOPE`](crate::shim::trace::REQUEST_SCOPE)` I`, and writes
+    /// the trace to `path` as Chrome trace JSON. The trace is taken on the
+    /// thread that runs the requests: the session's own, when it has one.
+    ///
+    /// ```
+    /// let rt = uminfer::Runtime::new();
+    /// let model = rt.model("models/tiny.pt")?;
+    /// let mut s = rt.session(&model, uminfer::SessionSpec::new())?;
+    /// let path = std::env::temp_dir().join(format!("uminfer-doctest-trace-{}.json", std::process::id()));
+    /// s.trace(3, &path)?;
+    /// assert!(std::fs::read_to_string(&path)?.contains("\"uminfer::request 2\""));
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn trace(&mut self, requests: usize, path: &std::path::Path) -> Result<()> {
+        let cuda = self.mode().needs_gpu();
+        if let Some(l) = &mut self.launcher {
+            return trace_requests(cuda, requests, path, || l.run());
+        }
+        match &mut self.runner {
+            Runner::Inline(e) => trace_requests(cuda, requests, path, || e.run()),
+            Runner::Thread(w) => {
+                let mut traced = None;
+                w.with_engine(&mut |e| traced = Some(trace_requests(cuda, requests, path, || e.run())))?;
+                traced.unwrap_or_else(|| Err(Error::session(SessionErrorKind::Failed, "the session thread did not run the trace")))
+            }
+        }
     }
 
     /// One request over the session's regions, not recorded.

@@ -30,11 +30,21 @@ struct Job(*mut (dyn FnMut() + Send + 'static));
 // is `Send`, so running it on that thread is allowed.
 unsafe impl Send for Job {}
 
+/// A closure lent to the session thread with the engine, by
+/// [`Worker::with_engine`], which waits until the thread has run it.
+#[derive(Clone, Copy)]
+struct EngineJob(*mut (dyn FnMut(&mut dyn Engine) + Send + 'static));
+
+// SAFETY: as for `Job`: dereferenced only on the session thread while the
+// `with_engine` that lent it waits, and the closure behind it is `Send`.
+unsafe impl Send for EngineJob {}
+
 #[derive(Clone, Copy)]
 enum Cmd {
     Idle,
     Run,
     Call(Job),
+    WithEngine(EngineJob),
     Stop,
 }
 
@@ -157,6 +167,16 @@ impl Worker {
         self.submit(Cmd::Call(job))
     }
 
+    /// Runs `f` on the session thread with the session's engine (e.g. its
+    /// requests under a libtorch trace of that thread) and waits for it.
+    pub(crate) fn with_engine(&self, f: &mut (dyn FnMut(&mut dyn Engine) + Send)) -> Result<()> {
+        let short: *mut (dyn FnMut(&mut dyn Engine) + Send + '_) = f;
+        // SAFETY: as in `call`: only the lifetime bound changes, and `submit`
+        // returns only once the session thread has finished with the pointer.
+        let job = EngineJob(unsafe { std::mem::transmute::<*mut (dyn FnMut(&mut dyn Engine) + Send + '_), *mut (dyn FnMut(&mut dyn Engine) + Send + 'static)>(short) });
+        self.submit(Cmd::WithEngine(job)).map(drop)
+    }
+
     /// Posts `cmd` and waits for its result (or the thread's end).
     fn submit(&self, cmd: Cmd) -> Result<RunTiming> {
         let sh = &*self.shared;
@@ -217,6 +237,12 @@ fn serve<E: Engine>(sh: &Shared, engine: &mut E) {
                 // SAFETY: `call` lent this pointer and waits until the result
                 // below is posted, so the closure is alive and not used elsewhere.
                 unsafe { (*job.0)() };
+                Ok(RunTiming { host: t.elapsed(), device: None })
+            }
+            Cmd::WithEngine(job) => {
+                let t = Instant::now();
+                // SAFETY: as for `Call`: `with_engine` waits for the result.
+                unsafe { (*job.0)(engine) };
                 Ok(RunTiming { host: t.elapsed(), device: None })
             }
             Cmd::Idle => continue,

@@ -41,6 +41,12 @@ pub struct UminferTensorList {
     _private: [u8; 0],
 }
 
+/// Opaque `UminferTraceScope`.
+#[repr(C)]
+pub struct UminferTraceScope {
+    _private: [u8; 0],
+}
+
 /// `UMINFER_FORMAT_TORCHSCRIPT`.
 pub const FORMAT_TORCHSCRIPT: i32 = 0;
 /// `UMINFER_FORMAT_AOTI`.
@@ -75,4 +81,8 @@ extern "C" {
     pub fn uminfer_tensor_list_free(l: *mut UminferTensorList);
     pub fn uminfer_model_run_into(m: *mut UminferModel, inputs: *const *mut c_void, n_in: usize, outputs: *const *mut c_void, n_out: usize) -> *mut c_char;
     pub fn uminfer_tensor_copy(dst: *mut c_void, src: *mut c_void, non_blocking: i32) -> *mut c_char;
+    pub fn uminfer_trace_start(with_cuda: i32) -> *mut c_char;
+    pub fn uminfer_trace_stop(path: *const c_char) -> *mut c_char;
+    pub fn uminfer_trace_scope_begin(name: *const c_char, out: *mut *mut UminferTraceScope) -> *mut c_char;
+    pub fn uminfer_trace_scope_end(scope: *mut UminferTraceScope) -> *mut c_char;
 }

@@ -7,14 +7,17 @@
 //! | [`CudaGraph`], [`launch_exec`] | `at::cuda::CUDAGraph` capture / replay / direct launch, pool sharing |
 //! | [`model`] | [`LoadedModel`]: a TorchScript module or an AOTInductor package on one device: describe, run, run into preallocated outputs |
 //! | [`copy_tensor`] | `Tensor::copy_` with `non_blocking` (tch always blocks) |
+//! | [`trace`] | [`TorchTrace`]: libtorch's Kineto profiler over one thread's requests, saved as a Chrome trace |
 //!
 //! The shim catches every C++ exception and returns it as a string, which
 //! becomes [`Error::Shim`]; nothing unwinds across the FFI boundary.
 
 mod ffi;
 pub mod model;
+pub mod trace;
 
 pub use model::{archive_records, package_metadata, Format, LoadedModel};
+pub use trace::{TorchTrace, TraceScope};
 
 use crate::error::{Error, Result};
 use serde::Serialize;

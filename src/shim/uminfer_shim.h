@@ -111,6 +111,19 @@ char* uminfer_model_run_into(UminferModel* m, void* const* inputs, size_t n_in, 
 // dst.copy_(src, non_blocking) on libtorch's current stream.
 char* uminfer_tensor_copy(void* dst, void* src, int32_t non_blocking);
 
+// ---- Traces (libtorch's Kineto profiler) ---------------------------------
+// One trace at a time, of the calling thread: start, stop and the scopes
+// must all be called on it. `with_cuda` adds CUDA kernels and copies (CUPTI).
+typedef struct UminferTraceScope UminferTraceScope;
+char* uminfer_trace_start(int32_t with_cuda);
+// Stops the trace and writes it to `path` as Chrome trace JSON; a NULL
+// path discards it.
+char* uminfer_trace_stop(const char* path);
+// A user scope named `name` on the trace (a request) until ended.
+char* uminfer_trace_scope_begin(const char* name, UminferTraceScope** out);
+// Ends the scope and frees it (also when ending fails).
+char* uminfer_trace_scope_end(UminferTraceScope* scope);
+
 #ifdef __cplusplus
 }
 #endif

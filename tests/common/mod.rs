@@ -189,3 +189,31 @@ pub fn cpu_host() -> uminfer::doctor::facts::Facts {
     f.torch.info.device_count = 0;
     f
 }
+
+/// Checks a libtorch trace of `requests` requests (`Session::trace`, `run
+/// --torch-trace`): Chrome trace JSON with one `uminfer::request I` scope
+/// per request, each (with `operators`) holding at least one `aten::`
+/// operator of its thread inside its time span. Returns the trace's events.
+pub fn check_torch_trace(path: &std::path::Path, requests: usize, operators: bool) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let events = doc["traceEvents"].as_array().unwrap_or_else(|| panic!("{} has no traceEvents", path.display())).clone();
+    let span = |e: &serde_json::Value| (e["ts"].as_f64().unwrap_or(f64::NAN), e["ts"].as_f64().unwrap_or(f64::NAN) + e["dur"].as_f64().unwrap_or(f64::NAN), e["tid"].clone());
+    for i in 0..requests {
+        let name = format!("{} {i}", uminfer::shim::trace::REQUEST_SCOPE);
+        let scopes: Vec<&serde_json::Value> = events.iter().filter(|e| e["name"] == name.as_str() && e["cat"] == "user_annotation").collect();
+        assert_eq!(scopes.len(), 1, "{}: scope {name:?} {} times", path.display(), scopes.len());
+        let (start, end, tid) = span(scopes[0]);
+        let ops = events
+            .iter()
+            .filter(|e| e["cat"] == "cpu_op" && e["name"].as_str().is_some_and(|n| n.starts_with("aten::")))
+            .filter(|e| {
+                let (s, f, t) = span(e);
+                t == tid && s >= start && f <= end
+            })
+            .count();
+        assert!(ops > 0 || !operators, "{}: no aten:: operator inside {name:?}", path.display());
+    }
+    assert!(!events.iter().any(|e| e["name"] == format!("{} {requests}", uminfer::shim::trace::REQUEST_SCOPE).as_str()), "more scopes than requests");
+    events
+}
