@@ -238,6 +238,17 @@ struct ServeCommon {
     /// the same checks (`bench`'s floor schemes `shm-echo` and `grpc-echo`).
     #[arg(long, hide = true)]
     echo: bool,
+    /// Write a CPU flame graph of this server process (every thread) to
+    /// DIR/serve-NAME.svg (DIR/serve-grpc.svg with --grpc) at shutdown.
+    #[arg(long, value_name = "DIR")]
+    profile: Option<PathBuf>,
+    /// With --profile: start sampling at the first SIGUSR1 (`kill -USR1
+    /// PID`, e.g. once the load of interest runs) instead of at once.
+    #[arg(long, requires = "profile")]
+    profile_from_signal: bool,
+    /// With --profile: the flame graph's file name without `.svg`.
+    #[arg(long, value_name = "STEM", requires = "profile", hide = true)]
+    profile_name: Option<String>,
 }
 
 /// Shared memory only (`--name`).
@@ -615,10 +626,34 @@ fn choose_intra_op_threads(rt: &Runtime, explicit: Option<u32>, mode: ModeChoice
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let threads = a.common.intra_op_threads;
     let batching = a.batch.spec(a.common.workers)?;
-    match a.grpc.grpc {
+    // Armed first, before the server starts any thread (SIGUSR1 is blocked in all of them).
+    let profile = match &a.common.profile {
+        Some(dir) => {
+            let stem = a.common.profile_name.clone().unwrap_or_else(|| match (&a.grpc.grpc, &a.shm.name) {
+                (None, Some(name)) => format!("serve-{name}"),
+                _ => "serve-grpc".into(),
+            });
+            let start = if a.common.profile_from_signal { uminfer::profile::ProfileStart::OnSigusr1 } else { uminfer::profile::ProfileStart::Now };
+            if a.grpc.grpc.is_none() {
+                uminfer::ipc::service::install_signal_handlers()?;
+            }
+            Some(uminfer::profile::ServerProfile::arm(&format!("uminfer serve ({stem})"), uminfer::profile::svg_path(dir, &stem), start)?)
+        }
+        None => None,
+    };
+    let served = match a.grpc.grpc {
         Some(addr) => serve_grpc(a.grpc.options(addr, a.common, batching)?, threads),
         None => serve_shm(a.shm.options(a.common, batching)?, threads),
+    };
+    if let Some(p) = profile {
+        let path = p.path().to_path_buf();
+        match p.finish() {
+            Ok(Some(samples)) => tracing::info!("CPU flame graph of the server: {} ({samples} samples)", path.display()),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("--profile: {e}"),
+        }
     }
+    served
 }
 
 impl ShmServeArgs {

@@ -1,6 +1,7 @@
-//! `--profile DIR` of `uminfer run` and `uminfer bench`: CPU flame graphs
-//! (SVG) that name the model's libtorch operators, one per scheme, listed
-//! in the bench's JSON.
+//! `--profile DIR` of `uminfer run`, `uminfer bench` and `uminfer serve`:
+//! CPU flame graphs (SVG) that name the model's libtorch operators, one per
+//! scheme (and per server scheme one of its server), listed in the bench's
+//! JSON; `run --torch-trace`: libtorch's trace of extra requests.
 
 mod common;
 
@@ -71,7 +72,7 @@ fn bench_writes_a_flame_graph_per_scheme_and_lists_it() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["bench", "--model"])
         .arg(common::model_path("tiny.pt"))
-        .args(["--requests", "300", "--warmup", "3", "--warmup-secs", "0", "--schemes", "cpu-zero-copy,tch-naive", "--json"])
+        .args(["--requests", "300", "--warmup", "3", "--warmup-secs", "0", "--schemes", "cpu-zero-copy,tch-naive,shm-ipc", "--json"])
         .arg(&json)
         .arg("--profile")
         .arg(&dir)
@@ -84,9 +85,52 @@ fn bench_writes_a_flame_graph_per_scheme_and_lists_it() {
         let scheme = r["scheme"].as_str().unwrap();
         let want = dir.join(format!("tiny.pt-{scheme}.svg"));
         assert_eq!(r["profile"].as_str(), Some(want.to_str().unwrap()), "{r}");
-        assert_flame_graph_of_tiny(&want);
+        if scheme == "shm-ipc" {
+            // The client side waits for the server: the model runs in the server's graph.
+            let server = dir.join("tiny.pt-shm-ipc-server.svg");
+            assert_eq!(r["server_profile"].as_str(), Some(server.to_str().unwrap()), "{r}");
+            assert_flame_graph_of_tiny(&server);
+        } else {
+            assert_flame_graph_of_tiny(&want);
+            assert!(r["server_profile"].is_null(), "{r}");
+        }
         // The timed figures come from the run before the profiled one.
         assert_eq!(r["samples"], 300, "{r}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `uminfer serve --profile DIR`: the server process's flame graph, written
+/// at shutdown (SIGTERM), holds the model's convolution.
+#[test]
+fn serve_writes_a_flame_graph_of_the_server_at_shutdown() {
+    use std::io::BufRead;
+    let dir = scratch("serve");
+    let name = format!("profile-serve-{}", std::process::id());
+    let mut child = Command::new(common::uminfer_bin())
+        .args(["serve", "--name", &name, "--model"])
+        .arg(common::model_path("tiny.pt"))
+        .arg("--profile")
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("ipc=uminfer/{name}"));
+    let mut c = uminfer::ipc::Client::connect(&name, std::time::Duration::from_secs(30)).unwrap();
+    let x = vec![0.5f32; 3 * 128 * 128];
+    for _ in 0..300 {
+        c.infer_tensors(&[uminfer::ipc::NamedTensor::new("", &[1, 3, 128, 128], &x).unwrap()]).unwrap();
+    }
+    drop(c);
+    // SAFETY: kill(2) on our own child's pid, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = common::finish(child, std::time::Duration::from_secs(60));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("CPU flame graph of the server"), "{log}");
+    assert_flame_graph_of_tiny(&dir.join(format!("serve-{name}.svg")));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -316,6 +316,12 @@ impl PreparedScheme {
     pub fn threads(&self) -> String {
         self.scheme.threads()
     }
+
+    /// A server scheme prepared under `--profile`: starts its server's CPU
+    /// profile (written when the server stops); where it goes.
+    pub fn start_server_profile(&mut self) -> Option<PathBuf> {
+        self.scheme.start_server_profile()
+    }
 }
 
 /// Whether `got` is `want` (in order, names aside): float outputs within
@@ -459,6 +465,13 @@ fn build(name: &str, cx: &Bench<'_>) -> std::result::Result<Box<dyn Scheme>, Str
     let all_cores = crate::intra_op::cores();
     let path = model.path();
     let shape = || entry.inputs[0].shape.clone();
+    // With --profile, a server scheme's server profiles itself during the scheme's profiled requests.
+    let launch = |threads| schemes::ServerLaunch {
+        exe: &opts.server_exe,
+        threads,
+        mode: opts.server_mode,
+        profile: opts.profile.as_ref().map(|dir| crate::profile::svg_path(dir, &format!("{}-{name}-server", entry.label))),
+    };
     match name {
         "serialize-copy" => {
             cx.one_f32("serialize-copy")?;
@@ -470,12 +483,12 @@ fn build(name: &str, cx: &Bench<'_>) -> std::result::Result<Box<dyn Scheme>, Str
             rt.check_mode(Mode::ShmIpc).map_err(|e| e.to_string())?;
             rt.check_mode(opts.server_mode).map_err(|e| e.to_string())?;
             let echo = name == "shm-echo";
-            boxed(ShmIpc::start(&opts.server_exe, path, &entry.inputs, echo, crate::intra_op::for_shm_clients(cx.forward()?), opts.server_mode))
+            boxed(ShmIpc::start(launch(crate::intra_op::for_shm_clients(cx.forward()?)), path, &entry.inputs, echo))
         }
         "oip-grpc" | "oip-grpc-shm" | "grpc-echo" => {
             rt.check_mode(opts.server_mode).map_err(|e| e.to_string())?;
             let scheme = oip::GrpcScheme::named(name).ok_or("not a gRPC scheme")?;
-            boxed(oip::OipGrpc::start(&opts.server_exe, path, &entry.inputs, &entry.outputs, scheme, crate::intra_op::for_grpc_clients(cx.forward()?), opts.server_mode))
+            boxed(oip::OipGrpc::start(launch(crate::intra_op::for_grpc_clients(cx.forward()?)), path, &entry.inputs, &entry.outputs, scheme))
         }
         "gpu-copy" | "gpu-pinned" | "gpu-managed" | "gpu-managed-graph" => {
             let mode: Mode = name.parse()?;
@@ -506,11 +519,14 @@ fn build(name: &str, cx: &Bench<'_>) -> std::result::Result<Box<dyn Scheme>, Str
 
 /// `--profile DIR`: for each live scheme, `requests` more requests (each
 /// after writing its input, as in the timed run) under a CPU profile of this
-/// process, written to `DIR/MODEL-SCHEME.svg` and listed in its result. A
-/// scheme that fails here keeps its timed figures and logs why.
+/// process, written to `DIR/MODEL-SCHEME.svg` and listed in its result; a
+/// server scheme's server profiles itself from then until it stops
+/// (`DIR/MODEL-SCHEME-server.svg`, written when the bench ends). A scheme
+/// that fails here keeps its timed figures and logs why.
 fn profile_schemes(dir: &Path, requests: usize, live: &mut [(String, String, PreparedScheme, TimingRecorder)], results: &mut [SchemeResult]) -> Result<()> {
     for (name, label, scheme, _) in live.iter_mut() {
         tracing::info!("profiling {name} on {label}: {requests} requests");
+        let server = scheme.start_server_profile();
         let profile = crate::profile::CpuProfile::start(&format!("uminfer bench: {name} on {label}, {requests} requests"))?;
         let ran = (0..requests).try_for_each(|_| scheme.request().map(drop));
         let path = crate::profile::svg_path(dir, &format!("{label}-{name}"));
@@ -519,6 +535,7 @@ fn profile_schemes(dir: &Path, requests: usize, live: &mut [(String, String, Pre
             (Ok(()), Ok(_)) => {
                 if let Some(r) = results.iter_mut().find(|r| &r.scheme == name && &r.model == label) {
                     r.profile = Some(path.display().to_string());
+                    r.server_profile = server.map(|p| p.display().to_string());
                 }
             }
             (Err(e), _) => tracing::warn!("{name} on {label} failed while profiled ({e}); no flame graph kept for it"),

@@ -13,7 +13,7 @@
 //!   the model (`serve --grpc --echo`: zeros of the outputs' shapes after the
 //!   same checks): the floor the transport alone sets.
 
-use super::schemes::{server_threads_note, timed, Scheme, ServerChild};
+use super::schemes::{server_threads_note, timed, Scheme, ServerChild, ServerLaunch};
 use crate::host_tensor::HostTensor;
 use crate::error::{Error, Result};
 use crate::model::TensorInfo;
@@ -22,7 +22,6 @@ use crate::oip::proto::infer_parameter::ParameterChoice;
 use crate::oip::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use crate::oip::proto::{InferParameter, ModelInferRequest, ModelInferResponse, SystemSharedMemoryRegisterRequest};
 use crate::session::RunTiming;
-use crate::Mode;
 use std::collections::HashMap;
 use std::ffi::{CString, OsString};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -158,7 +157,7 @@ pub(crate) struct OipGrpc {
     /// How long a request's client polls for the answer before it sleeps.
     poll: Duration,
     /// Declared last: stopped after the client is gone.
-    _server: ServerChild,
+    child: ServerChild,
 }
 
 /// A tensor parameter naming `region`'s first `byte_size` bytes.
@@ -179,7 +178,8 @@ impl OipGrpc {
     /// [`crate::intra_op::for_grpc_clients`], taken before the measuring
     /// thread is pinned (after, [`crate::intra_op::cores`] counts that
     /// thread's one core).
-    pub(crate) fn start(exe: &Path, model: &Path, inputs: &[TensorInfo], outputs: &[TensorInfo], scheme: GrpcScheme, threads: usize, mode: Mode) -> Result<Self> {
+    pub(crate) fn start(launch: ServerLaunch<'_>, model: &Path, inputs: &[TensorInfo], outputs: &[TensorInfo], scheme: GrpcScheme) -> Result<Self> {
+        let ServerLaunch { exe, threads, mode, profile } = launch;
         // No idle timeout: the bench's connection idles while the other
         // schemes are prepared (an ONNX export takes minutes on a slow machine).
         let mut args: Vec<OsString> = ["serve", "--grpc", "127.0.0.1:0", "--mode", mode.id(), "--intra-op-threads", &threads.to_string(), "--idle-timeout-s", "0"].map(OsString::from).into();
@@ -191,7 +191,7 @@ impl OipGrpc {
             args.extend(["--input-shape".into(), dims.join(",").into()]);
         }
         args.extend(["--model".into(), OsString::from(format!("{MODEL}={}", model.display()))]);
-        let (server, addr) = ServerChild::start_reporting(exe, args, "grpc")?;
+        let (child, addr) = ServerChild::start_reporting(exe, args, "grpc", profile)?;
         let addr = addr.as_str();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -239,7 +239,7 @@ impl OipGrpc {
         let poll = if short { crate::tuning::MAX_CLIENT_SPIN } else { Duration::ZERO };
         let why = if short { "cores - 1: a short forward pass, a core left to the polling client" } else { "all cores: a long forward pass" };
         let note = format!("{}; serve --mode {mode}", server_threads_note(threads, why));
-        Ok(Self { rt, client, template, inputs: inputs.to_vec(), outputs: outputs.to_vec(), transport, server: note, poll, _server: server })
+        Ok(Self { rt, client, template, inputs: inputs.to_vec(), outputs: outputs.to_vec(), transport, server: note, poll, child })
     }
 
     /// One request from the caller's input memory; the outputs are readable when it returns.
@@ -320,5 +320,8 @@ impl Scheme for OipGrpc {
     fn threads(&self) -> String {
         let waits = if self.poll.is_zero() { "sleeping".to_string() } else { format!("polling up to {} µs", self.poll.as_micros()) };
         format!("{}; client: one tokio current-thread runtime, {waits} for each answer", self.server)
+    }
+    fn start_server_profile(&mut self) -> Option<std::path::PathBuf> {
+        self.child.start_profile()
     }
 }

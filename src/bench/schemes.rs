@@ -30,6 +30,11 @@ pub(crate) trait Scheme {
     fn check(&mut self, sample: &[HostTensor]) -> Result<Vec<HostTensor>>;
     /// Thread settings the scheme runs with.
     fn threads(&self) -> String;
+    /// A server scheme started with a profile: starts its server's CPU
+    /// profile now (written when the server stops) and says where it goes.
+    fn start_server_profile(&mut self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// The float32 values of a sample of one float32 tensor into `dst` (the
@@ -105,7 +110,7 @@ impl SerializeCopy {
     pub(crate) fn start(exe: &Path, model: &Path, shape: &[i64], threads: usize) -> Result<Self> {
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
         let args = ["bench-json-server", "--input-shape", &dims.join(","), "--intra-op-threads", &threads.to_string(), "--model"].map(OsString::from);
-        let (server, addr) = ServerChild::start_reporting(exe, args.into_iter().chain([model.as_os_str().to_owned()]), "http")?;
+        let (server, addr) = ServerChild::start_reporting(exe, args.into_iter().chain([model.as_os_str().to_owned()]), "http", None)?;
         let n = shape.iter().product::<i64>() as usize;
         Ok(Self { url: format!("http://{addr}/infer"), agent: ureq::Agent::new_with_defaults(), input: vec![0.0; n], output: Vec::new(), server: server_threads_note(threads, "all cores: its client blocks"), _server: server })
     }
@@ -182,14 +187,37 @@ impl Scheme for SessionScheme {
 }
 
 /// A `uminfer serve` child process, sent SIGTERM and waited for on drop.
-pub(super) struct ServerChild(pub(super) Child);
+/// How a server scheme starts its `uminfer serve` process.
+pub(crate) struct ServerLaunch<'a> {
+    /// The `uminfer` binary.
+    pub exe: &'a Path,
+    /// Its libtorch intra-op threads.
+    pub threads: usize,
+    /// Its session mode.
+    pub mode: Mode,
+    /// Armed to profile itself into this SVG (`serve --profile`), from
+    /// [`ServerChild::start_profile`] on.
+    pub profile: Option<PathBuf>,
+}
+
+pub(super) struct ServerChild {
+    child: Child,
+    /// The flame graph the server writes when profiled (`serve --profile`).
+    profile: Option<PathBuf>,
+}
 
 impl ServerChild {
     /// Starts the `uminfer` binary `exe` with `args` and reads the first line
     /// it prints, `KEY=VALUE` (a server's address, once it listens): returns
-    /// the child and VALUE. The child's log goes to the bench's stderr.
-    pub(super) fn start_reporting(exe: &Path, args: impl IntoIterator<Item = OsString>, key: &str) -> Result<(Self, String)> {
-        let args: Vec<OsString> = args.into_iter().collect();
+    /// the child and VALUE. The child's log goes to the bench's stderr. With
+    /// `profile` (an SVG path), the server is armed to profile itself from
+    /// [`start_profile`](Self::start_profile) until it stops.
+    pub(super) fn start_reporting(exe: &Path, args: impl IntoIterator<Item = OsString>, key: &str, profile: Option<PathBuf>) -> Result<(Self, String)> {
+        let mut args: Vec<OsString> = args.into_iter().collect();
+        if let Some(svg) = &profile {
+            let (dir, stem) = (svg.parent().unwrap_or(Path::new(".")), svg.file_stem().unwrap_or_default());
+            args.extend([OsString::from("--profile"), dir.as_os_str().to_owned(), "--profile-from-signal".into(), "--profile-name".into(), stem.to_owned()]);
+        }
         let what = args.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();
         let mut cmd = Command::new(exe);
         cmd.args(&args).env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
@@ -213,8 +241,8 @@ impl ServerChild {
                 Ok(())
             })
         };
-        let mut child = Self(cmd.spawn().map_err(|source| Error::Os { call: "starting a uminfer server process", source })?);
-        let stdout = child.0.stdout.take().ok_or_else(|| Error::session(SessionErrorKind::Failed, format!("uminfer {what}: no stdout pipe")))?;
+        let mut child = Self { child: cmd.spawn().map_err(|source| Error::Os { call: "starting a uminfer server process", source })?, profile };
+        let stdout = child.child.stdout.take().ok_or_else(|| Error::session(SessionErrorKind::Failed, format!("uminfer {what}: no stdout pipe")))?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).map_err(|source| Error::Os { call: "reading a server process's first line", source })?;
         let value = line
@@ -224,13 +252,20 @@ impl ServerChild {
             .ok_or_else(|| Error::session(SessionErrorKind::Failed, format!("uminfer {what} did not report {key}=… (it said {:?}; its log is above)", line.trim())))?;
         Ok((child, value.to_string()))
     }
+
+    /// Starts the server's profile (SIGUSR1), if it was armed with one; where it goes.
+    pub(super) fn start_profile(&self) -> Option<PathBuf> {
+        let svg = self.profile.clone()?;
+        // SAFETY: kill(2) on our own child's pid (not reaped while `self` lives).
+        (unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR1) } == 0).then_some(svg)
+    }
 }
 
 impl Drop for ServerChild {
     fn drop(&mut self) {
         // SAFETY: kill(2) on our own child's pid (not reaped before the wait below).
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
     }
 }
 
@@ -251,14 +286,16 @@ pub(crate) struct ShmIpc {
     /// [`server_threads_note`] and the session mode, taken at start.
     server: String,
     /// Declared last: stopped after the client is gone.
-    _server: ServerChild,
+    child: ServerChild,
 }
 
 impl ShmIpc {
     /// Starts `uminfer serve` on `model` with every input declared as the
     /// bench resolved it (`--input-spec`), and connects; with `echo`, the
-    /// server answers without running the model (`shm-echo`).
-    pub(crate) fn start(exe: &Path, model: &Path, inputs: &[TensorInfo], echo: bool, threads: usize, mode: Mode) -> Result<Self> {
+    /// server answers without running the model (`shm-echo`); with
+    /// `profile`, the server is armed to profile itself there.
+    pub(crate) fn start(launch: ServerLaunch<'_>, model: &Path, inputs: &[TensorInfo], echo: bool) -> Result<Self> {
+        let ServerLaunch { exe, threads, mode, profile } = launch;
         // One endpoint per server: a run of several models has one per model.
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let name = format!("bench-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
@@ -271,14 +308,14 @@ impl ShmIpc {
             args.extend([OsString::from("--input-spec"), OsString::from(format!("{}={}:{}", i.name, i.dtype.name(), dims.join(",")))]);
         }
         args.extend([OsString::from("--model"), model.as_os_str().to_owned()]);
-        let (server, _) = ServerChild::start_reporting(exe, args, "ipc")?;
+        let (child, _) = ServerChild::start_reporting(exe, args, "ipc", profile)?;
         let client = Client::connect(&name, Duration::from_secs(10))?;
         if client.inputs() != inputs {
             return Err(Error::ipc(IpcErrorKind::Invalid, format!("the server took the inputs {}, not {}", crate::session::tensor_ref::list(client.inputs()), crate::session::tensor_ref::list(inputs))));
         }
         let why = if threads < crate::intra_op::cores() { "cores - 1, as `uminfer serve` chooses: a tiny forward pass" } else { "all cores, as `uminfer serve` chooses: its client gives its core away while it polls" };
         let note = format!("{}; serve --mode {mode}", server_threads_note(threads, why));
-        Ok(Self { client, next: None, server: note, _server: server })
+        Ok(Self { client, next: None, server: note, child })
     }
 
     /// Sends the request `refresh` prepared; `read` gets the outputs in place.
@@ -305,6 +342,9 @@ impl Scheme for ShmIpc {
     }
     fn threads(&self) -> String {
         self.server.clone()
+    }
+    fn start_server_profile(&mut self) -> Option<PathBuf> {
+        self.child.start_profile()
     }
 }
 

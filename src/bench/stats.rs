@@ -42,6 +42,10 @@ pub struct SchemeResult {
     /// The CPU flame graph of this process during the scheme's profiled
     /// requests (`--profile DIR`).
     pub profile: Option<String>,
+    /// A server scheme's: its server process's flame graph, from the
+    /// scheme's profiled requests until the server stopped (written when
+    /// the bench ends).
+    pub server_profile: Option<String>,
     /// Latency distribution for the plot: (µs, cumulative fraction).
     #[serde(skip)]
     pub cdf: Vec<(f64, f64)>,
@@ -69,6 +73,7 @@ impl SchemeResult {
             p50_vs_serialize_copy: None,
             transport_vs_floor: None,
             profile: None,
+            server_profile: None,
             cdf: Vec::new(),
         }
     }

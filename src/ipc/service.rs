@@ -155,3 +155,20 @@ pub fn response_events(node: &Node<Ipc>, names: &Names) -> Result<EventFactory<I
 pub fn cleanup_dead_nodes(node: &Node<Ipc>) -> usize {
     node.try_cleanup_dead_nodes().cleanups as usize
 }
+
+/// Installs iceoryx2's signal handlers now. It installs them when a server
+/// first waits, for SIGINT and SIGTERM but also SIGPROF and SIGUSR1, and
+/// records only the last signal: a profiler's SIGPROF (pprof's, started
+/// before) would then reach iceoryx2's handler, overwrite a SIGTERM and the
+/// server would never stop. Called before a profile starts, iceoryx2's
+/// handlers come first and pprof's SIGPROF handler replaces theirs.
+pub fn install_signal_handlers() -> Result<()> {
+    let waitset = WaitSetBuilder::new()
+        .signal_handling_mode(SignalHandlingMode::HandleTerminationRequests)
+        .create::<Ipc>()
+        .map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("waitset: {e:?}")))?;
+    // An empty waitset refuses to wait, but only after asking iceoryx2's
+    // signal handler whether termination was requested: that installs it.
+    let _ = waitset.wait_and_process_once_with_timeout(|_| CallbackProgression::Continue, std::time::Duration::ZERO);
+    Ok(())
+}
