@@ -53,6 +53,7 @@ fn options() -> BenchOptions {
         server_exe: std::env::var_os("UMINFER_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_uminfer")), PathBuf::from),
         progress: false,
         profile: None,
+        phases: false,
         intra_op_threads: None,
     }
 }

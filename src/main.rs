@@ -441,9 +441,16 @@ struct BenchArgs {
     plot: Option<PathBuf>,
     /// Write CPU flame graphs of this process into DIR, per scheme and model
     /// (MODEL-SCHEME.svg), of --requests extra requests after the timed run
-    /// (the timed figures are not profiled; a server scheme's shows its client side).
+    /// (the timed figures are not profiled; a server scheme's shows its client
+    /// side, and its server writes MODEL-SCHEME-server.svg).
     #[arg(long, value_name = "DIR")]
     profile: Option<PathBuf>,
+    /// After the timed run, split --requests more requests of each scheme
+    /// into phases (writing the input, the session's pass, the hand-off to
+    /// its thread, device time, the server's queue and compute, reading the
+    /// outputs) and print and record each phase's P50 and mean (docs/profiling.md).
+    #[arg(long)]
+    phases: bool,
     /// libtorch intra-op threads of the in-process CPU schemes (cpu-zero-copy,
     /// tch-naive, and --concurrency's). Default: measured, the count of 1, 2,
     /// 4, ... cores under which the models' forward passes are fastest.
@@ -524,6 +531,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         server_exe: std::env::current_exe().context("finding this uminfer binary (the bench starts it as its servers)")?,
         progress: true,
         profile: a.profile,
+        phases: a.phases,
         intra_op_threads: a.intra_op_threads,
     };
     if let Some(concurrency) = a.concurrency {

@@ -103,20 +103,7 @@ fn unknown_scheme_is_listed_as_unavailable_with_the_known_ones() {
 /// reason. `shm-ipc` is a transport, not a session mode: refused.
 #[test]
 fn server_schemes_run_in_the_server_mode_or_say_why_not() {
-    let dir = std::env::temp_dir().join(format!("uminfer-bench-server-mode-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("bench.json");
-    let out = Command::new(common::uminfer_bin())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["bench", "--model"])
-        .arg(common::model_path("tiny.pt"))
-        .args(["--requests", "10", "--warmup", "2", "--warmup-secs", "0", "--schemes", "cpu-zero-copy,shm-ipc,oip-grpc-shm", "--server-mode", "gpu-managed-graph", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (_, v) = bench_json("server-mode", "tiny.pt", &["--requests", "10", "--warmup", "2", "--warmup-secs", "0", "--schemes", "cpu-zero-copy,shm-ipc,oip-grpc-shm", "--server-mode", "gpu-managed-graph"]);
     assert_eq!(v["server_mode"], "gpu-managed-graph");
     for r in v["results"].as_array().unwrap() {
         match (r["scheme"].as_str().unwrap(), common::gpu_unavailable()) {
@@ -131,7 +118,6 @@ fn server_schemes_run_in_the_server_mode_or_say_why_not() {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 
     let refused = Command::new(common::uminfer_bin())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -348,4 +334,79 @@ fn bench_concurrency_measures_sessions_and_batched_throughput() {
     let picture = std::fs::read_to_string(&svg).unwrap();
     assert!(picture.contains("<svg") && picture.contains("K=4"), "not the throughput picture");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `bench --phases`: each scheme's extra requests split into phases that add
+/// up to their total; the gRPC scheme adds its server's own account.
+#[test]
+fn bench_phases_add_up_and_give_the_servers_account() {
+    let (stdout, v) = bench_json("phases", "encoder.pt", &["--requests", "60", "--warmup", "3", "--warmup-secs", "0", "--schemes", "cpu-zero-copy,shm-ipc,oip-grpc", "--phases"]);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for r in results {
+        let scheme = r["scheme"].as_str().unwrap();
+        assert_eq!(r["status"], "ok", "{r}");
+        // The timed figures are the timed run's alone.
+        assert_eq!(r["samples"], 60, "{r}");
+        let b = &r["phases"];
+        assert_eq!(b["requests"], 60, "{r}");
+        let phases = b["phases"].as_array().unwrap();
+        let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
+        let want: &[&str] = match scheme {
+            "cpu-zero-copy" => &["write input", "forward pass", "session call around the pass", "read outputs"],
+            "shm-ipc" => &["write input", "round trip (transport and server)"],
+            _ => &["write input", "round trip (client, transport and server)", "read outputs"],
+        };
+        assert_eq!(names, want, "{r}");
+        let sum: f64 = phases.iter().map(|p| p["mean_us"].as_f64().unwrap()).sum();
+        let total = b["total_mean_us"].as_f64().unwrap();
+        assert!(total > 0.0 && (sum - total).abs() <= 1e-6 * total, "phases sum to {sum}, total {total}: {r}");
+        let shares: f64 = phases.iter().map(|p| p["share"].as_f64().unwrap()).sum();
+        assert!((shares - 1.0).abs() < 1e-9, "{r}");
+        for p in phases {
+            assert!(p["mean_us"].as_f64().unwrap() >= 0.0 && p["p50_us"].as_f64().unwrap() >= 0.0, "{r}");
+        }
+        assert_eq!(b["timed_p50_us"], r["p50_us"], "{r}");
+        let ratio = b["request_p50_vs_timed"].as_f64().unwrap();
+        assert!((b["request_p50_us"].as_f64().unwrap() / r["p50_us"].as_f64().unwrap() - ratio).abs() < 1e-9, "{r}");
+        assert!(b["request_p50_us"].as_f64().unwrap() <= b["total_p50_us"].as_f64().unwrap() * (1.0 + 1e-9), "{r}");
+        let server = b["server"].as_array().unwrap();
+        if scheme == "oip-grpc" {
+            let names: Vec<&str> = server.iter().map(|p| p["name"].as_str().unwrap()).collect();
+            assert_eq!(names, ["server queue", "server compute input", "server compute infer", "server compute output"], "{r}");
+            // The server ran the model inside the round trip it reports on.
+            let infer = server[2]["mean_us"].as_f64().unwrap();
+            let round_trip = phases[1]["mean_us"].as_f64().unwrap();
+            assert!(infer > 0.0 && infer < round_trip, "{r}");
+            let rest = b["client_and_transport_us"].as_f64().unwrap();
+            let server_sum: f64 = server.iter().map(|p| p["mean_us"].as_f64().unwrap()).sum();
+            assert!((rest - (round_trip - server_sum)).abs() < 1e-6, "{r}");
+        } else {
+            assert!(server.is_empty() && b["client_and_transport_us"].is_null(), "{r}");
+        }
+        let line = format!("  {scheme} phases, 60 more requests, mean µs: write input ");
+        assert!(stdout.contains(&line), "no phase line for {scheme}:\n{stdout}");
+    }
+}
+
+/// `uminfer bench --model MODEL ARGS --json FILE` in a scratch directory named
+/// after `what`, which must succeed: its stdout and the JSON.
+fn bench_json(what: &str, model: &str, args: &[&str]) -> (String, serde_json::Value) {
+    let dir = std::env::temp_dir().join(format!("uminfer-bench-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bench.json");
+    let out = Command::new(common::uminfer_bin())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["bench", "--model"])
+        .arg(common::model_path(model))
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("running uminfer bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (stdout, v)
 }

@@ -15,6 +15,7 @@
 
 pub mod json_server;
 mod oip;
+pub mod phases;
 pub mod plot;
 mod schemes;
 pub mod stats;
@@ -126,6 +127,9 @@ pub struct BenchOptions {
     /// model (`MODEL-SCHEME.svg`), of extra requests after the timed run
     /// ([`crate::profile`]; a server scheme's shows its client side).
     pub profile: Option<PathBuf>,
+    /// After the timed run, split `requests` more requests of each scheme
+    /// into phases ([`phases`]).
+    pub phases: bool,
     /// libtorch intra-op threads of this process's own CPU sessions; `None`:
     /// measured ([`crate::intra_op::measured_threads`]).
     pub intra_op_threads: Option<usize>,
@@ -322,6 +326,23 @@ impl PreparedScheme {
     pub fn start_server_profile(&mut self) -> Option<PathBuf> {
         self.scheme.start_server_profile()
     }
+
+    /// One request on the next input, split into phases ([`phases`]):
+    /// writing the input, the request's own phases, reading the outputs.
+    /// Also returns where the request's own phases lie among them.
+    pub fn request_phased(&mut self) -> Result<(phases::Phases, std::ops::Range<usize>)> {
+        self.seed += 1;
+        let t = Instant::now();
+        self.scheme.refresh(self.seed, self.inputs.get(self.seed))?;
+        let mut phases = vec![("write input", t.elapsed())];
+        phases.extend(self.scheme.request_phased()?);
+        let request = 1..phases.len();
+        let t = Instant::now();
+        if self.scheme.read_outputs()? {
+            phases.push(("read outputs", t.elapsed()));
+        }
+        Ok((phases, request))
+    }
 }
 
 /// Whether `got` is `want` (in order, names aside): float outputs within
@@ -517,6 +538,33 @@ fn build(name: &str, cx: &Bench<'_>) -> std::result::Result<Box<dyn Scheme>, Str
     }
 }
 
+/// `--phases`: for each live scheme, `requests` more requests split into
+/// phases, with a server scheme's own account of them; the breakdown goes
+/// into its result. A scheme that fails here keeps its timed figures and logs why.
+fn phase_schemes(requests: usize, live: &mut [(String, String, PreparedScheme, TimingRecorder)], results: &mut [SchemeResult]) {
+    for (name, label, scheme, _) in live.iter_mut() {
+        tracing::info!("splitting {requests} requests of {name} on {label} into phases");
+        let mut split = || -> Result<(phases::PhaseRecorder, phases::Phases)> {
+            let before = scheme.scheme.server_account()?;
+            let mut recorder = phases::PhaseRecorder::default();
+            for _ in 0..requests {
+                let (phases, request) = scheme.request_phased()?;
+                recorder.record(&phases, request);
+            }
+            let after = scheme.scheme.server_account()?;
+            let since = |phase: &str| before.iter().find(|(p, _)| *p == phase).map_or(Duration::ZERO, |(_, t)| *t);
+            let server = after.into_iter().map(|(phase, total)| (phase, total.saturating_sub(since(phase)))).collect();
+            Ok((recorder, server))
+        };
+        let result = results.iter_mut().find(|r| &r.scheme == name && &r.model == label);
+        match (split(), result) {
+            (Ok((recorder, server)), Some(r)) => r.phases = Some(recorder.breakdown(server, r.p50_us)),
+            (Ok(_), None) => {}
+            (Err(e), _) => tracing::warn!("{name} on {label} failed while split into phases ({e}); no breakdown kept for it"),
+        }
+    }
+}
+
 /// `--profile DIR`: for each live scheme, `requests` more requests (each
 /// after writing its input, as in the timed run) under a CPU profile of this
 /// process, written to `DIR/MODEL-SCHEME.svg` and listed in its result; a
@@ -634,6 +682,9 @@ pub fn run(rt: &Runtime, opts: &BenchOptions) -> Result<BenchReport> {
     bar.finish_and_clear();
     for (name, label, s, timing) in &live {
         results.push(SchemeResult::measured(name, label, s.threads(), timing));
+    }
+    if opts.phases {
+        phase_schemes(opts.requests, &mut live, &mut results);
     }
     if let Some(dir) = &opts.profile {
         profile_schemes(dir, opts.requests, &mut live, &mut results)?;

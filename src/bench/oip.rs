@@ -20,7 +20,7 @@ use crate::model::TensorInfo;
 use crate::oip::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::oip::proto::infer_parameter::ParameterChoice;
 use crate::oip::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
-use crate::oip::proto::{InferParameter, ModelInferRequest, ModelInferResponse, SystemSharedMemoryRegisterRequest};
+use crate::oip::proto::{InferParameter, ModelInferRequest, ModelInferResponse, ModelStatisticsRequest, StatisticDuration, SystemSharedMemoryRegisterRequest};
 use crate::session::RunTiming;
 use std::collections::HashMap;
 use std::ffi::{CString, OsString};
@@ -323,5 +323,24 @@ impl Scheme for OipGrpc {
     }
     fn start_server_profile(&mut self) -> Option<std::path::PathBuf> {
         self.child.start_profile()
+    }
+    fn request_phased(&mut self) -> Result<super::phases::Phases> {
+        Ok(vec![(super::phases::ROUND_TRIP_GRPC, self.request()?.host)])
+    }
+    fn read_outputs(&mut self) -> Result<bool> {
+        std::hint::black_box(self.output_tensors()?);
+        Ok(true)
+    }
+    fn server_account(&mut self) -> Result<super::phases::Phases> {
+        let req = ModelStatisticsRequest { name: MODEL.into(), version: String::new() };
+        let resp = self.rt.block_on(self.client.model_statistics(req)).map_err(|e| grpc_err("ModelStatistics", e))?.into_inner();
+        let stats = resp.model_stats.into_iter().find(|m| m.name == MODEL).and_then(|m| m.inference_stats).ok_or_else(|| Error::Grpc(format!("ModelStatistics has no inference statistics of {MODEL}")))?;
+        let ns = |d: Option<StatisticDuration>| Duration::from_nanos(d.map_or(0, |d| d.ns));
+        Ok(vec![
+            ("server queue", ns(stats.queue)),
+            ("server compute input", ns(stats.compute_input)),
+            ("server compute infer", ns(stats.compute_infer)),
+            ("server compute output", ns(stats.compute_output)),
+        ])
     }
 }

@@ -35,6 +35,22 @@ pub(crate) trait Scheme {
     fn start_server_profile(&mut self) -> Option<PathBuf> {
         None
     }
+    /// One request split into phases that add up to its time (`--phases`);
+    /// by default the request whole.
+    fn request_phased(&mut self) -> Result<super::phases::Phases> {
+        Ok(vec![("request", self.request()?.host)])
+    }
+    /// Copies the last request's outputs out, as a caller reading them
+    /// does (`--phases`); `false` where they are gone once the request is
+    /// answered (the scheme read them inside it).
+    fn read_outputs(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+    /// A server scheme's own statistics so far: each phase's total time
+    /// over every request it served (`--phases`); empty where it keeps none.
+    fn server_account(&mut self) -> Result<super::phases::Phases> {
+        Ok(Vec::new())
+    }
 }
 
 /// The float32 values of a sample of one float32 tensor into `dst` (the
@@ -176,6 +192,30 @@ impl Scheme for SessionScheme {
         self.session.run()?;
         (0..self.session.outputs().len()).map(|i| self.session.read_output(i)).collect()
     }
+    fn request_phased(&mut self) -> Result<super::phases::Phases> {
+        let t = Instant::now();
+        let r = self.session.run()?;
+        std::hint::black_box(self.session.output_bytes(0)?.first().copied());
+        let outer = t.elapsed();
+        // The session's own account of its pass (on its thread, when it has one).
+        let inner = r.host.min(outer);
+        let mut phases = match r.device {
+            Some(device) => {
+                let device = device.min(inner);
+                vec![("device work (CUDA events)", device), ("host work of the pass", inner - device)]
+            }
+            None => vec![("forward pass", inner)],
+        };
+        let around = if self.session.has_own_thread() { "hand-off to the session thread and back" } else { "session call around the pass" };
+        phases.push((around, outer - inner));
+        Ok(phases)
+    }
+    fn read_outputs(&mut self) -> Result<bool> {
+        for i in 0..self.session.outputs().len() {
+            std::hint::black_box(self.session.read_output(i)?);
+        }
+        Ok(true)
+    }
     fn threads(&self) -> String {
         let mode = self.session.mode();
         match mode {
@@ -186,7 +226,6 @@ impl Scheme for SessionScheme {
     }
 }
 
-/// A `uminfer serve` child process, sent SIGTERM and waited for on drop.
 /// How a server scheme starts its `uminfer serve` process.
 pub(crate) struct ServerLaunch<'a> {
     /// The `uminfer` binary.
@@ -200,6 +239,7 @@ pub(crate) struct ServerLaunch<'a> {
     pub profile: Option<PathBuf>,
 }
 
+/// A `uminfer serve` child process, sent SIGTERM and waited for on drop.
 pub(super) struct ServerChild {
     child: Child,
     /// The flame graph the server writes when profiled (`serve --profile`).
@@ -345,6 +385,9 @@ impl Scheme for ShmIpc {
     }
     fn start_server_profile(&mut self) -> Option<PathBuf> {
         self.child.start_profile()
+    }
+    fn request_phased(&mut self) -> Result<super::phases::Phases> {
+        Ok(vec![(super::phases::ROUND_TRIP_SHM, self.request()?.host)])
     }
 }
 

@@ -46,6 +46,8 @@ pub struct SchemeResult {
     /// scheme's profiled requests until the server stopped (written when
     /// the bench ends).
     pub server_profile: Option<String>,
+    /// Its requests split into phases (`--phases`).
+    pub phases: Option<super::phases::PhaseBreakdown>,
     /// Latency distribution for the plot: (µs, cumulative fraction).
     #[serde(skip)]
     pub cdf: Vec<(f64, f64)>,
@@ -74,6 +76,7 @@ impl SchemeResult {
             transport_vs_floor: None,
             profile: None,
             server_profile: None,
+            phases: None,
             cdf: Vec::new(),
         }
     }
@@ -162,6 +165,12 @@ pub fn table(results: &[SchemeResult]) -> String {
             let cpu = results.iter().find(|c| c.scheme == "cpu-zero-copy" && c.model == r.model).and_then(|c| c.p50_us).unwrap_or(p50);
             let on = if several { format!(" on {}", r.model) } else { String::new() };
             out.push_str(&format!("  {}{on}: P50 − cpu-zero-copy P50 = {:+.1} µs = {ratio:.2} × {floor} P50\n", r.scheme, p50 - cpu));
+        }
+    }
+    for r in results {
+        if let Some(b) = &r.phases {
+            let on = if several { format!(" on {}", r.model) } else { String::new() };
+            out.push_str(&format!("  {}{on} phases, {} more requests, mean µs: {}\n", r.scheme, b.requests, super::phases::line(b)));
         }
     }
     for r in results.iter().filter(|r| r.status != Status::Ok) {

@@ -627,6 +627,12 @@ impl Session {
         }
     }
 
+    /// The session runs its requests on a thread of its own
+    /// ([`SessionSpec::dedicated_thread`], `pin_core`, GPU modes).
+    pub fn has_own_thread(&self) -> bool {
+        matches!(self.runner, Runner::Thread(_))
+    }
+
     /// One request over the session's regions, not recorded.
     fn run_untimed(&mut self) -> Result<RunTiming> {
         match &mut self.launcher {
