@@ -57,6 +57,30 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         intra_op_threads: Option<u32>,
     },
+    /// A client process of `bench --concurrency`'s server schemes (started by
+    /// `bench`; prints `ready`, then runs `run N MS` commands from stdin).
+    #[command(hide = true)]
+    BenchClient {
+        /// A shared-memory server's endpoint name.
+        #[arg(long, conflicts_with = "grpc", required_unless_present = "grpc")]
+        shm: Option<String>,
+        /// A gRPC server's address.
+        #[arg(long)]
+        grpc: Option<String>,
+        /// The model's inputs, NAME=DTYPE:DIMS, in its order.
+        #[arg(long, required = true)]
+        input_spec: Vec<uminfer::model::InputDecl>,
+        /// The model's outputs, NAME=DTYPE:DIMS, in its order.
+        #[arg(long, required = true)]
+        output_spec: Vec<uminfer::model::InputDecl>,
+        /// The samples, back to back (each its inputs' bytes in order).
+        #[arg(long)]
+        samples: PathBuf,
+        /// The clients this process holds (one thread each): client I sends
+        /// samples 2 × I and 2 × I + 1.
+        #[arg(long, value_delimiter = ',', required = true)]
+        index: Vec<usize>,
+    },
     /// Compare every scheme side by side on one model: table on stdout, --json, --plot.
     ///
     /// Prints the doctor's verdict first; schemes this machine cannot run are
@@ -456,10 +480,13 @@ struct BenchArgs {
     /// 4, ... cores under which the models' forward passes are fastest.
     #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     intra_op_threads: Option<usize>,
-    /// Measure closed-loop throughput instead of the latency schemes: K client
-    /// threads per value, each sending its next request when its answer is
-    /// back, through one session (`sessions`) and through a batcher
-    /// (`batched`), in --server-mode, interleaved (docs/bench.md).
+    /// Measure closed-loop throughput instead of the latency schemes: K
+    /// clients per value, each sending its next request when its answer is
+    /// back, in --server-mode, interleaved: client threads through one
+    /// session (`sessions`) and a batcher (`batched`); client processes
+    /// through a `uminfer serve` process over shared memory (`shm`,
+    /// `shm-batched`) and gRPC (`grpc`, `grpc-batched`). --schemes picks
+    /// among these (docs/bench.md).
     #[arg(long, value_name = "K,...", value_delimiter = ',')]
     concurrency: Option<Vec<usize>>,
     /// With --concurrency: the batcher's largest batch (default: the largest K, at most 64).
@@ -491,6 +518,16 @@ fn model_path(arg: &str) -> PathBuf {
     } else {
         PathBuf::from(arg)
     }
+}
+
+fn bench_client(shm: Option<String>, grpc: Option<String>, inputs: Vec<uminfer::model::InputDecl>, outputs: Vec<uminfer::model::InputDecl>, samples: &std::path::Path, index: &[usize]) -> anyhow::Result<()> {
+    use uminfer::bench::load::LoadTarget;
+    let target = match (shm, grpc) {
+        (Some(name), _) => LoadTarget::Shm(name),
+        (None, Some(addr)) => LoadTarget::Grpc(addr),
+        (None, None) => bail!("give --shm NAME or --grpc ADDR"),
+    };
+    Ok(uminfer::bench::load::client(&target, &inputs, &outputs, samples, index)?)
 }
 
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
@@ -525,7 +562,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         server_mode: a.server_mode,
         warmup: a.warmup,
         warmup_time: std::time::Duration::try_from_secs_f64(a.warmup_secs).context("--warmup-secs must be a finite number of seconds, 0 or more")?,
-        schemes: a.schemes.unwrap_or_else(|| bench::SCHEMES.iter().map(|s| s.to_string()).collect()),
+        schemes: a.schemes.clone().unwrap_or_else(|| bench::SCHEMES.iter().map(|s| s.to_string()).collect()),
         python: a.python,
         core: usize::try_from(a.core).ok(),
         server_exe: std::env::current_exe().context("finding this uminfer binary (the bench starts it as its servers)")?,
@@ -538,7 +575,14 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         let max_batch = a.max_batch.unwrap_or_else(|| concurrency.iter().copied().max().unwrap_or(1).clamp(1, 64));
         let batch = uminfer::batch::BatchSpec::new(max_batch).max_queue_delay(std::time::Duration::from_micros(a.batch_delay_us));
         let batch = if a.buckets.is_empty() { batch } else { batch.buckets(&a.buckets) };
-        let t = bench::throughput::ThroughputOptions { concurrency, batch, mode: a.server_mode, cell: std::time::Duration::from_millis(a.cell_ms), rounds: a.rounds };
+        let t = bench::throughput::ThroughputOptions {
+            concurrency,
+            batch,
+            mode: a.server_mode,
+            cell: std::time::Duration::from_millis(a.cell_ms),
+            rounds: a.rounds,
+            schemes: a.schemes.unwrap_or_default(),
+        };
         let report = bench::throughput::run(&rt, &opts, &t)?;
         let labels: Vec<&str> = report.models.iter().map(|m| m.label.as_str()).collect();
         println!(
@@ -892,6 +936,7 @@ fn main() {
             }
             report_error(uminfer::bench::json_server::run(&model, &input_shape).map_err(Into::into))
         }
+        Command::BenchClient { shm, grpc, input_spec, output_spec, samples, index } => report_error(bench_client(shm, grpc, input_spec, output_spec, &samples, &index)),
         Command::Infer { name, input, output, timeout } => report_error(infer(&name, &input, &output, timeout)),
     };
     std::process::exit(code);

@@ -4,9 +4,10 @@
 //! duplicated or swapped, padding never copied out), batches that really
 //! form under load; a request that fills part of a bucket; queue-full and
 //! timeout refusals; closing with requests queued (each answered, none
-//! hanging); every bad request a typed error. One test body per mode: the
-//! CPU everywhere, the GPU modes skip with a reason without a GPU and fail
-//! under `UMINFER_REQUIRE_GPU=1`.
+//! hanging); every bad request a typed error; on a GPU, graph buckets that
+//! share one memory pool. One test body per mode: the CPU everywhere, the
+//! GPU modes skip with a reason without a GPU and fail under
+//! `UMINFER_REQUIRE_GPU=1`.
 
 mod common;
 
@@ -221,6 +222,39 @@ per_mode! {
     gpu_pinned: Mode::GpuPinned, true;
     gpu_managed: Mode::GpuManaged, true;
     gpu_managed_graph: Mode::GpuManagedGraph, true;
+}
+
+/// GPU graph mode: a graph per bucket, all captured into one shared pool.
+/// The shared batcher is built first, so the batcher with a pool per bucket
+/// built after it can only gain from what libtorch has cached by then; still
+/// its smaller buckets take more device memory than the shared batcher's.
+/// Every bucket of both, run in turn, answers as the batch-1 session does.
+#[test]
+fn gpu_graph_buckets_share_one_pool() {
+    require_gpu!();
+    let rt = runtime();
+    let model = rt.model(common::model_path("encoder.pt")).unwrap();
+    let spec = SessionSpec::new().mode(Mode::GpuManagedGraph).allow_eager_fallback(false);
+    let shared = rt.batcher(&model, spec.clone(), BatchSpec::new(8)).unwrap();
+    let separate = rt.batcher(&model, spec.clone(), BatchSpec::new(8).share_graph_pool(false)).unwrap();
+    for b in [&shared, &separate] {
+        assert_eq!(b.buckets().iter().map(|k| k.size).collect::<Vec<_>>(), [1, 2, 4, 8]);
+        assert!(b.buckets().iter().all(|k| k.note.contains("captured into a CUDA graph")), "{:?}", b.buckets());
+    }
+    // The buckets after the first (largest) one: what sharing saves.
+    let smaller = |b: &Batcher| -> usize { b.buckets()[..b.buckets().len() - 1].iter().map(|k| k.device_bytes.expect("a GPU bucket's device memory")).sum() };
+    let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("buckets 1, 2, 4 took {} bytes of device memory with one shared pool, {} with a pool each\n", smaller(&shared), smaller(&separate)));
+    assert!(smaller(&shared) < smaller(&separate), "shared pool {:?} against a pool per bucket {:?}", shared.buckets(), separate.buckets());
+    let ranges = ranges(&model);
+    let mut reference = rt.session(&model, spec).unwrap();
+    for (i, n) in [8, 1, 4, 2, 3, 8, 1].into_iter().enumerate() {
+        for (what, b) in [("shared pool", &shared), ("a pool per bucket", &separate)] {
+            let mut r = Request::new(b, &ranges, n, 100 + i as u64);
+            let ran = r.run(b).unwrap();
+            assert_eq!((ran.samples, ran.batch), (n, n), "{ran:?}");
+            check_against_batch_1(&mut reference, b, &r, tolerance(Mode::GpuManagedGraph), &format!("{what}: {n} samples in bucket {}", ran.bucket));
+        }
+    }
 }
 
 fn tiny_batcher(batch: BatchSpec) -> (Batcher, Vec<Option<(i64, i64)>>) {

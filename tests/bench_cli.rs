@@ -302,7 +302,7 @@ fn bench_concurrency_measures_sessions_and_batched_throughput() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["bench", "--model"])
         .arg(common::model_path("tiny.pt"))
-        .args(["--concurrency", "1,4", "--max-batch", "4", "--cell-ms", "300", "--rounds", "2", "--json"])
+        .args(["--concurrency", "1,4", "--max-batch", "4", "--cell-ms", "300", "--rounds", "2", "--schemes", "batched", "--json"])
         .arg(&json)
         .arg("--plot")
         .arg(&svg)
@@ -334,6 +334,52 @@ fn bench_concurrency_measures_sessions_and_batched_throughput() {
     let picture = std::fs::read_to_string(&svg).unwrap();
     assert!(picture.contains("<svg") && picture.contains("K=4"), "not the throughput picture");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `bench --concurrency` with the server schemes: `uminfer serve` processes
+/// over shared memory and gRPC under K clients (up to 8 processes, then threads in them), unbatched and
+/// batched; batches form under load and the batched schemes are compared
+/// with their own transport's unbatched one. An unknown scheme is refused.
+#[test]
+fn bench_concurrency_drives_servers_from_client_processes() {
+    let (stdout, v) = bench_json("throughput-servers", "encoder.pt", &["--concurrency", "1,4,10", "--max-batch", "4", "--cell-ms", "300", "--rounds", "1", "--schemes", "shm-batched,grpc-batched"]);
+    assert!(stdout.contains("grpc-batched"), "{stdout}");
+    let results = v["results"].as_array().unwrap();
+    let got: Vec<(&str, u64)> = results.iter().map(|r| (r["scheme"].as_str().unwrap(), r["concurrency"].as_u64().unwrap())).collect();
+    assert_eq!(got, [("shm", 1), ("shm-batched", 1), ("grpc", 1), ("grpc-batched", 1), ("shm", 4), ("shm-batched", 4), ("grpc", 4), ("grpc-batched", 4), ("shm", 10), ("shm-batched", 10), ("grpc", 10), ("grpc-batched", 10)]);
+    let at = |scheme: &str, k: u64| results.iter().find(|r| r["scheme"] == scheme && r["concurrency"] == k).unwrap();
+    for r in results {
+        let (rps, n, secs) = (r["requests_per_s"].as_f64().unwrap(), r["requests"].as_f64().unwrap(), r["seconds"].as_f64().unwrap());
+        assert!(n > 0.0 && secs >= 0.25 && (rps - n / secs).abs() < 1e-6 * rps, "{r}");
+        let l = &r["latency"];
+        assert!(l["count"].as_f64() == Some(n) && l["p50_us"].as_f64().unwrap() > 0.0 && l["p50_us"].as_f64() <= l["p99_us"].as_f64(), "{r}");
+        let scheme = r["scheme"].as_str().unwrap();
+        if let Some(unbatched) = scheme.strip_suffix("-batched") {
+            let peer = at(unbatched, r["concurrency"].as_u64().unwrap());
+            let want = rps / peer["requests_per_s"].as_f64().unwrap();
+            assert!((r["vs_sessions"].as_f64().unwrap() - want).abs() < 1e-9, "{r}");
+            let padding = r["padding_share"].as_f64().unwrap();
+            assert!((0.0..1.0).contains(&padding) && r["mean_batch"].as_f64().unwrap() >= 1.0, "{r}");
+        } else {
+            assert_eq!((r["mean_batch"].as_f64(), r["vs_sessions"].is_null()), (Some(1.0), true), "{r}");
+        }
+    }
+    for scheme in ["shm-batched", "grpc-batched"] {
+        // A lone client's requests run alone; four clients' form batches, and
+        // so do ten (8 processes, two of them holding two clients).
+        assert_eq!(at(scheme, 1)["mean_batch"].as_f64(), Some(1.0), "{}", at(scheme, 1));
+        for k in [4, 10] {
+            assert!(at(scheme, k)["mean_batch"].as_f64().unwrap() > 1.0, "no batches formed with {k} clients: {}", at(scheme, k));
+        }
+    }
+    let refused = Command::new(common::uminfer_bin())
+        .args(["bench", "--model"])
+        .arg(common::model_path("tiny.pt"))
+        .args(["--concurrency", "2", "--schemes", "shm-ipc"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("shm-ipc is not a throughput scheme; known: sessions, batched, shm, shm-batched, grpc, grpc-batched"), "{stderr}");
 }
 
 /// `bench --phases`: each scheme's extra requests split into phases that add

@@ -484,6 +484,9 @@ fn a_batching_server_answers_each_client_with_its_own_rows() {
             assert_eq!((stats.requests as usize, stats.samples as usize, stats.refused), (THREADS * REQUESTS, samples, 0), "{model}: {stats:?}");
             assert!(stats.mean_batch > 1.0, "{model}: no batch of several samples formed under load: {stats:?}");
             eprintln!("{model} over shared memory: {stats}");
+            // A client reads the same counters from a describe.
+            let counts = c.describe().unwrap().batch_counts.expect("a batching server's describe has batch_counts");
+            assert_eq!(counts, uminfer::ipc::BatchCounts::of(&stats), "{model}");
             // Every row is its own request's: the model's batch-1 result for that sample.
             let m = rt.model(common::model_path(model)).unwrap();
             let mut reference = rt.session(&m, uminfer::SessionSpec::new()).unwrap();

@@ -4,11 +4,13 @@
 //! A model whose inputs and outputs all have the batch as their first
 //! dimension gets one session per batch size ("bucket", by default 1, 2, 4,
 //! ... up to `max_batch`; in graph modes each captures its own CUDA graph),
-//! built largest first. A scheduler thread takes the oldest waiting requests
-//! up to `max_batch` samples, copies their inputs one after another into the
-//! smallest bucket that holds them, fills the rest with zeros (padding), runs
-//! the bucket's session once and copies each request's rows of every output
-//! into that request's memory. Padding rows are never copied out.
+//! built largest first (on a GPU sharing one stream and one graph memory
+//! pool, see [`BatchSpec::share_graph_pool`]). A scheduler thread takes the
+//! oldest waiting requests up to `max_batch` samples, copies their inputs
+//! one after another into the smallest bucket that holds them, fills the
+//! rest with zeros (padding), runs the bucket's session once and copies each
+//! request's rows of every output into that request's memory. Padding rows
+//! are never copied out.
 //!
 //! | module | holds |
 //! |---|---|
@@ -27,6 +29,7 @@ use crate::error::{Error, Result, SessionErrorKind};
 use crate::mode::Mode;
 use crate::model::{InputDecl, Model, TensorInfo};
 use crate::mode::ModeGate;
+use crate::session::spec::GraphShare;
 use crate::session::{ModeChoice, RunTiming, Session, SessionPool, SessionSpec, TensorMut, TensorRef};
 use parking_lot::Mutex;
 use queue::{Bindings, Limits, Queue, Request};
@@ -44,14 +47,15 @@ pub struct BatchSpec {
     max_queue_delay: Duration,
     max_queue: usize,
     timeout: Option<Duration>,
+    share_graph_pool: bool,
 }
 
 impl BatchSpec {
     /// Batches of up to `max_batch` samples, the default buckets, no queue
     /// delay (a lone request runs at once), [`DEFAULT_MAX_QUEUE`] requests
-    /// queued at most, no timeout.
+    /// queued at most, no timeout, one graph memory pool for all buckets.
     pub fn new(max_batch: usize) -> Self {
-        Self { max_batch, buckets: None, max_queue_delay: Duration::ZERO, max_queue: DEFAULT_MAX_QUEUE, timeout: None }
+        Self { max_batch, buckets: None, max_queue_delay: Duration::ZERO, max_queue: DEFAULT_MAX_QUEUE, timeout: None, share_graph_pool: true }
     }
 
     /// The batch sizes to build a session (and graph) for: ascending, the
@@ -79,6 +83,16 @@ impl BatchSpec {
     /// ([`Error::QueueTimeout`]); once its batch has started it is answered.
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// GPU sessions: whether the buckets share one CUDA stream and one
+    /// CUDA-graph memory pool (the default): captured largest first, each
+    /// smaller bucket's graph can reuse the scratch memory the larger ones
+    /// freed instead of taking a pool of its own. `false`: a stream and a
+    /// pool per bucket.
+    pub fn share_graph_pool(mut self, share: bool) -> Self {
+        self.share_graph_pool = share;
         self
     }
 
@@ -302,8 +316,10 @@ impl Batcher {
             return Err(Error::session(SessionErrorKind::Unsupported, format!("input `{}` is a scalar: batching needs the batch as every input's first dimension", t.name)));
         }
         let inputs: Vec<TensorInfo> = declared.iter().map(|t| with_batch(t, 1)).collect();
-        // The scheduler runs the sessions itself: no session thread of their own.
-        let spec = SessionSpec { dedicated_thread: None, ..spec };
+        // The scheduler runs the sessions itself, one batch at a time: no
+        // session thread of their own, and (on a GPU) one stream and graph
+        // pool for all, unless asked otherwise.
+        let spec = SessionSpec { dedicated_thread: None, graph_share: batch.share_graph_pool.then(GraphShare::default), ..spec };
         let limits = Limits { max_batch: batch.max_batch, max_queue: batch.max_queue, max_queue_delay: batch.max_queue_delay };
         let queue = Arc::new(Queue::new(limits));
         let stats = Arc::new(Mutex::new(stats::BatchStats::new(batch.max_batch, &sizes)));

@@ -14,6 +14,7 @@
 //! | [`throughput`] | `--concurrency`: closed-loop throughput, unbatched and batched |
 
 pub mod json_server;
+pub mod load;
 mod oip;
 pub mod phases;
 pub mod plot;
@@ -241,6 +242,11 @@ impl InputPool {
     /// The input of request `seed`.
     fn get(&self, seed: u64) -> &[HostTensor] {
         &self.0[(seed % self.0.len() as u64) as usize]
+    }
+
+    /// Every input, in request order (`get(0)`, `get(1)`, ...).
+    fn samples(&self) -> Vec<&[HostTensor]> {
+        self.0.iter().map(Vec::as_slice).collect()
     }
 }
 
@@ -492,6 +498,7 @@ fn build(name: &str, cx: &Bench<'_>) -> std::result::Result<Box<dyn Scheme>, Str
         threads,
         mode: opts.server_mode,
         profile: opts.profile.as_ref().map(|dir| crate::profile::svg_path(dir, &format!("{}-{name}-server", entry.label))),
+        extra: Vec::new(),
     };
     match name {
         "serialize-copy" => {

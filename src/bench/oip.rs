@@ -20,7 +20,8 @@ use crate::model::TensorInfo;
 use crate::oip::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::oip::proto::infer_parameter::ParameterChoice;
 use crate::oip::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
-use crate::oip::proto::{InferParameter, ModelInferRequest, ModelInferResponse, ModelStatisticsRequest, StatisticDuration, SystemSharedMemoryRegisterRequest};
+use crate::ipc::BatchCounts;
+use crate::oip::proto::{InferParameter, ModelConfigRequest, ModelInferRequest, ModelInferResponse, ModelStatistics, ModelStatisticsRequest, StatisticDuration, SystemSharedMemoryRegisterRequest};
 use crate::session::RunTiming;
 use std::collections::HashMap;
 use std::ffi::{CString, OsString};
@@ -154,10 +155,13 @@ pub(crate) struct OipGrpc {
     transport: Transport,
     /// [`server_threads_note`] and the session mode, taken at start.
     server: String,
+    /// The server's address.
+    addr: String,
     /// How long a request's client polls for the answer before it sleeps.
     poll: Duration,
-    /// Declared last: stopped after the client is gone.
-    child: ServerChild,
+    /// Declared last: stopped after the client is gone (`None`: a client of
+    /// a server started elsewhere).
+    child: Option<ServerChild>,
 }
 
 /// A tensor parameter naming `region`'s first `byte_size` bytes.
@@ -179,7 +183,7 @@ impl OipGrpc {
     /// thread is pinned (after, [`crate::intra_op::cores`] counts that
     /// thread's one core).
     pub(crate) fn start(launch: ServerLaunch<'_>, model: &Path, inputs: &[TensorInfo], outputs: &[TensorInfo], scheme: GrpcScheme) -> Result<Self> {
-        let ServerLaunch { exe, threads, mode, profile } = launch;
+        let ServerLaunch { exe, threads, mode, profile, extra } = launch;
         // No idle timeout: the bench's connection idles while the other
         // schemes are prepared (an ONNX export takes minutes on a slow machine).
         let mut args: Vec<OsString> = ["serve", "--grpc", "127.0.0.1:0", "--mode", mode.id(), "--intra-op-threads", &threads.to_string(), "--idle-timeout-s", "0"].map(OsString::from).into();
@@ -190,9 +194,35 @@ impl OipGrpc {
             let dims: Vec<String> = only.shape.iter().map(|d| d.to_string()).collect();
             args.extend(["--input-shape".into(), dims.join(",").into()]);
         }
+        args.extend(extra);
         args.extend(["--model".into(), OsString::from(format!("{MODEL}={}", model.display()))]);
         let (child, addr) = ServerChild::start_reporting(exe, args, "grpc", profile)?;
-        let addr = addr.as_str();
+        // As the shared-memory client: poll for short answers (the server was
+        // left a core for that), sleep at once for long ones.
+        let short = threads < crate::intra_op::cores();
+        let poll = if short { crate::tuning::MAX_CLIENT_SPIN } else { Duration::ZERO };
+        let why = if short { "cores - 1: a short forward pass, a core left to the polling client" } else { "all cores: a long forward pass" };
+        let note = format!("{}; serve --mode {mode}", server_threads_note(threads, why));
+        Self::connect(&addr, inputs, outputs, scheme, poll, note, Some(child))
+    }
+
+    /// The address this scheme's server listens on.
+    pub(crate) fn address(&self) -> &str {
+        &self.addr
+    }
+
+    /// Disconnects, leaving the server process running: it is the caller's.
+    pub(crate) fn into_server(self) -> Option<ServerChild> {
+        self.child
+    }
+
+    /// Connects to the server at `addr` serving the model as `bench` with
+    /// `inputs` and `outputs` (a batching server: one sample of them); with
+    /// shared memory (`scheme`), registers a region per tensor. A request
+    /// polls for its answer for up to `poll`, then sleeps. `server`: what
+    /// the results say of the server; `child`: its process, when this
+    /// scheme started it.
+    pub(crate) fn connect(addr: &str, inputs: &[TensorInfo], outputs: &[TensorInfo], scheme: GrpcScheme, poll: Duration, server: String, child: Option<ServerChild>) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -233,13 +263,7 @@ impl OipGrpc {
             Transport::Raw { inputs: inputs.iter().map(|i| vec![0; i.byte_len()]).collect(), outputs: Vec::new() }
         };
         let template = ModelInferRequest { model_name: MODEL.into(), inputs: req_inputs, outputs: req_outputs, ..Default::default() };
-        // As the shared-memory client: poll for short answers (the server was
-        // left a core for that), sleep at once for long ones.
-        let short = threads < crate::intra_op::cores();
-        let poll = if short { crate::tuning::MAX_CLIENT_SPIN } else { Duration::ZERO };
-        let why = if short { "cores - 1: a short forward pass, a core left to the polling client" } else { "all cores: a long forward pass" };
-        let note = format!("{}; serve --mode {mode}", server_threads_note(threads, why));
-        Ok(Self { rt, client, template, inputs: inputs.to_vec(), outputs: outputs.to_vec(), transport, server: note, poll, child })
+        Ok(Self { rt, client, template, inputs: inputs.to_vec(), outputs: outputs.to_vec(), transport, server, poll, addr: addr.to_string(), child })
     }
 
     /// One request from the caller's input memory; the outputs are readable when it returns.
@@ -283,6 +307,13 @@ impl OipGrpc {
         Ok(())
     }
 
+    /// The server's `ModelStatistics` of the model.
+    fn statistics(&mut self) -> Result<ModelStatistics> {
+        let req = ModelStatisticsRequest { name: MODEL.into(), version: String::new() };
+        let resp = self.rt.block_on(self.client.model_statistics(req)).map_err(|e| grpc_err("ModelStatistics", e))?.into_inner();
+        resp.model_stats.into_iter().find(|m| m.name == MODEL).ok_or_else(|| Error::Grpc(format!("ModelStatistics has no statistics of {MODEL}")))
+    }
+
     fn output_tensors(&self) -> Result<Vec<HostTensor>> {
         self.outputs
             .iter()
@@ -322,7 +353,7 @@ impl Scheme for OipGrpc {
         format!("{}; client: one tokio current-thread runtime, {waits} for each answer", self.server)
     }
     fn start_server_profile(&mut self) -> Option<std::path::PathBuf> {
-        self.child.start_profile()
+        self.child.as_ref()?.start_profile()
     }
     fn request_phased(&mut self) -> Result<super::phases::Phases> {
         Ok(vec![(super::phases::ROUND_TRIP_GRPC, self.request()?.host)])
@@ -332,9 +363,7 @@ impl Scheme for OipGrpc {
         Ok(true)
     }
     fn server_account(&mut self) -> Result<super::phases::Phases> {
-        let req = ModelStatisticsRequest { name: MODEL.into(), version: String::new() };
-        let resp = self.rt.block_on(self.client.model_statistics(req)).map_err(|e| grpc_err("ModelStatistics", e))?.into_inner();
-        let stats = resp.model_stats.into_iter().find(|m| m.name == MODEL).and_then(|m| m.inference_stats).ok_or_else(|| Error::Grpc(format!("ModelStatistics has no inference statistics of {MODEL}")))?;
+        let stats = self.statistics()?.inference_stats.ok_or_else(|| Error::Grpc(format!("ModelStatistics has no inference statistics of {MODEL}")))?;
         let ns = |d: Option<StatisticDuration>| Duration::from_nanos(d.map_or(0, |d| d.ns));
         Ok(vec![
             ("server queue", ns(stats.queue)),
@@ -342,5 +371,27 @@ impl Scheme for OipGrpc {
             ("server compute infer", ns(stats.compute_infer)),
             ("server compute output", ns(stats.compute_output)),
         ])
+    }
+    /// From `ModelStatistics` (samples as inferences, batches as
+    /// executions, batches per size) and the buckets `ModelConfig` lists.
+    fn batch_counts(&mut self) -> Result<Option<BatchCounts>> {
+        let req = ModelConfigRequest { name: MODEL.into(), version: String::new() };
+        let config = self.rt.block_on(self.client.model_config(req)).map_err(|e| grpc_err("ModelConfig", e))?.into_inner().config.ok_or_else(|| Error::Grpc("ModelConfig without a config".into()))?;
+        if config.max_batch_size == 0 {
+            return Ok(None);
+        }
+        let buckets: Vec<u64> = config.parameters.get("bucket_sizes").map(|p| p.string_value.split(',').filter_map(|b| b.trim().parse().ok()).collect()).unwrap_or_default();
+        let stats = self.statistics()?;
+        let count = |d: Option<StatisticDuration>| d.map_or(0, |d| d.count);
+        let padded = stats
+            .batch_stats
+            .iter()
+            .map(|b| {
+                let bucket = buckets.iter().copied().find(|&k| k >= b.batch_size).unwrap_or(b.batch_size);
+                (bucket - b.batch_size) * count(b.compute_infer)
+            })
+            .sum();
+        let inference = stats.inference_stats.unwrap_or_default();
+        Ok(Some(BatchCounts { requests: count(inference.success), refused: count(inference.fail), batches: stats.execution_count, samples: stats.inference_count, padded }))
     }
 }

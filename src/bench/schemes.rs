@@ -5,7 +5,7 @@
 use super::BenchOptions;
 use crate::error::{Error, IpcErrorKind, Result, SessionErrorKind};
 use crate::host_tensor::HostTensor;
-use crate::ipc::{Client, LoanedRequest, NamedTensor, Response};
+use crate::ipc::{BatchCounts, Client, LoanedRequest, NamedTensor, Response};
 use crate::mode::Mode;
 use crate::model::{Model, TensorInfo};
 use crate::runtime::Runtime;
@@ -50,6 +50,11 @@ pub(crate) trait Scheme {
     /// over every request it served (`--phases`); empty where it keeps none.
     fn server_account(&mut self) -> Result<super::phases::Phases> {
         Ok(Vec::new())
+    }
+    /// A batching server scheme's batcher counters so far
+    /// (`--concurrency`); `None` where its server does not batch.
+    fn batch_counts(&mut self) -> Result<Option<BatchCounts>> {
+        Ok(None)
     }
 }
 
@@ -237,6 +242,31 @@ pub(crate) struct ServerLaunch<'a> {
     /// Armed to profile itself into this SVG (`serve --profile`), from
     /// [`ServerChild::start_profile`] on.
     pub profile: Option<PathBuf>,
+    /// More `serve` arguments (`--max-batch N ...`).
+    pub extra: Vec<OsString>,
+}
+
+/// Has the kernel send SIGTERM to the child `cmd` starts when the bench
+/// dies: a bench killed outright (SIGKILL, or SIGTERM to it alone) runs no
+/// Drop, and its children must not stay behind. (The signal follows the
+/// thread that started the child; the bench starts them from the thread
+/// that runs it throughout.)
+pub(super) fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only prctl(2) and getppid(2), both async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The bench may have died before the prctl took effect.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        })
+    };
 }
 
 /// A `uminfer serve` child process, sent SIGTERM and waited for on drop.
@@ -261,26 +291,7 @@ impl ServerChild {
         let what = args.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();
         let mut cmd = Command::new(exe);
         cmd.args(&args).env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        // A bench killed outright (SIGKILL, or SIGTERM to it alone) runs no
-        // Drop: its servers get SIGTERM from the kernel instead of staying
-        // behind. (The signal follows the thread that started the child; the
-        // bench starts its servers from the thread that runs it throughout.)
-        let parent = std::process::id();
-        // SAFETY: the closure runs in the child between fork and exec and
-        // calls only prctl(2) and getppid(2), both async-signal-safe; it
-        // allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The bench may have died before the prctl took effect.
-                if libc::getppid() as u32 != parent {
-                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            })
-        };
+        die_with_parent(&mut cmd);
         let mut child = Self { child: cmd.spawn().map_err(|source| Error::Os { call: "starting a uminfer server process", source })?, profile };
         let stdout = child.child.stdout.take().ok_or_else(|| Error::session(SessionErrorKind::Failed, format!("uminfer {what}: no stdout pipe")))?;
         let mut line = String::new();
@@ -325,8 +336,11 @@ pub(crate) struct ShmIpc {
     next: Option<LoanedRequest>,
     /// [`server_threads_note`] and the session mode, taken at start.
     server: String,
-    /// Declared last: stopped after the client is gone.
-    child: ServerChild,
+    /// The server's endpoint name.
+    endpoint: String,
+    /// Declared last: stopped after the client is gone (`None`: a client of
+    /// a server started elsewhere).
+    child: Option<ServerChild>,
 }
 
 impl ShmIpc {
@@ -335,7 +349,7 @@ impl ShmIpc {
     /// server answers without running the model (`shm-echo`); with
     /// `profile`, the server is armed to profile itself there.
     pub(crate) fn start(launch: ServerLaunch<'_>, model: &Path, inputs: &[TensorInfo], echo: bool) -> Result<Self> {
-        let ServerLaunch { exe, threads, mode, profile } = launch;
+        let ServerLaunch { exe, threads, mode, profile, extra } = launch;
         // One endpoint per server: a run of several models has one per model.
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let name = format!("bench-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
@@ -343,19 +357,42 @@ impl ShmIpc {
         if echo {
             args.push("--echo".into());
         }
-        for i in inputs {
-            let dims: Vec<String> = i.shape.iter().map(|d| d.to_string()).collect();
-            args.extend([OsString::from("--input-spec"), OsString::from(format!("{}={}:{}", i.name, i.dtype.name(), dims.join(",")))]);
-        }
+        args.extend(inputs.iter().flat_map(|i| [OsString::from("--input-spec"), OsString::from(spec_arg(i))]));
+        args.extend(extra);
         args.extend([OsString::from("--model"), model.as_os_str().to_owned()]);
         let (child, _) = ServerChild::start_reporting(exe, args, "ipc", profile)?;
-        let client = Client::connect(&name, Duration::from_secs(10))?;
-        if client.inputs() != inputs {
-            return Err(Error::ipc(IpcErrorKind::Invalid, format!("the server took the inputs {}, not {}", crate::session::tensor_ref::list(client.inputs()), crate::session::tensor_ref::list(inputs))));
-        }
         let why = if threads < crate::intra_op::cores() { "cores - 1, as `uminfer serve` chooses: a tiny forward pass" } else { "all cores, as `uminfer serve` chooses: its client gives its core away while it polls" };
         let note = format!("{}; serve --mode {mode}", server_threads_note(threads, why));
-        Ok(Self { client, next: None, server: note, child })
+        Self::connect(&name, inputs, note, Some(child))
+    }
+
+    /// Connects to the server at endpoint `name`, which must take `inputs`
+    /// (a batching server: one sample of them); `child`: the server's
+    /// process, when this scheme started it.
+    pub(crate) fn connect(name: &str, inputs: &[TensorInfo], server: String, child: Option<ServerChild>) -> Result<Self> {
+        let client = Client::connect(name, Duration::from_secs(10))?;
+        let one_sample = |t: &TensorInfo| {
+            let mut t = t.clone();
+            if let (Some(_), Some(first)) = (client.max_batch(), t.shape.first_mut()) {
+                *first = 1;
+            }
+            t
+        };
+        let took: Vec<TensorInfo> = client.inputs().iter().map(one_sample).collect();
+        if took != inputs {
+            return Err(Error::ipc(IpcErrorKind::Invalid, format!("the server took the inputs {}, not {}", crate::session::tensor_ref::list(&took), crate::session::tensor_ref::list(inputs))));
+        }
+        Ok(Self { client, next: None, server, endpoint: name.to_string(), child })
+    }
+
+    /// The server's endpoint name (`serve --name`).
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Disconnects, leaving the server process running: it is the caller's.
+    pub(crate) fn into_server(self) -> Option<ServerChild> {
+        self.child
     }
 
     /// Sends the request `refresh` prepared; `read` gets the outputs in place.
@@ -384,11 +421,20 @@ impl Scheme for ShmIpc {
         self.server.clone()
     }
     fn start_server_profile(&mut self) -> Option<PathBuf> {
-        self.child.start_profile()
+        self.child.as_ref()?.start_profile()
     }
     fn request_phased(&mut self) -> Result<super::phases::Phases> {
         Ok(vec![(super::phases::ROUND_TRIP_SHM, self.request()?.host)])
     }
+    fn batch_counts(&mut self) -> Result<Option<BatchCounts>> {
+        Ok(self.client.describe()?.batch_counts)
+    }
+}
+
+/// `NAME=DTYPE:D0,D1,...`: `t` as a `--input-spec` argument.
+pub(super) fn spec_arg(t: &TensorInfo) -> String {
+    let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+    format!("{}={}:{}", t.name, t.dtype.name(), dims.join(","))
 }
 
 /// `tch-naive`: what a tch user writes today: each input copied into a

@@ -4,13 +4,22 @@
 //! latency percentiles, the mean batch formed and its padding, and the
 //! model's own throughput at that batch size (its forward pass timed alone).
 //!
-//! | scheme | what runs the requests |
-//! |---|---|
-//! | `sessions` | one session on its own thread, shared by the K clients (a server with one instance, no batching) |
-//! | `batched` | a [`Batcher`] with a session per bucket |
+//! | scheme | clients | what runs the requests |
+//! |---|---|---|
+//! | `sessions` | K threads of this process | one session on its own thread (one instance, no batching) |
+//! | `batched` | K threads of this process | a [`crate::batch::Batcher`] with a session per bucket |
+//! | `shm`, `shm-batched` | K processes (`uminfer bench-client`) | a `uminfer serve --name` process: one session; with `--max-batch` |
+//! | `grpc`, `grpc-batched` | K processes | a `uminfer serve --grpc` process (tensors in the messages): one session; with `--max-batch` |
+//!
+//! A batched scheme's `vs_sessions` is over the unbatched scheme of its
+//! transport (`batched` over `sessions`, `shm-batched` over `shm`, ...).
 
+use super::load::{LoadClients, LoadTarget};
+use super::oip::{GrpcScheme, OipGrpc};
+use super::schemes::{Scheme, ServerChild, ServerLaunch, ShmIpc};
 use super::{check_outputs, Bench, BenchModel, BenchOptions, Machine};
-use crate::batch::{with_batch, BatchSpec, Batcher, Execution};
+use crate::ipc::BatchCounts;
+use crate::batch::{with_batch, BatchSpec, Execution};
 use crate::error::{Error, Result, SessionErrorKind};
 use crate::host_tensor::HostTensor;
 use crate::mode::Mode;
@@ -22,8 +31,8 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// The throughput schemes, in table order.
-pub const THROUGHPUT_SCHEMES: [&str; 2] = ["sessions", "batched"];
+/// The throughput schemes, in table order: each unbatched one, then its batched one.
+pub const THROUGHPUT_SCHEMES: [&str; 6] = ["sessions", "batched", "shm", "shm-batched", "grpc", "grpc-batched"];
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -38,6 +47,9 @@ pub struct ThroughputOptions {
     pub cell: Duration,
     /// Rounds; each measures every scheme at every K once, the scheme order rotating.
     pub rounds: usize,
+    /// Of [`THROUGHPUT_SCHEMES`], those to run (empty: all). A batched
+    /// scheme's unbatched one runs too, for `vs_sessions`.
+    pub schemes: Vec<String>,
 }
 
 /// The model alone at one batch size: its median forward pass.
@@ -192,8 +204,7 @@ fn check(r: &Execution, bench: &Bench<'_>, scheme: &str, mode: Mode) -> Result<(
     let mut outs: Vec<Buffer> = out_infos.iter().map(Buffer::zeroed).collect();
     request(r, infos, out_infos, &ins, &mut outs)?;
     let got = out_infos.iter().zip(&outs).map(|(t, b)| HostTensor::new(&t.name, t.dtype, &t.shape, b.bytes().to_vec())).collect::<Result<Vec<_>>>()?;
-    let tol = if mode.needs_gpu() { 1e-3 } else { 1e-4 };
-    check_outputs(&got, &bench.reference, tol).map_err(|e| Error::Check { what: "a throughput scheme", detail: format!("{scheme} on {}: {e}", bench.entry.label) })
+    check_outputs(&got, &bench.reference, tolerance(mode)).map_err(|e| Error::Check { what: "a throughput scheme", detail: format!("{scheme} on {}: {e}", bench.entry.label) })
 }
 
 /// Passes timed for the model alone: at least this many...
@@ -224,12 +235,114 @@ fn alone(rt: &Runtime, bench: &Bench<'_>, mode: Mode, n: usize) -> Result<Alone>
     Ok(Alone { batch: n, pass_us: pass.as_secs_f64() * 1e6, requests_per_s: n as f64 / pass.as_secs_f64() })
 }
 
+/// Indices into [`THROUGHPUT_SCHEMES`] of `names` (all when empty), each
+/// batched one's unbatched one added, in table order.
+fn wanted_schemes(names: &[String]) -> Result<Vec<usize>> {
+    if names.is_empty() {
+        return Ok((0..THROUGHPUT_SCHEMES.len()).collect());
+    }
+    let mut wanted = Vec::new();
+    for name in names {
+        let which = THROUGHPUT_SCHEMES
+            .iter()
+            .position(|s| s == name)
+            .ok_or_else(|| Error::Argument(format!("--schemes with --concurrency: {name} is not a throughput scheme; known: {}", THROUGHPUT_SCHEMES.join(", "))))?;
+        wanted.extend([which - which % 2, which]);
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
+    Ok(wanted)
+}
+
+/// What runs one scheme's requests.
+enum Runner {
+    /// Client threads of this process.
+    InProcess(Execution),
+    /// Client processes (stopped first) of a `uminfer serve` process.
+    Server { clients: LoadClients, _server: ServerChild },
+}
+
+impl Runner {
+    /// `k` clients sending requests back to back for `cell`.
+    fn measure(&mut self, bench: &Bench<'_>, k: usize, cell: Duration) -> Result<(u64, f64, hdrhistogram::Histogram<u64>)> {
+        match self {
+            Self::InProcess(r) => measure(r, bench, k, cell),
+            Self::Server { clients, .. } => clients.measure(k, cell),
+        }
+    }
+
+    /// The batcher's counters so far (`None` unbatched).
+    fn counts(&mut self) -> Result<Option<BatchCounts>> {
+        match self {
+            Self::InProcess(r) => Ok(r.batcher().map(|b| BatchCounts::of(&b.stats()))),
+            Self::Server { clients, .. } => clients.counts(),
+        }
+    }
+}
+
+/// The bound on outputs' relative error against CPU eager in `mode`.
+fn tolerance(mode: Mode) -> f64 {
+    if mode.needs_gpu() {
+        1e-3
+    } else {
+        1e-4
+    }
+}
+
+/// Builds scheme `which` of [`THROUGHPUT_SCHEMES`] for `bench`'s model and
+/// checks its answer: sessions of `spec`; a server process with `threads`
+/// intra-op threads and `max_k` client processes of it.
+#[allow(clippy::too_many_arguments)]
+fn build_runner(rt: &Runtime, opts: &BenchOptions, t: &ThroughputOptions, bench: &Bench<'_>, which: usize, spec: &SessionSpec, threads: usize, max_k: usize) -> Result<Runner> {
+    let batched = which % 2 == 1;
+    let name = THROUGHPUT_SCHEMES[which];
+    if which < 2 {
+        let exec = if batched { Execution::Batched(rt.batcher(&bench.model, spec.clone(), t.batch.clone())?) } else { Execution::Sessions(rt.session_pool(&bench.model, spec.clone().dedicated_thread(true), 1)?) };
+        check(&exec, bench, name, t.mode)?;
+        return Ok(Runner::InProcess(exec));
+    }
+    let mut extra: Vec<std::ffi::OsString> = Vec::new();
+    if batched {
+        let buckets: Vec<String> = t.batch.bucket_sizes()?.iter().map(usize::to_string).collect();
+        // Room for every client's request: none is refused for a full queue.
+        let queue = crate::batch::DEFAULT_MAX_QUEUE.max(2 * max_k);
+        for (flag, value) in [("--max-batch", t.batch.max_batch().to_string()), ("--batch-delay-us", t.batch.delay().as_micros().to_string()), ("--buckets", buckets.join(",")), ("--max-queue", queue.to_string())] {
+            extra.extend([flag.into(), value.into()]);
+        }
+    }
+    let launch = ServerLaunch { exe: &opts.server_exe, threads, mode: t.mode, profile: None, extra };
+    let (inputs, outputs, path) = (&bench.entry.inputs, &bench.entry.outputs, bench.model.path());
+    // The bench's own client checks the server, then leaves: the client
+    // processes may take every place a shared-memory server has.
+    let checked = |got: Result<Vec<crate::host_tensor::HostTensor>>| -> Result<()> {
+        check_outputs(&got?, &bench.reference, tolerance(t.mode)).map_err(|e| Error::Check { what: "a throughput scheme", detail: format!("{name} on {}: {e}", bench.entry.label) })
+    };
+    let (server, target) = if which < 4 {
+        if max_k > crate::ipc::service::MAX_CLIENTS {
+            return Err(Error::Argument(format!("{name}: a shared-memory server takes at most {} clients, not {max_k}: give K up to that, or --schemes without shm and shm-batched", crate::ipc::service::MAX_CLIENTS)));
+        }
+        let mut s = ShmIpc::start(launch, path, inputs, false)?;
+        checked(s.check(&bench.check_input))?;
+        let target = LoadTarget::Shm(s.endpoint().to_string());
+        (s.into_server(), target)
+    } else {
+        let mut s = OipGrpc::start(launch, path, inputs, outputs, GrpcScheme::Raw)?;
+        checked(s.check(&bench.check_input))?;
+        let target = LoadTarget::Grpc(s.address().to_string());
+        (s.into_server(), target)
+    };
+    let server = server.ok_or_else(|| Error::session(SessionErrorKind::Failed, format!("{name}: no server process")))?;
+    let clients = LoadClients::start(&opts.server_exe, &target, inputs, outputs, &bench.inputs.samples(), max_k)?;
+    Ok(Runner::Server { clients, _server: server })
+}
+
 /// Runs every scheme at every concurrency on every model of `opts`.
 pub fn run(rt: &Runtime, opts: &BenchOptions, t: &ThroughputOptions) -> Result<ThroughputReport> {
     if t.concurrency.is_empty() || t.concurrency.contains(&0) {
         return Err(Error::Argument("--concurrency: give client counts of at least 1, e.g. 1,8,64".into()));
     }
     let buckets = t.batch.bucket_sizes()?;
+    let wanted = wanted_schemes(&t.schemes)?;
     let benches = opts.models.iter().map(|m| Bench::new(rt, opts, m)).collect::<Result<Vec<_>>>()?;
     let mut results = Vec::new();
     let mut choices = Vec::new();
@@ -248,41 +361,47 @@ pub fn run(rt: &Runtime, opts: &BenchOptions, t: &ThroughputOptions) -> Result<T
             spec = spec.input(&i.name, i.dtype, &i.shape);
         }
         tracing::info!("building the throughput schemes of {label} in {}", t.mode);
-        let runners = [Execution::Sessions(rt.session_pool(&bench.model, spec.clone().dedicated_thread(true), 1)?), Execution::Batched(rt.batcher(&bench.model, spec, t.batch.clone())?)];
-        for (r, name) in runners.iter().zip(THROUGHPUT_SCHEMES) {
-            check(r, bench, name, t.mode)?;
+        let max_k = t.concurrency.iter().copied().max().unwrap_or(1);
+        let mut runners: Vec<(usize, Runner)> = Vec::new();
+        for &which in &wanted {
+            let mut r = build_runner(rt, opts, t, bench, which, &spec, threads, max_k)?;
             // Warm-up: one short cell at the largest K.
-            measure(r, bench, t.concurrency.iter().copied().max().unwrap_or(1), t.cell / 4)?;
+            r.measure(bench, max_k, t.cell / 4)?;
+            runners.push((which, r));
         }
         let mut cells: BTreeMap<(usize, usize), Cell> = BTreeMap::new();
         for round in 0..t.rounds.max(1) {
             for &k in &t.concurrency {
                 for j in 0..runners.len() {
-                    let which = (j + round) % runners.len();
-                    let r = &runners[which];
-                    let before = r.batcher().map(Batcher::stats);
-                    let (n, secs, h) = measure(r, bench, k, t.cell)?;
-                    let after = r.batcher().map(Batcher::stats);
-                    let c = cells.entry((which, k)).or_insert_with(|| Cell { requests: 0, seconds: 0.0, latency: histogram(), batches: 0, samples: 0, padded: 0 });
+                    let at = (j + round) % runners.len();
+                    let (which, r) = &mut runners[at];
+                    let before = r.counts()?;
+                    let (n, secs, h) = r.measure(bench, k, t.cell)?;
+                    let after = r.counts()?;
+                    let c = cells.entry((*which, k)).or_insert_with(|| Cell { requests: 0, seconds: 0.0, latency: histogram(), batches: 0, samples: 0, padded: 0 });
                     c.requests += n;
                     c.seconds += secs;
                     c.latency.add(h).map_err(|e| Error::session(SessionErrorKind::Failed, format!("merging latencies: {e}")))?;
                     if let (Some(b), Some(a)) = (before, after) {
-                        c.batches += a.batches - b.batches;
-                        c.samples += a.samples - b.samples;
-                        c.padded += a.padded - b.padded;
+                        let d = a.since(&b);
+                        c.batches += d.batches;
+                        c.samples += d.samples;
+                        c.padded += d.padded;
                     }
                 }
             }
         }
+        // The servers and their clients stop before the model is timed alone.
+        drop(runners);
         let mut alone_at: BTreeMap<usize, Alone> = BTreeMap::new();
         for &k in &t.concurrency {
-            let unbatched = &cells[&(0, k)];
-            let unbatched_rps = unbatched.requests as f64 / unbatched.seconds;
-            for (which, name) in THROUGHPUT_SCHEMES.iter().enumerate() {
+            for &which in &wanted {
+                let name = THROUGHPUT_SCHEMES[which];
                 let c = &cells[&(which, k)];
                 let rps = c.requests as f64 / c.seconds;
-                let batched = which == 1;
+                let batched = which % 2 == 1;
+                let unbatched = &cells[&(which - which % 2, k)];
+                let unbatched_rps = unbatched.requests as f64 / unbatched.seconds;
                 let mean_batch = if batched && c.batches > 0 { c.samples as f64 / c.batches as f64 } else { 1.0 };
                 let alone = if batched {
                     let n = (mean_batch.round() as usize).clamp(1, t.batch.max_batch());
@@ -329,13 +448,13 @@ pub fn run(rt: &Runtime, opts: &BenchOptions, t: &ThroughputOptions) -> Result<T
 /// The results as a text table.
 pub fn table(results: &[ThroughputResult]) -> String {
     let mut s = format!(
-        "{:<14} {:<9} {:>4} {:>10} {:>9} {:>9} {:>9} {:>6} {:>8} {:>9} {:>9}\n",
+        "{:<14} {:<12} {:>4} {:>10} {:>9} {:>9} {:>9} {:>6} {:>8} {:>9} {:>9}\n",
         "model", "scheme", "K", "req/s", "P50 µs", "P90 µs", "P99 µs", "batch", "padding", "vs alone", "vs unbat."
     );
     let ratio = |r: Option<f64>| r.map(|v| format!("{v:.2}x")).unwrap_or_else(|| "-".into());
     for r in results {
         s.push_str(&format!(
-            "{:<14} {:<9} {:>4} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>6.2} {:>7.1}% {:>9} {:>9}\n",
+            "{:<14} {:<12} {:>4} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>6.2} {:>7.1}% {:>9} {:>9}\n",
             r.model,
             r.scheme,
             r.concurrency,

@@ -329,7 +329,7 @@ impl Client {
             .name(&listener_name)
             .create()
             .map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("response listener: {e}")))?;
-        let empty = Described { inputs: Vec::new(), ranges: Vec::new(), outputs: Vec::new(), max_bytes: 0, max_batch: None };
+        let empty = Described { inputs: Vec::new(), ranges: Vec::new(), outputs: Vec::new(), max_bytes: 0, max_batch: None, batch_counts: None };
         let mut c = Self { names, timeout, next_id: 1, typical: Duration::ZERO, described: empty, port, notifier, listener, service, node };
         c.described = c.describe()?;
         Ok(c)

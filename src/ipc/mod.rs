@@ -19,3 +19,4 @@ pub mod table;
 
 pub use client::{Client, LoanedRequest, NamedTensor, Response};
 pub use server::{ServeOptions, ServeStats, Server};
+pub use table::BatchCounts;

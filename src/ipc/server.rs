@@ -18,7 +18,7 @@
 
 use super::header::{validate_request_v1, RequestHeaderV1, ResponseHeaderV1, Status, MAGIC};
 use super::service::{self, Ipc};
-use super::table::{RequestHeaderV2, ResponseHeaderV2, Signature, KIND_DESCRIBE, MAX_TENSORS, PROTOCOL_V2};
+use super::table::{BatchCounts, RequestHeaderV2, ResponseHeaderV2, Signature, KIND_DESCRIBE, MAX_TENSORS, PROTOCOL_V2};
 use crate::dtype::DType;
 use crate::batch::{BatchSpec, Execution};
 use crate::error::{Error, IpcErrorKind, Result};
@@ -640,9 +640,17 @@ impl Worker<'_> {
         }
     }
 
-    /// Answers a describe request: the signature as JSON.
+    /// Answers a describe request: the signature as JSON; a batching
+    /// server's with its batcher's counters so far ([`BatchCounts`]).
     fn describe(&self, req: &RequestV2) -> Result<()> {
-        let bytes = self.describe.as_bytes();
+        let with_counts;
+        let bytes = match self.exec.batcher() {
+            Some(b) => {
+                with_counts = BatchCounts::of(&b.stats()).add_to(self.describe);
+                with_counts.as_bytes()
+            }
+            None => self.describe.as_bytes(),
+        };
         let resp = req.loan_slice_uninit(bytes.len()).map_err(|e| Error::ipc(IpcErrorKind::Transport, format!("loaning a describe response: {e}")))?;
         let mut resp = resp.write_from_slice(bytes);
         resp.user_header_mut().request_id = req.user_header().request_id;

@@ -529,6 +529,52 @@ impl Signature {
     }
 }
 
+/// A batching server's counters since it started, as its describe
+/// response gives them (`"batch_counts"`): a client can take two and read
+/// the batches formed between them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BatchCounts {
+    /// Requests answered with outputs.
+    pub requests: u64,
+    /// Requests refused (queue full, timeout, shutdown) or failed.
+    pub refused: u64,
+    /// Batches run.
+    pub batches: u64,
+    /// Samples run.
+    pub samples: u64,
+    /// Padding samples run (batches filled up to their bucket).
+    pub padded: u64,
+}
+
+impl BatchCounts {
+    /// The counters of a batcher's summary.
+    pub fn of(s: &crate::batch::BatchSummary) -> Self {
+        Self { requests: s.requests, refused: s.refused, batches: s.batches, samples: s.samples, padded: s.padded }
+    }
+
+    /// `describe` (a [`Signature::describe`] document) with these counters added.
+    pub fn add_to(&self, describe: &str) -> String {
+        match serde_json::from_str::<serde_json::Value>(describe) {
+            Ok(mut doc) => {
+                doc["batch_counts"] = serde_json::json!(self);
+                doc.to_string()
+            }
+            Err(_) => describe.to_string(),
+        }
+    }
+
+    /// What happened between `before` and `self` (counters only grow).
+    pub fn since(&self, before: &Self) -> Self {
+        Self {
+            requests: self.requests.saturating_sub(before.requests),
+            refused: self.refused.saturating_sub(before.refused),
+            batches: self.batches.saturating_sub(before.batches),
+            samples: self.samples.saturating_sub(before.samples),
+            padded: self.padded.saturating_sub(before.padded),
+        }
+    }
+}
+
 /// A model's signature as a describe response gives it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Described {
@@ -541,6 +587,8 @@ pub struct Described {
     /// A batched server's most samples per request: every tensor's first
     /// dimension is then the request's samples (`-1` in the shapes above).
     pub max_batch: Option<usize>,
+    /// A batching server's counters as of the describe.
+    pub batch_counts: Option<BatchCounts>,
 }
 
 impl Described {
@@ -569,7 +617,11 @@ impl Described {
             serde_json::Value::Null => None,
             n => Some(n.as_u64().and_then(|n| usize::try_from(n).ok()).filter(|&n| n > 0).ok_or("`max_batch` is not a positive integer")?),
         };
-        Ok(Self { inputs, ranges, outputs, max_bytes, max_batch })
+        let batch_counts = match &v["batch_counts"] {
+            serde_json::Value::Null => None,
+            c => Some(serde_json::from_value(c.clone()).map_err(|e| format!("`batch_counts`: {e}"))?),
+        };
+        Ok(Self { inputs, ranges, outputs, max_bytes, max_batch, batch_counts })
     }
 }
 
@@ -647,8 +699,15 @@ mod tests {
         h.max_response_bytes = 64;
         assert!(s.check_request(&h, len).unwrap_err().contains("per sample, 3 samples"));
         let described = Described::parse(s.describe(&[None, None]).as_bytes()).unwrap();
-        assert_eq!(described.max_batch, Some(4));
+        assert_eq!((described.max_batch, described.batch_counts), (Some(4), None));
         assert!(described.inputs.iter().chain(&described.outputs).all(|t| t.shape[0] == -1), "{described:?}");
+        // A batching server's describe carries its counters.
+        let counts = BatchCounts { requests: 7, refused: 1, batches: 3, samples: 9, padded: 3 };
+        let with = Described::parse(counts.add_to(&s.describe(&[None, None])).as_bytes()).unwrap();
+        assert_eq!((with.max_batch, with.batch_counts), (Some(4), Some(counts)));
+        let later = BatchCounts { requests: 10, batches: 4, samples: 13, ..counts };
+        assert_eq!(later.since(&counts), BatchCounts { requests: 3, refused: 0, batches: 1, samples: 4, padded: 0 });
+        assert!(Described::parse(br#"{"inputs":[],"outputs":[],"max_bytes":1,"batch_counts":{"requests":-1}}"#).unwrap_err().contains("batch_counts"));
         assert!(Signature::batched(&[info("x", DType::F32, &[2, 4])], &outs, 4, 1 << 20).unwrap_err().contains("one sample's shapes"));
         assert!(Signature::batched(&[info("x", DType::F32, &[])], &outs, 4, 1 << 20).is_err());
     }
@@ -659,6 +718,6 @@ mod tests {
         let o = [TensorInfo { name: "output__1.0".into(), dtype: DType::Bool, shape: vec![2] }];
         let s = Signature::new(&i, &o, 1 << 20).unwrap();
         let d = Described::parse(s.describe(&[Some((0, 100)), None]).as_bytes()).unwrap();
-        assert_eq!(d, Described { inputs: i.to_vec(), ranges: vec![Some((0, 100)), None], outputs: o.to_vec(), max_bytes: 1 << 20, max_batch: None });
+        assert_eq!(d, Described { inputs: i.to_vec(), ranges: vec![Some((0, 100)), None], outputs: o.to_vec(), max_bytes: 1 << 20, max_batch: None, batch_counts: None });
     }
 }

@@ -7,7 +7,7 @@
 //! pending when `run()` returns and the host may read the output region.
 
 use super::engine::Engine;
-use super::spec::GraphLaunch;
+use super::spec::{GraphLaunch, GraphShare};
 use super::timing::RunTiming;
 use crate::cuda::Gpu;
 use crate::error::{Error, Result, SessionErrorKind};
@@ -15,7 +15,7 @@ use crate::memory::managed::{attach_raw, prefetch_raw};
 use crate::memory::{Attach, Location};
 use crate::mode::Mode;
 use crate::ops::{Preprocess, PreprocessParams, Stage};
-use crate::shim::{copy_tensor, launch_exec, CudaGraph, CurrentStream, LoadedModel};
+use crate::shim::{copy_tensor, launch_exec, CudaGraph, CurrentStream, GraphPool, LoadedModel};
 use cudarc::driver::{result, CudaEvent, CudaStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +51,8 @@ pub(crate) struct GpuParts {
     pub(crate) stage_input: bool,
     /// Raw u8 region (device address) → input region (device address).
     pub(crate) preprocess: Option<(PreprocessParams, u64, u64)>,
+    /// The stream and graph pool shared with other sessions, if any.
+    pub(crate) share: Option<GraphShare>,
 }
 
 enum Path {
@@ -186,6 +188,8 @@ pub(crate) struct GpuEngine {
     _current: CurrentStream,
     stream: Arc<CudaStream>,
     events: RequestEvents,
+    /// The graph pool to capture into (`None`: a private one).
+    pool: Option<GraphPool>,
 }
 
 impl GpuEngine {
@@ -194,10 +198,17 @@ impl GpuEngine {
     pub(crate) fn build(parts: GpuParts) -> Result<(Self, String)> {
         let gpu = parts.gpu.clone();
         gpu.bind()?;
-        let stream = gpu.new_stream()?;
+        let (stream, pool) = match &parts.share {
+            Some(share) => {
+                let shared = share.get(&gpu)?;
+                (shared.stream, Some(shared.pool))
+            }
+            None => (gpu.new_stream()?, None),
+        };
         // SAFETY: the stream was created on `gpu`'s primary context (the one
-        // libtorch uses) and is kept alive by `self.stream`, which is dropped
-        // after `_current` (field order) and synchronised first (Drop).
+        // libtorch uses; a shared one is checked to be on this GPU) and is
+        // kept alive by `self.stream`, which is dropped after `_current`
+        // (field order) and synchronised first (Drop).
         let current = unsafe { CurrentStream::set(stream.cu_stream().cast(), gpu.ordinal() as i32) }?;
         let events = RequestEvents::new(&stream)?;
         if let Some((i, o)) = &parts.managed {
@@ -223,7 +234,7 @@ impl GpuEngine {
         };
         tch::Cuda::cudnn_set_benchmark(true);
         let preprocess = parts.preprocess.as_ref().map(|_| Preprocess::new(&gpu)).transpose()?;
-        let mut engine = Self { captured: None, path, parts, preprocess, _current: current, stream, events };
+        let mut engine = Self { captured: None, path, parts, preprocess, _current: current, stream, events, pool };
         // Warm-up: cuDNN autotuning, cuBLAS handles and the TorchScript
         // profiling executor's optimisation all happen here, not in a request.
         // Graph mode compares the last two outputs (same input): bit-identical
@@ -263,6 +274,9 @@ impl GpuEngine {
                         }
                         (GraphLaunch::Libtorch, _) => ", replayed through libtorch (as asked)",
                     });
+                    if engine.pool.is_some() {
+                        note.push_str("; its memory pool and stream shared with the other buckets");
+                    }
                 }
                 Err(e) if engine.parts.allow_eager_fallback => {
                     tracing::warn!("CUDA graph capture failed, running eagerly as allowed: {e}");
@@ -288,7 +302,7 @@ impl GpuEngine {
     fn capture(&mut self) -> Result<CudaGraph> {
         self.stream.synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
         let mut graph = CudaGraph::new()?;
-        graph.capture_begin(None)?;
+        graph.capture_begin(self.pool)?;
         let captured = self.enqueue();
         // End the capture even when the forward failed (it leaves the stream capturing otherwise).
         let ended = graph.capture_end();

@@ -399,6 +399,7 @@ impl Session {
                 stage_input: spec.stage_input,
                 graph_launch: spec.graph_launch,
                 preprocess,
+                share: spec.graph_share.clone(),
             };
             let name = format!("uminfer-{}-{}", mode, spec.device);
             let spin = spec.spin.unwrap_or(worker::GPU_SPIN);

@@ -125,6 +125,56 @@ pub struct SessionSpec {
     pub(crate) capture_graph: bool,
     pub(crate) stage_input: bool,
     pub(crate) preprocess: Option<crate::ops::PreprocessParams>,
+    /// GPU sessions that share one stream and one graph memory pool (a
+    /// batcher's buckets); `None`: a stream and pool of its own.
+    pub(crate) graph_share: Option<GraphShare>,
+}
+
+/// One CUDA stream and one CUDA-graph memory pool shared by the GPU
+/// sessions built with it, as vLLM shares one pool between the graphs of
+/// its batch sizes: captured largest first, each later capture reuses the
+/// memory the earlier ones freed, instead of a pool per graph. The first
+/// GPU session built with it creates both. Sessions that share them must
+/// never run at once (their graphs' scratch memory overlaps): a batcher
+/// runs one bucket at a time.
+#[derive(Clone, Default)]
+pub(crate) struct GraphShare(std::sync::Arc<parking_lot::Mutex<Option<SharedCapture>>>);
+
+/// What a [`GraphShare`] holds once its first session is built.
+#[derive(Clone)]
+pub(crate) struct SharedCapture {
+    /// The device of the sessions that share it.
+    pub(crate) device: usize,
+    pub(crate) stream: std::sync::Arc<cudarc::driver::CudaStream>,
+    pub(crate) pool: crate::shim::GraphPool,
+}
+
+impl GraphShare {
+    /// The shared stream and pool, created on `gpu` by the first caller.
+    pub(crate) fn get(&self, gpu: &crate::cuda::Gpu) -> crate::error::Result<SharedCapture> {
+        let mut held = self.0.lock();
+        if let Some(c) = &*held {
+            if c.device != gpu.ordinal() {
+                return Err(crate::error::Error::session(
+                    crate::error::SessionErrorKind::Unsupported,
+                    format!("sessions sharing a graph pool must be on one GPU: {} and {}", c.device, gpu.ordinal()),
+                ));
+            }
+            return Ok(c.clone());
+        }
+        let c = SharedCapture { device: gpu.ordinal(), stream: gpu.new_stream()?, pool: crate::shim::GraphPool::new_shared()? };
+        *held = Some(c.clone());
+        Ok(c)
+    }
+}
+
+impl std::fmt::Debug for GraphShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.0.lock() {
+            Some(c) => write!(f, "GraphShare(GPU {}, pool {:?})", c.device, c.pool),
+            None => f.write_str("GraphShare(not yet created)"),
+        }
+    }
 }
 
 /// Warm-up runs before timing or capture (libtorch's own CUDA-graph recipe uses 3).
@@ -149,6 +199,7 @@ impl SessionSpec {
             capture_graph: false,
             stage_input: false,
             preprocess: None,
+            graph_share: None,
         }
     }
 
