@@ -92,6 +92,8 @@ enum Ask {
 
 /// A client thread's answer.
 enum Told {
+    /// Its connection is up (its first answer).
+    Connected,
     Ran(u64, f64, hdrhistogram::Histogram<u64>),
     Counts(Option<BatchCounts>),
 }
@@ -124,7 +126,7 @@ pub fn client(target: &LoadTarget, inputs: &[InputDecl], outputs: &[InputDecl], 
                 };
                 let mut scheme = match connected {
                     Ok(s) => {
-                        let _ = told_tx.send(Ok(Told::Counts(None)));
+                        let _ = told_tx.send(Ok(Told::Connected));
                         s
                     }
                     Err(e) => {
@@ -158,7 +160,7 @@ pub fn client(target: &LoadTarget, inputs: &[InputDecl], outputs: &[InputDecl], 
             threads[0].0.send(Ask::Counts).map_err(|_| failed("a bench client thread ended"))?;
             let reply = match answer(&threads[0].1) {
                 Ok(Told::Counts(counts)) => serde_json::json!({"batch_counts": counts}),
-                Ok(Told::Ran(..)) => serde_json::json!({"error": "a bench client thread answered a run, not its counts"}),
+                Ok(_) => serde_json::json!({"error": "a bench client thread answered something other than its counts"}),
                 Err(e) => serde_json::json!({"error": e.to_string()}),
             };
             say(reply.to_string())?;
@@ -178,7 +180,7 @@ pub fn client(target: &LoadTarget, inputs: &[InputDecl], outputs: &[InputDecl], 
                     seconds = seconds.max(s);
                     all.add(&h).map_err(|e| failed(format!("merging bench clients' latencies: {e}")))?;
                 }
-                Ok(Told::Counts(_)) => error = error.or(Some("a bench client thread answered its counts, not a run".to_string())),
+                Ok(_) => error = error.or(Some("a bench client thread answered something other than a run".to_string())),
                 Err(e) => error = error.or(Some(e.to_string())),
             }
         }

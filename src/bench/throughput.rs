@@ -8,8 +8,8 @@
 //! |---|---|---|
 //! | `sessions` | K threads of this process | one session on its own thread (one instance, no batching) |
 //! | `batched` | K threads of this process | a [`crate::batch::Batcher`] with a session per bucket |
-//! | `shm`, `shm-batched` | K processes (`uminfer bench-client`) | a `uminfer serve --name` process: one session; with `--max-batch` |
-//! | `grpc`, `grpc-batched` | K processes | a `uminfer serve --grpc` process (tensors in the messages): one session; with `--max-batch` |
+//! | `shm`, `shm-batched` | K clients in up to 8 processes (`uminfer bench-client`, [`super::load`]) | a `uminfer serve --name` process: one session; with `--max-batch` |
+//! | `grpc`, `grpc-batched` | the same | a `uminfer serve --grpc` process (tensors in the messages): one session; with `--max-batch` |
 //!
 //! A batched scheme's `vs_sessions` is over the unbatched scheme of its
 //! transport (`batched` over `sessions`, `shm-batched` over `shm`, ...).
@@ -204,7 +204,13 @@ fn check(r: &Execution, bench: &Bench<'_>, scheme: &str, mode: Mode) -> Result<(
     let mut outs: Vec<Buffer> = out_infos.iter().map(Buffer::zeroed).collect();
     request(r, infos, out_infos, &ins, &mut outs)?;
     let got = out_infos.iter().zip(&outs).map(|(t, b)| HostTensor::new(&t.name, t.dtype, &t.shape, b.bytes().to_vec())).collect::<Result<Vec<_>>>()?;
-    check_outputs(&got, &bench.reference, tolerance(mode)).map_err(|e| Error::Check { what: "a throughput scheme", detail: format!("{scheme} on {}: {e}", bench.entry.label) })
+    check_answer(&got, bench, scheme, mode)
+}
+
+/// `got`, scheme `scheme`'s answer to `bench`'s check input in `mode`,
+/// against the CPU eager reference.
+fn check_answer(got: &[HostTensor], bench: &Bench<'_>, scheme: &str, mode: Mode) -> Result<()> {
+    check_outputs(got, &bench.reference, tolerance(mode)).map_err(|e| Error::Check { what: "a throughput scheme", detail: format!("{scheme} on {}: {e}", bench.entry.label) })
 }
 
 /// Passes timed for the model alone: at least this many...
@@ -314,9 +320,7 @@ fn build_runner(rt: &Runtime, opts: &BenchOptions, t: &ThroughputOptions, bench:
     let (inputs, outputs, path) = (&bench.entry.inputs, &bench.entry.outputs, bench.model.path());
     // The bench's own client checks the server, then leaves: the client
     // processes may take every place a shared-memory server has.
-    let checked = |got: Result<Vec<crate::host_tensor::HostTensor>>| -> Result<()> {
-        check_outputs(&got?, &bench.reference, tolerance(t.mode)).map_err(|e| Error::Check { what: "a throughput scheme", detail: format!("{name} on {}: {e}", bench.entry.label) })
-    };
+    let checked = |got: Result<Vec<HostTensor>>| check_answer(&got?, bench, name, t.mode);
     let (server, target) = if which < 4 {
         if max_k > crate::ipc::service::MAX_CLIENTS {
             return Err(Error::Argument(format!("{name}: a shared-memory server takes at most {} clients, not {max_k}: give K up to that, or --schemes without shm and shm-batched", crate::ipc::service::MAX_CLIENTS)));
