@@ -102,8 +102,59 @@ macro_rules! per_mode {
                 if $gpu { require_gpu!(); }
                 trace_holds_each_request($mode);
             }
+            #[test]
+            fn a_phased_request_adds_up() {
+                if $gpu { require_gpu!(); }
+                phased_request_adds_up($mode, false);
+                if $mode.needs_gpu() && $mode != Mode::GpuCopy {
+                    phased_request_adds_up($mode, true);
+                }
+            }
         }
     )*};
+}
+
+/// `Session::run_phased` on `tiny`: the same output as `run` on the same
+/// input, not timed; on a GPU the device time split into the mode's stages
+/// in order (a graph is one stage; managed prefetches, where the device
+/// takes them, around the rest), adding up to the device time within the
+/// events' resolution; the same on the session's own thread.
+fn phased_request_adds_up(mode: Mode, stage_input: bool) {
+    let rt = runtime();
+    let model = rt.model(common::model_path("tiny.pt")).unwrap();
+    let spec = SessionSpec::new().input_shape(&INPUT).mode(mode).allow_eager_fallback(false).stage_input(stage_input);
+    for spec in [spec.clone(), spec.dedicated_thread(true)] {
+        let mut s = rt.session(&model, spec).unwrap();
+        let x = random_input(11, s.input::<f32>(0).unwrap().len());
+        s.input_mut::<f32>(0).unwrap().copy_from_slice(&x);
+        s.run().unwrap();
+        let want = s.output::<f32>(0).unwrap().to_vec();
+        s.output_mut::<f32>(0).unwrap().fill(f32::NAN);
+        let p = s.run_phased().unwrap();
+        assert_eq!(s.output::<f32>(0).unwrap(), &want[..], "{mode}: a phased request's output differs from a plain one's");
+        assert_eq!(s.timing().unwrap().host.count, 1, "{mode}: phased requests are not timed");
+        let names: Vec<&str> = p.device_phases.iter().map(|(n, _)| *n).collect();
+        let Some(device) = p.timing.device else {
+            assert!(!mode.needs_gpu() && names.is_empty(), "{mode}: {names:?} without device time");
+            continue;
+        };
+        let (prefetch_in, prefetch_out) = ("device: input prefetch", "device: output prefetch");
+        let core: Vec<&str> = names.iter().copied().filter(|n| *n != prefetch_in && *n != prefetch_out).collect();
+        let expected: &[&str] = match (mode, stage_input) {
+            (Mode::GpuManagedGraph, _) => &["device: CUDA graph (all of the request's work in it)"],
+            (Mode::GpuCopy, _) => &["device: input copy", "device: forward pass", "device: output copy"],
+            (_, true) => &["device: input staging", "device: forward pass"],
+            (_, false) => &["device: forward pass"],
+        };
+        assert_eq!(core, expected, "{mode} (staged {stage_input}): {names:?}");
+        if names.len() > core.len() {
+            assert_eq!((names.first(), names.last(), names.len()), (Some(&prefetch_in), Some(&prefetch_out), core.len() + 2), "{mode}: {names:?}");
+        }
+        let sum: std::time::Duration = p.device_phases.iter().map(|(_, d)| *d).sum();
+        let slack = std::time::Duration::from_micros(2 * names.len() as u64) + device / 100;
+        assert!(sum.abs_diff(device) <= slack, "{mode}: the phases add up to {sum:?}, the device time is {device:?}: {:?}", p.device_phases);
+        assert!(p.device_phases.iter().any(|(n, d)| (n.contains("forward pass") || n.contains("graph")) && !d.is_zero()), "{mode}: {:?}", p.device_phases);
+    }
 }
 
 /// `Session::trace` of 4 requests: each request's scope holds libtorch

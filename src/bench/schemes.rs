@@ -199,15 +199,33 @@ impl Scheme for SessionScheme {
     }
     fn request_phased(&mut self) -> Result<super::phases::Phases> {
         let t = Instant::now();
-        let r = self.session.run()?;
+        let r = self.session.run_phased()?;
         std::hint::black_box(self.session.output_bytes(0)?.first().copied());
         let outer = t.elapsed();
         // The session's own account of its pass (on its thread, when it has one).
-        let inner = r.host.min(outer);
-        let mut phases = match r.device {
+        let inner = r.timing.host.min(outer);
+        let mut phases = match r.timing.device {
             Some(device) => {
+                // The device's stages (CUDA events between them), then the
+                // host's time beyond them; each clamped so that they add up.
                 let device = device.min(inner);
-                vec![("device work (CUDA events)", device), ("host work of the pass", inner - device)]
+                let mut left = device;
+                let mut phases: super::phases::Phases = r
+                    .device_phases
+                    .iter()
+                    .map(|&(name, d)| {
+                        let d = d.min(left);
+                        left -= d;
+                        (name, d)
+                    })
+                    .collect();
+                if phases.is_empty() {
+                    phases.push(("device work (CUDA events)", device));
+                } else if let Some(last) = phases.last_mut() {
+                    last.1 += left; // the events' rounding
+                }
+                phases.push(("host work of the pass", inner - device));
+                phases
             }
             None => vec![("forward pass", inner)],
         };

@@ -1,6 +1,6 @@
 //! [`Engine`]: what one `run()` does for a mode; the CPU engine.
 
-use super::timing::RunTiming;
+use super::timing::{PhasedRun, RunTiming};
 use crate::error::Result;
 use crate::ops::{reference, PreprocessParams};
 use crate::shim::LoadedModel;
@@ -12,6 +12,12 @@ pub(crate) trait Engine {
     /// Runs one request: the input region is read, the output region written,
     /// and no GPU work is pending when it returns.
     fn run(&mut self) -> Result<RunTiming>;
+
+    /// Runs one request as `run` does, split into phases where the mode can
+    /// (GPU modes: CUDA events between the stages on the device).
+    fn run_phased(&mut self) -> Result<PhasedRun> {
+        Ok(PhasedRun { timing: self.run()?, device_phases: Vec::new() })
+    }
 }
 
 /// Preprocessing on the host: raw u8 region → f32 input region.

@@ -8,7 +8,7 @@
 
 use super::engine::Engine;
 use super::spec::{GraphLaunch, GraphShare};
-use super::timing::RunTiming;
+use super::timing::{PhasedRun, RunTiming};
 use crate::cuda::Gpu;
 use crate::error::{Error, Result, SessionErrorKind};
 use crate::memory::managed::{attach_raw, prefetch_raw};
@@ -176,6 +176,86 @@ impl RequestEvents {
     }
 }
 
+/// Where a request's stages begin on the session stream: nothing for a plain
+/// request ([`Unmarked`], compiled away), an event per stage for a phased
+/// one ([`StageMarks`]).
+trait Stages {
+    /// The stage `name` begins here, after everything queued so far.
+    fn begin(&mut self, name: &'static str) -> Result<()>;
+}
+
+/// The plain request path: no marks.
+struct Unmarked;
+
+impl Stages for Unmarked {
+    #[inline(always)]
+    fn begin(&mut self, _: &'static str) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The names of the device phases ([`PhasedRun::device_phases`]).
+const PREPROCESS: &str = "device: preprocess";
+const INPUT_PREFETCH: &str = "device: input prefetch";
+const INPUT_COPY: &str = "device: input copy";
+const INPUT_STAGING: &str = "device: input staging";
+const FORWARD: &str = "device: forward pass";
+const OUTPUT_COPY: &str = "device: output copy";
+const GRAPH: &str = "device: CUDA graph (all of the request's work in it)";
+const OUTPUT_PREFETCH: &str = "device: output prefetch";
+
+/// Timing events recorded where each stage of a phased request begins
+/// (the first stage begins at the request's start event), kept for the
+/// next phased request.
+struct StageMarks {
+    /// `events[i]`: where stage `i + 1` begins.
+    events: Vec<CudaEvent>,
+    /// The stages of the current request, in order.
+    names: Vec<&'static str>,
+    stream: Arc<CudaStream>,
+}
+
+impl StageMarks {
+    fn new(stream: &Arc<CudaStream>) -> Self {
+        Self { events: Vec::new(), names: Vec::new(), stream: stream.clone() }
+    }
+
+    /// The device time of each stage, from where it began to where the next
+    /// did (the last: to `end`). Call after the stream was synchronised past
+    /// `end`, on the thread whose context is current.
+    fn phases(&self, start: &CudaEvent, end: &CudaEvent) -> Result<Vec<(&'static str, Duration)>> {
+        let n = self.names.len();
+        (0..n)
+            .map(|i| {
+                let from = if i == 0 { start } else { &self.events[i - 1] };
+                let to = if i + 1 == n { end } else { &self.events[i] };
+                // SAFETY: both are live timing events of the stream's
+                // context (current on this thread), recorded on the stream
+                // during this request before it was synchronised.
+                let ms = unsafe { result::event::elapsed(from.cu_event(), to.cu_event()) }.map_err(Error::driver("cuEventElapsedTime"))?;
+                Ok((self.names[i], Duration::from_secs_f64(ms.max(0.0) as f64 / 1000.0)))
+            })
+            .collect()
+    }
+}
+
+impl Stages for StageMarks {
+    fn begin(&mut self, name: &'static str) -> Result<()> {
+        let i = self.names.len();
+        if i > 0 {
+            if self.events.len() < i {
+                let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+                self.events.push(self.stream.context().new_event(timing).map_err(Error::driver("cuEventCreate"))?);
+            }
+            // SAFETY: the event and the stream are live and of the same
+            // context, which the request's `begin` bound on this thread.
+            unsafe { result::event::record(self.events[i - 1].cu_event(), self.stream.cu_stream()) }.map_err(Error::driver("cuEventRecord"))?;
+        }
+        self.names.push(name);
+        Ok(())
+    }
+}
+
 /// The engine of the four GPU modes.
 pub(crate) struct GpuEngine {
     /// Replayed instead of running `path` eagerly, once captured.
@@ -190,6 +270,8 @@ pub(crate) struct GpuEngine {
     events: RequestEvents,
     /// The graph pool to capture into (`None`: a private one).
     pool: Option<GraphPool>,
+    /// Made by the first phased request.
+    marks: Option<StageMarks>,
 }
 
 impl GpuEngine {
@@ -234,7 +316,7 @@ impl GpuEngine {
         };
         tch::Cuda::cudnn_set_benchmark(true);
         let preprocess = parts.preprocess.as_ref().map(|_| Preprocess::new(&gpu)).transpose()?;
-        let mut engine = Self { captured: None, path, parts, preprocess, _current: current, stream, events, pool };
+        let mut engine = Self { captured: None, path, parts, preprocess, _current: current, stream, events, pool, marks: None };
         // Warm-up: cuDNN autotuning, cuBLAS handles and the TorchScript
         // profiling executor's optimisation all happen here, not in a request.
         // Graph mode compares the last two outputs (same input): bit-identical
@@ -303,7 +385,7 @@ impl GpuEngine {
         self.stream.synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
         let mut graph = CudaGraph::new()?;
         graph.capture_begin(self.pool)?;
-        let captured = self.enqueue();
+        let captured = self.enqueue(&mut Unmarked);
         // End the capture even when the forward failed (it leaves the stream capturing otherwise).
         let ended = graph.capture_end();
         captured?;
@@ -312,23 +394,33 @@ impl GpuEngine {
     }
 
     /// Queues a request's work on the session stream: preprocessing, then the
-    /// mode's copies and forward pass.
-    fn enqueue(&mut self) -> Result<()> {
+    /// mode's copies and forward pass, each stage begun in `stages`.
+    fn enqueue(&mut self, stages: &mut impl Stages) -> Result<()> {
+        if self.preprocess.is_some() {
+            stages.begin(PREPROCESS)?;
+        }
         self.launch_preprocess()?;
         let p = &mut self.parts;
         match &mut self.path {
             Path::Copy { d_in, d_out } => {
+                stages.begin(INPUT_COPY)?;
                 for (d, h) in d_in.iter_mut().zip(&p.inputs) {
                     copy_tensor(d, h, true)?;
                 }
+                stages.begin(FORWARD)?;
                 p.model.run_into(d_in, d_out)?;
+                stages.begin(OUTPUT_COPY)?;
                 for (h, d) in p.outputs.iter_mut().zip(d_out.iter()) {
                     copy_tensor(h, d, true)?;
                 }
                 Ok(())
             }
-            Path::Direct => p.model.run_into(&p.inputs, &mut p.outputs),
+            Path::Direct => {
+                stages.begin(FORWARD)?;
+                p.model.run_into(&p.inputs, &mut p.outputs)
+            }
             Path::Staged { d_in, stage } => {
+                stages.begin(INPUT_STAGING)?;
                 for (d, h) in d_in.iter().zip(&p.inputs) {
                     let bytes = d.numel() * d.kind().elt_size_in_bytes();
                     // SAFETY: `h` views one of the session's input regions
@@ -340,21 +432,41 @@ impl GpuEngine {
                     // hands out slices only between runs).
                     unsafe { stage.launch(&self.stream, h.data_ptr() as u64, d.data_ptr() as u64, bytes) }?;
                 }
+                stages.begin(FORWARD)?;
                 p.model.run_into(d_in, &mut p.outputs)
             }
         }
     }
 
     /// Queues a request's work on the session stream: the prefetches around
-    /// the captured graph, or the eager work (`enqueue`).
-    fn queue_request(&mut self) -> Result<()> {
+    /// the captured graph, or the eager work (`enqueue`), each stage begun
+    /// in `stages`.
+    fn queue_request(&mut self, stages: &mut impl Stages) -> Result<()> {
+        let prefetches = self.prefetches();
+        if prefetches {
+            stages.begin(INPUT_PREFETCH)?;
+        }
         self.prefetch(Location::Device)?;
         match &mut self.captured {
-            Some(Captured { graph, direct: true }) => graph.launch(&self.stream)?,
-            Some(Captured { graph, direct: false }) => graph.replay()?,
-            None => self.enqueue()?,
+            Some(captured) => {
+                stages.begin(GRAPH)?;
+                match captured {
+                    Captured { graph, direct: true } => graph.launch(&self.stream)?,
+                    Captured { graph, direct: false } => graph.replay()?,
+                }
+            }
+            None => self.enqueue(stages)?,
+        }
+        if prefetches {
+            stages.begin(OUTPUT_PREFETCH)?;
         }
         self.prefetch(Location::Host)
+    }
+
+    /// Managed ranges are prefetched around each request (managed modes with
+    /// placement `Migrate`, on devices with concurrentManagedAccess).
+    fn prefetches(&self) -> bool {
+        self.parts.managed.is_some() && self.parts.gpu.concurrent_managed_access()
     }
 
     /// Queues the preprocess kernel (raw u8 region → input region), if configured.
@@ -370,10 +482,8 @@ impl GpuEngine {
     }
 
     fn prefetch(&self, to: Location) -> Result<()> {
-        let Some((i, o)) = &self.parts.managed else { return Ok(()) };
-        if !self.parts.gpu.concurrent_managed_access() {
-            return Ok(()); // prefetching needs concurrentManagedAccess; pages migrate on demand
-        }
+        // Prefetching needs concurrentManagedAccess; without it pages migrate on demand.
+        let (Some((i, o)), true) = (&self.parts.managed, self.prefetches()) else { return Ok(()) };
         // Inputs towards the device before the work, outputs towards the host after it.
         let ranges = match to {
             Location::Device => i,
@@ -393,10 +503,25 @@ impl Engine for GpuEngine {
     /// slices rely on.
     fn run(&mut self) -> Result<RunTiming> {
         let t0 = self.events.begin()?;
-        match self.queue_request() {
+        match self.queue_request(&mut Unmarked) {
             Ok(()) => self.events.finish(t0),
             Err(e) => Err(self.events.abandon(e)),
         }
+    }
+
+    /// As `run`, with an event recorded where each stage begins; the stages'
+    /// device times are read once `finish` has synchronised the stream.
+    fn run_phased(&mut self) -> Result<PhasedRun> {
+        let mut marks = self.marks.take().unwrap_or_else(|| StageMarks::new(&self.stream));
+        marks.names.clear();
+        let t0 = self.events.begin()?;
+        let timing = match self.queue_request(&mut marks) {
+            Ok(()) => self.events.finish(t0),
+            Err(e) => Err(self.events.abandon(e)),
+        };
+        let phased = timing.and_then(|timing| Ok(PhasedRun { timing, device_phases: marks.phases(&self.events.start, &self.events.end)? }));
+        self.marks = Some(marks);
+        phased
     }
 }
 

@@ -30,7 +30,7 @@ pub use crate::model::TensorInfo;
 pub use pool::{PooledSession, SessionPool};
 pub use spec::{GraphLaunch, ManagedPlacement, ModeChoice, SessionSpec};
 pub use tensor_ref::{TensorMut, TensorRef};
-pub use timing::{RunTiming, Summary, Timing, TimingRecorder};
+pub use timing::{PhasedRun, RunTiming, Summary, Timing, TimingRecorder};
 pub use typed::TypedSession;
 pub use worker::pin_to_core as pin_current_thread;
 
@@ -624,6 +624,34 @@ impl Session {
                 let mut traced = None;
                 w.with_engine(&mut |e| traced = Some(trace_requests(cuda, requests, path, || e.run())))?;
                 traced.unwrap_or_else(|| Err(Error::session(SessionErrorKind::Failed, "the session thread did not run the trace")))
+            }
+        }
+    }
+
+    /// Runs one request over the session's regions (not recorded in its
+    /// timing) split into phases: on a GPU, the device time split at CUDA
+    /// events recorded where each stage begins on the session's stream
+    /// ([`PhasedRun::device_phases`]). The plain [`run`](Self::run) records
+    /// none of these events. It runs on the session's thread when it has one
+    /// (a graph launched from the calling thread is launched there instead);
+    /// the host time is then the pass on that thread, without the hand-off.
+    ///
+    /// ```
+    /// let rt = uminfer::Runtime::new();
+    /// let model = rt.model("models/tiny.pt")?;
+    /// let mut s = rt.session(&model, uminfer::SessionSpec::new())?;
+    /// let phased = s.run_phased()?;
+    /// assert!(phased.device_phases.is_empty()); // CPU: no device time
+    /// assert!(s.timing().is_none()); // not recorded
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn run_phased(&mut self) -> Result<PhasedRun> {
+        match &mut self.runner {
+            Runner::Inline(e) => e.run_phased(),
+            Runner::Thread(w) => {
+                let mut phased = None;
+                w.with_engine(&mut |e| phased = Some(e.run_phased()))?;
+                phased.unwrap_or_else(|| Err(Error::session(SessionErrorKind::Failed, "the session thread did not run the request")))
             }
         }
     }

@@ -15,6 +15,20 @@ pub struct RunTiming {
     pub device: Option<Duration>,
 }
 
+/// One request split into phases ([`Session::run_phased`](super::Session::run_phased)).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PhasedRun {
+    /// As for a plain request.
+    pub timing: RunTiming,
+    /// On a GPU, the device time split at CUDA events recorded where each
+    /// stage of the request begins on the session's stream, in order (e.g.
+    /// `device: input copy`, `device: forward pass`, `device: output copy`;
+    /// a captured graph is one stage): the phases add up to
+    /// `timing.device` within the events' resolution (about 0.5 µs each).
+    /// Empty on CPU.
+    pub device_phases: Vec<(&'static str, Duration)>,
+}
+
 /// Summary statistics of a series, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Summary {
