@@ -19,6 +19,8 @@ TorchScript models (torch.jit.script), each with a reference pair computed here 
                  a given input; no reference files)
   batch_sum.pt   x float32 [1, 4] -> x.sum(0) [4]: an output without the batch as its first
                  dimension, which a batcher must refuse (no reference files)
+  pow2_batch.pt  x float32 [1, 4] -> 3 * x; raises unless the batch is a power of two (a model
+                 that runs at its buckets' sizes only: a CPU batcher must pad; no reference files)
 
 AOTInductor packages (torch.export + aoti_compile_and_package), compiled from the same module
 objects (same weights) as tiny.pt and encoder.pt, with the reference inputs as (static) example inputs:
@@ -258,6 +260,16 @@ class Raises(nn.Module):
         if bool((x > 100.0).any()):
             raise RuntimeError("raises.pt: an input element is over 100")
         return x * 2.0
+
+
+class PowerOfTwoBatch(nn.Module):
+    """Triples its input; raises unless the batch size is a power of two."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if n & (n - 1) != 0:
+            raise RuntimeError("pow2_batch.pt: the batch size is not a power of two")
+        return x * 3.0
 
 
 class BatchSum(nn.Module):
@@ -552,7 +564,7 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     ap.add_argument(
         "--only",
-        choices=["tiny", "resnet18", "identity", "noisy", "encoder", "heads", "dtypes", "bad_output", "raises", "batch_sum"],
+        choices=["tiny", "resnet18", "identity", "noisy", "encoder", "heads", "dtypes", "bad_output", "raises", "batch_sum", "pow2_batch"],
         help="export one model only (tiny and encoder: with their AOTInductor package unless --no-aoti)",
     )
     ap.add_argument(
@@ -616,6 +628,9 @@ def main() -> None:
     if scripts and wanted("batch_sum"):
         x = torch.zeros(1, 4, dtype=torch.float32)
         export_script("batch_sum", BatchSum(), [("x", x, None)], args.out, reference=False)
+    if scripts and wanted("pow2_batch"):
+        x = torch.zeros(1, 4, dtype=torch.float32)
+        export_script("pow2_batch", PowerOfTwoBatch(), [("x", x, None)], args.out, reference=False)
     print(f"export took {time.monotonic() - total:.1f} s")
 
 

@@ -423,7 +423,8 @@ struct BenchArgs {
     #[arg(long)]
     python: Option<PathBuf>,
     /// Busy-wait in µs of the session schemes' caller and session threads
-    /// before they sleep (default: the session default, 50 µs CPU, 1000 µs GPU).
+    /// (and of --concurrency's in-process batcher and its callers) before
+    /// they sleep (default: the session default, 50 µs CPU, 1000 µs GPU).
     #[arg(long)]
     spin_us: Option<u64>,
     /// Page placement of the managed schemes' regions: migrate (prefetch

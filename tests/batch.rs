@@ -173,25 +173,51 @@ fn many_threads_get_their_own_outputs(mode: Mode, name: &str) {
     }
 }
 
-/// A lone request of 3 samples runs at once in bucket 4 (one padding
-/// sample, never copied out); the next, of 1, in bucket 1.
+/// A lone request of 3 samples runs at once in bucket 4: on a GPU padded
+/// (one padding sample, never copied out), on the CPU over the bucket's
+/// first 3 rows only (no padding); the next, of 1, in bucket 1.
 fn a_partial_bucket_is_padded(mode: Mode) {
     let rt = runtime();
     let model = rt.model(common::model_path("tiny.pt")).unwrap();
     let spec = SessionSpec::new().mode(mode);
     let b = rt.batcher(&model, spec.clone(), BatchSpec::new(4)).unwrap();
+    assert_eq!(b.unpadded(), mode == Mode::Cpu, "{}", b.note());
+    assert_eq!(b.note().contains("unpadded"), b.unpadded(), "{}", b.note());
+    let computed = if b.unpadded() { 3 } else { 4 };
     let ranges = ranges(&model);
     let mut r = Request::new(&b, &ranges, 3, 7);
     let ran = r.run(&b).unwrap();
-    assert_eq!((ran.samples, ran.batch, ran.bucket), (3, 3, 4), "{ran:?}");
+    assert_eq!((ran.samples, ran.batch, ran.bucket), (3, 3, computed), "{ran:?}");
     let mut one = Request::new(&b, &ranges, 1, 8);
     let ran = one.run(&b).unwrap();
     assert_eq!((ran.batch, ran.bucket), (1, 1), "{ran:?}");
     let stats = b.stats();
-    assert_eq!((stats.batches, stats.samples, stats.padded), (2, 4, 1), "{stats:?}");
+    assert_eq!((stats.batches, stats.samples, stats.padded), (2, 4, computed as u64 - 3), "{stats:?}");
+    assert_eq!(stats.bucket_runs, [(1, 1), (2, 0), (4, 1)], "{stats:?}");
     let mut reference = rt.session(&model, spec).unwrap();
     check_against_batch_1(&mut reference, &b, &r, tolerance(mode), "3 samples in bucket 4");
     check_against_batch_1(&mut reference, &b, &one, tolerance(mode), "1 sample in bucket 1");
+}
+
+/// A CPU model that runs at its buckets' sizes only (`pow2_batch`: 3 × x,
+/// raising unless the batch is a power of two) is found so at build, and
+/// its batches are padded with zeros up to their bucket as on a GPU: a
+/// request of 3 samples runs in bucket 4, its answer exactly 3 × its input,
+/// its poisoned output fully written, the padding sample never copied out.
+#[test]
+fn a_cpu_model_of_fixed_batch_sizes_is_padded() {
+    let rt = runtime();
+    let model = rt.model(common::model_path("pow2_batch.pt")).unwrap();
+    let b = rt.batcher(&model, SessionSpec::new().mode(Mode::Cpu), BatchSpec::new(4)).unwrap();
+    assert!(!b.unpadded(), "{}", b.note());
+    let mut r = Request::new(&b, &[None], 3, 9);
+    let ran = r.run(&b).unwrap();
+    assert_eq!((ran.samples, ran.batch, ran.bucket), (3, 3, 4), "{ran:?}");
+    let x: Vec<f32> = r.inputs[0].bytes().chunks_exact(4).map(|c| f32::from_ne_bytes(c.try_into().unwrap())).collect();
+    let y: Vec<f32> = r.outputs[0].bytes().chunks_exact(4).map(|c| f32::from_ne_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(y.len(), 3 * 4);
+    assert!(x.iter().zip(&y).all(|(x, y)| *y == 3.0 * x), "{x:?} -> {y:?}");
+    assert_eq!(b.stats().padded, 1, "{:?}", b.stats());
 }
 
 macro_rules! per_mode {

@@ -10,7 +10,9 @@
 //! one after another into the smallest bucket that holds them, fills the
 //! rest with zeros (padding), runs the bucket's session once and copies each
 //! request's rows of every output into that request's memory. Padding rows
-//! are never copied out.
+//! are never copied out. On the CPU, where no graph fixes the shapes, a
+//! batch runs over its own rows of the bucket only, unpadded, when the
+//! model allows it ([`Batcher::unpadded`]).
 //!
 //! | module | holds |
 //! |---|---|
@@ -158,7 +160,9 @@ pub struct BatchedRun {
     pub samples: usize,
     /// Samples in the batch it ran in.
     pub batch: usize,
-    /// The bucket that batch ran in (`batch` plus padding).
+    /// Samples the model computed: the batch's bucket (`batch` plus
+    /// padding), or `batch` itself when the batcher runs
+    /// [`unpadded`](Batcher::unpadded).
     pub bucket: usize,
     /// The batch's forward pass (host time; device time on the GPU).
     pub run: RunTiming,
@@ -191,6 +195,7 @@ pub struct Batcher {
     buckets: Vec<Bucket>,
     spec: BatchSpec,
     mode: Mode,
+    unpadded: bool,
 }
 
 /// `info` with `n` as its first dimension.
@@ -243,6 +248,32 @@ struct Built {
     buckets: Vec<Bucket>,
     outputs: Vec<TensorInfo>,
     mode: Mode,
+    /// CPU: each batch runs at its own size, over a bucket's first rows.
+    unpadded: bool,
+}
+
+/// Whether a CPU batcher's batches can run at their own size, with no
+/// padding ([`Session::run_rows`]): tried once at build on the largest
+/// bucket, at a size that is no bucket (a model exported for fixed batch
+/// sizes fails there, and then its batches are padded as on a GPU).
+fn runs_unpadded(sessions: &mut [Session], sizes: &[usize]) -> bool {
+    let Some(largest) = sessions.last_mut() else { return false };
+    if largest.mode() != Mode::Cpu {
+        return false;
+    }
+    let max = sizes.last().copied().unwrap_or(1);
+    let Some(probe) = (1..max).rev().find(|n| !sizes.contains(n)) else {
+        return false; // every size is a bucket: nothing would be padded
+    };
+    let ran = largest.run_rows(probe);
+    largest.reset_timing();
+    match ran {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::info!("batches are padded up to their bucket: the model did not run at batch {probe} ({e})");
+            false
+        }
+    }
 }
 
 /// Builds a session of `spec` per size of `sizes`, largest first, over
@@ -293,8 +324,9 @@ fn build_buckets(gate: &dyn ModeGate, model: &Model, mut spec: SessionSpec, size
         built.push((session, bucket));
     }
     built.reverse();
-    let (sessions, buckets) = built.into_iter().unzip();
-    Ok(Built { sessions, buckets, outputs: outputs.unwrap_or_default(), mode: mode.unwrap_or(Mode::Cpu) })
+    let (mut sessions, buckets): (Vec<Session>, Vec<Bucket>) = built.into_iter().unzip();
+    let unpadded = runs_unpadded(&mut sessions, sizes);
+    Ok(Built { sessions, buckets, outputs: outputs.unwrap_or_default(), mode: mode.unwrap_or(Mode::Cpu), unpadded })
 }
 
 impl Batcher {
@@ -319,6 +351,7 @@ impl Batcher {
         // The scheduler runs the sessions itself, one batch at a time: no
         // session thread of their own, and (on a GPU) one stream and graph
         // pool for all, unless asked otherwise.
+        let spin = spec.spin;
         let spec = SessionSpec { dedicated_thread: None, graph_share: batch.share_graph_pool.then(GraphShare::default), ..spec };
         let limits = Limits { max_batch: batch.max_batch, max_queue: batch.max_queue, max_queue_delay: batch.max_queue_delay };
         let queue = Arc::new(Queue::new(limits));
@@ -331,8 +364,8 @@ impl Batcher {
                 let built = build_buckets(&*gate, &m, spec, &sizes, &ins);
                 let (sessions, plan) = match built {
                     Ok(b) => {
-                        let plan = Plan { sizes, input_bytes: ins.iter().map(TensorInfo::byte_len).collect(), output_bytes: b.outputs.iter().map(TensorInfo::byte_len).collect() };
-                        let _ = tx.send(Ok((b.buckets, b.outputs, b.mode)));
+                        let plan = Plan { sizes, input_bytes: ins.iter().map(TensorInfo::byte_len).collect(), output_bytes: b.outputs.iter().map(TensorInfo::byte_len).collect(), unpadded: b.unpadded };
+                        let _ = tx.send(Ok((b.buckets, b.outputs, b.mode, b.unpadded)));
                         (b.sessions, plan)
                     }
                     Err(e) => {
@@ -344,14 +377,15 @@ impl Batcher {
             })
             .map_err(|e| Error::session(SessionErrorKind::Failed, format!("starting the batch scheduler thread: {e}")))?;
         let built = rx.recv().unwrap_or_else(|_| Err(Error::session(SessionErrorKind::Failed, "the batch scheduler thread ended while building its sessions")));
-        let (buckets, outputs, mode) = match built {
+        let (buckets, outputs, mode, unpadded) = match built {
             Ok(b) => b,
             Err(e) => {
                 let _ = scheduler.join();
                 return Err(e);
             }
         };
-        Ok(Self { queue, stats, scheduler: Some(scheduler), inputs, outputs, buckets, spec: batch, mode })
+        queue.set_spin(spin.unwrap_or(crate::session::default_spin(mode)));
+        Ok(Self { queue, stats, scheduler: Some(scheduler), inputs, outputs, buckets, spec: batch, mode, unpadded })
     }
 
     /// Runs one request of `n` samples (`n` from the first input's length,
@@ -415,9 +449,10 @@ impl Batcher {
     pub fn note(&self) -> String {
         let buckets: Vec<String> = self.buckets.iter().map(|k| k.size.to_string()).collect();
         format!(
-            "batched: up to {} samples per pass, buckets {}, queue delay {} µs, at most {} requests queued; {}",
+            "batched: up to {} samples per pass, buckets {}{}, queue delay {} µs, at most {} requests queued; {}",
             self.spec.max_batch(),
             buckets.join(","),
+            if self.unpadded { " (each batch run at its own size, unpadded)" } else { "" },
             self.spec.delay().as_micros(),
             self.spec.queue_bound(),
             self.buckets.last().map(|k| k.note.as_str()).unwrap_or_default()
@@ -447,6 +482,15 @@ impl Batcher {
     /// The mode every bucket's session runs in.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// Whether each batch runs at its own size, over the first rows of the
+    /// smallest bucket that holds it, with no padding: on the CPU, for a
+    /// model that runs at sizes other than the buckets' (checked at build).
+    /// Otherwise (GPU modes, whose graphs are captured per bucket) a batch
+    /// is padded with zeros up to its bucket.
+    pub fn unpadded(&self) -> bool {
+        self.unpadded
     }
 
     /// Requests waiting now.
@@ -482,6 +526,8 @@ struct Plan {
     /// Bytes per sample of each input and output.
     input_bytes: Vec<usize>,
     output_bytes: Vec<usize>,
+    /// Batches run at their own size ([`Batcher::unpadded`]).
+    unpadded: bool,
 }
 
 /// The scheduler thread: runs batches until the queue is closed and empty.
@@ -502,14 +548,15 @@ fn schedule(queue: &Queue, mut sessions: Vec<Session>, plan: &Plan, stats: &Mute
             .unwrap_or_else(|_| Err(Error::session(SessionErrorKind::Failed, "the batch's forward pass panicked")));
         match ran {
             Ok(run) => {
+                let computed = if plan.unpadded { samples } else { plan.sizes[b] };
                 let mut st = stats.lock();
-                st.batch(samples, b, started.elapsed());
+                st.batch(samples, b, computed - samples, started.elapsed());
                 for r in &batch {
                     st.answered(started - r.enqueued);
                 }
                 drop(st);
                 for r in &batch {
-                    r.complete(Ok(BatchedRun { queued: started - r.enqueued, samples: r.samples, batch: samples, bucket: plan.sizes[b], run }));
+                    r.complete(Ok(BatchedRun { queued: started - r.enqueued, samples: r.samples, batch: samples, bucket: computed, run }));
                 }
             }
             Err(e) if batch.len() == 1 => {
@@ -527,8 +574,9 @@ fn schedule(queue: &Queue, mut sessions: Vec<Session>, plan: &Plan, stats: &Mute
     }
 }
 
-/// Gathers `batch`'s inputs into `session`'s (zeros after them), runs it,
-/// and copies each request's rows of every output into its memory.
+/// Gathers `batch`'s inputs into `session`'s (zeros after them), runs it
+/// (unpadded: over the batch's rows only), and copies each request's rows of
+/// every output into its memory.
 fn run_batch(session: &mut Session, batch: &[Arc<Request>], plan: &Plan) -> Result<RunTiming> {
     for (i, per) in plan.input_bytes.iter().enumerate() {
         // SAFETY: every byte written below is a request's input byte (a
@@ -546,9 +594,12 @@ fn run_batch(session: &mut Session, batch: &[Arc<Request>], plan: &Plan) -> Resu
             dst[at..at + len].copy_from_slice(src);
             at += len;
         }
-        dst[at..].fill(0);
+        if !plan.unpadded {
+            dst[at..].fill(0);
+        }
     }
-    let t = session.run()?;
+    let samples = batch.iter().map(|r| r.samples).sum();
+    let t = if plan.unpadded { session.run_rows(samples)? } else { session.run()? };
     for i in 0..plan.output_bytes.len() {
         let src = session.output_bytes(i)?;
         let mut at = 0;

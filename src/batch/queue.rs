@@ -6,12 +6,22 @@
 //! Lock order: the queue's lock, then a request's. A request is `Queued`
 //! while it sits in the queue, `Taken` once a batch holds it (its caller then
 //! waits whatever its timeout), `Done` with its result.
+//!
+//! Hand-offs: as a session's thread does, each side busy-waits a bounded
+//! time before it sleeps on its condition variable, so that a request that
+//! arrives, or an answer that comes, within the spin costs no futex wake-up.
+//! The scheduler spins once per batch for the next request while the queue
+//! is empty; a caller spins for its answer only when it found fewer than
+//! half the machine's cores' worth of requests waiting (more spinners would
+//! take the cores the batch runs on).
 
 use super::BatchedRun;
 use crate::error::{Error, Result};
-use parking_lot::{Condvar, Mutex};
+use crate::session::spin_until;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use smallvec::SmallVec;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +48,8 @@ pub(super) struct Request {
     pub enqueued: Instant,
     state: Mutex<State>,
     done: Condvar,
+    /// Set once `state` is `Done`, for the caller's spin.
+    finished: AtomicBool,
 }
 
 // SAFETY: the raw pointers in `bindings` point into memory that the caller
@@ -50,7 +62,8 @@ pub(super) struct Request {
 // memory may be sent (inputs: `&[u8]` is `Send`; outputs: `&mut [u8]` is
 // `Send`), so reading and writing it from the scheduler thread is allowed.
 unsafe impl Send for Request {}
-// SAFETY: shared access goes through `state` (a mutex); `samples`,
+// SAFETY: shared access goes through `state` (a mutex) and `finished` (an
+// atomic); `samples`,
 // `bindings` and `enqueued` are never written after construction, and the
 // memory behind `bindings` is touched by the scheduler alone (see `Send`).
 unsafe impl Sync for Request {}
@@ -59,6 +72,7 @@ impl Request {
     /// Hands `result` to the request's caller.
     pub fn complete(&self, result: Result<BatchedRun>) {
         *self.state.lock() = State::Done(result);
+        self.finished.store(true, Ordering::Release);
         self.done.notify_one();
     }
 }
@@ -84,11 +98,35 @@ pub(super) struct Queue {
     waiting: Mutex<Waiting>,
     arrived: Condvar,
     limits: Limits,
+    /// Set with each request queued (and on close), for the scheduler's spin.
+    arrival: AtomicBool,
+    /// Each side's busy-wait before it sleeps, in ns ([`set_spin`](Self::set_spin)).
+    spin_ns: AtomicU64,
+    /// Callers spin for their answer only when fewer requests than this wait.
+    spinners: usize,
 }
 
 impl Queue {
+    /// A queue whose sides do not spin until [`set_spin`](Self::set_spin).
     pub fn new(limits: Limits) -> Self {
-        Self { waiting: Mutex::new(Waiting { requests: VecDeque::new(), samples: 0, closed: false }), arrived: Condvar::new(), limits }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            waiting: Mutex::new(Waiting { requests: VecDeque::new(), samples: 0, closed: false }),
+            arrived: Condvar::new(),
+            limits,
+            arrival: AtomicBool::new(false),
+            spin_ns: AtomicU64::new(0),
+            spinners: (cores / 2).max(1),
+        }
+    }
+
+    /// How long each side busy-waits before it sleeps (see the module's doc).
+    pub fn set_spin(&self, spin: Duration) {
+        self.spin_ns.store(spin.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    fn spin(&self) -> Duration {
+        Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed))
     }
 
     /// Queues a request of `samples` samples over `bindings` and waits for
@@ -100,8 +138,8 @@ impl Queue {
     /// call: inputs for reads, outputs for writes, and nothing else may
     /// access the outputs meanwhile.
     pub unsafe fn run(&self, samples: usize, bindings: Bindings, timeout: Option<Duration>) -> Result<BatchedRun> {
-        let request = Arc::new(Request { samples, bindings, enqueued: Instant::now(), state: Mutex::new(State::Queued), done: Condvar::new() });
-        {
+        let request = Arc::new(Request { samples, bindings, enqueued: Instant::now(), state: Mutex::new(State::Queued), done: Condvar::new(), finished: AtomicBool::new(false) });
+        let spin = {
             let mut w = self.waiting.lock();
             if w.closed {
                 return Err(Error::BatcherClosed);
@@ -109,10 +147,15 @@ impl Queue {
             if w.requests.len() >= self.limits.max_queue {
                 return Err(Error::QueueFull { queued: w.requests.len(), max_queue: self.limits.max_queue });
             }
+            let spin = if w.requests.len() < self.spinners { self.spin() } else { Duration::ZERO };
             w.samples += samples;
             w.requests.push_back(request.clone());
-        }
+            self.arrival.store(true, Ordering::Release);
+            spin
+        };
         self.arrived.notify_one();
+        // Bounded, and below the timeout's wait: an answer within it needs no wake-up.
+        spin_until(&request.finished, spin.min(timeout.unwrap_or(Duration::MAX)));
         let deadline = timeout.map(|t| request.enqueued + t);
         let mut state = request.state.lock();
         loop {
@@ -159,10 +202,19 @@ impl Queue {
     pub fn next_batch(&self) -> Option<SmallVec<[Arc<Request>; 16]>> {
         let limits = self.limits;
         let mut w = self.waiting.lock();
+        let mut spun = false;
         loop {
             while w.requests.is_empty() {
                 if w.closed {
                     return None;
+                }
+                let spin = self.spin();
+                if !spun && !spin.is_zero() {
+                    // Once per batch, bounded: then the condition variable.
+                    spun = true;
+                    self.arrival.store(false, Ordering::Relaxed);
+                    MutexGuard::unlocked(&mut w, || spin_until(&self.arrival, spin));
+                    continue;
                 }
                 self.arrived.wait(&mut w);
             }
@@ -189,6 +241,7 @@ impl Queue {
     /// Admits no more requests; those waiting still run.
     pub fn close(&self) {
         self.waiting.lock().closed = true;
+        self.arrival.store(true, Ordering::Release);
         self.arrived.notify_all();
     }
 

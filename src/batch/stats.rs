@@ -83,10 +83,11 @@ impl BatchStats {
         Self { requests: 0, refused: 0, samples: 0, padded: 0, by_size: vec![(0, 0); max_batch + 1], by_bucket: vec![0; buckets.len()], buckets: buckets.to_vec(), queue: histogram() }
     }
 
-    /// One batch of `samples` samples, run in bucket `bucket` (an index) in `run`.
-    pub fn batch(&mut self, samples: usize, bucket: usize, run: Duration) {
+    /// One batch of `samples` samples and `padded` padding samples, run in
+    /// bucket `bucket` (an index) in `run`.
+    pub fn batch(&mut self, samples: usize, bucket: usize, padded: usize, run: Duration) {
         self.samples += samples as u64;
-        self.padded += (self.buckets[bucket] - samples) as u64;
+        self.padded += padded as u64;
         if let Some(s) = self.by_size.get_mut(samples) {
             s.0 += 1;
             s.1 += run.as_nanos().min(u64::MAX as u128) as u64;

@@ -361,6 +361,9 @@ pub fn run(rt: &Runtime, opts: &BenchOptions, t: &ThroughputOptions) -> Result<T
         tracing::info!("{label}: intra-op threads {threads} ({why})");
         choices.push(IntraOp { model: label.clone(), threads, why });
         let mut spec = SessionSpec::new().mode(t.mode);
+        if let Some(spin) = opts.spin {
+            spec = spec.spin(spin); // the sessions' threads, and a batcher's scheduler and callers
+        }
         for i in &bench.entry.inputs {
             spec = spec.input(&i.name, i.dtype, &i.shape);
         }

@@ -1,7 +1,7 @@
 //! [`Engine`]: what one `run()` does for a mode; the CPU engine.
 
 use super::timing::{PhasedRun, RunTiming};
-use crate::error::Result;
+use crate::error::{Error, Result, SessionErrorKind};
 use crate::ops::{reference, PreprocessParams};
 use crate::shim::LoadedModel;
 use std::sync::Arc;
@@ -17,6 +17,14 @@ pub(crate) trait Engine {
     /// (GPU modes: CUDA events between the stages on the device).
     fn run_phased(&mut self) -> Result<PhasedRun> {
         Ok(PhasedRun { timing: self.run()?, device_phases: Vec::new() })
+    }
+
+    /// Runs one request over the first `rows` rows (first dimension) of
+    /// every input and output only, leaving the rest untouched: a batch of
+    /// fewer samples than the session's batch, with no padding. CPU only
+    /// (a GPU engine's graph is captured for its whole tensors).
+    fn run_rows(&mut self, _rows: usize) -> Result<RunTiming> {
+        Err(Error::session(SessionErrorKind::Unsupported, "only CPU sessions run part of their batch"))
     }
 }
 
@@ -53,6 +61,18 @@ impl Engine for CpuEngine {
             reference::preprocess(&p.params, src, dst)?;
         }
         self.model.run_into(&self.inputs, &mut self.outputs)?;
+        Ok(RunTiming { host: t0.elapsed(), device: None })
+    }
+
+    fn run_rows(&mut self, rows: usize) -> Result<RunTiming> {
+        let t0 = Instant::now();
+        if self.preprocess.is_some() {
+            return Err(Error::session(SessionErrorKind::Unsupported, "a preprocessing session runs its whole batch"));
+        }
+        // Views of the regions' first rows (contiguous: the regions are).
+        let part = |ts: &[tch::Tensor]| ts.iter().map(|t| Ok(t.f_narrow(0, 0, rows as i64)?)).collect::<Result<smallvec::SmallVec<[tch::Tensor; 8]>>>();
+        let (ins, mut outs) = (part(&self.inputs)?, part(&self.outputs)?);
+        self.model.run_into(&ins, &mut outs)?;
         Ok(RunTiming { host: t0.elapsed(), device: None })
     }
 }

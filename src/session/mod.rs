@@ -33,6 +33,13 @@ pub use tensor_ref::{TensorMut, TensorRef};
 pub use timing::{PhasedRun, RunTiming, Summary, Timing, TimingRecorder};
 pub use typed::TypedSession;
 pub use worker::pin_to_core as pin_current_thread;
+pub(crate) use worker::spin_until;
+
+/// How long a caller and the thread that runs its request busy-wait for
+/// each other before sleeping, by default ([`SessionSpec::spin`]).
+pub(crate) fn default_spin(mode: Mode) -> std::time::Duration {
+    if mode.needs_gpu() { worker::GPU_SPIN } else { worker::CPU_SPIN }
+}
 
 use crate::cuda::Gpu;
 use crate::dtype::DType;
@@ -289,7 +296,7 @@ impl Session {
             let note = format!("{} warm-up runs on the CPU", spec.warmup);
             let threaded = spec.dedicated_thread.unwrap_or(false) || spec.pin_core.is_some();
             let runner = if threaded {
-                let spin = spec.spin.unwrap_or(worker::CPU_SPIN);
+                let spin = spec.spin.unwrap_or(default_spin(Mode::Cpu));
                 // Warm up on the session thread: every forward pass of this
                 // session, and with it libtorch's OpenMP team, stays on that
                 // thread (see `intra_op`: more teams than cores' worth of
@@ -402,7 +409,7 @@ impl Session {
                 share: spec.graph_share.clone(),
             };
             let name = format!("uminfer-{}-{}", mode, spec.device);
-            let spin = spec.spin.unwrap_or(worker::GPU_SPIN);
+            let spin = spec.spin.unwrap_or(default_spin(mode));
             // Unless the spec asks for the session thread, a graph launched
             // directly is launched from the calling thread.
             let inline_launch = spec.dedicated_thread.is_none() && spec.pin_core.is_none();
@@ -654,6 +661,19 @@ impl Session {
                 phased.unwrap_or_else(|| Err(Error::session(SessionErrorKind::Failed, "the session thread did not run the request")))
             }
         }
+    }
+
+    /// One request over the first `rows` rows (first dimension) of every
+    /// input and output region, the rest untouched: in a CPU session that
+    /// runs on the calling thread (a batcher's), a batch of fewer samples
+    /// than the session's, with no padding. Recorded in the timing.
+    pub(crate) fn run_rows(&mut self, rows: usize) -> Result<RunTiming> {
+        let t = match &mut self.runner {
+            Runner::Inline(e) => e.run_rows(rows)?,
+            Runner::Thread(_) => return Err(Error::session(SessionErrorKind::Unsupported, "a session on a thread of its own runs its whole batch")),
+        };
+        self.timing.record(t);
+        Ok(t)
     }
 
     /// The session runs its requests on a thread of its own

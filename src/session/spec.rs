@@ -280,7 +280,8 @@ impl SessionSpec {
     /// thread). Default: 1 ms for GPU modes (a request's result then arrives
     /// without a futex wake-up on either side; a session thread idle for
     /// longer sleeps and costs no CPU), 50 µs for `cpu` (its intra-op threads
-    /// need the cores).
+    /// need the cores). A batcher's scheduler and its callers wait for each
+    /// other the same way, for its sessions' spin.
     pub fn spin(mut self, spin: std::time::Duration) -> Self {
         self.spin = Some(spin);
         self

@@ -71,7 +71,8 @@ pub(crate) struct Worker {
     thread: Option<JoinHandle<()>>,
 }
 
-fn spin_until(flag: &AtomicBool, spin: Duration) -> bool {
+/// Busy-waits up to `spin` for `flag`; whether it was seen set.
+pub(crate) fn spin_until(flag: &AtomicBool, spin: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < spin {
         if flag.load(Ordering::Acquire) {
