@@ -544,7 +544,7 @@ fn schedule(queue: &Queue, mut sessions: Vec<Session>, plan: &Plan, stats: &Mute
         let started = Instant::now();
         let samples: usize = batch.iter().map(|r| r.samples).sum();
         let b = plan.sizes.iter().position(|&s| s >= samples).unwrap_or(plan.sizes.len() - 1);
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_batch(&mut sessions[b], &batch, plan)))
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_batch(&mut sessions[b], &batch, samples, plan)))
             .unwrap_or_else(|_| Err(Error::session(SessionErrorKind::Failed, "the batch's forward pass panicked")));
         match ran {
             Ok(run) => {
@@ -574,10 +574,10 @@ fn schedule(queue: &Queue, mut sessions: Vec<Session>, plan: &Plan, stats: &Mute
     }
 }
 
-/// Gathers `batch`'s inputs into `session`'s (zeros after them), runs it
-/// (unpadded: over the batch's rows only), and copies each request's rows of
+/// Gathers `batch`'s inputs (`samples` in all) into `session`'s (padded:
+/// zeros after them), runs it (unpadded: over the batch's rows only), and copies each request's rows of
 /// every output into its memory.
-fn run_batch(session: &mut Session, batch: &[Arc<Request>], plan: &Plan) -> Result<RunTiming> {
+fn run_batch(session: &mut Session, batch: &[Arc<Request>], samples: usize, plan: &Plan) -> Result<RunTiming> {
     for (i, per) in plan.input_bytes.iter().enumerate() {
         // SAFETY: every byte written below is a request's input byte (a
         // TensorRef of this input's dtype, checked in `Batcher::run`: valid
@@ -598,7 +598,6 @@ fn run_batch(session: &mut Session, batch: &[Arc<Request>], plan: &Plan) -> Resu
             dst[at..].fill(0);
         }
     }
-    let samples = batch.iter().map(|r| r.samples).sum();
     let t = if plan.unpadded { session.run_rows(samples)? } else { session.run()? };
     for i in 0..plan.output_bytes.len() {
         let src = session.output_bytes(i)?;
